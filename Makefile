@@ -1,0 +1,29 @@
+# The two commands of the README: `make repro` (set up, then run the pipeline) and `make test`.
+# Each sets up `.venv` from nothing: torch first from the pinned CPU build (an unpinned torch pulls
+# GBs of CUDA), then the project with the exact pins of requirements-lock.txt.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup repro test bench clean-venv
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c requirements-lock.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,60 @@
+"""The one contract between training and every loss family.
+
+A family module (`hinton.py`, `rkd.py`, ...) holds pure math functions on tensors plus one small
+`nn.Module` adapter built from its pydantic params and the tap shapes. The adapter is called as
+`adapter(inputs: LossInputs) -> dict[str, Tensor]` and returns *unweighted* named sub-terms;
+`recipe.py` is the only place that weighs and sums them (aesthetics.md §4.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from pipeline.cache.batch import SparseLogits
+
+
+@dataclass(frozen=True)
+class TapShapes:
+    """Per-row shapes a recipe is built for (projections are sized from these).
+
+    num_classes: C.
+    student: student tap name -> per-row shape, e.g. {"embed": (32,), "conv": (16, 4, 4)}.
+    teacher: teacher tap name -> per-row shape, e.g. {"embed": (64,), "conv": (32, 4, 4)}.
+    """
+
+    num_classes: int
+    student: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything a loss term may read for one mini-batch (all tensors on one device).
+
+    student_logits: (B, C) raw student logits (require grad).
+    student_features: student tap -> (B, *shape).
+    teacher_logits: (B, C) float32 raw teacher logits from the cache (no grad).
+    teacher_features: teacher tap -> (B, *shape) from the cache (no grad).
+    labels: (B,) int64 class index, -1 where the row has no hard label: hard-label terms mask
+        those rows (mean over labelled rows, an exact 0 with a graph when none is labelled).
+    teacher_sparse: the cache's top-k form, when it has one.
+    peer_logits: (B, C) logits of the other members of a cohort (mutual learning, seeds/004 §6.3).
+    teacher_feature_bank: teacher tap -> (N, *shape) features of every training row of the cache,
+        for negatives drawn from the whole cache (CRD); None when not provided.
+    rows: (B,) int64 cache rows of this batch (so a bank sampler can exclude the positives).
+    epoch: 0-based epoch, for schedules.
+    """
+
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor
+    labels: torch.Tensor
+    student_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    teacher_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    teacher_sparse: SparseLogits | None = None
+    peer_logits: Sequence[torch.Tensor] = ()
+    teacher_feature_bank: Mapping[str, torch.Tensor] | None = None
+    rows: torch.Tensor | None = None
+    epoch: int = 0

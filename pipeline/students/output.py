@@ -1,0 +1,17 @@
+"""What every student returns: logits plus named feature taps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class StudentOutput:
+    """logits: (B, C) raw class scores; features: tap name -> (B, *shape), e.g. "embed" (B, D)
+    and, for convolutional students, "conv" (B, C', H, W)."""
+
+    logits: torch.Tensor
+    features: Mapping[str, torch.Tensor] = field(default_factory=dict)

@@ -1,0 +1,81 @@
+"""Atomic file writes: a reader (or DVC) never sees a half-written file.
+
+Each writer puts the bytes into a temporary file in the target's own directory (so the rename stays
+on one filesystem), flushes and fsyncs it, then `os.replace`s it onto the target. A process killed
+at any point leaves either the old file or the new one, plus at most a `.tmp-*` file that no reader
+looks at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, payload: Any) -> Path:
+    """Write `payload` as indented JSON (keys in insertion order, trailing newline) atomically."""
+    return atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> Path:
+    """Copy the file `source` to `path` atomically."""
+    return atomic_write_bytes(path, Path(source).read_bytes())
+
+
+def replace_dir(scratch: str | Path, target: str | Path) -> Path:
+    """Move the finished directory `scratch` onto `target`, replacing what was there.
+
+    Both must be on one filesystem. The old target is first renamed aside, then removed, so at
+    every instant `target` is either the old complete directory, absent, or the new one.
+    """
+    scratch, target = Path(scratch), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = target.with_name(f".old-{target.name}.{os.getpid()}")
+        os.replace(target, old)
+    os.replace(scratch, target)
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

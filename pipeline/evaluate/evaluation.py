@@ -1,0 +1,169 @@
+"""Evaluate one trained model (all its seeds) on a split: metrics per seed, mean ± std, calibration.
+
+The split is the prepared data's rows joined by `sample_id` to the teacher's cached logits
+(`EvalSplit`); the model's own logits come from torch (`predict_logits`). Latency is measured
+separately on the exported ONNX file (pipeline/evaluate/latency.py), since that is what is deployed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.errors import DistilleryError
+from pipeline.evaluate.metrics import CalibrationBins, calibration_bins, classification_metrics, teacher_metrics
+
+
+class EvaluationError(DistilleryError):
+    """The data to evaluate on is unusable: ids that do not join, no labelled rows, wrong shapes."""
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32,
+    labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32."""
+
+    name: str
+    sample_id: np.ndarray
+    inputs: np.ndarray
+    labels: np.ndarray
+    teacher_logits: np.ndarray
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(N,) bool, rows that have a label."""
+        return self.labels != UNLABELLED
+
+
+def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: int = 4096) -> EvalSplit:
+    """The rows of `split` in the cache joined by sample_id to the prepared data (inputs, labels).
+
+    prepared: a `pipeline.data.prepared.PreparedData`; cache: a `CacheReader`. Every cached row
+    of the split must exist in the prepared data, or EvaluationError names the missing ids.
+    """
+    if split not in SPLITS:
+        raise EvaluationError(f"evaluate.split: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    rows = np.flatnonzero(np.asarray(cache.split) == SPLITS.index(split)).astype(np.int64)
+    if len(rows) == 0:
+        raise EvaluationError(f"the cache has no rows in split {split!r}; re-run `dvc repro prepare cache`")
+    cached_ids = np.asarray(cache.sample_id)[rows]
+    teacher_logits = np.concatenate([
+        cache.batch(rows[start:start + rows_per_read]).logits.numpy()
+        for start in range(0, len(rows), rows_per_read)
+    ]).astype(np.float32, copy=False)
+    order = np.argsort(prepared.sample_id, kind="stable")
+    sorted_ids = prepared.sample_id[order]
+    position = np.clip(np.searchsorted(sorted_ids, cached_ids), 0, len(sorted_ids) - 1)
+    missing = sorted_ids[position] != cached_ids
+    if missing.any():
+        raise EvaluationError(
+            f"{int(missing.sum())} cached {split} rows have sample ids absent from the prepared data "
+            f"(first: {cached_ids[missing][:5].tolist()}); the cache was built on other data, "
+            "re-run `dvc repro cache`")
+    prepared_rows = order[position]
+    return EvalSplit(split, cached_ids, prepared.inputs[prepared_rows], prepared.label[prepared_rows], teacher_logits)
+
+
+@torch.no_grad()
+def predict_logits(module: torch.nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """(N, *input_shape) float32 -> (N, C) float32 logits of a StudentOutput-returning module, in eval mode."""
+    module.eval()
+    chunks = []
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size], dtype=np.float32))
+        chunks.append(module(batch).logits.float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """per_seed: "seed_<k>" -> metric -> value; bins: "seed_<k>" -> calibration bins."""
+
+    per_seed: dict[str, dict[str, float]]
+    bins: dict[str, CalibrationBins] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """metric -> {"mean", "std"} over seeds (sample std, ddof=1; 0.0 for one seed)."""
+        names = next(iter(self.per_seed.values())).keys()
+        result = {}
+        for name in names:
+            values = np.array([seed[name] for seed in self.per_seed.values()], dtype=np.float64)
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            result[name] = {"mean": float(values.mean()), "std": std}
+        return result
+
+
+def evaluate_seed(
+    logits: np.ndarray,
+    data: EvalSplit,
+    temperature: float | None = None,
+    ece_bins: int = 15,
+    top_k: int = 5,
+) -> tuple[dict[str, float], CalibrationBins]:
+    """Metrics of one seed's logits (N, C) on `data`: label metrics on its labelled rows, teacher
+    metrics (agreement, KL) on all rows. Returns (metrics, calibration bins)."""
+    labelled = data.labelled
+    if not labelled.any():
+        raise EvaluationError(f"split {data.name!r} has no labelled rows; accuracy, NLL and ECE need labels")
+    if logits.shape != data.teacher_logits.shape:
+        raise EvaluationError(f"model logits {logits.shape} and teacher logits {data.teacher_logits.shape} differ; "
+                              "was the student trained on this dataset's classes?")
+    metrics = classification_metrics(logits[labelled], data.labels[labelled], ece_bins, top_k)
+    metrics.update(teacher_metrics(logits, data.teacher_logits, temperature))
+    return metrics, calibration_bins(logits[labelled], data.labels[labelled], ece_bins)
+
+
+def evaluate_model(
+    modules: Mapping[str, torch.nn.Module] | Sequence[tuple[str, torch.nn.Module]],
+    data: EvalSplit,
+    temperature: float | None = None,
+    ece_bins: int = 15,
+    top_k: int = 5,
+    batch_size: int = 512,
+) -> ModelEvaluation:
+    """Evaluate every seed ("seed_<k>" -> module returning StudentOutput) of one model on `data`."""
+    items = modules.items() if isinstance(modules, Mapping) else modules
+    per_seed, bins = {}, {}
+    for seed_name, module in items:
+        logits = predict_logits(module, data.inputs, batch_size)
+        per_seed[seed_name], bins[seed_name] = evaluate_seed(logits, data, temperature, ece_bins, top_k)
+    if not per_seed:
+        raise EvaluationError("no seeds to evaluate")
+    return ModelEvaluation(per_seed, bins)
+
+
+def metrics_report(
+    model: str,
+    evaluation: ModelEvaluation,
+    data: EvalSplit,
+    num_parameters: int,
+    recipe: str = "-",
+    temperature: float | None = None,
+    latency_ms: Mapping[str, float | str] | None = None,
+    int8: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The metrics.json payload: scalars first (what `dvc metrics show` puts in columns), then
+    "metric": {"mean", "std"}, latency, the int8 report of the export, and every seed's values."""
+    report: dict[str, Any] = {
+        "model": model,
+        "recipe": recipe,
+        "params": int(num_parameters),
+        "seeds": len(evaluation.per_seed),
+        "split": data.name,
+        "rows": int(len(data.labels)),
+        "labelled_rows": int(data.labelled.sum()),
+    }
+    if temperature is not None:
+        report["temperature"] = float(temperature)
+    report.update(evaluation.summary())
+    if latency_ms is not None:
+        report["latency_ms"] = {k.removeprefix("latency_ms_"): v for k, v in latency_ms.items()}
+    if int8 is not None:
+        report["int8"] = dict(int8)
+    report["per_seed"] = evaluation.per_seed
+    return report

@@ -1,0 +1,79 @@
+"""ONNX Runtime latency of an exported model: median wall time of one `session.run` per batch size.
+
+CPU provider always; the CUDA provider when asked and it really loads (onnxruntime-gpu lists CUDA on
+every machine and silently falls back to CPU, so the provider in use is read back from the session
+and a fallback is reported as "n/a", never as a CUDA number).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+NOT_AVAILABLE = "n/a"
+
+
+def open_session(path: str | Path, provider: str = CPU, intra_op_threads: int | None = 1):
+    """An ORT session on `provider`, or None when that provider does not load on this machine.
+
+    intra_op_threads=1 by default: latency of one request on one core, stable on a shared machine.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4 if provider != CPU else 2
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    if provider != CPU and provider not in ort.get_available_providers():
+        return None
+    providers = [provider] if provider == CPU else [provider, CPU]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if session.get_providers()[0] != provider:
+        return None
+    return session
+
+
+def session_latency_ms(session, batch_size: int, warmup: int = 3, repeats: int = 20, seed: int = 0) -> float:
+    """Median milliseconds of `session.run` on one random float32 batch of `batch_size` rows
+    (the input's non-batch dims must be static)."""
+    model_input = session.get_inputs()[0]
+    shape = [batch_size, *model_input.shape[1:]]
+    if not all(isinstance(d, int) for d in shape[1:]):
+        raise ValueError(f"input {model_input.name!r} has non-static dims {model_input.shape}; cannot time it")
+    batch = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    feed = {model_input.name: batch}
+    for _ in range(warmup):
+        session.run(None, feed)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        timings.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(timings))
+
+
+def onnx_latency_ms(
+    path: str | Path,
+    batch_sizes: Sequence[int] = (1, 64),
+    providers: Sequence[str] = (CPU, CUDA),
+    warmup: int = 3,
+    repeats: int = 20,
+    intra_op_threads: int | None = 1,
+) -> dict[str, float | str]:
+    """{"latency_ms_<cpu|cuda>_b<batch>": median ms or "n/a"} for every provider and batch size."""
+    result: dict[str, float | str] = {}
+    for provider in providers:
+        short = provider.removesuffix("ExecutionProvider").lower()
+        session = open_session(path, provider, intra_op_threads)
+        for batch_size in batch_sizes:
+            key = f"latency_ms_{short}_b{batch_size}"
+            result[key] = (
+                NOT_AVAILABLE if session is None
+                else session_latency_ms(session, batch_size, warmup, repeats)
+            )
+    return result

@@ -1,0 +1,27 @@
+"""The `evaluate:` section of params.yaml."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipeline.config import StrictModel
+
+
+class LatencyParams(StrictModel):
+    """ONNX Runtime timing: median of `repeats` runs after `warmup`, per batch size and provider."""
+
+    batch_sizes: tuple[int, ...] = Field(default=(1, 64), min_length=1)
+    providers: tuple[str, ...] = ("CPUExecutionProvider", "CUDAExecutionProvider")
+    warmup: int = Field(default=3, ge=0)
+    repeats: int = Field(default=20, ge=1)
+    intra_op_threads: int | None = Field(default=1, ge=1)
+
+
+class EvaluateParams(StrictModel):
+    """`evaluate: {split: test, ece_bins: 15, top_k: 5, batch_size: 512, latency: {...}}`."""
+
+    split: str = "test"
+    ece_bins: int = Field(default=15, ge=1)
+    top_k: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    latency: LatencyParams = LatencyParams()

@@ -1,0 +1,60 @@
+"""What the leaderboard says about a student's recipe, read from its raw `students.<name>` mapping.
+
+The recipe is validated by the train stage (pipeline/train, pipeline/losses); here it is only
+described, so these helpers read plain mappings and never fail on a key they do not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def recipe_temperature(recipe: Mapping[str, Any]) -> float | None:
+    """The distillation temperature of a student: the largest `temperature` among its loss terms
+    (`students.<name>.loss.<term>.temperature`), or None when no term has one."""
+    temperatures = [
+        float(term["temperature"])
+        for term in (recipe.get("loss") or {}).values()
+        if isinstance(term, Mapping) and isinstance(term.get("temperature"), (int, float))
+    ]
+    return max(temperatures) if temperatures else None
+
+
+def arch_summary(arch: Mapping[str, Any]) -> str:
+    """`{kind: mlp, hidden: [64, 32]}` -> "mlp hidden=64x32"; unknown keys are listed as they are."""
+    parts = [str(arch.get("kind", "?"))]
+    for key, value in arch.items():
+        if key == "kind":
+            continue
+        if isinstance(value, (list, tuple)):
+            value = "x".join(_number(v) for v in value)
+        parts.append(f"{key}={_number(value)}")
+    return " ".join(parts)
+
+
+def loss_summary(loss: Mapping[str, Any]) -> str:
+    """`{ce: {kind: ce, weight: 0.5}, kd: {kind: hinton, weight: 0.5, temperature: 4}}`
+    -> "0.5 ce + 0.5 hinton(T=4)"."""
+    terms = []
+    for name, term in loss.items():
+        if not isinstance(term, Mapping):
+            terms.append(str(name))
+            continue
+        kind = str(term.get("kind", name))
+        weight = term.get("weight")
+        text = kind if weight is None else f"{_number(weight)} {kind}"
+        if "temperature" in term:
+            text += f"(T={_number(term['temperature'])})"
+        terms.append(text)
+    return " + ".join(terms) or "-"
+
+
+def recipe_summary(recipe: Mapping[str, Any]) -> str:
+    """One line for the leaderboard: "<arch> | <loss terms>"."""
+    arch = recipe.get("arch") or {}
+    loss = recipe.get("loss") or {}
+    return f"{arch_summary(arch) if arch else '-'} | {loss_summary(loss)}"

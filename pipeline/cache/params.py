@@ -1,0 +1,46 @@
+"""The `cache:` section of params.yaml: store, dtypes, chunking, sparse form, reader threshold."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config import StrictModel
+
+
+class CacheParams(StrictModel):
+    """How the `cache` stage writes the teacher cache (docs/cache_format.md).
+
+    store: "zarr" (default; sharded, zstd + crc32c) or "parquet" (one file per shard).
+    logits_dtype / features_dtype: stored dtype of the raw logits / of every feature tap.
+    batch_size: rows per teacher forward pass (ONNX Runtime).
+    rows_per_chunk: inner chunk (Zarr) / row group (Parquet): the unit read independently.
+    chunks_per_shard: chunks per shard; a shard is the unit written (and resumed) whole.
+    zstd_level: compression level of every array.
+    sparse_top_k: also store the top-k form (values, indices, full-row logsumexp); never the
+        default, and the report always gives its KL error against the dense logits.
+    kl_sample_rows: rows whose fp32 logits are kept during the run to measure the stored
+        dtype's KL error (evenly spaced over the cache).
+    in_memory_max_mb: the reader loads a cache up to this size into RAM (fast random batches).
+    provider: ONNX Runtime provider for the teacher ("auto" = CUDA when it works, else CPU).
+    intra_op_threads: ONNX Runtime threads (None = its default).
+    """
+
+    store: Literal["zarr", "parquet"] = "zarr"
+    logits_dtype: Literal["float16", "float32"] = "float16"
+    features_dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = Field(256, ge=1)
+    rows_per_chunk: int = Field(256, ge=1)
+    chunks_per_shard: int = Field(8, ge=1)
+    zstd_level: int = Field(3, ge=-7, le=22)
+    sparse_top_k: int | None = Field(None, ge=1)
+    kl_sample_rows: int = Field(20000, ge=1)
+    in_memory_max_mb: int = Field(8192, ge=0)
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+    intra_op_threads: int | None = Field(None, ge=1)
+
+    @property
+    def rows_per_shard(self) -> int:
+        """Rows in one shard = rows_per_chunk * chunks_per_shard."""
+        return self.rows_per_chunk * self.chunks_per_shard

@@ -1,0 +1,96 @@
+"""The Zarr v3 store: one sharded array per cache array, zstd + crc32c on every inner chunk.
+
+Layout (zarr-python 3.1): inner chunk = `rows_per_chunk` rows (the unit read on its own), shard =
+`rows_per_shard` rows (the unit written: one file per shard per array, `<array>/c/<k>/0...`).
+Writers only ever write whole shards (`write_shard`), so any number of processes may each write
+different shards (ecosystem.md §5: partial concurrent shard writes silently lose data).
+Every chunk carries a crc32c (`Crc32cCodec` after zstd), so a flipped or truncated byte fails on
+read; a shard file that is missing altogether reads back as fill values, which the manifest's
+per-shard sha256 catches (`pipeline.cache.open`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from pipeline.cache.format import CacheCorruptError, CacheLayout
+
+
+class ZarrStore:
+    """A cache's arrays in a Zarr v3 group at `path`."""
+
+    kind = "zarr"
+
+    def __init__(self, path: str | Path, layout: CacheLayout) -> None:
+        self.path = Path(path)
+        self.layout = layout
+
+    @classmethod
+    def create(cls, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> "ZarrStore":
+        """Create the group and every (empty) array at `path`, replacing what was there."""
+        root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        for name, (row_shape, dtype) in layout.arrays().items():
+            root.create_array(
+                name,
+                shape=(layout.num_rows, *row_shape),
+                dtype=dtype,
+                chunks=(layout.rows_per_chunk, *row_shape),
+                shards=(layout.rows_per_shard, *row_shape),
+                compressors=[ZstdCodec(level=zstd_level), Crc32cCodec()],
+                fill_value=0,
+            )
+        return cls(path, layout)
+
+    def _array(self, name: str, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(str(self.path / name), mode=mode)
+
+    def write_array(self, name: str, rows: slice, values: np.ndarray) -> None:
+        """Write one array's rows of one whole shard (`rows` must be a shard's row range)."""
+        self._array(name, "r+")[rows] = values
+
+    def write_shard(self, shard_index: int, rows: slice, arrays: dict[str, np.ndarray]) -> None:
+        """Write every array of shard `shard_index` (rows `rows`), then fsync its files."""
+        for name in self.layout.arrays():
+            self.write_array(name, rows, arrays[name])
+        self._fsync_shard(shard_index)
+
+    def _fsync_shard(self, shard_index: int) -> None:
+        """Flush the shard's files to disk (zarr's LocalStore renames but never fsyncs)."""
+        for name, (row_shape, _) in self.layout.arrays().items():
+            key = self.path / name / "c" / str(shard_index)
+            for _ in row_shape:
+                key = key / "0"
+            if key.exists():
+                with open(key, "rb") as handle:
+                    os.fsync(handle.fileno())
+
+    def read(self, name: str, rows: slice) -> np.ndarray:
+        """Rows `rows` of array `name` in the stored dtype; CacheCorruptError on a bad checksum."""
+        try:
+            return self._array(name)[rows]
+        except (ValueError, RuntimeError, OSError) as error:
+            raise CacheCorruptError(
+                f"cache array {name!r} rows {rows.start}..{rows.stop - 1} in {self.path} fail their "
+                f"checksum ({error}); re-run `dvc repro cache`"
+            ) from None
+
+    def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Arbitrary rows ((B,) sorted unique int64) of array `name` (reads only their chunks)."""
+        try:
+            return self._array(name).oindex[rows]
+        except (ValueError, RuntimeError, OSError) as error:
+            raise CacheCorruptError(
+                f"cache array {name!r} rows in {int(rows.min())}..{int(rows.max())} in {self.path} fail "
+                f"their checksum ({error}); re-run `dvc repro cache`"
+            ) from None
+
+    def remove_debris(self) -> None:
+        """Delete `*.partial` files a killed zarr write leaves behind (LocalStore writes
+        `<key>.<uuid>.partial` then renames)."""
+        for debris in self.path.rglob("*.partial"):
+            debris.unlink(missing_ok=True)

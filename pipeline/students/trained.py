@@ -1,0 +1,98 @@
+"""A trained student on disk: `model.safetensors` (weights) + `student.json` (how to rebuild it).
+
+Layout (docs/architecture.md): `data/train/<student>/seed_<k>/` for a single student, and
+`data/train/<cohort>/<member>/seed_<k>/` for each member of a cohort. No pickle anywhere: the
+weights are safetensors and everything else JSON, so loading a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save
+
+from pipeline.errors import DistilleryError
+from pipeline.io import atomic_write_bytes, atomic_write_json
+from pipeline.students.registry import build_student, count_parameters, parse_arch
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "student.json"
+
+
+class TrainedStudentError(DistilleryError):
+    """A seed directory is missing its files, or its weights do not fit the architecture it names."""
+
+
+def save_trained_student(seed_dir: str | Path, model: torch.nn.Module, config: Mapping[str, Any]) -> Path:
+    """Write `model`'s weights and `config` (student, seed, arch, input_shape, num_classes, ...) into
+    `seed_dir`, atomically per file; `tap_shapes` and `num_parameters` are filled in from the model."""
+    seed_dir = Path(seed_dir)
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    atomic_write_bytes(seed_dir / WEIGHTS_FILE, save(weights))
+    payload = dict(config)
+    payload["tap_shapes"] = {tap: list(shape) for tap, shape in model.tap_shapes.items()}
+    payload["num_parameters"] = count_parameters(model)
+    atomic_write_json(seed_dir / CONFIG_FILE, payload)
+    return seed_dir
+
+
+def read_student_config(seed_dir: str | Path) -> dict[str, Any]:
+    """The parsed `student.json` of a seed directory."""
+    path = Path(seed_dir) / CONFIG_FILE
+    if not path.exists():
+        raise TrainedStudentError(f"{path}: no such file; is {seed_dir} a trained seed directory "
+                                  "(data/train/<student>/seed_<k>)? Run `dvc repro train@<student>`")
+    return json.loads(path.read_text())
+
+
+def load_weights_into(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy `weights` into `model`, or raise TrainedStudentError naming every missing, unexpected or
+    mis-shaped tensor (a checkpoint of another architecture)."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in weights.items()}
+    problems = [f"missing {n} {list(s)}" for n, s in expected.items() if n not in found]
+    problems += [f"unexpected {n} {list(s)}" for n, s in found.items() if n not in expected]
+    problems += [f"{n}: checkpoint has {list(found[n])}, model expects {list(s)}"
+                 for n, s in expected.items() if n in found and found[n] != s]
+    if problems:
+        raise TrainedStudentError(
+            f"{source} does not fit this architecture ({len(problems)} problems): " + "; ".join(problems[:8])
+            + ("; ..." if len(problems) > 8 else "")
+            + ". Was it trained with another `arch:`? Re-train it or point at the right directory")
+    model.load_state_dict(dict(weights))
+
+
+def load_trained_student(seed_dir: str | Path) -> torch.nn.Module:
+    """The student saved in `seed_dir`, rebuilt from student.json, weights loaded, in eval mode.
+
+    Returns a module whose forward maps (B, *input_shape) float32 to StudentOutput.
+    """
+    seed_dir = Path(seed_dir)
+    config = read_student_config(seed_dir)
+    model = build_student(parse_arch(config["arch"]), tuple(config["input_shape"]), int(config["num_classes"]))
+    weights_path = seed_dir / WEIGHTS_FILE
+    if not weights_path.exists():
+        raise TrainedStudentError(f"{weights_path}: no such file; the seed directory is incomplete, re-train it")
+    load_weights_into(model, load_file(str(weights_path)), str(weights_path))
+    return model.eval()
+
+
+def list_trained(student_dir: str | Path) -> dict[str, list[Path]]:
+    """Every trained model under `data/train/<student>/`: model name -> its seed directories.
+
+    A single student gives `{"kd": [.../seed_0, ...]}`; a cohort gives one entry per member,
+    `{"cohort4/a": [.../a/seed_0, ...], ...}`. Seeds are sorted by number.
+    """
+    student_dir = Path(student_dir)
+    found: dict[str, list[Path]] = {}
+    for config_path in sorted(student_dir.glob(f"**/seed_*/{CONFIG_FILE}")):
+        seed_dir = config_path.parent
+        relative = seed_dir.parent.relative_to(student_dir).as_posix()
+        name = student_dir.name if relative == "." else f"{student_dir.name}/{relative}"
+        found.setdefault(name, []).append(seed_dir)
+    for seeds in found.values():
+        seeds.sort(key=lambda p: int(p.name.split("_", 1)[1]))
+    return found

@@ -1,0 +1,103 @@
+"""Join the teacher cache to the prepared inputs by sample id, once, and pick the rows to train on.
+
+The cache holds teacher outputs but not the inputs; the prepared dataset holds the inputs. Every
+cache row must find its sample id in the dataset with the same split and label, else the cache was
+built on other data and training on it would silently pair inputs with the wrong soft labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.cache.reader import CacheReader, rows_of_split
+from pipeline.errors import DistilleryError
+
+
+class MisalignedCacheError(DistilleryError):
+    """The cache's sample ids, splits or labels do not match the prepared dataset."""
+
+
+def _ids(values: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def align_inputs(reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """(N_cache,) int64 position in the dataset of each cache row's sample id.
+
+    sample_id, split, label: (N,) arrays of the prepared dataset. Raises MisalignedCacheError
+    naming the ids missing on either side, or the first rows whose split or label differ.
+    """
+    cache_ids = np.asarray(reader.sample_id, np.int64)
+    order = np.argsort(sample_id, kind="stable")
+    slot = np.clip(np.searchsorted(sample_id, cache_ids, sorter=order), 0, max(len(sample_id) - 1, 0))
+    position = order[slot] if len(sample_id) else np.zeros(len(cache_ids), np.int64)
+    found = (sample_id[position] == cache_ids) if len(sample_id) else np.zeros(len(cache_ids), bool)
+    fix = "the cache was built on other data; re-run `dvc repro cache` (or point `cache:` at the right store)"
+    if not found.all():
+        raise MisalignedCacheError(
+            f"{int((~found).sum())} cache rows have sample ids missing from the prepared dataset: "
+            f"{_ids(cache_ids[~found])}; {fix}")
+    not_cached = np.setdiff1d(np.asarray(sample_id, np.int64), cache_ids)
+    if len(not_cached):
+        raise MisalignedCacheError(
+            f"{len(not_cached)} prepared samples have no cache row: {_ids(not_cached)}; {fix}")
+    for name, cached, prepared in (("split", reader.split, split), ("label", reader.label, label)):
+        differ = np.flatnonzero(np.asarray(cached) != np.asarray(prepared)[position])
+        if len(differ):
+            raise MisalignedCacheError(
+                f"{len(differ)} cache rows disagree with the prepared dataset on {name}, sample ids "
+                f"{_ids(cache_ids[differ])}; {fix}")
+    return position.astype(np.int64)
+
+
+def training_rows(reader: CacheReader, train_rows: str) -> np.ndarray:
+    """(n,) int64 cache rows a student trains on, ascending.
+
+    "labelled": train-split rows that have a label. "all": every train-split row plus the
+    `unlabelled` split; their label is -1, so hard-label terms mask them and only soft terms learn.
+    """
+    train = rows_of_split(reader, "train")
+    if train_rows == "labelled":
+        return train[np.asarray(reader.label)[train] != UNLABELLED]
+    if train_rows == "all":
+        return np.sort(np.concatenate([train, rows_of_split(reader, "unlabelled")]))
+    raise ValueError(f"train_rows must be 'labelled' or 'all', got {train_rows!r}")
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The cache plus the inputs of its rows: everything the loop reads.
+
+    reader: the teacher cache. inputs: (N_cache, *input_shape) float32, row i = cache row i.
+    train_rows / val_rows: (n,) int64 cache rows. num_classes: C.
+    """
+
+    reader: CacheReader
+    inputs: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-row input shape, e.g. (1, 8, 8)."""
+        return tuple(self.inputs.shape[1:])
+
+
+def join_training_data(reader: CacheReader, prepared, train_rows: str) -> TrainingData:
+    """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData)."""
+    position = align_inputs(reader, prepared.sample_id, prepared.split, prepared.label)
+    if reader.schema.num_classes != prepared.num_classes:
+        raise MisalignedCacheError(
+            f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "
+            "classes; re-run `dvc repro cache`")
+    rows = training_rows(reader, train_rows)
+    if len(rows) == 0:
+        raise MisalignedCacheError(f"no rows to train on (train_rows: {train_rows}); the cache has no "
+                                   f"rows of split {SPLITS[0]!r}")
+    return TrainingData(reader, np.ascontiguousarray(prepared.inputs[position], np.float32), rows,
+                        rows_of_split(reader, "val"), int(prepared.num_classes))

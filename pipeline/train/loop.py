@@ -1,0 +1,220 @@
+"""Train the members of one seed from the cache: every batch is read once and shared by all members.
+
+A single student is a cohort of one. Per step each member runs its student on the batch's inputs
+and its recipe on (its outputs, the cached teacher outputs, the detached logits of the other
+members); each member has its own optimiser. The teacher never runs here.
+
+Determinism: `torch.manual_seed(seed)` before the modules are built; the order of epoch `e` is a
+numpy PCG64 permutation seeded by (seed, e), so a resumed run needs only (epoch, step in epoch);
+the torch RNG state (dropout, negative sampling) is saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.cache.reader import iter_batches
+from pipeline.errors import DistilleryError
+from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.students.registry import build_student
+from pipeline.train.checkpoint import TrainingState, load_checkpoint, restore_members, save_checkpoint
+from pipeline.train.data import TrainingData
+from pipeline.train.params import StudentParams
+from pipeline.train.schedule import build_optimizer, learning_rate, set_learning_rate
+
+
+class CohortError(DistilleryError, ValueError):
+    """A recipe needs cohort peers (a `mutual` term) but the student is trained alone."""
+
+
+@dataclass
+class Member:
+    """One student being trained: its module, its recipe (which owns projections) and optimiser."""
+
+    name: str
+    model: torch.nn.Module
+    recipe: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+def default_recipe_builder():
+    """pipeline.losses.recipe.build_recipe, imported when first needed."""
+    from pipeline.losses.recipe import build_recipe
+
+    return build_recipe
+
+
+def build_members(params: StudentParams, data: TrainingData, seed: int, recipe_builder=None, device="cpu") -> list[Member]:
+    """Seed torch, then build each member's student, recipe (sized from the taps) and optimiser."""
+    recipe_builder = recipe_builder or default_recipe_builder()
+    torch.manual_seed(seed)
+    members = []
+    member_params = params.members()
+    for name, (arch, loss) in member_params.items():
+        model = build_student(arch, data.input_shape, data.num_classes)
+        shapes = TapShapes(data.num_classes, dict(model.tap_shapes), dict(data.reader.schema.feature_shapes))
+        recipe = recipe_builder(loss, shapes)
+        if getattr(recipe, "needs_peers", False) and len(member_params) < 2:
+            raise CohortError("the recipe has a `mutual` term, which needs cohort peers; train this student "
+                              "in a `cohort:` with at least two members, or drop the term")
+        model.to(device)
+        recipe.to(device)
+        optimizer = build_optimizer([*model.parameters(), *recipe.parameters()], params.optimizer)
+        members.append(Member(name, model, recipe, optimizer))
+    return members
+
+
+def feature_bank(data: TrainingData, device) -> dict[str, torch.Tensor]:
+    """Teacher tap -> (N_cache, *shape) features of every cache row (indexed by cache row), for
+    recipes that draw negatives from the whole cache (CRD)."""
+    reader = data.reader
+    if hasattr(reader, "features"):
+        return {tap: torch.as_tensor(np.asarray(values, np.float32)).to(device) for tap, values in reader.features.items()}
+    whole = reader.batch(np.arange(len(reader), dtype=np.int64))
+    return {tap: values.to(device) for tap, values in whole.features.items()}
+
+
+def steps_per_epoch(num_rows: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped; one batch if rows < batch size)."""
+    return max(num_rows // batch_size, 1)
+
+
+def _epoch_rows(data: TrainingData, seed: int, epoch: int, batch_size: int, skip_batches: int) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch]).permutation(data.train_rows)
+    usable = steps_per_epoch(len(order), batch_size) * min(batch_size, len(order))
+    return order[skip_batches * batch_size : usable]
+
+
+def _train_step(members: list[Member], batch, inputs: torch.Tensor, epoch: int, bank) -> list[dict[str, float]]:
+    outputs = [member.model(inputs) for member in members]
+    rows = torch.from_numpy(np.asarray(batch.rows, np.int64))
+    logged = []
+    for index, (member, output) in enumerate(zip(members, outputs)):
+        peers = [o.logits.detach() for j, o in enumerate(outputs) if j != index]
+        total, terms = member.recipe(LossInputs(
+            student_logits=output.logits, teacher_logits=batch.logits, labels=batch.label,
+            student_features=output.features, teacher_features=batch.features,
+            teacher_sparse=batch.sparse, peer_logits=peers, teacher_feature_bank=bank,
+            rows=rows, epoch=epoch))
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"member {member.name or '(student)'}: loss is {total.item()} at epoch {epoch}; "
+                                     "lower the learning rate or check the term weights")
+        member.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        member.optimizer.step()
+        logged.append({"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
+    return logged
+
+
+@torch.no_grad()
+def evaluate_members(members: list[Member], data: TrainingData, batch_size: int, device) -> list[dict[str, float]]:
+    """Per member: `val/acc` (against the labels) and `val/teacher_agreement` (top-1 match with the
+    cached teacher) over the labelled val rows; an empty mapping when there are none."""
+    rows = data.val_rows[np.asarray(data.reader.label)[data.val_rows] >= 0]
+    if len(rows) == 0:
+        return [{} for _ in members]
+    correct = np.zeros(len(members))
+    agree = np.zeros(len(members))
+    for member in members:
+        member.model.eval()
+    for batch in iter_batches(data.reader, batch_size, rows=rows):
+        inputs = torch.from_numpy(data.inputs[batch.rows]).to(device)
+        teacher_top1 = batch.logits.argmax(1).to(device)
+        labels = batch.label.to(device)
+        for index, member in enumerate(members):
+            predicted = member.model(inputs).logits.argmax(1)
+            correct[index] += (predicted == labels).sum().item()
+            agree[index] += (predicted == teacher_top1).sum().item()
+    for member in members:
+        member.model.train()
+    return [{"val/acc": float(c / len(rows)), "val/teacher_agreement": float(a / len(rows))}
+            for c, a in zip(correct, agree)]
+
+
+def run_seed(
+    params: StudentParams,
+    data: TrainingData,
+    seed: int,
+    scratch_dir: Path,
+    config_hash: str,
+    recipe_builder=None,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    device: str = "cpu",
+) -> tuple[list[Member], TrainingState]:
+    """Train (or resume, or just reload) one seed; returns the trained members and the final state.
+
+    scratch_dir: this seed's checkpoint directory. Checkpoints are written at every epoch end and,
+    when `params.checkpoint_every_steps` is set, every that many steps. on_epoch(epoch, metrics)
+    is called after each epoch (also replayed for epochs restored from a checkpoint, so loggers
+    can rebuild their files); on_step(global_step) after every optimiser step and its checkpoint.
+    """
+    members = build_members(params, data, seed, recipe_builder, device)
+    per_epoch = steps_per_epoch(len(data.train_rows), params.batch_size)
+    total_steps = per_epoch * params.epochs
+    warmup_steps = int(round(params.schedule.warmup_epochs * per_epoch))
+    restored = load_checkpoint(scratch_dir, config_hash)
+    if restored is None:
+        state = TrainingState(config_hash=config_hash)
+    else:
+        state, payload = restored
+        torch.set_rng_state(restore_members(payload, members))
+    for epoch, metrics in enumerate(state.history):
+        if on_epoch:
+            on_epoch(epoch, metrics)
+    bank = feature_bank(data, device) if any(getattr(m.recipe, "needs_feature_bank", False) for m in members) else None
+
+    def checkpoint() -> None:
+        save_checkpoint(scratch_dir, state, members, torch.get_rng_state())
+
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not progress, leave=False,
+               desc=f"seed {seed}", unit="step")
+    for member in members:
+        member.model.train()
+        member.recipe.train()
+    while state.epoch < params.epochs:
+        rows = _epoch_rows(data, seed, state.epoch, params.batch_size, state.step_in_epoch)
+        for batch in iter_batches(data.reader, min(params.batch_size, len(data.train_rows)), rows=rows):
+            lr = learning_rate(state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule)
+            for member in members:
+                set_learning_rate(member.optimizer, lr)
+            batch = batch.to(device)
+            inputs = torch.from_numpy(data.inputs[batch.rows]).to(device)
+            for member, logged in zip(members, _train_step(members, batch, inputs, state.epoch, bank)):
+                sums = state.running.setdefault(member.name, {})
+                for key, value in {**logged, "lr": lr}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            state.step_in_epoch += 1
+            state.global_step += 1
+            bar.update(1)
+            every = params.checkpoint_every_steps
+            if every and state.global_step % every == 0 and state.step_in_epoch < per_epoch:
+                checkpoint()
+            if on_step:
+                on_step(state.global_step)
+        metrics = {}
+        for member, evaluated in zip(members, evaluate_members(members, data, params.eval_batch_size, device)):
+            sums = state.running.get(member.name, {})
+            metrics[member.name] = {("lr" if k == "lr" else f"train/{k}"): v / state.step_in_epoch
+                                    for k, v in sums.items()} | evaluated
+        bar.set_postfix({f"{m or 'val'}_acc": f"{v.get('val/acc', math.nan):.3f}" for m, v in metrics.items()})
+        state.history.append(metrics)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.running = {}
+        state.done = state.epoch >= params.epochs
+        checkpoint()
+        if on_epoch:
+            on_epoch(state.epoch - 1, metrics)
+    bar.close()
+    for member in members:
+        member.model.eval()
+    return members, state

@@ -1,0 +1,133 @@
+"""The `students:` section of params.yaml: one entry per student, each a `StudentParams`.
+
+```yaml
+students:
+  kd:
+    arch: {kind: mlp, hidden: [64]}                 # pipeline/students
+    loss:                                           # pipeline/losses/recipe.py
+      ce: {kind: ce, weight: 0.5}
+      kd: {kind: hinton, weight: 0.5, temperature: 4.0}
+    optimizer: {kind: adamw, lr: 0.003, weight_decay: 0.0001}
+    schedule: {kind: cosine, warmup_epochs: 1}
+    epochs: 10
+    batch_size: 64
+    seeds: [0]
+    cache: data/cache/store                         # another cache for a teacher chain
+    train_rows: all                                 # labelled | all (+ the unlabelled split)
+  cohort4:                                          # M students, one pass over the cache
+    cohort:
+      members:
+        small: {arch: {kind: mlp, hidden: [32]}}
+        wide:  {arch: {kind: mlp, hidden: [128]}, loss: {...}}   # a member may override `loss`
+    loss: {...}                                     # shared recipe; a `mutual` term reads the peers
+    ...
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, RootModel, model_validator
+
+from pipeline.config import ParamsError, StrictModel, validate_section
+from pipeline.errors import DistilleryError
+from pipeline.students.registry import ArchParams
+
+try:  # H3's recipe; a plain mapping until it lands (validated again by build_recipe)
+    from pipeline.losses.recipe import RecipeParams
+except ImportError:  # pragma: no cover - only while pipeline/losses/recipe.py is being written
+    RecipeParams = dict[str, dict[str, Any]]  # type: ignore[misc]
+
+
+class UnknownStudentError(DistilleryError, KeyError):
+    """`--student NAME` names no entry of the `students:` section."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; print it plainly
+        return str(self.args[0])
+
+
+class OptimizerParams(StrictModel):
+    """AdamW (decoupled weight decay) or SGD with momentum; `lr` is the peak learning rate."""
+
+    kind: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+
+
+class ScheduleParams(StrictModel):
+    """Learning rate per step: linear warm-up over `warmup_epochs`, then cosine (or constant) decay
+    to `min_lr_ratio * lr` at the last step."""
+
+    kind: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+
+class CohortMember(StrictModel):
+    """One member of a cohort: its architecture, and optionally its own recipe."""
+
+    arch: ArchParams
+    loss: RecipeParams | None = None
+
+
+class CohortParams(StrictModel):
+    """Students trained together in one pass over the cache, each batch shared by all members."""
+
+    members: dict[str, CohortMember] = Field(min_length=1)
+
+
+class StudentParams(StrictModel):
+    """One student (or one cohort) and how it is trained. Exactly one of `arch` and `cohort`."""
+
+    arch: ArchParams | None = None
+    cohort: CohortParams | None = None
+    loss: RecipeParams
+    optimizer: OptimizerParams = OptimizerParams()
+    schedule: ScheduleParams = ScheduleParams()
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+    seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1)
+    cache: str = "data/cache/store"
+    train_rows: Literal["labelled", "all"] = "all"
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+
+    @model_validator(mode="after")
+    def _one_of_arch_or_cohort(self) -> "StudentParams":
+        if (self.arch is None) == (self.cohort is None):
+            raise ValueError("give exactly one of `arch` (one student) and `cohort` (members trained together)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds repeat: {list(self.seeds)}")
+        return self
+
+    def members(self) -> dict[str, tuple[Any, Any]]:
+        """member name -> (arch params, recipe params); a single student is the one member named ''."""
+        if self.cohort is None:
+            return {"": (self.arch, self.loss)}
+        return {name: (m.arch, m.loss if m.loss is not None else self.loss)
+                for name, m in self.cohort.members.items()}
+
+
+class StudentsSection(RootModel[dict[str, StudentParams]]):
+    """The whole `students:` section: student name -> StudentParams."""
+
+    model_config = {"frozen": True}
+
+
+def validate_students(data: Any) -> dict[str, StudentParams]:
+    """Validate the raw `students:` mapping, or raise ParamsError naming each bad key path."""
+    if data is None:
+        raise ParamsError("students: the section is missing or empty; add at least one student")
+    return dict(validate_section(StudentsSection, data, "students").root)
+
+
+def select_student(students: dict[str, StudentParams], name: str) -> StudentParams:
+    """The params of student `name`, or UnknownStudentError listing the valid names."""
+    if name not in students:
+        raise UnknownStudentError(
+            f"no student named {name!r} in the `students:` section of params.yaml; "
+            f"valid: {', '.join(sorted(students)) or '(none)'}")
+    return students[name]

@@ -1,0 +1,167 @@
+"""Train one student (every seed, or every member of a cohort) and write its outputs.
+
+`train_student` is what the `train` stage and the Dask sweep call. Per seed it trains in
+`scratch_dir/seed_<k>/` (checkpoints, dvclive), resuming from a checkpoint when one was left by a
+killed run with the same params and data; when every seed is done it assembles the declared output
+(docs/architecture.md) in scratch and moves it onto `out_dir` in one rename:
+
+    out_dir/seed_<k>/{model.safetensors, student.json, live/}              one student
+    out_dir/<member>/seed_<k>/{model.safetensors, student.json, live/}     each cohort member
+    out_dir/summary.json                                                   val accuracy per seed, mean, std
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from pipeline.io import atomic_write_json, replace_dir
+from pipeline.students.trained import save_trained_student
+from pipeline.train.data import join_training_data
+from pipeline.train.log import EpochLogger
+from pipeline.train.loop import run_seed
+from pipeline.train.params import StudentParams
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu"/"cuda" unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str:
+    """sha256 of everything a checkpoint depends on: params, dataset fingerprint, cache shape and
+    identity. A checkpoint with another hash is never resumed."""
+    schema = reader.schema
+    identity = {
+        "params": params.model_dump(mode="json"),
+        "dataset": prepared_fingerprint,
+        "cache": [len(reader), schema.num_classes, schema.logits_dtype,
+                  {k: list(v) for k, v in schema.feature_shapes.items()},
+                  getattr(reader, "fingerprint", None) and str(getattr(reader, "fingerprint"))],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _model_dir(root: Path, member: str, seed: int) -> Path:
+    return root / member / f"seed_{seed}" if member else root / f"seed_{seed}"
+
+
+def _summarise(name: str, params: StudentParams, per_seed: dict[int, dict[str, dict]], sizes: dict[str, int]) -> dict:
+    models = {}
+    for member in params.members():
+        model_name = f"{name}/{member}" if member else name
+        accuracy = {str(seed): per_seed[seed][member].get("val/acc") for seed in per_seed}
+        values = [v for v in accuracy.values() if v is not None]
+        models[model_name] = {
+            "num_parameters": sizes[member],
+            "val_acc": accuracy,
+            "val_acc_mean": statistics.fmean(values) if values else None,
+            "val_acc_std": statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
+        }
+    return {"student": name, "cohort": params.cohort is not None, "seeds": sorted(per_seed),
+            "epochs": params.epochs, "models": models}
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    try:
+        replace_dir(staging, out_dir)
+    except OSError as error:  # scratch on another filesystem: copy next to the target first
+        if error.errno != errno.EXDEV:
+            raise
+        sibling = out_dir.with_name(f".tmp-{out_dir.name}")
+        shutil.rmtree(sibling, ignore_errors=True)
+        shutil.copytree(staging, sibling)
+        replace_dir(sibling, out_dir)
+
+
+def train_from_reader(
+    name: str,
+    params: StudentParams,
+    reader,
+    prepared,
+    out_dir: str | Path,
+    scratch_dir: str | Path,
+    seeds: Sequence[int] | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    recipe_builder: Callable | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """`train_student` on an open cache reader (any CacheReader, e.g. a MemoryCache in tests) and a
+    loaded PreparedData. Returns the summary (as written to summary.json) plus `out_dir` and
+    `seconds`."""
+    started = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir, scratch_dir = Path(out_dir), Path(scratch_dir)
+    data = join_training_data(reader, prepared, params.train_rows)
+    digest = config_hash(params, prepared.fingerprint, reader)
+    device = resolve_device(params.device)
+    seeds = list(params.seeds if seeds is None else seeds)
+    staging = scratch_dir / "output"
+    shutil.rmtree(staging, ignore_errors=True)
+    per_seed, sizes = {}, {}
+    for seed in seeds:
+        seed_scratch = scratch_dir / f"seed_{seed}"
+        logger = EpochLogger({m: seed_scratch / "live" / m if m else seed_scratch / "live" for m in params.members()})
+        try:
+            members, state = run_seed(params, data, seed, seed_scratch, digest, recipe_builder,
+                                      progress, on_epoch=logger, on_step=on_step, device=device)
+        finally:
+            logger.close()
+        per_seed[seed] = state.history[-1]
+        for member in members:
+            target = _model_dir(staging, member.name, seed)
+            save_trained_student(target, member.model.cpu(), {
+                "student": name, "member": member.name or None, "seed": seed,
+                "arch": params.members()[member.name][0].model_dump(mode="json"),
+                "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                "epochs": state.epoch, "val_acc": state.history[-1][member.name].get("val/acc")})
+            shutil.copytree(logger.lives[member.name].dir, target / "live")
+            sizes[member.name] = json.loads((target / "student.json").read_text())["num_parameters"]
+    summary = _summarise(name, params, per_seed, sizes)
+    atomic_write_json(staging / "summary.json", summary)
+    _move_into_place(staging, out_dir)
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    return {**summary, "out_dir": str(out_dir), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def open_student_cache(path: str | Path, dataset_fingerprint: str):
+    """The cache reader at `path`, checked against the prepared dataset's fingerprint."""
+    from pipeline.cache import open_cache
+
+    return open_cache(path, dataset_fingerprint=dataset_fingerprint)
+
+
+def train_student(
+    name: str,
+    params: StudentParams,
+    prepared_dir: str | Path,
+    out_dir: str | Path,
+    scratch_dir: str | Path,
+    seeds: Sequence[int] | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train student `name` (all of `seeds`, default `params.seeds`) from the cache at `params.cache`
+    joined to the prepared data in `prepared_dir`; write `out_dir` (see the module docstring).
+
+    A small JSON-able summary comes back: per model the val accuracy per seed, mean, std and size.
+    `threads` sets torch's intra-op threads (Dask workers pass 1). Safe to re-run after a kill: the
+    seeds resume from their last checkpoint in `scratch_dir`.
+    """
+    from pipeline.data.prepared import load_prepared
+
+    prepared = load_prepared(prepared_dir)
+    reader = open_student_cache(params.cache, prepared.fingerprint)
+    return train_from_reader(name, params, reader, prepared, out_dir, scratch_dir, seeds, progress, threads)

@@ -1,0 +1,90 @@
+"""Synthetic prepared data, an in-memory teacher cache and a tiny stand-in recipe for the train tests.
+
+No disk, no teacher: the "teacher" is a fixed random linear map of the inputs, so students can learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.cache.batch import SPLITS
+from pipeline.cache.reader import MemoryCache
+from pipeline.data.prepared import PreparedData
+from pipeline.train.params import StudentParams
+
+NUM_CLASSES = 10
+INPUT_SHAPE = (1, 8, 8)
+
+
+def make_prepared(per_split=None, seed: int = 0) -> PreparedData:
+    """A small 8x8 dataset: ids shuffled and non-contiguous, unlabelled rows with label -1."""
+    per_split = per_split or {"train": 160, "val": 40, "test": 20, "unlabelled": 40}
+    rng = np.random.default_rng(seed)
+    split = np.concatenate([np.full(n, SPLITS.index(s), np.int8) for s, n in per_split.items()])
+    n = len(split)
+    prototypes = rng.normal(size=(NUM_CLASSES, *INPUT_SHAPE)).astype(np.float32)
+    label = rng.integers(0, NUM_CLASSES, n)
+    inputs = (prototypes[label] + 0.5 * rng.normal(size=(n, *INPUT_SHAPE))).astype(np.float32)
+    label = np.where(split == SPLITS.index("unlabelled"), -1, label).astype(np.int64)
+    sample_id = rng.permutation(n * 3)[:n].astype(np.int64) + 1000
+    return PreparedData(sample_id, split, label, inputs, NUM_CLASSES, f"synthetic-{seed}")
+
+
+def make_cache(prepared: PreparedData, seed: int = 1, order=None) -> MemoryCache:
+    """Teacher outputs for every prepared row (rows in `order`, default reversed, to test the join)."""
+    rng = np.random.default_rng(seed)
+    order = np.arange(len(prepared))[::-1] if order is None else order
+    flat = prepared.inputs.reshape(len(prepared), -1)
+    logits = (flat @ rng.normal(size=(flat.shape[1], NUM_CLASSES)) * 0.3).astype(np.float16)
+    embed = np.tanh(flat @ rng.normal(size=(flat.shape[1], 16)) * 0.1).astype(np.float32)
+    conv = rng.normal(size=(len(prepared), 8, 4, 4)).astype(np.float16)
+    return MemoryCache(prepared.sample_id[order], prepared.split[order], prepared.label[order],
+                       logits[order], {"embed": embed[order], "conv": conv[order]})
+
+
+class StandInRecipe(torch.nn.Module):
+    """CE on labelled rows + T^2 KL to the teacher (+ mutual KL to the peers): the test stand-in
+    for pipeline.losses.recipe.build_recipe, with its contract (total, {term: value})."""
+
+    needs_feature_bank = False
+
+    def __init__(self, params, shapes) -> None:
+        super().__init__()
+        self.weights = {name: float(term["weight"]) for name, term in params.items()}
+        self.temperature = float(params.get("kd", {}).get("temperature", 4.0))
+        self.needs_peers = "mutual" in params
+        self.projection = torch.nn.Linear(shapes.student["embed"][0], shapes.teacher["embed"][0])
+
+    def forward(self, inputs):
+        logits, labels, t = inputs.student_logits, inputs.labels, self.temperature
+        labelled = labels >= 0
+        ce = (F.cross_entropy(logits[labelled], labels[labelled]) if labelled.any() else logits.sum() * 0.0)
+        kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(inputs.teacher_logits / t, 1),
+                      reduction="batchmean", log_target=True) * t * t
+        feature = (self.projection(inputs.student_features["embed"]) - inputs.teacher_features["embed"]).pow(2).mean()
+        terms = {"ce": ce, "kd": kd, "feature": feature}
+        if self.needs_peers:
+            terms["mutual"] = sum(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(p, 1), reduction="batchmean",
+                                           log_target=True) for p in inputs.peer_logits) / max(len(inputs.peer_logits), 1)
+        total = sum(self.weights.get(name, 0.0) * value for name, value in terms.items())
+        return total, terms
+
+
+def stand_in_builder(params, shapes):
+    """build_recipe's signature, for the stand-in."""
+    return StandInRecipe(params, shapes)
+
+
+def student_params(**overrides) -> StudentParams:
+    """Cheap params: an MLP, CE + KD, 2 epochs of batch 32, one seed."""
+    base = {
+        "arch": {"kind": "mlp", "hidden": [32, 16]},
+        "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0}},
+        "optimizer": {"kind": "adamw", "lr": 0.01},
+        "schedule": {"kind": "cosine", "warmup_epochs": 0.5},
+        "epochs": 2, "batch_size": 32, "seeds": [0],
+    }
+    base.update(overrides)
+    return StudentParams.model_validate(base)

@@ -167,3 +167,33 @@ def metrics_report(
         report["int8"] = dict(int8)
     report["per_seed"] = evaluation.per_seed
     return report
+
+
+def calibration_tsv(bins_by_label: Mapping[str, CalibrationBins]) -> str:
+    """Calibration bins as TSV (model_or_seed, bin_lower, bin_upper, count, accuracy, confidence);
+    empty bins have empty accuracy and confidence cells. Plot data for DVC and the leaderboard."""
+    lines = ["label\tbin_lower\tbin_upper\tcount\taccuracy\tconfidence"]
+    for label, bins in bins_by_label.items():
+        for b in range(len(bins.count)):
+            filled = bins.count[b] > 0
+            lines.append("\t".join([
+                label, f"{bins.edges[b]:.6f}", f"{bins.edges[b + 1]:.6f}", str(int(bins.count[b])),
+                f"{bins.accuracy[b]:.6f}" if filled else "", f"{bins.confidence[b]:.6f}" if filled else "",
+            ]))
+    return "\n".join(lines) + "\n"
+
+
+def read_calibration_tsv(text: str) -> dict[str, CalibrationBins]:
+    """The inverse of `calibration_tsv`."""
+    rows: dict[str, list[list[str]]] = {}
+    for line in text.strip().splitlines()[1:]:
+        label, *cells = line.split("\t")
+        rows.setdefault(label, []).append(cells)
+    result = {}
+    for label, cells in rows.items():
+        number = lambda s: float(s) if s else np.nan  # noqa: E731
+        edges = np.array([float(c[0]) for c in cells] + [float(cells[-1][1])])
+        result[label] = CalibrationBins(
+            edges, np.array([int(c[2]) for c in cells]),
+            np.array([number(c[3]) for c in cells]), np.array([number(c[4]) for c in cells]))
+    return result

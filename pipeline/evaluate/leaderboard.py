@@ -1,0 +1,130 @@
+"""One table over every evaluated model, the teacher as the reference row: Markdown, CSV and a plot.
+
+Input: the `metrics.json` files the evaluate stage writes (`data/evaluate/**/metrics.json`, see
+`pipeline.evaluate.evaluation.metrics_report`). Rows are sorted by mean test accuracy, best first,
+after the teacher. The CSV holds raw numbers (mean and std in separate columns); the Markdown
+holds the same rounded, as a person reads them.
+
+(Plain Python rather than polars: the layout rule of tests/test_boundaries.py keeps storage and
+dataframe libraries behind pipeline/cache and pipeline/data, and a table of a few dozen rows needs
+neither.)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pipeline.errors import DistilleryError
+from pipeline.io import atomic_write_text
+
+SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "kl_T1", "kl_T")
+"""Metrics reported as mean ± std over seeds."""
+
+LATENCY_KEYS = ("cpu_b1", "cpu_b64", "cuda_b1", "cuda_b64")
+
+CSV_COLUMNS = (
+    "model", "recipe", "params", "seeds", "temperature",
+    *(f"{m}_{s}" for m in SPREAD_METRICS for s in ("mean", "std")),
+    *(f"latency_ms_{k}" for k in LATENCY_KEYS), "int8_accuracy_change",
+)
+
+MARKDOWN_COLUMNS = (
+    ("model", "student"), ("recipe", "family / recipe"), ("params", "params"), ("accuracy", "acc (mean ± std)"),
+    ("top5", "top-5"), ("nll", "NLL"), ("ece", "ECE"), ("agreement", "agreement"), ("kl_T1", "KL T=1"),
+    ("kl_T", "KL T"), ("latency_ms_cpu_b1", "CPU ms b1"), ("latency_ms_cpu_b64", "CPU ms b64"),
+    ("latency_ms_cuda_b1", "CUDA ms b1"), ("int8_accuracy_change", "int8 Δacc"),
+)
+
+
+class LeaderboardError(DistilleryError):
+    """No metrics to rank, or a metrics file that is not the evaluate stage's."""
+
+
+def collect_metrics(evaluate_root: str | Path) -> list[dict[str, Any]]:
+    """Every `metrics.json` under `evaluate_root` (one per model; cohort members nest), parsed."""
+    paths = sorted(Path(evaluate_root).glob("**/metrics.json"))
+    if not paths:
+        raise LeaderboardError(f"{evaluate_root}: no metrics.json found; run `dvc repro evaluate` first")
+    reports = []
+    for path in paths:
+        report = json.loads(path.read_text())
+        if "model" not in report or "accuracy" not in report:
+            raise LeaderboardError(f"{path}: not an evaluate metrics file (needs `model` and `accuracy`)")
+        reports.append(report)
+    return reports
+
+
+def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A metrics.json payload -> one flat row keyed by CSV_COLUMNS (missing values are None)."""
+    row: dict[str, Any] = {column: None for column in CSV_COLUMNS}
+    for key in ("model", "recipe", "params", "seeds", "temperature"):
+        row[key] = report.get(key)
+    for metric in SPREAD_METRICS:
+        value = report.get(metric)
+        if isinstance(value, Mapping):
+            row[f"{metric}_mean"], row[f"{metric}_std"] = value.get("mean"), value.get("std")
+        elif isinstance(value, (int, float)):
+            row[f"{metric}_mean"], row[f"{metric}_std"] = value, 0.0
+    for key in LATENCY_KEYS:
+        row[f"latency_ms_{key}"] = (report.get("latency_ms") or {}).get(key)
+    row["int8_accuracy_change"] = (report.get("int8") or {}).get("accuracy_change")
+    return row
+
+
+def leaderboard_rows(reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Flat rows: the teacher first (when given), then the models by mean accuracy, best first."""
+    rows = sorted((flatten_report(r) for r in reports),
+                  key=lambda row: (-(row["accuracy_mean"] or 0.0), str(row["model"])))
+    return ([flatten_report(teacher)] if teacher is not None else []) + rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV text with the CSV_COLUMNS header (empty cell = not measured)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    if key in SPREAD_METRICS:
+        mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+        if mean is None:
+            return "-"
+        return f"{mean:.4f} ± {std:.4f}" if key == "accuracy" and (row.get("seeds") or 1) > 1 else f"{mean:.4f}"
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "params":
+        return f"{int(value):,}"
+    if key == "int8_accuracy_change":
+        return f"{value:+.4f}"
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.3f}"
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
+    """The rows as a Markdown table under a heading, with a line on how to read it."""
+    header = "| " + " | ".join(label for _, label in MARKDOWN_COLUMNS) + " |"
+    rule = "|" + "|".join(" --- " if key in ("model", "recipe") else " ---: " for key, _ in MARKDOWN_COLUMNS) + "|"
+    body = ["| " + " | ".join(_cell(row, key) for key, _ in MARKDOWN_COLUMNS) + " |" for row in rows]
+    note = ("Test split. acc: mean ± sample std over seeds (other metrics: mean). NLL in nats; ECE with 15 "
+            "bins; agreement: same argmax as the teacher; KL(teacher || student) in nats without T²; latency: "
+            "median ONNX Runtime ms per batch, one intra-op thread; n/a = provider not available here. "
+            "See docs/evaluation.md.")
+    return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
+
+
+def write_leaderboard(rows: list[dict[str, Any]], directory: str | Path) -> tuple[Path, Path]:
+    """Write `leaderboard.md` and `leaderboard.csv` into `directory`, each atomically."""
+    directory = Path(directory)
+    return (atomic_write_text(directory / "leaderboard.md", to_markdown(rows)),
+            atomic_write_text(directory / "leaderboard.csv", to_csv(rows)))

@@ -1,0 +1,96 @@
+"""Export every model a student directory holds (one, or one per cohort member) with its parity report.
+
+`data/train/<student>/seed_<k>/` -> `data/export/<student>/model.onnx` + `parity.json` (+
+`model.int8.onnx` when asked); a cohort's members go to `data/export/<cohort>/<member>/`.
+`parity.json` is written last and removed first, so it only ever vouches for the model beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.errors import DistilleryError
+from pipeline.export.params import ExportParams
+from pipeline.export.quantize import int8_report, quantize_int8
+from pipeline.export.student_onnx import export_student
+from pipeline.io import atomic_write_json
+
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+PARITY_FILE = "parity.json"
+
+
+class ExportError(DistilleryError):
+    """Nothing to export, or a seed that does not exist."""
+
+
+def pick_seed(seed_dirs: Sequence[Path], seed: int | None) -> Path:
+    """The seed directory to export: `seed_<seed>`, or the lowest-numbered one when seed is None."""
+    if not seed_dirs:
+        raise ExportError("no trained seeds to export; run `dvc repro train@<student>` first")
+    if seed is None:
+        return sorted(seed_dirs, key=lambda p: int(p.name.split("_", 1)[1]))[0]
+    for seed_dir in seed_dirs:
+        if seed_dir.name == f"seed_{seed}":
+            return seed_dir
+    raise ExportError(f"export.seed: {seed} was not trained (have {', '.join(p.name for p in seed_dirs)}); "
+                      "set export.seed to one of them or null for the first")
+
+
+def export_seed(
+    seed_dir: str | Path,
+    out_dir: str | Path,
+    params: ExportParams,
+    int8_data: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Export the student in `seed_dir` to `out_dir` and return (and write) its parity report.
+
+    int8_data: labelled rows (inputs (N, *input_shape), labels (N,)) to measure the int8 model's
+    accuracy change on; required when params.int8 is true.
+    """
+    from pipeline.students.registry import count_parameters
+    from pipeline.students.trained import load_trained_student, read_student_config
+
+    seed_dir, out_dir = Path(seed_dir), Path(out_dir)
+    if params.int8 and int8_data is None:
+        raise ExportError("export.int8 is true but no labelled rows were given to measure its accuracy on")
+    (out_dir / PARITY_FILE).unlink(missing_ok=True)
+    config = read_student_config(seed_dir)
+    student = load_trained_student(seed_dir)
+    report: dict[str, Any] = {
+        "student": config.get("student"), "seed": config.get("seed"), "source": seed_dir.as_posix(),
+        "arch": config.get("arch"), "params": count_parameters(student), "file": MODEL_FILE,
+    }
+    report["parity"] = export_student(
+        student, tuple(config["input_shape"]), out_dir / MODEL_FILE,
+        parity_batch_sizes=params.parity_batch_sizes, rtol=params.rtol, atol=params.atol, seed=params.parity_seed,
+    )
+    if params.int8:
+        quantize_int8(out_dir / MODEL_FILE, out_dir / INT8_FILE)
+        report["int8"] = int8_report(out_dir / MODEL_FILE, out_dir / INT8_FILE, *int8_data)
+    else:
+        (out_dir / INT8_FILE).unlink(missing_ok=True)
+    atomic_write_json(out_dir / PARITY_FILE, report)
+    return report
+
+
+def export_student_dir(
+    student_dir: str | Path,
+    export_root: str | Path,
+    params: ExportParams,
+    int8_data: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Export every model under `data/train/<student>/` into `export_root/<model name>/`;
+    returns model name -> parity report."""
+    from pipeline.students.trained import list_trained
+
+    models = list_trained(student_dir)
+    if not models:
+        raise ExportError(f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first")
+    return {
+        name: export_seed(pick_seed(seeds, params.seed), Path(export_root) / name, params, int8_data)
+        for name, seeds in models.items()
+    }

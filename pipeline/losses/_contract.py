@@ -58,3 +58,13 @@ class LossInputs:
     teacher_feature_bank: Mapping[str, torch.Tensor] | None = None
     rows: torch.Tensor | None = None
     epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Family:
+    """One entry of `FAMILIES`: the pydantic params model (with `kind: Literal[...]`, `weight`,
+    and `sub_weights(epoch) -> {sub-term: factor}`) and the adapter class, built as
+    `adapter(params, shapes)` and called as `adapter(inputs) -> {sub-term: unweighted scalar}`."""
+
+    params: type
+    adapter: type

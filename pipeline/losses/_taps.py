@@ -1,0 +1,152 @@
+"""Feature taps for loss terms: naming checks, and the projections between student and teacher.
+
+A feature term names a student tap and a teacher tap (`TapPair`); when their shapes differ a
+learned projection maps one side onto the other: `nn.Linear` for (B, D) taps (on the last axis of
+(B, N, D) token taps) and a 1x1 convolution for (B, C, H, W) maps. The projection lives in the
+adapter, so it moves with `.to(device)`, trains with the student and lands in its checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pydantic import model_validator
+
+from pipeline.config import StrictModel
+from pipeline.errors import DistilleryError
+from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._probs import as_float32
+
+Projection = Literal["teacher_to_student", "student_to_teacher", "none"]
+"""Which side a learned projection maps: seeds/000 §1 and 001 §Feature-Based 2 project the
+teacher onto the student (phi(f_T)); FitNets projects the student onto the teacher."""
+
+
+class MissingTapError(DistilleryError, KeyError):
+    """A loss term names a feature tap that the student or the teacher does not export."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class TapShapeError(DistilleryError, ValueError):
+    """Two taps cannot be compared or projected onto each other."""
+
+
+class TapPair(StrictModel):
+    """One student tap matched with one teacher tap (a layer map entry l -> pi(l))."""
+
+    student: str
+    teacher: str
+
+
+def check_tap(name: str, side: Literal["student", "teacher"], shapes: TapShapes) -> tuple[int, ...]:
+    """The per-row shape of tap `name` on `side`, or MissingTapError listing the valid taps."""
+    available = shapes.student if side == "student" else shapes.teacher
+    if name not in available:
+        valid = ", ".join(sorted(available)) or "(none)"
+        raise MissingTapError(f"{side} tap {name!r} does not exist; valid {side} taps: {valid}")
+    return tuple(available[name])
+
+
+def make_projection(from_shape: tuple[int, ...], to_shape: tuple[int, ...], where: str) -> nn.Module:
+    """A learned map from per-row shape `from_shape` to `to_shape`.
+
+    (D1,) -> (D2,): nn.Linear. (N, D1) -> (N, D2): nn.Linear on the last axis.
+    (C1, H, W) -> (C2, H, W): 1x1 nn.Conv2d. Anything else: TapShapeError naming `where`.
+    """
+    if len(from_shape) in (1, 2) and from_shape[:-1] == to_shape[:-1] and len(to_shape) == len(from_shape):
+        return nn.Linear(from_shape[-1], to_shape[-1])
+    if len(from_shape) == 3 and len(to_shape) == 3 and from_shape[1:] == to_shape[1:]:
+        return nn.Conv2d(from_shape[0], to_shape[0], kernel_size=1)
+    raise TapShapeError(
+        f"{where}: cannot project per-row shape {from_shape} onto {to_shape}; a projection maps "
+        "(D,) taps, (N, D) token taps with equal N, or (C, H, W) maps with equal H, W"
+    )
+
+
+class ProjectedPair(nn.Module):
+    """Reads one (student tap, teacher tap) pair and brings both into one space.
+
+    forward(inputs) -> (student_side, teacher_side), both (B, *shape) float32; the teacher tensor
+    is detached, so gradients reach the student and the projection, never the cache.
+    """
+
+    def __init__(self, pair: TapPair, shapes: TapShapes, project: Projection, where: str):
+        super().__init__()
+        self.student_tap, self.teacher_tap = pair.student, pair.teacher
+        student_shape = check_tap(pair.student, "student", shapes)
+        teacher_shape = check_tap(pair.teacher, "teacher", shapes)
+        self.direction = project
+        if project == "teacher_to_student":
+            self.projection = make_projection(teacher_shape, student_shape, where)
+            self.shape = student_shape
+        elif project == "student_to_teacher":
+            self.projection = make_projection(student_shape, teacher_shape, where)
+            self.shape = teacher_shape
+        elif student_shape != teacher_shape:
+            raise TapShapeError(
+                f"{where}: student tap {pair.student!r} {student_shape} and teacher tap "
+                f"{pair.teacher!r} {teacher_shape} differ; set project: teacher_to_student "
+                "or student_to_teacher"
+            )
+        else:
+            self.projection = nn.Identity()
+            self.shape = student_shape
+
+    def forward(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        student = as_float32(inputs.student_features[self.student_tap])
+        teacher = as_float32(inputs.teacher_features[self.teacher_tap].detach())
+        if self.direction == "teacher_to_student":
+            teacher = self.apply_projection(teacher)
+        elif self.direction == "student_to_teacher":
+            student = self.apply_projection(student)
+        return student, teacher
+
+    def apply_projection(self, features: torch.Tensor) -> torch.Tensor:
+        """The learned projection applied to (B, *from_shape) features (in its parameters' dtype)."""
+        return self.projection(features.to(next(self.projection.parameters()).dtype))
+
+
+class TapTermParams(StrictModel):
+    """Params fields of a term on feature taps: one pair (`student_tap`, `teacher_tap`) or a list
+    of pairs (`taps`), averaged or summed as the family says."""
+
+    student_tap: str | None = None
+    teacher_tap: str | None = None
+    taps: list[TapPair] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_taps(self):
+        single = self.student_tap is not None or self.teacher_tap is not None
+        if single and self.taps:
+            raise ValueError("give either student_tap/teacher_tap or taps, not both")
+        if single and (self.student_tap is None or self.teacher_tap is None):
+            raise ValueError("student_tap and teacher_tap go together; give both")
+        if not single and not self.taps:
+            raise ValueError("name the taps to compare: student_tap and teacher_tap, or taps")
+        return self
+
+    def pairs(self) -> list[TapPair]:
+        """The tap pairs this term compares, in order."""
+        if self.taps:
+            return list(self.taps)
+        return [TapPair(student=self.student_tap, teacher=self.teacher_tap)]
+
+
+def read_taps(inputs: LossInputs, pair: TapPair) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student, teacher) features of `pair` as (B, *shape) float32, the teacher detached; for
+    relation families that compare each side with itself and need no projection."""
+    student = as_float32(inputs.student_features[pair.student])
+    teacher = as_float32(inputs.teacher_features[pair.teacher].detach())
+    return student, teacher
+
+
+def check_pairs(pairs: list[TapPair], shapes: TapShapes) -> None:
+    """MissingTapError unless every tap of `pairs` exists in `shapes`."""
+    for pair in pairs:
+        check_tap(pair.student, "student", shapes)
+        check_tap(pair.teacher, "teacher", shapes)

@@ -1,0 +1,63 @@
+"""Relational Gram matching: the Frobenius distance between the batch Gram matrices of student and
+teacher features (seeds/004 §6.2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._probs import as_float32
+from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
+
+
+def gram_matrix(features: torch.Tensor, normalize_rows: bool = True) -> torch.Tensor:
+    """(B, *shape) -> (B, B) G_ij = x_i . x_j (rows flattened; L2-normalised first if asked, so G
+    holds cosine similarities and student and teacher sizes may differ).  Source: seeds/004 §6.2."""
+    x = as_float32(features).flatten(1)
+    if normalize_rows:
+        x = F.normalize(x, dim=1)
+    return x @ x.T
+
+
+def gram_distance(student: torch.Tensor, teacher: torch.Tensor, normalize_rows: bool = True,
+                  reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """L_relational = ||G_T(X) - G_S(X)||_F^2 ("sum", as seeds/004 §6.2 writes), or that divided by
+    B^2 ("mean", so the weight does not depend on the batch size).
+
+    student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: seeds/004 §6.2.
+    """
+    squared = (gram_matrix(teacher, normalize_rows) - gram_matrix(student, normalize_rows)).pow(2)
+    return squared.sum() if reduction == "sum" else squared.mean()
+
+
+class GramParams(TapTermParams):
+    """Frobenius distance between batch Gram matrices, averaged over taps (seeds/004 §6.2)."""
+
+    kind: Literal["gram"] = "gram"
+    weight: float = 1.0
+    normalize_rows: bool = Field(True, description="cosine Gram (scale-free; sizes may differ)")
+    reduction: Literal["mean", "sum"] = Field("mean", description="sum: ||.||_F^2 as written; mean: / B^2")
+
+    def sub_weights(self, epoch: int) -> dict[str, float]:
+        return {"gram": 1.0}
+
+
+class GramLoss(nn.Module):
+    """gram: (1/M) sum_taps ||G_T - G_S||_F^2 (/ B^2 with reduction mean).
+    Sub-terms: gram.  Source: seeds/004 §6.2."""
+
+    def __init__(self, params: GramParams, shapes: TapShapes):
+        super().__init__()
+        self.params = params
+        self.pairs = params.pairs()
+        check_pairs(self.pairs, shapes)
+
+    def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        p = self.params
+        values = [gram_distance(*read_taps(inputs, pair), p.normalize_rows, p.reduction) for pair in self.pairs]
+        return {"gram": sum(values) / len(values)}

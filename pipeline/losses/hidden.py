@@ -1,0 +1,79 @@
+"""Hidden-state matching over a layer map l -> pi(l): the squared Frobenius distance between each
+student layer and the projected teacher layer pi(l), summed over the map (seeds/001 §Feature-Based
+1-2, seeds/004 §6.1); the projection learned, or solved in closed form per batch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._taps import ProjectedPair, TapPair, check_pairs, read_taps
+from pipeline.config import StrictModel
+
+
+def hidden_state_distance(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """(1/B) ||h_S - phi(h_T)||_F^2 for one layer pair already in one space.
+
+    student_hidden, teacher_hidden: (B, *shape) (e.g. (B, D) or (B, N, D) tokens); the squared
+    Frobenius norm of the whole difference, divided by B so the weight is batch-size free.
+    Source: seeds/001 §Feature-Based 1 (L_hidden), seeds/004 §6.1.
+    """
+    return (student_hidden - teacher_hidden).pow(2).sum() / student_hidden.shape[0]
+
+
+def closed_form_residual(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                         ridge: float = 1e-3) -> torch.Tensor:
+    """(1/B) min_W ||h_S - W h_T||_F^2 with W solved on this batch (rows flattened).
+
+    W* = h_S h_T^T (h_T h_T^T + ridge I)^-1 (seeds/001 §Feature-Based 2, in row layout
+    W*^T = (T^T T + ridge I)^-1 T^T S with T = (B, D_T), S = (B, D_S)); the ridge keeps it defined
+    when B < D_T. Gradients reach h_S (W* is a function of it). Returns a float32 scalar.
+    """
+    s = student_hidden.flatten(1)
+    t = teacher_hidden.flatten(1)
+    eye = torch.eye(t.shape[1], device=t.device, dtype=t.dtype)
+    weight_t = torch.linalg.solve(t.T @ t + ridge * eye, t.T @ s)     # (D_T, D_S) = W*^T
+    return (s - t @ weight_t).pow(2).sum() / s.shape[0]
+
+
+class HiddenParams(StrictModel):
+    """Hidden-state matching over a layer map (seeds/001 §Feature-Based, 004 §6.1)."""
+
+    kind: Literal["hidden"] = "hidden"
+    weight: float = 1.0
+    layers: list[TapPair] = Field(min_length=1, description="the layer map: [{student: s1, teacher: t3}, ...]")
+    project: Literal["teacher_to_student", "student_to_teacher", "closed_form", "none"] = Field(
+        "teacher_to_student", description="learned phi on the teacher (as written), on the student, "
+        "the per-batch least-squares W* (seeds/001 §2), or none when shapes are equal")
+    ridge: float = Field(1e-3, ge=0, description="ridge of the closed-form W*")
+
+    def sub_weights(self, epoch: int) -> dict[str, float]:
+        return {"hidden": 1.0}
+
+
+class HiddenLoss(nn.Module):
+    """hidden: sum over the layer map of (1/B) ||h_S^(l) - phi(h_T^(pi(l)))||_F^2.
+    Sub-terms: hidden.  Source: seeds/001 §Feature-Based 1-2, seeds/004 §6.1."""
+
+    def __init__(self, params: HiddenParams, shapes: TapShapes):
+        super().__init__()
+        self.params = params
+        check_pairs(params.layers, shapes)
+        if params.project == "closed_form":
+            self.pairs = nn.ModuleList()
+        else:
+            self.pairs = nn.ModuleList(
+                ProjectedPair(pair, shapes, params.project, f"hidden term, layer {pair.student}/{pair.teacher}")
+                for pair in params.layers)
+
+    def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        if self.params.project == "closed_form":
+            values = [closed_form_residual(*read_taps(inputs, pair), self.params.ridge)
+                      for pair in self.params.layers]
+        else:
+            values = [hidden_state_distance(*pair(inputs)) for pair in self.pairs]
+        return {"hidden": sum(values)}

@@ -1,0 +1,152 @@
+"""Relational knowledge distillation: match the batch's distance structure (mean-normalised
+pairwise distances) and angle structure (pairwise cosines, or triplet angles) with SmoothL1.
+
+The triplet angle compares B^3 values. It is computed from the (B, B) Gram and distance matrices
+(cos of angle j-i-k = (G_jk - G_ij - G_ik + G_ii) / (d_ij d_ik)), a few anchors at a time, under
+activation checkpointing: memory is O(B^2 + anchors_per_chunk * B^2) in the forward and the
+backward, never O(B^3) or O(B^2 D). At B = 1024 that is a few tens of MiB.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._probs import as_float32
+from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
+
+_EPS = 1e-12
+_ELEMENTS_PER_CHUNK = 1 << 22  # 4M floats (16 MiB) per (anchors, B, B) temporary
+
+
+def _centred_gram(features: torch.Tensor) -> torch.Tensor:
+    # Centring leaves distances and triplet angles unchanged and keeps the Gram entries small,
+    # so G_jk - G_ij - G_ik + G_ii loses less to cancellation.
+    x = as_float32(features).flatten(1)
+    x = x - x.mean(dim=0, keepdim=True)
+    return x @ x.T
+
+
+def _distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    squared = gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram
+    # clamp before sqrt: the diagonal (and duplicates) would give an infinite gradient at 0.
+    distances = squared.clamp(min=_EPS).sqrt()
+    return distances * (1 - torch.eye(len(gram), device=gram.device, dtype=gram.dtype))
+
+
+def pairwise_distances(features: torch.Tensor) -> torch.Tensor:
+    """(B, *shape) -> (B, B) Euclidean distances ||x_i - x_j||_2 (rows flattened), zero diagonal."""
+    return _distances_from_gram(_centred_gram(features))
+
+
+def rkd_distance(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """L_dist = (1/B^2) sum_{i != j} SmoothL1(psi_D(s_i, s_j), psi_D(t_i, t_j)), SmoothL1 with beta 1.
+
+    psi_D(x_i, x_j) = ||x_i - x_j|| / mu, mu = mean over pairs i != j of ||x_i - x_j|| (seeds/001;
+    `normalize=False` gives seeds/000's raw distances). student: (B, *s), teacher: (B, *t); the
+    feature sizes may differ. Returns a float32 scalar.
+    Source: seeds/000 §4 (L_dist), seeds/001 §Relation-Based 1 (psi_D, mu_D).
+    """
+    rows = student.shape[0]
+    pairs = max(rows * (rows - 1), 1)
+    d_student, d_teacher = pairwise_distances(student), pairwise_distances(teacher)
+    if normalize:
+        d_student = d_student / (d_student.sum() / pairs).clamp(min=_EPS)
+        d_teacher = d_teacher / (d_teacher.sum() / pairs).clamp(min=_EPS)
+    return F.smooth_l1_loss(d_student, d_teacher, reduction="mean", beta=1.0)
+
+
+def rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L_angle = (1/B^2) sum_{i,j} SmoothL1(cos theta_S^ij, cos theta_T^ij),
+    cos theta^ij = f_i.f_j / (||f_i|| ||f_j||) (not centred).
+
+    student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: seeds/000 §4 (L_angle).
+    """
+    s = F.normalize(as_float32(student).flatten(1), dim=1)
+    t = F.normalize(as_float32(teacher).flatten(1), dim=1)
+    return F.smooth_l1_loss(s @ s.T, t @ t.T, reduction="mean", beta=1.0)
+
+
+def _angle_chunk(start: int, stop: int, gram_s, dist_s, gram_t, dist_t) -> torch.Tensor:
+    """Sum over anchors i in [start, stop) and all j, k of SmoothL1(cos_S(j,i,k), cos_T(j,i,k))."""
+    return F.smooth_l1_loss(_triplet_cosines(start, stop, gram_s, dist_s),
+                            _triplet_cosines(start, stop, gram_t, dist_t), reduction="sum", beta=1.0)
+
+
+def _triplet_cosines(start: int, stop: int, gram: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    anchors = torch.arange(start, stop, device=gram.device)
+    g_anchor = gram[anchors]                                    # (A, B): G_ij
+    numerator = (gram[None, :, :] - g_anchor[:, :, None] - g_anchor[:, None, :]
+                 + gram[anchors, anchors][:, None, None])       # (x_j - x_i).(x_k - x_i)
+    d_anchor = dist[anchors]                                    # (A, B): ||x_j - x_i||
+    denominator = d_anchor[:, :, None] * d_anchor[:, None, :]
+    # j = i or k = i: a zero vector, whose cosine is taken as 0 (as F.normalize gives in Park's code).
+    safe = denominator > _EPS
+    return torch.where(safe, numerator / torch.where(safe, denominator, 1.0), 0.0)
+
+
+def rkd_angle_triplet(student: torch.Tensor, teacher: torch.Tensor,
+                      anchors_per_chunk: int | None = None) -> torch.Tensor:
+    """L_angle = (1/B^3) sum_{i,j,k} SmoothL1(psi_A(s_i, s_j, s_k), psi_A(t_i, t_j, t_k)),
+    psi_A = cos angle x_j x_i x_k = (x_i - x_j).(x_i - x_k) / (||x_i - x_j|| ||x_i - x_k||),
+    taken as 0 when j = i or k = i (as the RKD reference code).
+
+    student: (B, *s), teacher: (B, *t). Memory O(B^2 + anchors_per_chunk B^2), default chunk
+    keeps each temporary at 4M floats. Returns a float32 scalar.
+    Source: seeds/001 §Relation-Based 1 (psi_A); Park et al. 2019.
+    """
+    rows = student.shape[0]
+    chunk = anchors_per_chunk or max(1, _ELEMENTS_PER_CHUNK // (rows * rows))
+    gram_s, gram_t = _centred_gram(student), _centred_gram(teacher.detach())
+    dist_s, dist_t = _distances_from_gram(gram_s), _distances_from_gram(gram_t)
+    total = gram_s.new_zeros(())
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
+        if gram_s.requires_grad:  # recompute the chunk in backward instead of keeping B^3 values
+            total = total + checkpoint(_angle_chunk, start, stop, gram_s, dist_s, gram_t, dist_t,
+                                       use_reentrant=False)
+        else:
+            total = total + _angle_chunk(start, stop, gram_s, dist_s, gram_t, dist_t)
+    return total / rows**3
+
+
+class RKDParams(TapTermParams):
+    """Relational KD: distance_weight * L_dist + angle_weight * L_angle (seeds/000 §4, 001)."""
+
+    kind: Literal["rkd"] = "rkd"
+    weight: float = 1.0
+    distance_weight: float = Field(25.0, description="w_dist (seeds/000 §4)")
+    angle_weight: float = Field(50.0, description="w_angle (seeds/000 §4)")
+    angle: Literal["triplet", "pairwise"] = Field(
+        "triplet", description="triplet: angle j-i-k (seeds/001, Park et al.); pairwise: cos(f_i, f_j) (seeds/000)")
+    normalize_distance: bool = Field(True, description="divide distances by their mean (seeds/001 mu_D)")
+
+    def sub_weights(self, epoch: int) -> dict[str, float]:
+        return {"distance": self.distance_weight, "angle": self.angle_weight}
+
+
+class RKDLoss(nn.Module):
+    """rkd: distance = L_dist, angle = L_angle (triplet or pairwise form), each averaged over taps;
+    student and teacher spaces may differ (relations need no projection).
+    Sub-terms: distance, angle.  Source: seeds/000 §4, seeds/001 §Relation-Based 1."""
+
+    def __init__(self, params: RKDParams, shapes: TapShapes):
+        super().__init__()
+        self.params = params
+        self.pairs = params.pairs()
+        check_pairs(self.pairs, shapes)
+
+    def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        angle_of = rkd_angle_triplet if self.params.angle == "triplet" else rkd_angle_pairwise
+        distance, angle = [], []
+        for pair in self.pairs:
+            student, teacher = read_taps(inputs, pair)
+            distance.append(rkd_distance(student, teacher, self.params.normalize_distance))
+            angle.append(angle_of(student, teacher))
+        return {"distance": sum(distance) / len(distance), "angle": sum(angle) / len(angle)}

@@ -329,7 +329,8 @@ def commit_shard(build: CacheBuild, shard_index: int, arrays: Mapping[str, np.nd
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             done = len(completed_shards(build))
             raise CacheDiskFullError(
-                f"disk full while writing shard {shard_index} of {build.layout.num_shards} to {build.store_dir} "
+                f"disk full while writing shard {shard_index} (rows {rows.start}..{rows.stop - 1}) of "
+                f"{build.layout.num_shards} to {build.store_dir} "
                 f"({error.strerror or error}); free space and re-run `dvc repro cache`; completed shards are "
                 f"kept ({done} of {build.layout.num_shards})"
             ) from None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.cache.open import check_alignment
 from pipeline.cache.reader import CacheReader, rows_of_split
 from pipeline.errors import DistilleryError
 
@@ -28,30 +29,21 @@ def _ids(values: np.ndarray, limit: int = 10) -> str:
 def align_inputs(reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray) -> np.ndarray:
     """(N_cache,) int64 position in the dataset of each cache row's sample id.
 
-    sample_id, split, label: (N,) arrays of the prepared dataset. Raises MisalignedCacheError
-    naming the ids missing on either side, or the first rows whose split or label differ.
+    sample_id, split, label: (N,) arrays of the prepared dataset. The dataset and the cache must
+    hold the same ids (CacheAlignmentError from pipeline.cache names the missing ones, either
+    side); rows whose split or label differ raise MisalignedCacheError naming their ids.
     """
+    cache_row = check_alignment(reader, sample_id, exact=True)  # (N,) cache row of each dataset row
+    position = np.empty(len(reader), np.int64)
+    position[cache_row] = np.arange(len(sample_id), dtype=np.int64)
     cache_ids = np.asarray(reader.sample_id, np.int64)
-    order = np.argsort(sample_id, kind="stable")
-    slot = np.clip(np.searchsorted(sample_id, cache_ids, sorter=order), 0, max(len(sample_id) - 1, 0))
-    position = order[slot] if len(sample_id) else np.zeros(len(cache_ids), np.int64)
-    found = (sample_id[position] == cache_ids) if len(sample_id) else np.zeros(len(cache_ids), bool)
-    fix = "the cache was built on other data; re-run `dvc repro cache` (or point `cache:` at the right store)"
-    if not found.all():
-        raise MisalignedCacheError(
-            f"{int((~found).sum())} cache rows have sample ids missing from the prepared dataset: "
-            f"{_ids(cache_ids[~found])}; {fix}")
-    not_cached = np.setdiff1d(np.asarray(sample_id, np.int64), cache_ids)
-    if len(not_cached):
-        raise MisalignedCacheError(
-            f"{len(not_cached)} prepared samples have no cache row: {_ids(not_cached)}; {fix}")
     for name, cached, prepared in (("split", reader.split, split), ("label", reader.label, label)):
         differ = np.flatnonzero(np.asarray(cached) != np.asarray(prepared)[position])
         if len(differ):
             raise MisalignedCacheError(
                 f"{len(differ)} cache rows disagree with the prepared dataset on {name}, sample ids "
-                f"{_ids(cache_ids[differ])}; {fix}")
-    return position.astype(np.int64)
+                f"{_ids(cache_ids[differ])}; the cache was built on other data: re-run `dvc repro cache`")
+    return position
 
 
 def training_rows(reader: CacheReader, train_rows: str) -> np.ndarray:

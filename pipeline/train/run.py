@@ -138,7 +138,7 @@ def train_from_reader(
 
 def open_student_cache(path: str | Path, dataset_fingerprint: str):
     """The cache reader at `path`, checked against the prepared dataset's fingerprint."""
-    from pipeline.cache import open_cache
+    from pipeline.cache.open import open_cache
 
     return open_cache(path, dataset_fingerprint=dataset_fingerprint)
 

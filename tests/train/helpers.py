@@ -1,4 +1,4 @@
-"""Synthetic prepared data, an in-memory teacher cache and a tiny stand-in recipe for the train tests.
+"""Synthetic prepared data and an in-memory teacher cache for the train tests.
 
 No disk, no teacher: the "teacher" is a fixed random linear map of the inputs, so students can learn.
 """
@@ -6,9 +6,6 @@ No disk, no teacher: the "teacher" is a fixed random linear map of the inputs, s
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
 from pipeline.cache.batch import SPLITS
 from pipeline.cache.reader import MemoryCache
 from pipeline.data.prepared import PreparedData
@@ -42,39 +39,6 @@ def make_cache(prepared: PreparedData, seed: int = 1, order=None) -> MemoryCache
     conv = rng.normal(size=(len(prepared), 8, 4, 4)).astype(np.float16)
     return MemoryCache(prepared.sample_id[order], prepared.split[order], prepared.label[order],
                        logits[order], {"embed": embed[order], "conv": conv[order]})
-
-
-class StandInRecipe(torch.nn.Module):
-    """CE on labelled rows + T^2 KL to the teacher (+ mutual KL to the peers): the test stand-in
-    for pipeline.losses.recipe.build_recipe, with its contract (total, {term: value})."""
-
-    needs_feature_bank = False
-
-    def __init__(self, params, shapes) -> None:
-        super().__init__()
-        self.weights = {name: float(term["weight"]) for name, term in params.items()}
-        self.temperature = float(params.get("kd", {}).get("temperature", 4.0))
-        self.needs_peers = "mutual" in params
-        self.projection = torch.nn.Linear(shapes.student["embed"][0], shapes.teacher["embed"][0])
-
-    def forward(self, inputs):
-        logits, labels, t = inputs.student_logits, inputs.labels, self.temperature
-        labelled = labels >= 0
-        ce = (F.cross_entropy(logits[labelled], labels[labelled]) if labelled.any() else logits.sum() * 0.0)
-        kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(inputs.teacher_logits / t, 1),
-                      reduction="batchmean", log_target=True) * t * t
-        feature = (self.projection(inputs.student_features["embed"]) - inputs.teacher_features["embed"]).pow(2).mean()
-        terms = {"ce": ce, "kd": kd, "feature": feature}
-        if self.needs_peers:
-            terms["mutual"] = sum(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(p, 1), reduction="batchmean",
-                                           log_target=True) for p in inputs.peer_logits) / max(len(inputs.peer_logits), 1)
-        total = sum(self.weights.get(name, 0.0) * value for name, value in terms.items())
-        return total, terms
-
-
-def stand_in_builder(params, shapes):
-    """build_recipe's signature, for the stand-in."""
-    return StandInRecipe(params, shapes)
 
 
 def student_params(**overrides) -> StudentParams:

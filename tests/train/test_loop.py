@@ -14,7 +14,7 @@ from pipeline.losses._contract import LossInputs
 from pipeline.train.data import join_training_data
 from pipeline.train.loop import CohortError, build_members, run_seed
 from pipeline.train.run import config_hash, train_from_reader
-from tests.train.helpers import make_cache, make_prepared, stand_in_builder, student_params
+from tests.train.helpers import make_cache, make_prepared, student_params
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def cache(prepared):
 
 def _train(tmp_path, prepared, cache, params, tag="run", **kwargs):
     return train_from_reader("kd", params, cache, prepared, tmp_path / tag / "out", tmp_path / tag / "scratch",
-                             progress=False, recipe_builder=stand_in_builder, **kwargs)
+                             progress=False, **kwargs)
 
 
 def _weights(path):
@@ -63,7 +63,7 @@ def test_outputs_follow_the_contract_and_the_summary_has_mean_and_std(tmp_path, 
     config = json.loads((out / "seed_1/student.json").read_text())
     assert config["student"] == "kd" and config["seed"] == 1 and config["input_shape"] == [1, 8, 8]
     live = json.loads((out / "seed_0/live/metrics.json").read_text())
-    assert {"loss", "ce", "kd", "feature"} <= set(live["train"]) and "acc" in live["val"] and live["step"] == 2
+    assert {"loss", "ce", "kd"} <= set(live["train"]) and "acc" in live["val"] and live["step"] == 2
     assert result["out_dir"] == str(out)
     assert not (tmp_path / "run/scratch").exists()
 
@@ -93,7 +93,7 @@ def test_a_cohort_trains_every_member_in_one_pass_over_the_cache(tmp_path, prepa
     params = student_params(arch=None, cohort={"members": members}, loss=loss, eval_batch_size=1000)
     counting = _CountingCache(cache)
     result = train_from_reader("trio", params, counting, prepared, tmp_path / "out", tmp_path / "scratch",
-                               progress=False, recipe_builder=stand_in_builder)
+                               progress=False)
     steps = params.epochs * (200 // params.batch_size)
     val_batches = params.epochs  # one eval batch per epoch
     assert counting.calls == steps + val_batches
@@ -109,12 +109,12 @@ def test_a_mutual_term_without_peers_is_refused(prepared, cache):
     params = student_params(loss={"mutual": {"kind": "mutual", "weight": 1.0}})
     data = join_training_data(cache, prepared, "all")
     with pytest.raises(CohortError, match="cohort"):
-        build_members(params, data, 0, stand_in_builder)
+        build_members(params, data, 0)
 
 
 def test_unlabelled_rows_contribute_soft_terms_only(prepared, cache):
     data = join_training_data(cache, prepared, "all")
-    members = build_members(student_params(), data, 0, stand_in_builder)
+    members = build_members(student_params(), data, 0)
     unlabelled = data.train_rows[cache.label[data.train_rows] == UNLABELLED][:16]
     assert len(unlabelled) == 16  # "all" trains on the unlabelled split too
     batch = cache.batch(unlabelled)
@@ -137,9 +137,9 @@ def test_a_finished_seed_is_reloaded_not_retrained(tmp_path, prepared, cache):
     params = student_params()
     data = join_training_data(cache, prepared, "all")
     digest = config_hash(params, prepared.fingerprint, cache)
-    first, _ = run_seed(params, data, 0, tmp_path, digest, stand_in_builder, progress=False)
+    first, _ = run_seed(params, data, 0, tmp_path, digest, progress=False)
     steps = []
-    again, state = run_seed(params, data, 0, tmp_path, digest, stand_in_builder, progress=False, on_step=steps.append)
+    again, state = run_seed(params, data, 0, tmp_path, digest, progress=False, on_step=steps.append)
     assert steps == [] and state.done
     assert torch.equal(first[0].model.classifier.weight, again[0].model.classifier.weight)
 
@@ -147,7 +147,16 @@ def test_a_finished_seed_is_reloaded_not_retrained(tmp_path, prepared, cache):
 def test_a_checkpoint_for_other_params_is_not_resumed(tmp_path, prepared, cache):
     data = join_training_data(cache, prepared, "all")
     params = student_params()
-    run_seed(params, data, 0, tmp_path, "hash-a", stand_in_builder, progress=False)
+    run_seed(params, data, 0, tmp_path, "hash-a", progress=False)
     steps = []
-    run_seed(params, data, 0, tmp_path, "hash-b", stand_in_builder, progress=False, on_step=steps.append)
+    run_seed(params, data, 0, tmp_path, "hash-b", progress=False, on_step=steps.append)
     assert len(steps) == params.epochs * 6
+
+
+def test_a_student_tap_that_does_not_exist_is_refused_when_the_recipe_is_built(prepared, cache):
+    from pipeline.losses._taps import MissingTapError
+
+    params = student_params(loss={"feature": {"kind": "feature", "student_tap": "conv", "teacher_tap": "conv"}})
+    data = join_training_data(cache, prepared, "all")
+    with pytest.raises(MissingTapError, match="student tap 'conv' does not exist; valid student taps: embed, hidden1, hidden2"):
+        build_members(params, data, 0)

@@ -9,20 +9,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.helpers import make_cache, make_prepared, stand_in_builder, student_params
+from tests.train.helpers import make_cache, make_prepared, student_params
 from pipeline.train.run import train_from_reader
 
 ROOT = Path(__file__).resolve().parents[2]
-# Dropout consumes the torch RNG every step, so the RNG state must be restored too.
+# Dropout and CRD's bank negatives draw from the torch RNG every step, so its state must be restored;
+# the feature term's projection lives in the recipe, so the recipe's weights must be restored too.
 PARAMS = {"arch": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.2}, "epochs": 3, "checkpoint_every_steps": 2,
-          "seeds": [0, 1]}
+          "seeds": [0, 1], "optimizer": {"kind": "adamw", "lr": 0.01},
+          "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5},
+                   "feature": {"kind": "feature", "weight": 1.0, "student_tap": "embed", "teacher_tap": "embed"},
+                   "crd": {"kind": "crd", "weight": 0.1, "student_tap": "hidden1", "teacher_tap": "embed",
+                           "negatives": "bank", "num_negatives": 64}}}
 
 CHILD = """
 import os, signal
-from tests.train.helpers import make_cache, make_prepared, stand_in_builder, student_params
+from tests.train.helpers import make_cache, make_prepared, student_params
 from pipeline.train.run import train_from_reader
 params = student_params(**{params})
 def kill_at(step):
@@ -30,7 +36,7 @@ def kill_at(step):
         os.kill(os.getpid(), signal.SIGKILL)
 prepared = make_prepared()
 train_from_reader("kd", params, make_cache(prepared), prepared, "{out}", "{scratch}", progress=False,
-                  recipe_builder=stand_in_builder, on_step=kill_at, threads=1)
+                  on_step=kill_at, threads=1)
 """
 
 
@@ -46,7 +52,7 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     cache = make_cache(prepared)
     params = student_params(**PARAMS)
     train_from_reader("kd", params, cache, prepared, tmp_path / "straight/out", tmp_path / "straight/scratch",
-                      progress=False, recipe_builder=stand_in_builder)
+                      progress=False)
 
     killed = tmp_path / "killed"
     _killed_run(killed, kill_step=9)     # epoch 1, step 3 of 6; last checkpoint at step 8
@@ -56,7 +62,7 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     assert not (killed / "out").exists()                     # nothing half-written in the declared output
 
     train_from_reader("kd", params, cache, prepared, killed / "out", killed / "scratch",
-                      progress=False, recipe_builder=stand_in_builder)
+                      progress=False)
     for seed in ("seed_0", "seed_1"):
         straight = load_file(str(tmp_path / f"straight/out/{seed}/model.safetensors"))
         resumed = load_file(str(killed / f"out/{seed}/model.safetensors"))
@@ -66,3 +72,36 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     assert curves[0] == curves[1]
     rows = (killed / "out/seed_0/live/plots/metrics/val/acc.tsv").read_text().strip().splitlines()
     assert len(rows) == 1 + PARAMS["epochs"]  # each epoch logged once despite two kills
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step):
+    def hook(global_step):
+        if global_step == step:
+            raise _Crash
+
+    return hook
+
+
+@pytest.mark.parametrize("overrides", [
+    {"optimizer": {"kind": "sgd", "lr": 0.05, "momentum": 0.9}, "checkpoint_every_steps": 4},
+    {"arch": None, "loss": {"ce": {"kind": "ce", "weight": 1.0}, "mutual": {"kind": "mutual", "weight": 1.0}},
+     "cohort": {"members": {"a": {"arch": {"kind": "mlp", "hidden": [16]}},
+                            "b": {"arch": {"kind": "cnn", "channels": [4], "embed": 8}}}}},
+], ids=["sgd-momentum", "cohort-mutual"])
+def test_a_crashed_run_resumes_to_identical_weights(tmp_path, overrides):
+    prepared = make_prepared()
+    cache = make_cache(prepared)
+    params = student_params(**{"epochs": 2, "checkpoint_every_steps": 3, **overrides})
+    straight = train_from_reader("s", params, cache, prepared, tmp_path / "a/out", tmp_path / "a/scratch", progress=False)
+    with pytest.raises(_Crash):
+        train_from_reader("s", params, cache, prepared, tmp_path / "b/out", tmp_path / "b/scratch",
+                          progress=False, on_step=_crash_at(8))
+    resumed = train_from_reader("s", params, cache, prepared, tmp_path / "b/out", tmp_path / "b/scratch", progress=False)
+    assert straight["models"] == resumed["models"]
+    for weights in (tmp_path / "a/out").rglob("model.safetensors"):
+        other = load_file(str(tmp_path / "b/out" / weights.relative_to(tmp_path / "a/out")))
+        assert all(torch.equal(value, other[name]) for name, value in load_file(str(weights)).items())

@@ -186,7 +186,7 @@ def calibration_tsv(bins_by_label: Mapping[str, CalibrationBins]) -> str:
 def read_calibration_tsv(text: str) -> dict[str, CalibrationBins]:
     """The inverse of `calibration_tsv`."""
     rows: dict[str, list[list[str]]] = {}
-    for line in text.strip().splitlines()[1:]:
+    for line in text.rstrip("\n").splitlines()[1:]:
         label, *cells = line.split("\t")
         rows.setdefault(label, []).append(cells)
     result = {}

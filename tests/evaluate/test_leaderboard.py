@@ -1,0 +1,99 @@
+"""The leaderboard from metrics files: the teacher first, best student next, CSV and Markdown agree."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.evaluate.leaderboard import (
+    CSV_COLUMNS,
+    LeaderboardError,
+    collect_metrics,
+    leaderboard_rows,
+    to_markdown,
+    write_leaderboard,
+)
+from pipeline.evaluate.metrics import accuracy
+from pipeline.evaluate.plots import accuracy_vs_params
+from pipeline.evaluate.reference import teacher_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_metrics(model: str, acc: float, std: float, params: int, **extra) -> dict:
+    spread = lambda v: {"mean": v, "std": 0.0}  # noqa: E731
+    return {"model": model, "recipe": f"{model} recipe", "params": params, "seeds": 3,
+            "accuracy": {"mean": acc, "std": std}, "top5": spread(0.99), "nll": spread(0.3), "ece": spread(0.02),
+            "agreement": spread(0.95), "kl_T1": spread(0.1),
+            "latency_ms": {"cpu_b1": 0.05, "cpu_b64": 0.4, "cuda_b1": "n/a", "cuda_b64": "n/a"}, **extra}
+
+
+@pytest.fixture
+def evaluate_dir(tmp_path):
+    root = tmp_path / "evaluate"
+    entries = {"small": fake_metrics("small", 0.81, 0.01, 900),
+               "kd": fake_metrics("kd", 0.93, 0.004, 5000, temperature=4.0, kl_T={"mean": 0.2, "std": 0.01},
+                                  int8={"accuracy_change": -0.0125}),
+               "cohort/a": fake_metrics("cohort/a", 0.90, 0.0, 3000)}
+    for name, payload in entries.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "metrics.json").write_text(json.dumps(payload))
+        (root / name / "calibration.tsv").write_text("label\n")
+    return root
+
+
+def test_leaderboard_ranks_students_by_accuracy_under_the_teacher(evaluate_dir):
+    teacher = fake_metrics("teacher (reference)", 0.97, 0.0, 90000)
+    rows = leaderboard_rows(collect_metrics(evaluate_dir), teacher)
+    assert [r["model"] for r in rows] == ["teacher (reference)", "kd", "cohort/a", "small"]
+    assert rows[1]["kl_T_mean"] == 0.2 and rows[2]["kl_T_mean"] is None
+    assert rows[1]["int8_accuracy_change"] == -0.0125
+
+
+def test_csv_and_markdown_hold_the_same_rows(evaluate_dir, tmp_path):
+    rows = leaderboard_rows(collect_metrics(evaluate_dir))
+    md_path, csv_path = write_leaderboard(rows, tmp_path / "board")
+    table = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert tuple(table[0]) == CSV_COLUMNS
+    assert [r["model"] for r in table] == ["kd", "cohort/a", "small"]
+    assert float(table[0]["accuracy_mean"]) == 0.93 and table[0]["latency_ms_cuda_b1"] == "n/a"
+    assert table[2]["kl_T_mean"] == ""
+    markdown = md_path.read_text()
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert len(lines) == 2 + 3  # header, rule, three students
+    assert "| kd | kd recipe | 5,000 | 0.9300 ± 0.0040 |" in markdown
+    assert "-0.0125" in markdown and "n/a" in markdown
+
+
+def test_an_empty_evaluate_directory_says_what_to_run(tmp_path):
+    with pytest.raises(LeaderboardError, match="dvc repro evaluate"):
+        collect_metrics(tmp_path)
+
+
+def test_a_foreign_metrics_file_is_named(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "metrics.json").write_text('{"acc": 1}')
+    with pytest.raises(LeaderboardError, match="x/metrics.json: not an evaluate metrics file"):
+        collect_metrics(tmp_path)
+
+
+def test_teacher_reference_row_scores_the_cached_logits_on_the_labelled_test_rows(prepared_and_cache):
+    _, cache = prepared_and_cache
+    report, bins = teacher_report(cache, "test", num_parameters=777, latency_ms={"latency_ms_cpu_b1": 0.2})
+    test = (cache.split == 2) & (cache.label >= 0)
+    expected = accuracy(cache.logits[test].astype(np.float32), cache.label[test])
+    assert report["accuracy"] == {"mean": pytest.approx(expected), "std": 0.0}
+    assert report["agreement"]["mean"] == 1.0 and report["kl_T1"]["mean"] == 0.0
+    assert report["params"] == 777 and report["latency_ms"] == {"cpu_b1": 0.2}
+    assert int(bins.count.sum()) == int(test.sum()) == 36
+    assert "teacher" in to_markdown(leaderboard_rows([], report))
+
+
+def test_accuracy_vs_parameters_plot_is_written(tmp_path):
+    path = accuracy_vs_params(["a", "b"], [100, 1000], [0.8, 0.9], [0.01, 0.0], tmp_path / "acc.png",
+                              reference=("teacher", 10000, 0.95))
+    assert path.read_bytes().startswith(PNG_MAGIC)

@@ -141,6 +141,11 @@ class MemoryCache:
         """tap -> (N, *shape) teacher features (for whole-cache negatives, e.g. CRD)."""
         return self._features
 
+    @property
+    def sparse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The top-k form (values (N, K), indices (N, K), logsumexp (N,)), or None."""
+        return self._sparse
+
     def batch(self, rows: np.ndarray) -> TeacherBatch:
         """The rows `rows` ((B,) int) as a TeacherBatch of float32 tensors."""
         rows = np.asarray(rows, np.int64)

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+TAIL_MASS_FLOOR = 1e-30
+"""Smallest tail mass a densified row gets (k < C), so its KL error stays finite."""
+
 
 def top_k_form(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The top-k form of raw logits.
@@ -34,14 +37,15 @@ def densify_top_k(values: np.ndarray, indices: np.ndarray, logsumexp: np.ndarray
     """(N, C) float64 logits rebuilt from the top-k form with a flat tail (module docstring).
 
     values, indices: (N, k); logsumexp: (N,). Exact at T = 1 on the stored support; the tail
-    logit is -inf when k == C or the stored head already holds all the mass.
+    logit is -inf when k == C; the tail mass is floored at TAIL_MASS_FLOOR otherwise.
     """
     values = np.asarray(values, np.float64)
     lse = np.asarray(logsumexp, np.float64)[:, None]
     n, k = values.shape
     head_mass = np.exp(values - lse).sum(axis=1, keepdims=True)
-    tail_mass = np.clip(1.0 - head_mass, 0.0, None)
     missing = num_classes - k
+    # The floor keeps the tail finite when rounding (float16 values) makes the head sum to >= 1.
+    tail_mass = np.clip(1.0 - head_mass, TAIL_MASS_FLOOR if missing else 0.0, None)
     with np.errstate(divide="ignore"):
         tail_logit = lse + np.log(tail_mass) - np.log(max(missing, 1))
     dense = np.repeat(tail_logit, num_classes, axis=1)

@@ -31,7 +31,7 @@ def test_cache_round_trips_every_array_and_metadata(tmp_path, store, dtype):
         assert cache.features[tap].dtype == np.dtype(dtype)
         np.testing.assert_array_equal(cache.features[tap], expected[tap].astype(dtype))
     values, indices, lse = top_k_form(expected["logits"], 3)
-    stored_values, stored_indices, stored_lse = cache._sparse
+    stored_values, stored_indices, stored_lse = cache.sparse
     np.testing.assert_array_equal(stored_values, values.astype(dtype))
     np.testing.assert_array_equal(stored_indices, indices)
     assert stored_indices.dtype == np.int32

@@ -128,3 +128,37 @@ def write_leaderboard(rows: list[dict[str, Any]], directory: str | Path) -> tupl
     directory = Path(directory)
     return (atomic_write_text(directory / "leaderboard.md", to_markdown(rows)),
             atomic_write_text(directory / "leaderboard.csv", to_csv(rows)))
+
+
+def build_leaderboard(
+    evaluate_root: str | Path,
+    out_dir: str | Path,
+    teacher: Mapping[str, Any] | None = None,
+    teacher_bins: Any = None,
+) -> list[dict[str, Any]]:
+    """Gather `evaluate_root/**/metrics.json`, write leaderboard.md/.csv and the PNGs
+    `plots/accuracy_vs_params.png` and `plots/reliability.png` (first seed of each model, and the
+    teacher's bins when given) into `out_dir`; returns the rows."""
+    from pipeline.evaluate.evaluation import read_calibration_tsv
+    from pipeline.evaluate.plots import accuracy_vs_params, reliability_diagram
+
+    out_dir = Path(out_dir)
+    reports = collect_metrics(evaluate_root)
+    rows = leaderboard_rows(reports, teacher)
+    write_leaderboard(rows, out_dir)
+    students = [r for r in rows if teacher is None or r is not rows[0]]
+    reference = None
+    if teacher is not None and rows[0]["params"]:
+        reference = ("teacher", rows[0]["params"], rows[0]["accuracy_mean"])
+    accuracy_vs_params([r["model"] for r in students], [r["params"] for r in students],
+                       [r["accuracy_mean"] for r in students], [r["accuracy_std"] for r in students],
+                       out_dir / "plots" / "accuracy_vs_params.png", reference)
+    bins = {"teacher": teacher_bins} if teacher_bins is not None else {}
+    for report in reports:
+        table = Path(evaluate_root) / report["model"] / "calibration.tsv"
+        if table.exists():
+            seeds = read_calibration_tsv(table.read_text())
+            if seeds:
+                bins[report["model"]] = next(iter(seeds.values()))
+    reliability_diagram(bins, out_dir / "plots" / "reliability.png", title="Reliability on the test split (first seed)")
+    return rows

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipeline.errors import DistilleryError
-from pipeline.evaluate.evaluation import EvalSplit, calibration_tsv, evaluate_model, metrics_report
+from pipeline.evaluate.evaluation import EvalSplit, EvaluationError, calibration_tsv, evaluate_model, metrics_report
 from pipeline.evaluate.latency import onnx_latency_ms
 from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.plots import reliability_diagram
@@ -66,3 +66,25 @@ def evaluate_trained_model(
     atomic_write_text(out_dir / "calibration.tsv", calibration_tsv(evaluation.bins))
     atomic_write_json(out_dir / "metrics.json", report)
     return report
+
+
+def evaluate_student_dir(
+    student_dir: str | Path,
+    data: EvalSplit,
+    params: EvaluateParams,
+    recipe: Mapping[str, Any],
+    export_root: str | Path | None,
+    out_root: str | Path,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate every model under `data/train/<student>/` (one, or one per cohort member) into
+    `out_root/<model>/`, timing `export_root/<model>/model.onnx`; returns model name -> metrics."""
+    from pipeline.students.trained import list_trained
+
+    models = list_trained(student_dir)
+    if not models:
+        raise EvaluationError(f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first")
+    return {
+        name: evaluate_trained_model(name, seeds, data, params, recipe,
+                                     None if export_root is None else Path(export_root) / name, Path(out_root) / name)
+        for name, seeds in models.items()
+    }

@@ -97,3 +97,18 @@ def test_accuracy_vs_parameters_plot_is_written(tmp_path):
     path = accuracy_vs_params(["a", "b"], [100, 1000], [0.8, 0.9], [0.01, 0.0], tmp_path / "acc.png",
                               reference=("teacher", 10000, 0.95))
     assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_build_leaderboard_writes_tables_and_both_plots(evaluate_dir, tmp_path, prepared_and_cache):
+    from pipeline.evaluate.evaluation import calibration_tsv
+    from pipeline.evaluate.leaderboard import build_leaderboard
+
+    _, cache = prepared_and_cache
+    teacher, teacher_bins = teacher_report(cache, "test", num_parameters=5000)
+    (evaluate_dir / "kd" / "calibration.tsv").write_text(calibration_tsv({"seed_0": teacher_bins}))
+    rows = build_leaderboard(evaluate_dir, tmp_path / "board", teacher, teacher_bins)
+    assert rows[0]["model"] == "teacher (reference)" and len(rows) == 4
+    for name in ("leaderboard.md", "leaderboard.csv"):
+        assert (tmp_path / "board" / name).stat().st_size > 0
+    for name in ("accuracy_vs_params.png", "reliability.png"):
+        assert (tmp_path / "board" / "plots" / name).read_bytes().startswith(PNG_MAGIC)

@@ -1,0 +1,38 @@
+"""`distillery export --student NAME`: each trained model of a student to ONNX, checked against torch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import load_section
+from pipeline.export.params import ExportParams
+from pipeline.export.run import export_student_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--student", required=True, help="a name under `students:` in params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="params file (section `export`)")
+    parser.add_argument("--train-dir", default="data/train", help="where the train stage wrote the student")
+    parser.add_argument("--prepared", default="data/prepared", help="prepared dataset (test rows for int8)")
+    parser.add_argument("--out", default="data/export", help="export root; models go to <out>/<model>/")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_section(ExportParams, "export", args.params)
+    int8_data = None
+    if params.int8:
+        from pipeline.data.prepared import load_prepared
+
+        prepared = load_prepared(args.prepared)
+        rows = prepared.rows("test", labelled_only=True)
+        int8_data = (prepared.inputs[rows], prepared.label[rows])
+    reports = export_student_dir(Path(args.train_dir) / args.student, args.out, params, int8_data)
+    for model, report in reports.items():
+        worst = max(stats["max_abs_diff"] for stats in report["parity"]["outputs"].values())
+        line = (f"export: {model} (seed {report['seed']}) -> {Path(args.out) / model / 'model.onnx'}: parity passed at "
+                f"batches {report['parity']['batch_sizes']}, max abs diff {worst:.2e}")
+        if "int8" in report:
+            line += f"; int8 accuracy change {report['int8']['accuracy_change']:+.4f}"
+        print(line)
+    return 0

@@ -1,0 +1,37 @@
+"""`distillery leaderboard`: every evaluated student in one table (Markdown, CSV) and plots, under the teacher."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import load_section
+from pipeline.evaluate.latency import onnx_latency_ms
+from pipeline.evaluate.leaderboard import build_leaderboard
+from pipeline.evaluate.params import EvaluateParams
+from pipeline.evaluate.reference import teacher_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (section `evaluate`)")
+    parser.add_argument("--evaluate-dir", default="data/evaluate", help="the evaluate stage's output root")
+    parser.add_argument("--cache", default="data/cache/store", help="teacher cache (the teacher's test logits)")
+    parser.add_argument("--teacher", default="data/teacher/model.onnx", help="teacher ONNX (size and latency)")
+    parser.add_argument("--no-teacher", action="store_true", help="leave out the teacher reference row")
+    parser.add_argument("--out", default="data/leaderboard", help="output directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_section(EvaluateParams, "evaluate", args.params)
+    teacher, teacher_bins = None, None
+    if not args.no_teacher:
+        from pipeline.cache.open import open_cache
+        from pipeline.teacher.session import onnx_parameter_count
+
+        latency = onnx_latency_ms(args.teacher, params.latency.batch_sizes, params.latency.providers,
+                                  params.latency.warmup, params.latency.repeats, params.latency.intra_op_threads)
+        teacher, teacher_bins = teacher_report(open_cache(args.cache), params.split, params.ece_bins, params.top_k,
+                                               onnx_parameter_count(args.teacher), latency)
+    rows = build_leaderboard(args.evaluate_dir, args.out, teacher, teacher_bins)
+    print(f"leaderboard: {len(rows)} rows -> {Path(args.out) / 'leaderboard.md'}")
+    return 0

@@ -141,6 +141,14 @@ def _bytes_params(params: CacheParams) -> dict[str, Any]:
     return {key: dumped[key] for key in BYTES_PARAMS}
 
 
+def run_teacher(teacher: Teacher, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """teacher.run(inputs) with its logits output renamed "logits" (a TeacherSession keys it by
+    its `logits_name`), every output as a numpy array."""
+    logits_name = getattr(teacher, "logits_name", "logits")
+    outputs = teacher.run(np.ascontiguousarray(inputs))
+    return {("logits" if name == logits_name else name): np.asarray(v) for name, v in outputs.items()}
+
+
 def _check_outputs(outputs: Mapping[str, np.ndarray], batch: slice, data: RowSource) -> None:
     """Refuse NaN/Inf in any teacher output, naming the output and the sample ids."""
     if "logits" not in outputs:
@@ -175,7 +183,7 @@ def _cast(name: str, values: np.ndarray, dtype: str, batch: slice, data: RowSour
 def probe_layout(teacher: Teacher, data: RowSource, params: CacheParams) -> CacheLayout:
     """Run the teacher on the first row to learn the class count and every tap's shape."""
     first = slice(0, min(1, len(data.sample_id)))
-    outputs = teacher.run(np.ascontiguousarray(data.inputs[first]))
+    outputs = run_teacher(teacher, data.inputs[first])
     _check_outputs(outputs, first, data)
     return CacheLayout(
         num_rows=len(data.sample_id),
@@ -291,7 +299,7 @@ def compute_shard(
     kept_logits = np.empty((len(keep), layout.num_classes), np.float32)
     for start in range(rows.start, rows.stop, build.batch_size):
         batch = slice(start, min(start + build.batch_size, rows.stop))
-        outputs = teacher.run(np.ascontiguousarray(data.inputs[batch]))
+        outputs = run_teacher(teacher, data.inputs[batch])
         _check_outputs(outputs, batch, data)
         local = slice(batch.start - rows.start, batch.stop - rows.start)
         logits = np.asarray(outputs["logits"], np.float32)
@@ -462,14 +470,15 @@ def build_cache(
     if writer.error is not None:
         raise writer.error
     for shard_index in sorted(done):  # reference logits of resumed shards: recompute those batches only
-        kept[shard_index] = _reference_logits(build, shard_index, teacher, keep)
+        kept[shard_index] = shard_reference_logits(build, shard_index, teacher, keep)
     store_dir = finalize(build, out_dir)
     reference = np.concatenate([kept[k] for k in range(len(shards))]) if shards else np.empty((0, layout.num_classes), np.float32)
     return BuildResult(store_dir, keep, reference, len(shards) - len(done), len(done), provider)
 
 
-def _reference_logits(build: CacheBuild, shard_index: int, teacher: Teacher, keep: np.ndarray) -> np.ndarray:
-    """fp32 logits of the kept rows of one shard, recomputed in the writer's own batches."""
+def shard_reference_logits(build: CacheBuild, shard_index: int, teacher: Teacher, keep: np.ndarray) -> np.ndarray:
+    """(n, C) fp32 teacher logits of the rows `keep` ((m,) sorted int64) that fall in shard
+    `shard_index`, recomputed in the writer's own batches (so they equal what the build saw)."""
     rows = build.layout.shards()[shard_index]
     keep = keep[(keep >= rows.start) & (keep < rows.stop)]
     out = np.empty((len(keep), build.layout.num_classes), np.float32)
@@ -477,6 +486,6 @@ def _reference_logits(build: CacheBuild, shard_index: int, teacher: Teacher, kee
         batch = slice(start, min(start + build.batch_size, rows.stop))
         in_batch = (keep >= batch.start) & (keep < batch.stop)
         if in_batch.any():
-            logits = np.asarray(teacher.run(np.ascontiguousarray(build.data.inputs[batch]))["logits"], np.float32)
+            logits = np.asarray(run_teacher(teacher, build.data.inputs[batch])["logits"], np.float32)
             out[in_batch] = logits[keep[in_batch] - batch.start]
     return out

@@ -23,6 +23,15 @@ class ClusterStartError(DistilleryError):
     """The engine started but no worker joined in time, or it could not start at all."""
 
 
+@contextlib.contextmanager
+def _port_moves_are_not_news() -> Iterator[None]:
+    """With the dashboard off the scheduler still serves /health on 8787, or on any free port when
+    8787 is taken (several clusters on one machine); that move is not worth a warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        yield
+
+
 def _local_cluster(params: LocalParams):
     from distributed import LocalCluster
 
@@ -39,10 +48,7 @@ def _local_cluster(params: LocalParams):
         kwargs["local_directory"] = params.local_directory
     if params.gpus_per_worker:
         kwargs["resources"] = {"GPU": params.gpus_per_worker}
-    with warnings.catch_warnings():
-        # With the dashboard off the scheduler still serves /health on 8787, or any free port
-        # when 8787 is taken (several clusters on one machine); that move is not news.
-        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+    with _port_moves_are_not_news():
         return LocalCluster(**kwargs)
 
 
@@ -85,7 +91,8 @@ def _jobqueue_cluster(params: SlurmParams | PBSParams):
         raise ClusterStartError(f"cluster.kind={params.kind} needs dask-jobqueue: {error}") from None
     cls = dask_jobqueue.SLURMCluster if isinstance(params, SlurmParams) else dask_jobqueue.PBSCluster
     try:
-        cluster = cls(**jobqueue_kwargs(params))
+        with _port_moves_are_not_news():
+            cluster = cls(**jobqueue_kwargs(params))
     except Exception as error:
         raise ClusterStartError(f"could not start a {cls.__name__}: {type(error).__name__}: {error}") from error
     cluster.scale(n=params.workers)

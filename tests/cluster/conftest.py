@@ -22,6 +22,14 @@ def local_client():
 
 
 @pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """(prepared_dir, cache_store_dir) of a tiny on-disk project students can train from."""
+    from tests.cluster.student_project import write_project
+
+    return write_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="session")
 def slurm():
     """A started single-node Slurm; SLURM_CONF points at it for the session (dask-jobqueue needs it).
 

@@ -15,6 +15,7 @@ from pipeline.evaluate.reference import teacher_report
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (section `evaluate`)")
     parser.add_argument("--evaluate-dir", default="data/evaluate", help="the evaluate stage's output root")
+    parser.add_argument("--train-dir", default="data/train", help="the train stage's outputs (dvclive curves)")
     parser.add_argument("--cache", default="data/cache/store", help="teacher cache (the teacher's test logits)")
     parser.add_argument("--teacher", default="data/teacher/model.onnx", help="teacher ONNX (size and latency)")
     parser.add_argument("--no-teacher", action="store_true", help="leave out the teacher reference row")
@@ -32,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
                                   params.latency.warmup, params.latency.repeats, params.latency.intra_op_threads)
         teacher, teacher_bins = teacher_report(open_cache(args.cache), params.split, params.ece_bins, params.top_k,
                                                onnx_parameter_count(args.teacher), latency)
-    rows = build_leaderboard(args.evaluate_dir, args.out, teacher, teacher_bins)
+    rows = build_leaderboard(args.evaluate_dir, args.out, teacher, teacher_bins, args.train_dir)
     print(f"leaderboard: {len(rows)} rows -> {Path(args.out) / 'leaderboard.md'}")
     return 0

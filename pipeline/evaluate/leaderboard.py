@@ -135,12 +135,15 @@ def build_leaderboard(
     out_dir: str | Path,
     teacher: Mapping[str, Any] | None = None,
     teacher_bins: Any = None,
+    train_root: str | Path | None = None,
+    curve_metrics: Iterable[str] = ("val/acc", "val/teacher_agreement", "train/loss"),
 ) -> list[dict[str, Any]]:
     """Gather `evaluate_root/**/metrics.json`, write leaderboard.md/.csv and the PNGs
-    `plots/accuracy_vs_params.png` and `plots/reliability.png` (first seed of each model, and the
-    teacher's bins when given) into `out_dir`; returns the rows."""
+    `plots/accuracy_vs_params.png`, `plots/reliability.png` (first seed of each model, and the
+    teacher's bins when given) and, from the dvclive files under `train_root`,
+    `plots/curves_<metric>.png` per metric into `out_dir`; returns the rows."""
     from pipeline.evaluate.evaluation import read_calibration_tsv
-    from pipeline.evaluate.plots import accuracy_vs_params, reliability_diagram
+    from pipeline.evaluate.plots import accuracy_vs_params, reliability_diagram, training_curves
 
     out_dir = Path(out_dir)
     reports = collect_metrics(evaluate_root)
@@ -161,4 +164,7 @@ def build_leaderboard(
             if seeds:
                 bins[report["model"]] = next(iter(seeds.values()))
     reliability_diagram(bins, out_dir / "plots" / "reliability.png", title="Reliability on the test split (first seed)")
+    if train_root is not None:
+        for metric in curve_metrics:
+            training_curves(train_root, metric, out_dir / "plots" / f"curves_{metric.replace('/', '_')}.png")
     return rows

@@ -70,3 +70,34 @@ def accuracy_vs_params(
     axes.set(xscale="log", xlabel="parameters", ylabel="test accuracy", title="Accuracy vs size")
     axes.grid(True, alpha=0.3)
     return _save(figure, path)
+
+
+def read_dvclive_tsv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one dvclive metric file (`live/plots/metrics/<a>/<b>.tsv`: columns
+    `step`, `<b>` and possibly `timestamp`), as float arrays."""
+    lines = Path(path).read_text().strip().splitlines()
+    header = lines[0].split("\t")
+    name = Path(path).stem
+    step_column, value_column = header.index("step"), header.index(name) if name in header else len(header) - 1
+    rows = [line.split("\t") for line in lines[1:]]
+    return (np.array([float(r[step_column]) for r in rows]), np.array([float(r[value_column]) for r in rows]))
+
+
+def training_curves(train_root: str | Path, metric: str, path: str | Path) -> Path | None:
+    """One line per trained model and seed of the dvclive metric `metric` (e.g. "val/acc") found
+    under `train_root` (`<model>/seed_<k>/live/plots/metrics/<metric>.tsv`); writes a PNG, or
+    returns None when no run logged that metric."""
+    train_root = Path(train_root)
+    files = sorted(train_root.glob(f"**/live/plots/metrics/{metric}.tsv"))
+    if not files:
+        return None
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for file in files:
+        live_dir = file.parents[len(Path(metric).parts) + 1]  # .../seed_<k>/live
+        label = live_dir.parent.relative_to(train_root).as_posix()
+        steps, values = read_dvclive_tsv(file)
+        axes.plot(steps, values, label=label, linewidth=1.2)
+    axes.set(xlabel="epoch", ylabel=metric, title=f"{metric} per model and seed")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    return _save(figure, path)

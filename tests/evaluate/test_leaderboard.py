@@ -112,3 +112,18 @@ def test_build_leaderboard_writes_tables_and_both_plots(evaluate_dir, tmp_path, 
         assert (tmp_path / "board" / name).stat().st_size > 0
     for name in ("accuracy_vs_params.png", "reliability.png"):
         assert (tmp_path / "board" / "plots" / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_training_curves_are_drawn_from_the_dvclive_files_of_every_seed(tmp_path, evaluate_dir):
+    from pipeline.evaluate.leaderboard import build_leaderboard
+    from pipeline.evaluate.plots import read_dvclive_tsv
+
+    for run in ("kd/seed_0", "kd/seed_1", "cohort/a/seed_0"):
+        tsv = tmp_path / "train" / run / "live" / "plots" / "metrics" / "val" / "acc.tsv"
+        tsv.parent.mkdir(parents=True)
+        tsv.write_text("step\tacc\n0\t0.5\n1\t0.75\n")
+    steps, values = read_dvclive_tsv(tsv)
+    assert steps.tolist() == [0.0, 1.0] and values.tolist() == [0.5, 0.75]
+    build_leaderboard(evaluate_dir, tmp_path / "board", train_root=tmp_path / "train")
+    assert (tmp_path / "board" / "plots" / "curves_val_acc.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (tmp_path / "board" / "plots" / "curves_train_loss.png").exists()

@@ -143,3 +143,18 @@ def parse_cluster_params(data: Any) -> LocalParams | SlurmParams | PBSParams | A
 def load_cluster_params(path: str | Path = "params.yaml") -> LocalParams | SlurmParams | PBSParams | AddressParams:
     """The `cluster:` section of a params file, validated (absent: a local cluster)."""
     return parse_cluster_params(read_params_file(path).get("cluster"))
+
+
+class SweepParams(StrictModel):
+    """The `sweep:` section: which students `distillery sweep` (the `sweep` DVC stage) trains.
+
+    students: "all" (every name under `students:`) or a list of names; the default, [], makes the
+    stage a no-op so a plain `dvc repro`, which also runs the per-student foreach, trains nothing twice.
+    """
+
+    students: Literal["all"] | list[str] = []
+
+
+def load_sweep_params(path: str | Path = "params.yaml") -> SweepParams:
+    """The `sweep:` section of a params file, validated (absent: no students)."""
+    return validate_section(SweepParams, read_params_file(path).get("sweep"), "sweep")

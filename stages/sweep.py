@@ -1,0 +1,53 @@
+"""`distillery sweep`: train many students at once, one Dask task each, on the `cluster:` engine.
+
+The alternative to the per-student `train@<student>` foreach: DVC runs stages one at a time, so
+a grid of students on W workers runs here instead. Each student lands in `<out>/<student>/` (the
+layout of `train@<student>`); a student that fails is listed with its traceback in the report and
+the others' outputs are kept. Exit status 1 when any student failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cluster.params import load_cluster_params, load_sweep_params
+from pipeline.cluster.sweep import sweep_students, write_sweep_report
+from pipeline.config import read_params_file
+from pipeline.train.params import select_student, validate_students
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (sections students, sweep, cluster)")
+    parser.add_argument("--students", nargs="+", default=None,
+                        help="names under `students:`, or `all` (default: `sweep.students` in params)")
+    parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
+    parser.add_argument("--out", default="data/sweep/train", help="one <student>/ directory each")
+    parser.add_argument("--scratch", default="data/.scratch/sweep", help="resumable checkpoints, <student>/ each")
+    parser.add_argument("--report", default="data/sweep/report.json", help="per-student outcome (JSON)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override every student's seeds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    students = validate_students(read_params_file(args.params).get("students"))
+    chosen = args.students or load_sweep_params(args.params).students
+    names = sorted(students) if chosen in ("all", ["all"]) else list(chosen)
+    grid = {name: select_student(students, name) for name in names}
+    cluster = load_cluster_params(args.params)
+    if grid:
+        print(f"sweep: {len(grid)} students on a {cluster.kind} cluster: {', '.join(grid)}")
+    else:
+        print("sweep: no students selected (sweep.students in params.yaml, or --students); nothing to train")
+    results = sweep_students(cluster, grid, args.prepared, args.out, args.scratch, seeds=args.seeds,
+                             progress=not args.no_progress) if grid else {}
+    report = write_sweep_report(results, args.report)
+    for name, result in results.items():
+        if result.ok:
+            accuracy = {model or name: figures.get("val_acc_mean") for model, figures in result.value["models"].items()}
+            print(f"sweep: {name}: ok in {result.duration_s:.1f} s, val acc mean {accuracy}")
+        else:
+            print(f"sweep: {name}: FAILED\n{result.error}", file=sys.stderr)
+    print(f"sweep: {len(report['ok'])} ok, {len(report['failed'])} failed; report in {Path(args.report)}")
+    return 1 if report["failed"] else 0

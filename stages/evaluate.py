@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--cache", default=None, help="teacher cache (default: the student's `cache`)")
     parser.add_argument("--export-dir", default="data/export", help="export root (ONNX for latency)")
-    parser.add_argument("--out", default="data/evaluate", help="output root; models go to <out>/<model>/")
+    parser.add_argument("--out", default=None, help="output directory (default data/evaluate/<student>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     prepared = load_prepared(args.prepared)
     cache = open_cache(args.cache or recipe.get("cache", "data/cache/store"), dataset_fingerprint=prepared.fingerprint)
     data = join_split(prepared, cache, params.split)
-    reports = evaluate_student_dir(Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, args.out)
+    out = Path(args.out or f"data/evaluate/{args.student}")
+    reports = evaluate_student_dir(Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out)
     for model, report in reports.items():
         accuracy = report["accuracy"]
         print(f"evaluate: {model}: {data.name} accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over "
               f"{report['seeds']} seeds, agreement {report['agreement']['mean']:.4f}, "
-              f"CPU latency b1 {report['latency_ms'].get('cpu_b1')} ms -> {Path(args.out) / model / 'metrics.json'}")
+              f"CPU latency b1 {report['latency_ms'].get('cpu_b1')} ms -> {out / 'metrics.json'}")
     return 0

@@ -46,16 +46,18 @@ class LeaderboardError(DistilleryError):
 
 
 def collect_metrics(evaluate_root: str | Path) -> list[dict[str, Any]]:
-    """Every `metrics.json` under `evaluate_root` (one per model; cohort members nest), parsed."""
-    paths = sorted(Path(evaluate_root).glob("**/metrics.json"))
+    """Every model's report from `evaluate_root/<student>/metrics.json` (a cohort's file holds one
+    report per member under `members`), parsed, in student order."""
+    paths = sorted(Path(evaluate_root).glob("*/metrics.json"))
     if not paths:
-        raise LeaderboardError(f"{evaluate_root}: no metrics.json found; run `dvc repro evaluate` first")
+        raise LeaderboardError(f"{evaluate_root}: no <student>/metrics.json found; run `dvc repro evaluate` first")
     reports = []
     for path in paths:
-        report = json.loads(path.read_text())
-        if "model" not in report or "accuracy" not in report:
-            raise LeaderboardError(f"{path}: not an evaluate metrics file (needs `model` and `accuracy`)")
-        reports.append(report)
+        payload = json.loads(path.read_text())
+        for report in (payload["members"].values() if "members" in payload else [payload]):
+            if "model" not in report or "accuracy" not in report:
+                raise LeaderboardError(f"{path}: not an evaluate metrics file (needs `model` and `accuracy`)")
+            reports.append(report)
     return reports
 
 
@@ -157,12 +159,10 @@ def build_leaderboard(
                        [r["accuracy_mean"] for r in students], [r["accuracy_std"] for r in students],
                        out_dir / "plots" / "accuracy_vs_params.png", reference)
     bins = {"teacher": teacher_bins} if teacher_bins is not None else {}
-    for report in reports:
-        table = Path(evaluate_root) / report["model"] / "calibration.tsv"
-        if table.exists():
-            seeds = read_calibration_tsv(table.read_text())
-            if seeds:
-                bins[report["model"]] = next(iter(seeds.values()))
+    for table in sorted(Path(evaluate_root).glob("*/calibration.tsv")):
+        for label, seed_bins in read_calibration_tsv(table.read_text()).items():
+            member = label.rpartition("/")[0]  # "seed_0" or "<member>/seed_0"
+            bins.setdefault("/".join(filter(None, (table.parent.name, member))), seed_bins)
     reliability_diagram(bins, out_dir / "plots" / "reliability.png", title="Reliability on the test split (first seed)")
     if train_root is not None:
         for metric in curve_metrics:

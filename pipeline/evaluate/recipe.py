@@ -53,6 +53,18 @@ def loss_summary(loss: Mapping[str, Any]) -> str:
     return " + ".join(terms) or "-"
 
 
+def model_recipe(recipe: Mapping[str, Any], model: str) -> Mapping[str, Any]:
+    """The recipe of one trained model: the student's own, or for a cohort member ("cohort/member")
+    the cohort's shared keys overridden by `cohort.members.<member>` (its `arch`, maybe its `loss`)."""
+    member = model.partition("/")[2]
+    members = (recipe.get("cohort") or {}).get("members") or {}
+    if not member or member not in members:
+        return recipe
+    merged = {key: value for key, value in recipe.items() if key != "cohort"}
+    merged.update(members[member] or {})
+    return merged
+
+
 def recipe_summary(recipe: Mapping[str, Any]) -> str:
     """One line for the leaderboard: "<arch> | <loss terms>"."""
     arch = recipe.get("arch") or {}

@@ -1,8 +1,10 @@
-"""Evaluate the trained models of one student directory and write their files.
+"""Evaluate the trained models of one student directory and write its three files.
 
-Per model (`data/train/<student>/` holds one, or one per cohort member):
-`data/evaluate/<model>/metrics.json` (what `dvc metrics show|diff` reads), `reliability.png`
-(one curve per seed) and `calibration.tsv` (the bins behind it). Latency is read off the exported
+`data/train/<student>/` holds one model, or one per member of a cohort. Whatever it holds, the
+student's files have fixed paths (so dvc.yaml can name them): `data/evaluate/<student>/metrics.json`
+(what `dvc metrics show|diff` reads: the model's report, or `{"members": {model: report}}` for a
+cohort), `reliability.png` (one curve per model and seed) and `calibration.tsv` (the bins behind it,
+labelled `seed_<k>` or `<member>/seed_<k>`). Latency is read off the exported
 `data/export/<model>/model.onnx`, and the int8 accuracy change off its `parity.json`: the evaluate
 stage depends on the export stage.
 """
@@ -16,9 +18,10 @@ from typing import Any, Mapping, Sequence
 from pipeline.errors import DistilleryError
 from pipeline.evaluate.evaluation import EvalSplit, EvaluationError, calibration_tsv, evaluate_model, metrics_report
 from pipeline.evaluate.latency import onnx_latency_ms
+from pipeline.evaluate.metrics import CalibrationBins
 from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.plots import reliability_diagram
-from pipeline.evaluate.recipe import recipe_summary, recipe_temperature
+from pipeline.evaluate.recipe import model_recipe, recipe_summary, recipe_temperature
 from pipeline.io import atomic_write_json, atomic_write_text
 
 
@@ -43,10 +46,9 @@ def evaluate_trained_model(
     params: EvaluateParams,
     recipe: Mapping[str, Any],
     export_dir: str | Path | None,
-    out_dir: str | Path,
-) -> dict[str, Any]:
-    """Evaluate every seed of `model`, time its exported ONNX (when `export_dir` is given), and
-    write metrics.json, reliability.png and calibration.tsv into `out_dir`; returns the metrics."""
+) -> tuple[dict[str, Any], dict[str, CalibrationBins]]:
+    """Evaluate every seed of `model` (its recipe: `recipe`) and time its exported ONNX (when
+    `export_dir` is given); returns (metrics report, calibration bins per seed)."""
     from pipeline.students.registry import count_parameters
     from pipeline.students.trained import load_trained_student
 
@@ -61,11 +63,7 @@ def evaluate_trained_model(
         int8 = parity.get("int8")
     report = metrics_report(model, evaluation, data, count_parameters(next(iter(modules.values()))),
                             recipe_summary(recipe), temperature, latency, int8)
-    out_dir = Path(out_dir)
-    reliability_diagram(evaluation.bins, out_dir / "reliability.png", title=f"{model}: reliability on {data.name}")
-    atomic_write_text(out_dir / "calibration.tsv", calibration_tsv(evaluation.bins))
-    atomic_write_json(out_dir / "metrics.json", report)
-    return report
+    return report, evaluation.bins
 
 
 def evaluate_student_dir(
@@ -74,17 +72,26 @@ def evaluate_student_dir(
     params: EvaluateParams,
     recipe: Mapping[str, Any],
     export_root: str | Path | None,
-    out_root: str | Path,
+    out_dir: str | Path,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate every model under `data/train/<student>/` (one, or one per cohort member) into
-    `out_root/<model>/`, timing `export_root/<model>/model.onnx`; returns model name -> metrics."""
+    """Evaluate every model under `data/train/<student>/` (timing `export_root/<model>/model.onnx`)
+    and write metrics.json, reliability.png and calibration.tsv into `out_dir`
+    (`data/evaluate/<student>`); returns model name -> metrics report. `recipe` is the raw
+    `students.<student>` mapping (a cohort's members are resolved from it)."""
     from pipeline.students.trained import list_trained
 
+    student_dir, out_dir = Path(student_dir), Path(out_dir)
     models = list_trained(student_dir)
     if not models:
         raise EvaluationError(f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first")
-    return {
-        name: evaluate_trained_model(name, seeds, data, params, recipe,
-                                     None if export_root is None else Path(export_root) / name, Path(out_root) / name)
-        for name, seeds in models.items()
-    }
+    reports, bins = {}, {}
+    for name, seeds in models.items():
+        export_dir = None if export_root is None else Path(export_root) / name
+        reports[name], seed_bins = evaluate_trained_model(name, seeds, data, params, model_recipe(recipe, name), export_dir)
+        member = name.partition("/")[2]
+        bins.update({f"{member}/{seed}" if member else seed: b for seed, b in seed_bins.items()})
+    reliability_diagram(bins, out_dir / "reliability.png", title=f"{student_dir.name}: reliability on {data.name}")
+    atomic_write_text(out_dir / "calibration.tsv", calibration_tsv(bins))
+    single = len(reports) == 1 and next(iter(reports)) == student_dir.name
+    atomic_write_json(out_dir / "metrics.json", next(iter(reports.values())) if single else {"members": reports})
+    return reports

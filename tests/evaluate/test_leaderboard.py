@@ -38,7 +38,7 @@ def evaluate_dir(tmp_path):
     entries = {"small": fake_metrics("small", 0.81, 0.01, 900),
                "kd": fake_metrics("kd", 0.93, 0.004, 5000, temperature=4.0, kl_T={"mean": 0.2, "std": 0.01},
                                   int8={"accuracy_change": -0.0125}),
-               "cohort/a": fake_metrics("cohort/a", 0.90, 0.0, 3000)}
+               "cohort": {"members": {"cohort/a": fake_metrics("cohort/a", 0.90, 0.0, 3000)}}}
     for name, payload in entries.items():
         (root / name).mkdir(parents=True)
         (root / name / "metrics.json").write_text(json.dumps(payload))

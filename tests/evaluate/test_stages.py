@@ -31,7 +31,7 @@ def test_export_evaluate_and_leaderboard_stages_chain_through_their_files(tmp_pa
     assert main(["export", "--student", "kd", *common, "--prepared", str(tmp_path / "prepared"),
                  "--out", str(tmp_path / "export")]) == 0
     assert main(["evaluate", "--student", "kd", *common, "--prepared", str(tmp_path / "prepared"),
-                 "--export-dir", str(tmp_path / "export"), "--out", str(tmp_path / "evaluate")]) == 0
+                 "--export-dir", str(tmp_path / "export"), "--out", str(tmp_path / "evaluate" / "kd")]) == 0
     metrics = json.loads((tmp_path / "evaluate" / "kd" / "metrics.json").read_text())
     assert metrics["seeds"] == 2 and metrics["temperature"] == 2.0 and "accuracy_change" in metrics["int8"]
     assert main(["leaderboard", "--params", str(params), "--no-teacher", "--evaluate-dir", str(tmp_path / "evaluate"),

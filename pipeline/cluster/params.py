@@ -37,6 +37,8 @@ class _Common(StrictModel):
     """How long to wait for the first worker before failing with a message (batch queues can be slow)."""
     task_retries: int = Field(0, ge=0)
     """Dask re-runs a task this often when its worker dies (not when the task raises)."""
+    shard_cache: bool = False
+    """The cache stage computes and writes its shards on this cluster's workers (whole shards each)."""
 
     @property
     def task_resources(self) -> dict[str, int]:

@@ -148,3 +148,27 @@ def build_cache_sharded(
                  if layout.num_shards else np.empty((0, layout.num_classes), np.float32))
     provider = next(iter(results.values())).value["provider"] if results else "none"
     return BuildResult(store_dir, keep, reference, layout.num_shards - len(done), len(done), provider)
+
+
+def build_cache_on_cluster(
+    cluster: ClusterLike,
+    prepared_dir: str | Path,
+    teacher_path: str | Path,
+    teacher_sha256: str,
+    dataset_fingerprint: str,
+    params: CacheParams,
+    out_dir: str | Path,
+    scratch_dir: str | Path,
+    input_name: str = "input",
+    logits_name: str = "logits",
+    tap_names: Any = None,
+    progress: bool = True,
+) -> BuildResult:
+    """The cache stage's sharded build: workers load `prepared_dir` and open the ONNX teacher at
+    `teacher_path` themselves (ORT threads: cache.intra_op_threads, else the cluster's threads per
+    worker), then `build_cache_sharded`. Call it where `cluster.shard_cache` is true."""
+    threads = params.intra_op_threads or getattr(cluster, "threads_per_worker", 1) or 1
+    teacher = onnx_teacher_opener(teacher_path, params.provider, threads, input_name=input_name,
+                                  logits_name=logits_name, tap_names=tap_names)
+    return build_cache_sharded(cluster, prepared_rows_opener(prepared_dir), teacher, teacher_sha256,
+                               dataset_fingerprint, params, out_dir, scratch_dir, progress=progress)

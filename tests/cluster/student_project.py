@@ -50,3 +50,25 @@ def students(cache_dir: Path, names=("kd", "ce"), **overrides) -> dict[str, Stud
     }
     return {name: train_helpers.student_params(loss=recipes[name], cache=str(cache_dir), **overrides)
             for name in names}
+
+
+def export_linear_teacher(path: Path) -> Path:
+    """LinearTeacher as an ONNX file (outputs `logits`, `embed`) for the ONNX Runtime sharded build."""
+    import torch
+
+    from pipeline.teacher.export import export_onnx
+
+    teacher = LinearTeacher()
+
+    class Module(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("w", torch.from_numpy(teacher.w))
+            self.register_buffer("v", torch.from_numpy(teacher.v))
+
+        def forward(self, x):
+            flat = x.flatten(1)
+            return flat @ self.w, torch.tanh(flat @ self.v)
+
+    example = torch.zeros(2, *train_helpers.INPUT_SHAPE)
+    return export_onnx(Module(), example, path, ("logits", "embed"))

@@ -34,6 +34,10 @@ class EpochLogger:
             live.next_step()
 
     def close(self) -> None:
-        """Flush and close every Live."""
+        """Flush and close every Live, and the DVC repo handle each opened to find its project
+        (left open, dulwich prints "Exception ignored" tracebacks at interpreter exit)."""
         for live in self.lives.values():
             live.end()
+            repo = getattr(live, "_dvc_repo", None)
+            if repo is not None:
+                repo.close()

@@ -39,15 +39,17 @@ def resolve_device(device: str) -> str:
 
 
 def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str:
-    """sha256 of everything a checkpoint depends on: params, dataset fingerprint, cache shape and
-    identity. A checkpoint with another hash is never resumed."""
+    """sha256 of everything a seed's checkpoint depends on: the params (less `seeds`, which only
+    picks which seeds run, and the `cache` path, which the cache's own shape and fingerprint
+    replace), the dataset fingerprint, the cache's shape and identity. A checkpoint with another
+    hash is never resumed."""
     schema = reader.schema
     identity = {
-        "params": params.model_dump(mode="json"),
+        "params": params.model_dump(mode="json", exclude={"seeds", "cache"}),
         "dataset": prepared_fingerprint,
         "cache": [len(reader), schema.num_classes, schema.logits_dtype,
                   {k: list(v) for k, v in schema.feature_shapes.items()},
-                  getattr(reader, "fingerprint", None) and str(getattr(reader, "fingerprint"))],
+                  getattr(getattr(reader, "metadata", None), "build_fingerprint", None)],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 

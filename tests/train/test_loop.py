@@ -29,7 +29,7 @@ def cache(prepared):
 
 def _train(tmp_path, prepared, cache, params, tag="run", **kwargs):
     return train_from_reader("kd", params, cache, prepared, tmp_path / tag / "out", tmp_path / tag / "scratch",
-                             progress=False, **kwargs)
+                             progress=False, threads=1, **kwargs)
 
 
 def _weights(path):

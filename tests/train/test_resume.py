@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Dropout and CRD's bank negatives draw from the torch RNG every step, so its state must be restored;
 # the feature term's projection lives in the recipe, so the recipe's weights must be restored too.
 PARAMS = {"arch": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.2}, "epochs": 3, "checkpoint_every_steps": 2,
-          "seeds": [0, 1], "optimizer": {"kind": "adamw", "lr": 0.01},
+          "seeds": [0], "optimizer": {"kind": "adamw", "lr": 0.01},
           "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5},
                    "feature": {"kind": "feature", "weight": 1.0, "student_tap": "embed", "teacher_tap": "embed"},
                    "crd": {"kind": "crd", "weight": 0.1, "student_tap": "hidden1", "teacher_tap": "embed",
@@ -63,7 +63,7 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
 
     train_from_reader("kd", params, cache, prepared, killed / "out", killed / "scratch",
                       progress=False)
-    for seed in ("seed_0", "seed_1"):
+    for seed in ("seed_0",):
         straight = load_file(str(tmp_path / f"straight/out/{seed}/model.safetensors"))
         resumed = load_file(str(killed / f"out/{seed}/model.safetensors"))
         for name in straight:
@@ -96,7 +96,8 @@ def test_a_crashed_run_resumes_to_identical_weights(tmp_path, overrides):
     prepared = make_prepared()
     cache = make_cache(prepared)
     params = student_params(**{"epochs": 2, "checkpoint_every_steps": 3, **overrides})
-    straight = train_from_reader("s", params, cache, prepared, tmp_path / "a/out", tmp_path / "a/scratch", progress=False)
+    straight = train_from_reader("s", params, cache, prepared, tmp_path / "a/out", tmp_path / "a/scratch", progress=False,
+                                 threads=1)
     with pytest.raises(_Crash):
         train_from_reader("s", params, cache, prepared, tmp_path / "b/out", tmp_path / "b/scratch",
                           progress=False, on_step=_crash_at(8))

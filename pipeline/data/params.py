@@ -1,0 +1,105 @@
+"""The `prepare:` section of params.yaml: which dataset, how it is split, and what the students see.
+
+```yaml
+prepare:
+  dataset: {kind: digits}          # or parquet / npz / zarr, see docs/data_and_teacher.md
+  seed: 0
+  val_fraction: 0.15
+  test_fraction: 0.2
+  label_budget: null               # or {per_class: 15} or {fraction: 0.1}
+  omit_classes: []                 # e.g. [3]: Hinton 2015 §3, class 3 left out of the transfer set
+```
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from pipeline.config import StrictModel
+
+
+class DigitsSource(StrictModel):
+    """The built-in default: scikit-learn's 1797 8x8 digit images, 10 classes, shipped offline."""
+
+    kind: Literal["digits"] = "digits"
+
+
+class ParquetSource(StrictModel):
+    """A Parquet file with one row per sample.
+
+    `input_column` holds a (fixed-size) list of numbers per row, the flattened input; `input_shape`
+    reshapes it (default: the flat length). A null `label_column` value means "no label". Set
+    `id_column: null` to number rows by position, `split_column` to a column of
+    train/val/test/unlabelled to keep your own split.
+    """
+
+    kind: Literal["parquet"]
+    path: str
+    id_column: str | None = "id"
+    label_column: str | None = "label"
+    input_column: str = "input"
+    split_column: str | None = None
+    input_shape: list[int] | None = None
+    num_classes: int | None = Field(default=None, ge=1)
+
+
+class ArraySource(StrictModel):
+    """Named arrays: `x` (N, *input_shape), `y` (N,) integer labels (-1 = none), optional `ids` (N,)
+    and `split` (N,) strings. Set an array name to null when you do not have that array."""
+
+    path: str
+    x_array: str = "x"
+    y_array: str | None = "y"
+    id_array: str | None = "ids"
+    split_array: str | None = None
+    num_classes: int | None = Field(default=None, ge=1)
+
+
+class NpzSource(ArraySource):
+    """A NumPy `.npz` archive (np.savez)."""
+
+    kind: Literal["npz"]
+
+
+class ZarrSource(ArraySource):
+    """A Zarr group (v2 or v3) holding the arrays."""
+
+    kind: Literal["zarr"]
+
+
+DatasetSource = Annotated[
+    Union[DigitsSource, ParquetSource, NpzSource, ZarrSource], Field(discriminator="kind")
+]
+
+
+class LabelBudget(StrictModel):
+    """How many train labels students may see: exactly one of `per_class` rows per class or a
+    `fraction` of each class (stratified, seeded). The rest of train becomes split `unlabelled`."""
+
+    per_class: int | None = Field(default=None, ge=1)
+    fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "LabelBudget":
+        if (self.per_class is None) == (self.fraction is None):
+            raise ValueError("give exactly one of per_class or fraction")
+        return self
+
+
+class PrepareParams(StrictModel):
+    """The whole `prepare:` section."""
+
+    dataset: DatasetSource = Field(default_factory=DigitsSource)
+    seed: int = 0
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    label_budget: LabelBudget | None = None
+    omit_classes: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> "PrepareParams":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1 so train is not empty")
+        return self

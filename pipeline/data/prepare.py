@@ -1,0 +1,68 @@
+"""The `prepare` stage's work: load the dataset, split it, apply the label budget and the omitted
+classes, and hand back what `write_prepared` stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.data.params import PrepareParams
+from pipeline.data.prepared import PreparedData, make_prepared, split_codes
+from pipeline.data.sources import load_source
+from pipeline.data.split import (
+    TRAIN,
+    apply_label_budget,
+    omit_train_classes,
+    stratified_split,
+    unlabelled_train_to_unlabelled,
+)
+
+TEACHER_TRAIN_DIR = "teacher_train"
+"""Subdirectory of data/prepared with the teacher's training rows, written only when the label
+budget or omitted classes took rows away from the students' train split."""
+
+
+@dataclass(frozen=True)
+class PreparedOutputs:
+    """dataset: what every student stage sees. teacher_train: the full labelled train split before
+    the label budget and class omission (the built-in teacher learns from it), or None when it equals
+    the train split of `dataset`."""
+
+    dataset: PreparedData
+    teacher_train: PreparedData | None
+
+
+def prepare_dataset(params: PrepareParams) -> PreparedOutputs:
+    """Load `params.dataset`, split it (or keep the user's split), then restrict the students'
+    train split by `omit_classes` and `label_budget`."""
+    raw = load_source(params.dataset)
+    if raw.split is None:
+        split = stratified_split(raw.label, params.seed, params.val_fraction, params.test_fraction)
+    else:
+        split = unlabelled_train_to_unlabelled(split_codes(raw.split), raw.label)
+    sample_id, label, inputs = raw.sample_id, raw.label, raw.inputs
+
+    full_train = split == TRAIN
+    teacher_train = make_prepared(sample_id[full_train], split[full_train], label[full_train],
+                                  inputs[full_train], raw.num_classes)
+    restricted = False
+    if params.omit_classes:
+        keep = omit_train_classes(split, label, params.omit_classes)
+        restricted |= not keep.all()
+        sample_id, split, label, inputs = sample_id[keep], split[keep], label[keep], inputs[keep]
+    if params.label_budget is not None:
+        new_split, label = apply_label_budget(split, label, params.label_budget, params.seed)
+        restricted |= bool((new_split != split).any())
+        split = new_split
+    dataset = make_prepared(sample_id, split, label, inputs, raw.num_classes)
+    return PreparedOutputs(dataset, teacher_train if restricted else None)
+
+
+def describe(data: PreparedData) -> str:
+    """One line per split: rows and labelled rows, for the stage's log."""
+    lines = []
+    for name, counts in data.class_counts().items():
+        total = sum(counts.values())
+        labelled = total - counts.get("-1", 0)
+        if total:
+            lines.append(f"{name}: {total} rows, {labelled} labelled, {len(counts) - ('-1' in counts)} classes")
+    return "; ".join(lines) + f"; input_shape {list(data.input_shape)}; fingerprint {data.fingerprint[:12]}"

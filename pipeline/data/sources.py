@@ -1,0 +1,211 @@
+"""Where the rows come from: the built-in digits, or the user's Parquet, NumPy `.npz` or Zarr data.
+
+Each loader returns a `RawDataset` (ids, inputs, labels, and the user's split if they brought one)
+after the checks of `pipeline.data.checks`, so every source fails the same way on the same bad data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.data.checks import (
+    DatasetFileNotFoundError,
+    InputShapeError,
+    MissingColumnError,
+    SampleIdTypeError,
+    SplitValueError,
+    check_inputs_finite,
+    check_labels,
+    check_sample_ids,
+    infer_num_classes,
+    reshape_inputs,
+)
+from pipeline.data.params import ArraySource, DatasetSource, DigitsSource, NpzSource, ParquetSource, ZarrSource
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """A dataset before splitting.
+
+    sample_id: (N,) int64 unique ids.
+    inputs: (N, *input_shape) float32, finite.
+    label: (N,) int64 in [0, num_classes) or -1 (no label).
+    num_classes: C.
+    split: (N,) split names from the user's data, or None when we split.
+    """
+
+    sample_id: np.ndarray
+    inputs: np.ndarray
+    label: np.ndarray
+    num_classes: int
+    split: np.ndarray | None = None
+
+
+def load_source(source: DatasetSource) -> RawDataset:
+    """Load and check the dataset `source` (one of the `prepare.dataset` kinds)."""
+    if isinstance(source, DigitsSource):
+        return load_digits()
+    if isinstance(source, ParquetSource):
+        return load_parquet(source)
+    if isinstance(source, (NpzSource, ZarrSource)):
+        return load_arrays(source)
+    raise TypeError(f"unknown dataset source {source!r}")
+
+
+def load_digits() -> RawDataset:
+    """scikit-learn digits: 1797 images (1, 8, 8) scaled from 0..16 to [0, 1], 10 classes, id = row."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    return RawDataset(
+        sample_id=np.arange(len(images), dtype=np.int64),
+        inputs=images,
+        label=bunch.target.astype(np.int64),
+        num_classes=10,
+    )
+
+
+def _require_file(path: str) -> Path:
+    resolved = Path(path)
+    if not resolved.exists():
+        raise DatasetFileNotFoundError(
+            f"{path}: no such dataset file; fix prepare.dataset.path in params.yaml "
+            f"(paths are relative to the project root)"
+        )
+    return resolved
+
+
+def _finish(source_name: str, sample_id, inputs, label, num_classes, split) -> RawDataset:
+    """Common checks and canonical dtypes for every user source."""
+    n = len(inputs)
+    sample_id = np.arange(n, dtype=np.int64) if sample_id is None else np.asarray(sample_id)
+    label = np.full(n, UNLABELLED, dtype=np.int64) if label is None else label
+    for name, array in (("ids", sample_id), ("labels", label), ("split", split)):
+        if array is not None and len(array) != n:
+            raise InputShapeError(f"{source_name}: {n} inputs but {len(array)} {name}; give one per row")
+    if sample_id.dtype.kind not in "iu":
+        raise SampleIdTypeError(f"{source_name}: sample ids must be integers, got dtype "
+                                f"{sample_id.dtype}; map your ids to int64 or set the id column to null")
+    sample_id = sample_id.astype(np.int64)
+    check_sample_ids(sample_id, source_name)
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    check_inputs_finite(inputs, source_name)
+    num_classes = infer_num_classes(label, num_classes, source_name)
+    check_labels(label, num_classes, source_name)
+    if split is not None:
+        split = np.asarray(split).astype(str)
+        unknown = sorted(set(np.unique(split)) - set(SPLITS))
+        if unknown:
+            raise SplitValueError(
+                f"{source_name}: split values {unknown[:5]} are not known; use {', '.join(SPLITS)} "
+                f"(or set the split column to null to let prepare split the data)"
+            )
+    return RawDataset(sample_id, inputs, label.astype(np.int64), num_classes, split)
+
+
+def _labels_with_missing(values: np.ndarray, source_name: str) -> np.ndarray:
+    """Integer labels with -1 where missing; float columns with NaN (nulls) are allowed."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+        if np.any(values[~missing] != np.round(values[~missing])):
+            raise InputShapeError(f"{source_name}: labels must be whole class indices, got fractions")
+        return np.where(missing, UNLABELLED, values).astype(np.int64)
+    if values.dtype.kind not in "iub":
+        raise InputShapeError(f"{source_name}: labels must be integer class indices, got dtype {values.dtype}")
+    return values.astype(np.int64)
+
+
+def load_parquet(source: ParquetSource) -> RawDataset:
+    """Rows of a Parquet file: `id_column`, `label_column` (null = no label), `input_column` (a list of
+    numbers per row, same length in every row), optional `split_column`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = _require_file(source.path)
+    schema_names = pq.read_schema(path).names
+    wanted = [c for c in (source.id_column, source.label_column, source.input_column, source.split_column) if c]
+    missing = [c for c in wanted if c not in schema_names]
+    if missing:
+        raise MissingColumnError(
+            f"{source.path}: no column {', '.join(map(repr, missing))}; the file has columns "
+            f"{schema_names}; set prepare.dataset.id_column / label_column / input_column / "
+            f"split_column to the names you use (id_column or label_column may be null)"
+        )
+    table = pq.read_table(path, columns=wanted)
+    column = table.column(source.input_column).combine_chunks()
+    if column.null_count:
+        rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+        raise InputShapeError(f"{source.path}: rows {rows[:5].tolist()} have no input; drop them")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths != lengths[0]).any():
+        odd = np.flatnonzero(lengths != lengths[0])
+        raise InputShapeError(
+            f"{source.path}: column {source.input_column!r} has inputs of different sizes: row 0 has "
+            f"{lengths[0]} values but rows {odd[:5].tolist()} have {lengths[odd[:5]].tolist()}; "
+            f"every input must have the same shape"
+        )
+    width = int(lengths[0]) if len(lengths) else 0
+    flat_values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
+    inputs = reshape_inputs(flat_values.reshape(len(column), width), source.input_shape, source.path)
+    ids = table.column(source.id_column).to_numpy() if source.id_column else None
+    labels = None
+    if source.label_column:
+        labels = _labels_with_missing(
+            table.column(source.label_column).to_numpy(zero_copy_only=False), source.path)
+    split = (np.asarray(table.column(source.split_column).to_pylist(), dtype=object)
+             if source.split_column else None)
+    return _finish(source.path, ids, inputs, labels, source.num_classes, split)
+
+
+def _open_arrays(source: ArraySource):
+    """The named arrays of an npz archive or a Zarr group, as a mapping name -> array-like."""
+    path = _require_file(source.path)
+    if isinstance(source, NpzSource):
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as error:
+            raise DatasetFileNotFoundError(
+                f"{source.path}: not a readable .npz archive ({error}); save it with np.savez") from None
+        if not hasattr(archive, "files"):
+            raise DatasetFileNotFoundError(
+                f"{source.path}: holds one array, not an .npz archive of named arrays; "
+                f"save it with np.savez(path, x=..., y=...)")
+        return archive
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as error:  # zarr raises several types for "not a group"
+        raise DatasetFileNotFoundError(
+            f"{source.path}: not a Zarr group ({error}); point prepare.dataset.path at the group "
+            f"holding the arrays"
+        ) from None
+
+
+def load_arrays(source: ArraySource) -> RawDataset:
+    """Arrays of an `.npz` archive or Zarr group: `x_array` (N, *shape), `y_array` (N,) with -1 or
+    NaN for no label, `id_array` (N,) integers, `split_array` (N,) strings (each but x may be null)."""
+    store = _open_arrays(source)
+    present = sorted(store.files) if hasattr(store, "files") else sorted(store.array_keys())
+    wanted = [a for a in (source.x_array, source.y_array, source.id_array, source.split_array) if a]
+    missing = [a for a in wanted if a not in present]
+    if missing:
+        raise MissingColumnError(
+            f"{source.path}: no array {', '.join(map(repr, missing))}; it has arrays {present}; set "
+            f"prepare.dataset.x_array / y_array / id_array / split_array to your names "
+            f"(null for y_array, id_array or split_array you do not have)"
+        )
+    inputs = np.asarray(store[source.x_array][...])
+    if inputs.ndim < 2:
+        raise InputShapeError(f"{source.path}: array {source.x_array!r} has shape {inputs.shape}; "
+                              f"expected (rows, *input_shape)")
+    labels = _labels_with_missing(np.asarray(store[source.y_array][...]), source.path) if source.y_array else None
+    ids = np.asarray(store[source.id_array][...]) if source.id_array else None
+    split = np.asarray(store[source.split_array][...]) if source.split_array else None
+    return _finish(source.path, ids, inputs, labels, source.num_classes, split)

@@ -1,0 +1,96 @@
+"""What the `teacher` stage does: build the built-in teacher or adopt the user's ONNX file, then
+measure it (accuracy per split through ONNX Runtime, size, provider, parity with torch)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data.prepared import PreparedData
+from pipeline.io import atomic_copy
+from pipeline.teacher.builtin import parameter_count, parity_batches, train_builtin_teacher
+from pipeline.teacher.export import check_onnx_parity, export_onnx
+from pipeline.teacher.params import TeacherParams
+from pipeline.teacher.session import TeacherSession, onnx_parameter_count, open_teacher, teacher_sha256
+
+from pipeline.cache.batch import SPLITS, UNLABELLED
+
+
+def teacher_logits(session: TeacherSession, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """(N, *input_shape) -> (N, C) float32 raw logits, run in batches of `batch_size`."""
+    parts = [session.run(inputs[begin:begin + batch_size])[session.logits_name]
+             for begin in range(0, len(inputs), batch_size)]
+    return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+
+
+def accuracy_per_split(session: TeacherSession, data: PreparedData, batch_size: int = 512) -> dict[str, float]:
+    """Split name -> top-1 accuracy of the teacher on that split's labelled rows (splits without
+    labelled rows are left out)."""
+    logits = teacher_logits(session, data.inputs, batch_size)
+    predicted = logits.argmax(axis=1)
+    accuracy = {}
+    for code, name in enumerate(SPLITS):
+        rows = (data.split == code) & (data.label != UNLABELLED)
+        if rows.any():
+            accuracy[name] = round(float((predicted[rows] == data.label[rows]).mean()), 6)
+    return accuracy
+
+
+def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSession:
+    session = open_teacher(path, params.input_name, params.logits_name, params.tap_names,
+                           params.provider, params.intra_op_threads)
+    session.check_input(data.input_shape)
+    return session
+
+
+def _summary(session: TeacherSession, path: Path, data: PreparedData) -> dict:
+    started = time.perf_counter()
+    accuracy = accuracy_per_split(session, data)
+    return {
+        "test_accuracy": accuracy.get("test"),
+        "accuracy": accuracy,
+        "provider": session.provider,
+        "sha256": teacher_sha256(path),
+        "outputs": {name: session.output_dims[name] for name in session.output_names},
+        "inference_seconds": round(time.perf_counter() - started, 3),
+        "dataset_fingerprint": data.fingerprint,
+    }
+
+
+def build_builtin_teacher(data: PreparedData, teacher_train: PreparedData, params: TeacherParams,
+                          out_path: str | Path, progress: bool = True) -> dict:
+    """Train the built-in CNN on `teacher_train`'s labelled train rows, export it to `out_path`
+    (atomic), gate it on ORT-vs-torch parity, and return its metrics measured on `data`."""
+    out_path = Path(out_path)
+    trained = train_builtin_teacher(teacher_train, params.builtin, progress=progress)
+    example = torch.from_numpy(np.array(data.inputs[:2]))
+    export_onnx(trained.module, example, out_path, trained.module.output_names, params.input_name)
+    parity = check_onnx_parity(trained.module, out_path,
+                               parity_batches(data, params.parity.batch_sizes, params.builtin.seed),
+                               rtol=params.parity.rtol, atol=params.parity.atol, input_name=params.input_name)
+    session = _open(out_path, params, data)
+    metrics = {"source": "builtin", **_summary(session, out_path, data)}
+    metrics |= {
+        "parameters": parameter_count(trained.module),
+        "train_rows": trained.train_rows,
+        "train_seconds": round(trained.train_seconds, 2),
+        "final_train_loss": round(trained.final_train_loss, 6),
+        "parity_max_abs_diff": max(o["max_abs_diff"] for o in parity["outputs"].values()),
+        "parity": parity,
+    }
+    return metrics
+
+
+def adopt_user_teacher(source: str | Path, data: PreparedData, params: TeacherParams, out_path: str | Path) -> dict:
+    """Validate the user's ONNX teacher against the prepared data, copy it to `out_path` (atomic)
+    and return its metrics (no torch model, so no parity numbers)."""
+    source, out_path = Path(source), Path(out_path)
+    _open(source, params, data)  # every validation error names the user's file, not the copy
+    atomic_copy(source, out_path)
+    session = _open(out_path, params, data)
+    metrics = {"source": "user", "source_path": str(source), **_summary(session, out_path, data)}
+    metrics |= {"parameters": onnx_parameter_count(out_path), "parity_max_abs_diff": None}
+    return metrics

@@ -1,0 +1,62 @@
+"""The `teacher:` section of params.yaml: the built-in CNN's training, or the user's ONNX file.
+
+```yaml
+teacher:
+  onnx: null              # path to your teacher ONNX; null = train and export the built-in CNN
+  input_name: input
+  logits_name: logits
+  tap_names: null         # null = every output except logits
+  provider: auto          # auto | cpu | cuda
+  intra_op_threads: null  # ONNX Runtime threads; null = its default (physical cores)
+  builtin: {...}          # see BuiltinTeacherParams
+  parity: {rtol: 1.0e-4, atol: 1.0e-5, batch_sizes: [1, 7, 64]}
+```
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.config import StrictModel
+
+
+class BuiltinTeacherParams(StrictModel):
+    """The built-in CNN (pipeline/teacher/builtin.py) and how it is trained.
+
+    train_on: "full_train" learns from every labelled train row as prepared before the label
+    budget and omitted classes (a teacher that knows everything, as in Hinton 2015 §3);
+    "transfer_set" learns only from the labelled rows the students see.
+    """
+
+    seed: int = 0
+    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    embed_dim: int = Field(default=128, ge=1)
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    torch_threads: int = Field(default=1, ge=1)  # 1: no thread contention on shared cores; digits needs no more
+    train_on: Literal["full_train", "transfer_set"] = "full_train"
+
+
+class ParityParams(StrictModel):
+    """ONNX Runtime vs torch gate on the exported teacher (fp32, CPU provider)."""
+
+    rtol: float = Field(default=1e-4, gt=0)
+    atol: float = Field(default=1e-5, gt=0)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 7, 64], min_length=1)
+
+
+class TeacherParams(StrictModel):
+    """The whole `teacher:` section."""
+
+    onnx: str | None = None
+    input_name: str = "input"
+    logits_name: str = "logits"
+    tap_names: list[str] | None = None
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    builtin: BuiltinTeacherParams = Field(default_factory=BuiltinTeacherParams)
+    parity: ParityParams = Field(default_factory=ParityParams)

@@ -1,10 +1,11 @@
 """Relational knowledge distillation: match the batch's distance structure (mean-normalised
 pairwise distances) and angle structure (pairwise cosines, or triplet angles) with SmoothL1.
 
-The triplet angle compares B^3 values. It is computed from the (B, B) Gram and distance matrices
-(cos of angle j-i-k = (G_jk - G_ij - G_ik + G_ii) / (d_ij d_ik)), a few anchors at a time, under
-activation checkpointing: memory is O(B^2 + anchors_per_chunk * B^2) in the forward and the
-backward, never O(B^3) or O(B^2 D). At B = 1024 that is a few tens of MiB.
+The triplet angle compares B^3 values. It is computed from (B, B) matrices only (the Gram matrix
+and inverse distances: cos of angle j-i-k = (G_jk - G_ij - G_ik + G_ii) / (d_ij d_ik)), a few
+anchors at a time, with a hand-written backward that recomputes each chunk: memory is
+O(B^2 + anchors_per_chunk * B^2) in the forward and the backward, never O(B^3) or O(B^2 D).
+At B = 1024 that is a few tens of MiB; the time stays O(B^3).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import as_float32
 from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
 
 _EPS = 1e-12
-_ELEMENTS_PER_CHUNK = 1 << 22  # 4M floats (16 MiB) per (anchors, B, B) temporary
+_ELEMENTS_PER_CHUNK = 1 << 20  # 1M floats (4 MiB) per (anchors, B, B) temporary
 
 
 def _centred_gram(features: torch.Tensor) -> torch.Tensor:
@@ -73,22 +73,62 @@ def rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
     return F.smooth_l1_loss(s @ s.T, t @ t.T, reduction="mean", beta=1.0)
 
 
-def _angle_chunk(start: int, stop: int, gram_s, dist_s, gram_t, dist_t) -> torch.Tensor:
-    """Sum over anchors i in [start, stop) and all j, k of SmoothL1(cos_S(j,i,k), cos_T(j,i,k))."""
-    return F.smooth_l1_loss(_triplet_cosines(start, stop, gram_s, dist_s),
-                            _triplet_cosines(start, stop, gram_t, dist_t), reduction="sum", beta=1.0)
+def _triplet_parts(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(G, U, A), each (B, B): the centred Gram matrix, U_ij = 1/||x_i - x_j|| (0 for j = i or a
+    duplicate row) and A_ij = G_ij - G_ii / 2, so that for the angle at vertex i
+    cos(j, i, k) = U_ij U_ik (G_jk - A_ij - A_ik)  (= (x_j - x_i).(x_k - x_i) / (d_ij d_ik))."""
+    gram = _centred_gram(features)
+    dist = _distances_from_gram(gram)
+    inverse = torch.where(dist > _EPS, 1.0 / dist.clamp(min=_EPS), 0.0)
+    return gram, inverse, gram - gram.diagonal()[:, None] / 2
 
 
-def _triplet_cosines(start: int, stop: int, gram: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
-    anchors = torch.arange(start, stop, device=gram.device)
-    g_anchor = gram[anchors]                                    # (A, B): G_ij
-    numerator = (gram[None, :, :] - g_anchor[:, :, None] - g_anchor[:, None, :]
-                 + gram[anchors, anchors][:, None, None])       # (x_j - x_i).(x_k - x_i)
-    d_anchor = dist[anchors]                                    # (A, B): ||x_j - x_i||
-    denominator = d_anchor[:, :, None] * d_anchor[:, None, :]
-    # j = i or k = i: a zero vector, whose cosine is taken as 0 (as F.normalize gives in Park's code).
-    safe = denominator > _EPS
-    return torch.where(safe, numerator / torch.where(safe, denominator, 1.0), 0.0)
+def _chunk_cosines(gram, inverse, half, start, stop):
+    """(A, B, B) cos(j, i, k) for anchors i in [start, stop), with the (A, B, B) G_jk - A_ij - A_ik
+    and the (A, B) rows of U it was made from."""
+    u, a = inverse[start:stop], half[start:stop]
+    inner = gram.unsqueeze(0) - a[:, :, None]
+    inner -= a[:, None, :]
+    cosines = inner * u[:, :, None]
+    cosines *= u[:, None, :]
+    return cosines, inner, u
+
+
+class _TripletAngleSum(torch.autograd.Function):
+    """sum_{i,j,k} SmoothL1(cos_S(j,i,k) - cos_T(j,i,k)), beta 1, one chunk of anchors at a time.
+
+    Saves only the (B, B) inputs and recomputes each chunk in backward, so neither pass holds
+    the B^3 cosines. Gradients flow to the student's (G, U, A), never the teacher's.
+    """
+
+    @staticmethod
+    def forward(ctx, gram_s, inverse_s, half_s, gram_t, inverse_t, half_t, chunk):
+        total = gram_s.new_zeros(())
+        for start in range(0, len(gram_s), chunk):
+            stop = start + chunk
+            cos_s = _chunk_cosines(gram_s, inverse_s, half_s, start, stop)[0]
+            cos_t = _chunk_cosines(gram_t, inverse_t, half_t, start, stop)[0]
+            total += F.smooth_l1_loss(cos_s, cos_t, reduction="sum", beta=1.0)
+        ctx.save_for_backward(gram_s, inverse_s, half_s, gram_t, inverse_t, half_t)
+        ctx.chunk = chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        gram_s, inverse_s, half_s, gram_t, inverse_t, half_t = ctx.saved_tensors
+        grad_gram, grad_inverse, grad_half = (torch.zeros_like(gram_s) for _ in range(3))
+        for start in range(0, len(gram_s), ctx.chunk):
+            stop = start + ctx.chunk
+            slope, inner, u = _chunk_cosines(gram_s, inverse_s, half_s, start, stop)
+            slope -= _chunk_cosines(gram_t, inverse_t, half_t, start, stop)[0]
+            slope.clamp_(-1.0, 1.0)                       # SmoothL1' (beta 1); symmetric in j, k
+            column = u.unsqueeze(2)                       # (A, B, 1)
+            # d/dA_ij = -2 U_ij sum_k slope_ijk U_ik ; d/dU_ij = 2 sum_k slope_ijk inner_ijk U_ik
+            grad_half[start:stop] = -2.0 * u * torch.bmm(slope, column).squeeze(2)
+            grad_inverse[start:stop] = 2.0 * torch.bmm(inner.mul_(slope), column).squeeze(2)
+            # d/dG_jk = sum_i slope_ijk U_ij U_ik
+            grad_gram += slope.mul_(column).mul_(u.unsqueeze(1)).sum(dim=0)
+        return grad_gram * grad_total, grad_inverse * grad_total, grad_half * grad_total, None, None, None, None
 
 
 def rkd_angle_triplet(student: torch.Tensor, teacher: torch.Tensor,
@@ -97,22 +137,15 @@ def rkd_angle_triplet(student: torch.Tensor, teacher: torch.Tensor,
     psi_A = cos angle x_j x_i x_k = (x_i - x_j).(x_i - x_k) / (||x_i - x_j|| ||x_i - x_k||),
     taken as 0 when j = i or k = i (as the RKD reference code).
 
-    student: (B, *s), teacher: (B, *t). Memory O(B^2 + anchors_per_chunk B^2), default chunk
-    keeps each temporary at 4M floats. Returns a float32 scalar.
+    student: (B, *s), teacher: (B, *t). Time O(B^3), memory O(B^2 + anchors_per_chunk B^2) in
+    forward and backward (default chunk: about 1M values). Returns a float32 scalar.
     Source: seeds/001 §Relation-Based 1 (psi_A); Park et al. 2019.
     """
     rows = student.shape[0]
     chunk = anchors_per_chunk or max(1, _ELEMENTS_PER_CHUNK // (rows * rows))
-    gram_s, gram_t = _centred_gram(student), _centred_gram(teacher.detach())
-    dist_s, dist_t = _distances_from_gram(gram_s), _distances_from_gram(gram_t)
-    total = gram_s.new_zeros(())
-    for start in range(0, rows, chunk):
-        stop = min(start + chunk, rows)
-        if gram_s.requires_grad:  # recompute the chunk in backward instead of keeping B^3 values
-            total = total + checkpoint(_angle_chunk, start, stop, gram_s, dist_s, gram_t, dist_t,
-                                       use_reentrant=False)
-        else:
-            total = total + _angle_chunk(start, stop, gram_s, dist_s, gram_t, dist_t)
+    with torch.no_grad():
+        teacher_parts = _triplet_parts(teacher.detach())
+    total = _TripletAngleSum.apply(*_triplet_parts(student), *teacher_parts, chunk)
     return total / rows**3
 
 

@@ -1,0 +1,136 @@
+"""RKD (seeds/000 §4, seeds/001 §Relation-Based): closed forms of distance and both angle forms,
+invariances, the reference implementation, and bounded memory of the O(B^3) triplet angle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.losses.rkd import (RKDLoss, RKDParams, rkd_angle_pairwise, rkd_angle_triplet, rkd_distance)
+from tests.losses.conftest import SHAPES, make_inputs
+
+
+def smooth_l1(a, b):
+    diff = np.abs(a - b)
+    return np.where(diff < 1, 0.5 * diff**2, diff - 0.5).mean()
+
+
+def numpy_distance(student, teacher, normalize=True):
+    def dist(x):
+        d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+        off = ~np.eye(len(x), dtype=bool)
+        return d / d[off].mean() if normalize else d
+    return smooth_l1(dist(student), dist(teacher))
+
+
+def numpy_pairwise_angle(student, teacher):
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    return smooth_l1(unit(student) @ unit(student).T, unit(teacher) @ unit(teacher).T)
+
+
+def numpy_triplet_angle(student, teacher):
+    def cosines(x):
+        diff = x[None, :, :] - x[:, None, :]                      # [i, j] = x_j - x_i
+        norm = np.linalg.norm(diff, axis=2, keepdims=True)
+        unit = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 0)
+        return np.einsum("ijd,ikd->ijk", unit, unit)              # angle at vertex i
+    return smooth_l1(cosines(student), cosines(teacher))
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(11, 4)), 3 * rng.normal(size=(11, 7))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_distance_matches_numpy(pair, normalize):
+    s, t = pair
+    value = rkd_distance(torch.tensor(s), torch.tensor(t), normalize)
+    assert value.item() == pytest.approx(numpy_distance(s, t, normalize), rel=1e-4)
+
+
+def test_pairwise_angle_matches_numpy(pair):
+    s, t = pair
+    assert rkd_angle_pairwise(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(numpy_pairwise_angle(s, t), rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 4, 11])
+def test_triplet_angle_matches_numpy_for_any_chunking(pair, chunk):
+    s, t = pair
+    value = rkd_angle_triplet(torch.tensor(s), torch.tensor(t), anchors_per_chunk=chunk)
+    assert value.item() == pytest.approx(numpy_triplet_angle(s, t), rel=1e-4)
+
+
+def test_triplet_gradient_equals_the_rkd_reference_code():
+    # Park et al.'s RKDAngle (B^3 D memory), differentiated by autograd, as the reference.
+    def reference(student, teacher):
+        def angles(x):
+            unit = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
+            return torch.bmm(unit, unit.transpose(1, 2)).view(-1)
+        return F.smooth_l1_loss(angles(student), angles(teacher))
+    rng = np.random.default_rng(1)
+    s = torch.tensor(rng.normal(size=(13, 5)), requires_grad=True)
+    t = torch.tensor(rng.normal(size=(13, 6)))
+    reference(s, t).backward()
+    expected, s.grad = s.grad.clone(), None
+    rkd_angle_triplet(s, t, anchors_per_chunk=3).backward()
+    np.testing.assert_allclose(s.grad.numpy(), expected.numpy(), atol=1e-6)
+
+
+def _orthogonal(seed, dim):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, dim)))
+    return q
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 10.0))
+def test_rkd_is_unchanged_by_a_common_rotation_and_distance_by_scaling(seed, scale):
+    rng = np.random.default_rng(seed)
+    s, t = rng.normal(size=(9, 4)), rng.normal(size=(9, 5))
+    rs, rt = s @ _orthogonal(seed, 4), t @ _orthogonal(seed + 1, 5)
+    for loss in (rkd_distance, rkd_angle_pairwise, rkd_angle_triplet):
+        base = loss(torch.tensor(s), torch.tensor(t)).item()
+        assert loss(torch.tensor(rs), torch.tensor(rt)).item() == pytest.approx(base, rel=1e-3, abs=1e-6)
+    base = rkd_distance(torch.tensor(s), torch.tensor(t)).item()
+    scaled = rkd_distance(torch.tensor(scale * s), torch.tensor(scale * t)).item()
+    assert scaled == pytest.approx(base, rel=1e-3, abs=1e-6)
+    # the triplet angle does not see scale either
+    triplet = rkd_angle_triplet(torch.tensor(s), torch.tensor(t)).item()
+    assert rkd_angle_triplet(torch.tensor(scale * s), torch.tensor(t)).item() == pytest.approx(triplet, rel=1e-3, abs=1e-6)
+
+
+def test_rkd_is_zero_when_student_relations_equal_teachers():
+    x = torch.randn(10, 6)
+    for loss in (rkd_distance, rkd_angle_pairwise, rkd_angle_triplet):
+        assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_triplet_angle_at_b1024_keeps_only_b_squared_values_for_backward():
+    # The B^3 cosines would be 4 GiB at B = 1024; the chunked form keeps (B, B) matrices only.
+    rows = 1024
+    student = torch.randn(rows, 8, requires_grad=True)
+    saved_bytes = [0]
+
+    def count(tensor):
+        saved_bytes[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        loss = rkd_angle_triplet(student, torch.randn(rows, 16))
+    assert torch.isfinite(loss)
+    assert saved_bytes[0] < 64 * 2**20 < rows**3 * 4
+
+
+def test_adapter_returns_distance_and_angle_with_the_documents_weights():
+    loss = RKDLoss(RKDParams(student_tap="embed", teacher_tap="embed", angle="pairwise"), SHAPES)
+    inputs = make_inputs()
+    terms = loss(inputs)
+    s, t = (inputs.student_features["embed"].detach().numpy(), inputs.teacher_features["embed"].detach().numpy())
+    assert terms["distance"].item() == pytest.approx(numpy_distance(s, t), rel=1e-4)
+    assert terms["angle"].item() == pytest.approx(numpy_pairwise_angle(s, t), rel=1e-4)
+    assert loss.params.sub_weights(0) == {"distance": 25.0, "angle": 50.0}

@@ -34,10 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = load_section(CacheParams, "cache", args.params)
-    names = load_section(TeacherParams, "teacher", args.params)
+    teacher_params = load_section(TeacherParams, "teacher", args.params)
     data = load_prepared(args.prepared)
-    teacher = open_teacher(args.teacher, names.input_name, names.logits_name, names.tap_names,
-                           provider=params.provider, intra_op_threads=params.intra_op_threads)
+    teacher = open_teacher(args.teacher, teacher_params.input_name, teacher_params.logits_name,
+                           teacher_params.tap_names, provider=teacher_params.provider,
+                           intra_op_threads=teacher_params.intra_op_threads)
     sha256 = teacher_sha256(args.teacher)
     out = Path(args.out)
     result = build_cache(data, teacher, sha256, data.fingerprint, params, out / "store", args.scratch,

@@ -23,8 +23,7 @@ class CacheParams(StrictModel):
     kl_sample_rows: rows whose fp32 logits are kept during the run to measure the stored
         dtype's KL error (evenly spaced over the cache).
     in_memory_max_mb: the reader loads a cache up to this size into RAM (fast random batches).
-    provider: ONNX Runtime provider for the teacher ("auto" = CUDA when it works, else CPU).
-    intra_op_threads: ONNX Runtime threads (None = its default).
+    The teacher's provider and threads come from the `teacher:` section.
     """
 
     store: Literal["zarr", "parquet"] = "zarr"
@@ -37,8 +36,6 @@ class CacheParams(StrictModel):
     sparse_top_k: int | None = Field(None, ge=1)
     kl_sample_rows: int = Field(20000, ge=1)
     in_memory_max_mb: int = Field(8192, ge=0)
-    provider: Literal["auto", "cuda", "cpu"] = "auto"
-    intra_op_threads: int | None = Field(None, ge=1)
 
     @property
     def rows_per_shard(self) -> int:

@@ -48,7 +48,7 @@ def project(tmp_path_factory):
     rows = make_rows(200)
     write_prepared(make_prepared(rows.sample_id, rows.split, rows.label, rows.inputs, 5), root / "prepared")
     _export(root / "model.onnx")
-    params = {"cache": {"rows_per_chunk": 16, "chunks_per_shard": 4, "batch_size": 32, "provider": "cpu",
+    params = {"cache": {"rows_per_chunk": 16, "chunks_per_shard": 4, "batch_size": 32,
                         "sparse_top_k": 2},
               "teacher": {"provider": "cpu"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))

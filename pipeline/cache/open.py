@@ -102,6 +102,14 @@ class LazyZarrCache:
         """tap -> (N, *shape), each read whole when accessed (large: prefer `batch`)."""
         return {tap: self._store.read(f"features/{tap}", slice(0, len(self))) for tap in self.schema.feature_shapes}
 
+    @property
+    def sparse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The top-k form (values, indices, logsumexp), read whole, or None."""
+        if self.schema.sparse_top_k is None:
+            return None
+        whole = slice(0, len(self))
+        return tuple(self._store.read(f"sparse/{name}", whole) for name in ("values", "indices", "logsumexp"))
+
     def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
         unique, inverse = np.unique(rows, return_inverse=True)
         return self._store.read_rows(name, unique)[inverse]

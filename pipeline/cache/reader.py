@@ -60,6 +60,26 @@ def rows_of_split(reader: CacheReader, split: str) -> np.ndarray:
     return np.flatnonzero(reader.split == SPLITS.index(split)).astype(np.int64)
 
 
+def block_shuffle(rows: np.ndarray, block_rows: int, blocks_per_window: int, seed: int = 0) -> np.ndarray:
+    """A shuffle of `rows` ((n,) int64, ascending) that keeps reads local, for caches too large
+    for RAM (a lazily read Zarr cache decodes every inner chunk a batch touches, ~0.5 ms each).
+
+    Rows are cut into blocks of `block_rows` consecutive rows (use the cache's rows_per_chunk),
+    the blocks are put in random order, and rows are shuffled within each window of
+    `blocks_per_window` consecutive blocks: a batch of up to block_rows * blocks_per_window
+    rows then spans at most two windows, i.e. at most 2 * blocks_per_window chunks. Every row appears exactly once; same seed, same order.
+    """
+    rows = np.asarray(rows, np.int64)
+    rng = np.random.default_rng(seed)
+    blocks = [rows[i : i + block_rows] for i in range(0, len(rows), block_rows)]
+    order = rng.permutation(len(blocks))
+    shuffled = []
+    for start in range(0, len(order), blocks_per_window):
+        window = np.concatenate([blocks[b] for b in order[start : start + blocks_per_window]])
+        shuffled.append(rng.permutation(window))
+    return np.concatenate(shuffled) if shuffled else rows
+
+
 def iter_batches(
     reader: CacheReader,
     batch_size: int,
@@ -171,4 +191,4 @@ class MemoryCache:
         )
 
 
-__all__ = ["CacheReader", "CacheSchema", "MemoryCache", "UNLABELLED", "iter_batches", "rows_of_split"]
+__all__ = ["CacheReader", "CacheSchema", "MemoryCache", "UNLABELLED", "block_shuffle", "iter_batches", "rows_of_split"]

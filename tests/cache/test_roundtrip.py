@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.cache.format import FORMAT_VERSION, plan_shards
 from pipeline.cache.open import StoredCache, open_cache
-from pipeline.cache.reader import iter_batches, rows_of_split
+from pipeline.cache.reader import block_shuffle, iter_batches, rows_of_split
 from pipeline.cache.sparse import top_k_form
 from tests.cache.helpers import FakeTeacher, build, make_rows, small_params
 
@@ -75,3 +75,13 @@ def test_lazy_reader_gives_the_same_batches_as_memory(tmp_path):
     assert np.array_equal(a.logits.numpy(), b.logits.numpy())
     assert np.array_equal(a.features["conv"].numpy(), b.features["conv"].numpy())
     np.testing.assert_array_equal(lazy.logits, memory.logits)
+
+
+def test_block_shuffle_visits_every_row_once_and_keeps_batches_local():
+    rows = np.arange(1000, dtype=np.int64)
+    order = block_shuffle(rows, block_rows=16, blocks_per_window=4, seed=3)
+    assert sorted(order.tolist()) == rows.tolist()
+    assert not np.array_equal(order, rows)
+    np.testing.assert_array_equal(order, block_shuffle(rows, 16, 4, seed=3))
+    for start in range(0, 1000, 64):
+        assert len(np.unique(order[start:start + 64] // 16)) <= 8

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cluster.params import LocalParams
+from pipeline.cluster.engine import ClusterStartError
+from pipeline.cluster.params import AddressParams, LocalParams
 from pipeline.cluster.runner import NoWorkerWithResourcesError, TaskResult, run_tasks
 from tests.cluster import cluster_tasks
 
@@ -56,3 +57,16 @@ def test_params_start_a_cluster_whose_workers_advertise_gpus():
     results = run_tasks(params, tasks, progress=False)
     assert all(isinstance(r, TaskResult) and r.ok for r in results.values())
     assert len({r.worker for r in results.values()}) >= 1
+
+
+def test_an_existing_scheduler_is_used_by_address_and_left_running(local_client):
+    params = AddressParams(kind="address", address=local_client.scheduler.address)
+    results = run_tasks(params, {"sq": (cluster_tasks.square, (7,), {})}, progress=False)
+    assert results["sq"].value == 49
+    assert run_tasks(local_client, {"again": (cluster_tasks.square, (2,), {})}, progress=False)["again"].ok
+
+
+def test_an_address_where_no_scheduler_answers_says_how_to_fix_it():
+    params = AddressParams(kind="address", address="tcp://127.0.0.1:9", start_timeout_s=1)
+    with pytest.raises(ClusterStartError, match=r"cluster.address 'tcp://127.0.0.1:9': no Dask scheduler answered"):
+        run_tasks(params, {"t": cluster_tasks.worker_pid}, progress=False)

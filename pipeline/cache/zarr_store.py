@@ -29,6 +29,7 @@ class ZarrStore:
     def __init__(self, path: str | Path, layout: CacheLayout) -> None:
         self.path = Path(path)
         self.layout = layout
+        self._readers: dict[str, zarr.Array] = {}
 
     @classmethod
     def create(cls, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> "ZarrStore":
@@ -47,7 +48,11 @@ class ZarrStore:
         return cls(path, layout)
 
     def _array(self, name: str, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(str(self.path / name), mode=mode)
+        if mode != "r":
+            return zarr.open_array(str(self.path / name), mode=mode)
+        if name not in self._readers:  # opening reads zarr.json: once per array, not per batch
+            self._readers[name] = zarr.open_array(str(self.path / name), mode="r")
+        return self._readers[name]
 
     def write_array(self, name: str, rows: slice, values: np.ndarray) -> None:
         """Write one array's rows of one whole shard (`rows` must be a shard's row range)."""

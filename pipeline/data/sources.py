@@ -98,7 +98,7 @@ def _finish(source_name: str, sample_id, inputs, label, num_classes, split) -> R
     num_classes = infer_num_classes(label, num_classes, source_name)
     check_labels(label, num_classes, source_name)
     if split is not None:
-        split = np.asarray(split).astype(str)
+        split = _as_str(split)
         unknown = sorted(set(np.unique(split)) - set(SPLITS))
         if unknown:
             raise SplitValueError(
@@ -106,6 +106,14 @@ def _finish(source_name: str, sample_id, inputs, label, num_classes, split) -> R
                 f"(or set the split column to null to let prepare split the data)"
             )
     return RawDataset(sample_id, inputs, label.astype(np.int64), num_classes, split)
+
+
+def _as_str(values) -> np.ndarray:
+    """Split names of any string dtype (fixed, bytes, object, numpy StringDType from Zarr) -> str."""
+    values = np.asarray(values)
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8")
+    return values.astype(object).astype(str)
 
 
 def _labels_with_missing(values: np.ndarray, source_name: str) -> np.ndarray:

@@ -162,13 +162,16 @@ def build_cache_on_cluster(
     input_name: str = "input",
     logits_name: str = "logits",
     tap_names: Any = None,
+    provider: str = "auto",
+    intra_op_threads: int | None = None,
     progress: bool = True,
 ) -> BuildResult:
     """The cache stage's sharded build: workers load `prepared_dir` and open the ONNX teacher at
-    `teacher_path` themselves (ORT threads: cache.intra_op_threads, else the cluster's threads per
-    worker), then `build_cache_sharded`. Call it where `cluster.shard_cache` is true."""
-    threads = params.intra_op_threads or getattr(cluster, "threads_per_worker", 1) or 1
-    teacher = onnx_teacher_opener(teacher_path, params.provider, threads, input_name=input_name,
+    `teacher_path` themselves (names and provider as in the `teacher:` section; ORT threads:
+    `intra_op_threads`, else the cluster's threads per worker, else 1), then `build_cache_sharded`.
+    The cache stage calls it where `cluster.shard_cache` is true."""
+    threads = intra_op_threads or getattr(cluster, "threads_per_worker", 1) or 1
+    teacher = onnx_teacher_opener(teacher_path, provider, threads, input_name=input_name,
                                   logits_name=logits_name, tap_names=tap_names)
     return build_cache_sharded(cluster, prepared_rows_opener(prepared_dir), teacher, teacher_sha256,
                                dataset_fingerprint, params, out_dir, scratch_dir, progress=progress)

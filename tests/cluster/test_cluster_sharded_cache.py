@@ -60,12 +60,13 @@ def test_onnx_teacher_on_workers_gives_the_bytes_of_the_single_process_stage(loc
     prepared_dir, _ = project
     onnx_path = export_linear_teacher(tmp_path / "teacher.onnx")
     prepared = load_prepared(prepared_dir)
-    params = small_params(rows_per_chunk=32, chunks_per_shard=2, batch_size=48, intra_op_threads=1)
+    params = small_params(rows_per_chunk=32, chunks_per_shard=2, batch_size=48)
     single = build_cache(prepared, open_teacher(onnx_path, provider="cpu", intra_op_threads=1), TEACHER_SHA,
                          prepared.fingerprint, params, tmp_path / "single" / "store", tmp_path / "single" / "scratch",
                          progress=False)
     result = build_cache_on_cluster(local_client, prepared_dir, onnx_path, TEACHER_SHA,
                                     prepared.fingerprint, params, tmp_path / "sharded" / "store",
-                                    tmp_path / "sharded" / "scratch", progress=False)
+                                    tmp_path / "sharded" / "scratch", provider="cpu", intra_op_threads=1,
+                                    progress=False)
     assert result.shards_written == 5 and result.provider == "CPUExecutionProvider"
     assert tree_bytes(result.store_dir) == tree_bytes(single.store_dir)

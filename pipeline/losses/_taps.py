@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
@@ -115,9 +115,9 @@ class TapTermParams(StrictModel):
     """Params fields of a term on feature taps: one pair (`student_tap`, `teacher_tap`) or a list
     of pairs (`taps`), averaged or summed as the family says."""
 
-    student_tap: str | None = None
-    teacher_tap: str | None = None
-    taps: list[TapPair] | None = None
+    student_tap: str | None = Field(None, description="student tap compared (with teacher_tap)")
+    teacher_tap: str | None = Field(None, description="teacher tap compared (with student_tap)")
+    taps: list[TapPair] | None = Field(None, description="or several: [{student: img, teacher: img}, ...]")
 
     @model_validator(mode="after")
     def _one_way_to_name_taps(self):

@@ -44,7 +44,7 @@ class AttentionParams(StrictModel):
     """Attention transfer over a layer map (seeds/001 §Feature-Based 3)."""
 
     kind: Literal["attention"] = "attention"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     layers: list[TapPair] = Field(min_length=1, description="[{student: attn1, teacher: attn4}, ...]")
     form: Literal["maps", "spatial"] = Field(
         "maps", description="maps: exported (B, H, N, N) attention; spatial: (B, C, H, W) conv activations")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from pipeline.config import StrictModel
@@ -26,7 +27,7 @@ class CEParams(StrictModel):
     """Hard-label cross-entropy (seeds/000 §1)."""
 
     kind: Literal["ce"] = "ce"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"ce": 1.0}

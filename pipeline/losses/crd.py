@@ -61,7 +61,7 @@ class CRDParams(TapTermParams):
     """InfoNCE on cosine similarity, averaged over taps (seeds/000 §3)."""
 
     kind: Literal["crd"] = "crd"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     tau: float = Field(0.1, gt=0, description="temperature of the similarities (seeds/000 §3)")
     anchors: Literal["student", "both"] = Field(
         "student", description="student: s_i against all t_j as seeds/000 writes; both: also t_i against all s_j")

@@ -48,7 +48,7 @@ class DKDParams(StrictModel):
     """Decoupled KD: alpha * TCKD + beta * NCKD (Zhao et al. 2022; mdistiller CIFAR defaults)."""
 
     kind: Literal["dkd"] = "dkd"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     alpha: float = Field(1.0, description="factor of TCKD (target vs rest)")
     beta: float = Field(8.0, description="factor of NCKD (among non-target classes)")
     temperature: float = Field(4.0, gt=0, description="T (both parts are scaled by T^2)")

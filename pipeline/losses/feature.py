@@ -29,7 +29,7 @@ class FeatureParams(TapTermParams):
     """Feature MSE with one learned projection per tap (seeds/000 §1)."""
 
     kind: Literal["feature"] = "feature"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     project: Projection = Field(
         "teacher_to_student", description="phi(f_T) onto the student as seeds/000 writes; "
         "student_to_teacher as FitNets; none when the shapes are equal")

@@ -39,7 +39,7 @@ class GramParams(TapTermParams):
     """Frobenius distance between batch Gram matrices, averaged over taps (seeds/004 §6.2)."""
 
     kind: Literal["gram"] = "gram"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     normalize_rows: bool = Field(True, description="cosine Gram (scale-free; sizes may differ)")
     reduction: Literal["mean", "sum"] = Field("mean", description="sum: ||.||_F^2 as written; mean: / B^2")
 

@@ -44,7 +44,7 @@ class HiddenParams(StrictModel):
     """Hidden-state matching over a layer map (seeds/001 §Feature-Based, 004 §6.1)."""
 
     kind: Literal["hidden"] = "hidden"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     layers: list[TapPair] = Field(min_length=1, description="the layer map: [{student: s1, teacher: t3}, ...]")
     project: Literal["teacher_to_student", "student_to_teacher", "closed_form", "none"] = Field(
         "teacher_to_student", description="learned phi on the teacher (as written), on the student, "

@@ -109,7 +109,7 @@ class HintonParams(StrictModel):
     """Hinton KD: soft_weight * T^2 KL(p_t^T || p_s^T) + hard_weight * CE (seeds/003 §1.1)."""
 
     kind: Literal["hinton"] = "hinton"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(4.0, gt=0, description="softmax temperature T (seeds/003 §7: start at 4)")
     form: Literal["kl", "soft_ce"] = Field(
         "kl", description="kl: T^2 KL(p_t||p_s); soft_ce: T^2 H(p_t, p_s) (seeds/002), same gradient")

@@ -47,7 +47,7 @@ class MMDParams(TapTermParams):
     """MMD^2 with a multi-bandwidth Gaussian kernel, averaged over taps (seeds/000 §5)."""
 
     kind: Literal["mmd"] = "mmd"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     bandwidths: tuple[float, ...] = Field((0.2, 0.5, 1.0, 2.0, 5.0), min_length=1,
                                           description="kernel bandwidths sigma (seeds/000 §5)")
     estimator: Literal["biased", "unbiased"] = Field("biased", description="biased: as seeds/000 writes")

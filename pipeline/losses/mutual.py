@@ -37,7 +37,7 @@ class MutualParams(StrictModel):
     """KL towards every other cohort member (seeds/004 §6.3)."""
 
     kind: Literal["mutual"] = "mutual"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(1.0, gt=0, description="T (the loss is scaled by T^2)")
     reduction: Literal["sum", "mean"] = Field("sum", description="over peers: sum as written, or mean")
 

@@ -153,7 +153,7 @@ class RKDParams(TapTermParams):
     """Relational KD: distance_weight * L_dist + angle_weight * L_angle (seeds/000 §4, 001)."""
 
     kind: Literal["rkd"] = "rkd"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     distance_weight: float = Field(25.0, description="w_dist (seeds/000 §4)")
     angle_weight: float = Field(50.0, description="w_angle (seeds/000 §4)")
     angle: Literal["triplet", "pairwise"] = Field(

@@ -32,7 +32,7 @@ class SelfTrainingParams(StrictModel):
     """Cross-entropy on the teacher's argmax labels (seeds/003 §6 5.2)."""
 
     kind: Literal["self_training"] = "self_training"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     min_confidence: float = Field(0.0, ge=0, le=1, description="skip rows the teacher is less sure of")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:

@@ -38,7 +38,7 @@ class SmoothingParams(StrictModel):
     """Label-smoothed cross-entropy (seeds/003 §6 5.1)."""
 
     kind: Literal["smoothing"] = "smoothing"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     epsilon: float = Field(0.1, ge=0, le=1, description="mass spread uniformly over the C classes")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:

@@ -23,7 +23,7 @@ class VanillaParams(TapTermParams):
     """Vanilla: ce_weight * CE + kl_weight * T^2 KL + feature_weight * L_feat (seeds/000 §1)."""
 
     kind: Literal["vanilla"] = "vanilla"
-    weight: float = 1.0
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(2.0, gt=0, description="T (seeds/000 §1)")
     ce_weight: float = Field(1.0, description="factor of the hard-label CE")
     kl_weight: float = Field(1.0, description="alpha of seeds/000 (factor of T^2 KL)")

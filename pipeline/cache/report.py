@@ -186,6 +186,8 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
                 ax.plot(ts, values, style, marker="o", label=f"{name} ({stat})")
         ax.axhline(KL_GOAL_P99_NATS, color="gray", ls=":", label="goal p99")
         ax.set(xscale="log", yscale="log", xlabel="temperature T", ylabel="KL [nats]", title="Stored-form KL error")
+        ax.set_xticks(ts, [f"{t:g}" for t in ts])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
         written.append(_save(fig, directory / "kl_error.png"))
     return written

@@ -1,10 +1,11 @@
-"""Small CNN students: conv blocks (3x3, ReLU, 2x2 max-pool between blocks) -> pooled embedding -> logits.
+"""Small CNN students: conv blocks (3x3 conv, batch norm, ReLU; 2x2 max-pool between blocks) ->
+flattened map -> embedding -> logits.
 
 Input (B, H, W) is read as one channel; (B, C, H, W) as is. Each block is `convs_per_block` 3x3
 convolutions at its width; a 2x2 max-pool follows every block but the last (while the map is at
 least 2x2), so 8x8 digits with `channels: [16, 32]` give a `conv` tap of (32, 4, 4), the shape of the
 built-in teacher's. Taps: `block1` ... `blockL` (B, C_l, H_l, W_l), `conv` = the last block, and
-`embed` (B, D) after global average pooling and one linear ReLU layer.
+`embed` (B, D): the last map flattened, then one linear ReLU layer (as the built-in teacher).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 class CNNStudent(nn.Module):
-    """(B, [C,] H, W) -> conv blocks -> global average pool -> embed -> (B, num_classes) logits."""
+    """(B, [C,] H, W) -> conv blocks -> flatten -> embed -> (B, num_classes) logits."""
 
     def __init__(self, params: CNNParams, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -57,7 +58,9 @@ class CNNStudent(nn.Module):
         for index, out_channels in enumerate(params.channels):
             layers = []
             for _ in range(params.convs_per_block):
-                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU()]
+                # batch norm keeps the small student trainable at AdamW lr 1e-2 (without it, ReLUs die)
+                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(out_channels), nn.ReLU()]
                 in_channels = out_channels
             self.blocks.append(nn.Sequential(*layers))
             self.tap_shapes[f"block{index + 1}"] = (out_channels, height, width)
@@ -67,7 +70,7 @@ class CNNStudent(nn.Module):
                 height, width = height // 2, width // 2
         self.tap_shapes["conv"] = self.tap_shapes[f"block{len(params.channels)}"]
         self.tap_shapes["embed"] = (params.embed,)
-        self.embed = nn.Linear(in_channels, params.embed)
+        self.embed = nn.Linear(in_channels * height * width, params.embed)
         self.classifier = nn.Linear(params.embed, num_classes)
         self._image_rank = len(input_shape)
 
@@ -81,6 +84,6 @@ class CNNStudent(nn.Module):
             if pool:
                 activation = nn.functional.max_pool2d(activation, 2)
         features["conv"] = features[f"block{len(self.blocks)}"]
-        embedding = torch.relu(self.embed(features["conv"].mean(dim=(2, 3))))
+        embedding = torch.relu(self.embed(features["conv"].flatten(1)))
         features["embed"] = embedding
         return StudentOutput(self.classifier(embedding), features)

@@ -7,9 +7,9 @@ students:
     loss:                                           # pipeline/losses/recipe.py
       ce: {kind: ce, weight: 0.5}
       kd: {kind: hinton, weight: 0.5, temperature: 4.0}
-    optimizer: {kind: adamw, lr: 0.003, weight_decay: 0.0001}
+    optimizer: {kind: adamw, lr: 0.01, weight_decay: 0.0001}
     schedule: {kind: cosine, warmup_epochs: 1}
-    epochs: 10
+    epochs: 20
     batch_size: 64
     seeds: [0]
     cache: data/cache/store                         # another cache for a teacher chain
@@ -51,7 +51,7 @@ class OptimizerParams(StrictModel):
     """AdamW (decoupled weight decay) or SGD with momentum; `lr` is the peak learning rate."""
 
     kind: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(default=3e-3, gt=0)
+    lr: float = Field(default=1e-2, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
 
@@ -86,7 +86,7 @@ class StudentParams(StrictModel):
     loss: RecipeParams
     optimizer: OptimizerParams = OptimizerParams()
     schedule: ScheduleParams = ScheduleParams()
-    epochs: int = Field(default=10, ge=1)
+    epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
     seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1)

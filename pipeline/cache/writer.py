@@ -70,6 +70,10 @@ class CacheDiskFullError(DistilleryError):
     """The disk filled up while a shard was written; completed shards are kept."""
 
 
+class CacheInputError(DistilleryError):
+    """The rows handed to the cache build are empty or not aligned with each other."""
+
+
 class Teacher(Protocol):
     """What the writer needs of a teacher (pipeline.teacher.TeacherSession satisfies it)."""
 
@@ -216,6 +220,7 @@ def create_store(
     A scratch left by another dataset, teacher or params is deleted (the log says which differs).
     """
     scratch_dir = Path(scratch_dir)
+    _check_rows(data)
     teacher_info = describe_teacher(teacher, teacher_sha256)
     fingerprint = build_fingerprint(params.store, dataset_fingerprint, teacher_info, _bytes_params(params), code_version())
     store_dir = scratch_dir / "store"
@@ -250,6 +255,16 @@ def create_store(
     (scratch_dir / "progress").mkdir(parents=True, exist_ok=True)
     atomic_write_json(store_dir / METADATA_FILE, metadata.to_json())
     return CacheBuild(scratch_dir, metadata, data)
+
+
+def _check_rows(data: RowSource) -> None:
+    lengths = {name: len(getattr(data, name)) for name in ("sample_id", "split", "label", "inputs")}
+    if len(set(lengths.values())) != 1:
+        raise CacheInputError(f"the rows to cache are not aligned: lengths {lengths}; re-run `dvc repro prepare`")
+    if lengths["sample_id"] == 0:
+        raise CacheInputError("there are no rows to cache (the prepared dataset is empty); check prepare.dataset")
+    if len(np.unique(data.sample_id)) != lengths["sample_id"]:
+        raise CacheInputError("sample ids are not unique; the cache joins on them, re-run `dvc repro prepare`")
 
 
 def _why_different(existing: CacheMetadata, dataset_fingerprint: str, teacher_sha256: str, params: dict) -> str:

@@ -11,7 +11,8 @@ import pytest
 from pipeline.cache.format import CacheCorruptError, IncompleteCacheError, StaleCacheError
 from pipeline.cache.open import CacheAlignmentError, check_alignment, open_cache
 from pipeline.cache.parquet_store import ParquetStore
-from pipeline.cache.writer import CacheDiskFullError, TeacherOutputError, completed_shards, open_build
+from pipeline.cache.writer import (CacheDiskFullError, CacheInputError, TeacherOutputError, completed_shards,
+                                   open_build)
 from pipeline.cache.zarr_store import ZarrStore
 from tests.cache.helpers import FakeTeacher, build, make_rows, small_params, tree_bytes
 
@@ -135,3 +136,24 @@ def test_scratch_from_another_teacher_is_started_over(tmp_path, caplog):
     assert result.shards_resumed == 0
     assert "teacher aaaaaaaaaaaa -> bbbbbbbbbbbb" in caplog.text
     assert json.loads((result.store_dir / "cache.json").read_text())["teacher"]["sha256"] == "b" * 64
+
+
+def test_empty_or_duplicate_rows_are_refused(tmp_path):
+    rows = make_rows(10)
+    empty = type(rows)(rows.sample_id[:0], rows.split[:0], rows.label[:0], rows.inputs[:0])
+    with pytest.raises(CacheInputError, match="no rows"):
+        build(tmp_path, empty)
+    duplicated = type(rows)(np.zeros(10, np.int64), rows.split, rows.label, rows.inputs)
+    with pytest.raises(CacheInputError, match="not unique"):
+        build(tmp_path, duplicated)
+
+
+def test_nan_in_a_feature_tap_is_named(tmp_path):
+    class BadTap(FakeTeacher):
+        def run(self, inputs):
+            out = super().run(inputs)
+            out["embed"][0, 0] = np.inf
+            return out
+
+    with pytest.raises(TeacherOutputError, match=r"'embed' is NaN/Inf .* sample_id 1000"):
+        build(tmp_path, teacher=BadTap())

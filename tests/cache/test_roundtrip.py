@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.cache.format import FORMAT_VERSION, plan_shards
 from pipeline.cache.open import StoredCache, open_cache
@@ -58,6 +60,15 @@ def test_batches_are_float32_tensors_aligned_by_row(tmp_path):
     train = rows_of_split(cache, "train")
     seen = np.concatenate([b.rows for b in iter_batches(cache, 16, train, shuffle=True, seed=1)])
     assert sorted(seen.tolist()) == train.tolist()
+
+
+@given(st.integers(0, 5000), st.integers(1, 700))
+def test_plan_shards_covers_every_row_once_in_whole_aligned_shards(num_rows, rows_per_shard):
+    shards = plan_shards(num_rows, rows_per_shard)
+    covered = np.concatenate([np.arange(s.start, s.stop) for s in shards]) if shards else np.array([], int)
+    np.testing.assert_array_equal(covered, np.arange(num_rows))
+    assert all(s.start % rows_per_shard == 0 for s in shards)
+    assert all(s.stop - s.start == rows_per_shard for s in shards[:-1])
 
 
 def test_plan_shards_covers_every_row_once():

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from pipeline.config import load_section
-from pipeline.data.prepare import TEACHER_TRAIN_DIR
 from pipeline.data.prepared import load_prepared
 from pipeline.io import atomic_write_json
-from pipeline.teacher.build import adopt_user_teacher, build_builtin_teacher
+from pipeline.teacher.build import adopt_user_teacher, build_builtin_teacher, teacher_training_data
 from pipeline.teacher.params import TeacherParams
 
 
@@ -28,9 +27,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_prepared(args.prepared)
     out = Path(args.out)
     if params.onnx is None:
-        full_train = Path(args.prepared) / TEACHER_TRAIN_DIR
-        use_full = params.builtin.train_on == "full_train" and full_train.exists()
-        teacher_train = load_prepared(full_train) if use_full else data
+        teacher_train = teacher_training_data(args.prepared, data, params.builtin.train_on)
         metrics = build_builtin_teacher(data, teacher_train, params, out / "model.onnx",
                                         progress=sys.stderr.isatty())
     else:

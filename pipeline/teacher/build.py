@@ -9,14 +9,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.prepared import PreparedData
+from pipeline.data.prepare import TEACHER_TRAIN_DIR
+from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.io import atomic_copy
 from pipeline.teacher.builtin import parameter_count, parity_batches, train_builtin_teacher
 from pipeline.teacher.export import check_onnx_parity, export_onnx
 from pipeline.teacher.params import TeacherParams
 from pipeline.teacher.session import TeacherSession, onnx_parameter_count, open_teacher, teacher_sha256
 
-from pipeline.cache.batch import SPLITS, UNLABELLED
+
+def teacher_training_data(prepared_dir: str | Path, data: PreparedData, train_on: str) -> PreparedData:
+    """The rows the built-in teacher learns from: with train_on "full_train", the train split as it
+    was before the label budget and omitted classes (`prepared_dir/teacher_train`, written by prepare
+    only when those took rows away); otherwise (or when absent) `data` itself."""
+    full_train = Path(prepared_dir) / TEACHER_TRAIN_DIR
+    if train_on == "full_train" and full_train.exists():
+        return load_prepared(full_train)
+    return data
 
 
 def teacher_logits(session: TeacherSession, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:

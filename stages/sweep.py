@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     names = sorted(students) if chosen in ("all", ["all"]) else list(chosen)
     grid = {name: select_student(students, name) for name in names}
     cluster = load_cluster_params(args.params)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # the DVC output exists even when empty
     if grid:
         print(f"sweep: {len(grid)} students on a {cluster.kind} cluster: {', '.join(grid)}")
     else:

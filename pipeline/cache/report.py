@@ -39,12 +39,33 @@ def top_k_mass(logits: np.ndarray, k: int = 5, temperature: float = 1.0) -> np.n
     return -np.sort(-p, axis=1)[:, :k].sum(axis=1)
 
 
+ROW_BLOCK = 8192
+"""Rows per block in whole-cache statistics, so memory stays O(block x C), not O(N x C)."""
+
+
+def rowwise(fn, *arrays: np.ndarray, block: int = ROW_BLOCK) -> np.ndarray:
+    """fn applied to row blocks of `arrays` (aligned by row), results concatenated along axis 0."""
+    num_rows = len(arrays[0])
+    parts = [fn(*(a[start : start + block] for a in arrays)) for start in range(0, num_rows, block)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def top1_confidence(logits: np.ndarray) -> np.ndarray:
+    """(N,) max_i softmax(logits)_i at T = 1."""
+    return np.exp(log_softmax(logits, 1.0)).max(axis=1)
+
+
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE = sum_b (n_b / n) |accuracy_b - confidence_b| over equal-width bins of the top-1
     probability at T = 1 (bin b holds confidences in (b/B, (b+1)/B]; Guo et al. 2017)."""
-    p = np.exp(log_softmax(logits, 1.0))
-    confidence = p.max(axis=1)
-    correct = (p.argmax(axis=1) == labels).astype(np.float64)
+    confidence = rowwise(top1_confidence, logits)
+    correct = (rowwise(lambda z: z.argmax(axis=1), logits) == labels).astype(np.float64)
+    return calibration_error(confidence, correct, bins)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE from per-row top-1 confidence (N,) and correctness (N,) (see expected_calibration_error)."""
+    correct = np.asarray(correct, np.float64)
     index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
     total = 0.0
     for b in range(bins):
@@ -73,7 +94,7 @@ def kl_summary(reference_logits: np.ndarray, approx_logits: np.ndarray,
     """Per T ("T1", "T2", ...): mean, p99 and max of KL(p_T(reference) || p_T(approx)) in nats."""
     out = {}
     for t in temperatures:
-        kl = kl_per_row(reference_logits, approx_logits, t)
+        kl = rowwise(lambda ref, approx: kl_per_row(ref, approx, t), reference_logits, approx_logits)
         out[f"T{t:g}"] = {"mean": float(kl.mean()), "p99": float(np.quantile(kl, 0.99)), "max": float(kl.max())}
     return out
 
@@ -95,9 +116,11 @@ def cache_report(
     reference_rows (n,) / reference_logits (n, C) float32: the fp32 teacher logits of some rows
     (kept by `build_cache`); without them the stored-dtype KL error is reported as null.
     """
-    logits = np.asarray(reader.logits, np.float32)
+    logits = reader.logits  # stored dtype; statistics are computed in row blocks
     labels, splits = np.asarray(reader.label), np.asarray(reader.split)
     num_rows, num_classes = logits.shape
+    predicted = rowwise(lambda z: z.argmax(axis=1), logits)
+    confidence = rowwise(top1_confidence, logits)
     report: dict[str, Any] = {"rows": int(num_rows), "num_classes": int(num_classes),
                               "logits_dtype": str(reader.logits.dtype)}
     stored = _store_bytes(getattr(reader, "path", None))
@@ -108,16 +131,18 @@ def cache_report(
     for code, name in enumerate(SPLITS):
         mask = (splits == code) & (labels != UNLABELLED)
         if mask.any():
-            accuracy[name] = float((logits[mask].argmax(axis=1) == labels[mask]).mean())
-            ece[name] = expected_calibration_error(logits[mask], labels[mask])
+            correct = predicted[mask] == labels[mask]
+            accuracy[name] = float(correct.mean())
+            ece[name] = calibration_error(confidence[mask], correct)
     report["teacher_accuracy"] = accuracy
     report["teacher_ece_15"] = ece
-    report["entropy_nats"] = {f"T{t:g}": float(entropy_nats(logits, t).mean()) for t in temperatures}
+    report["entropy_nats"] = {f"T{t:g}": float(rowwise(lambda z: entropy_nats(z, t), logits).mean())
+                              for t in temperatures}
     report["entropy_max_nats"] = float(np.log(num_classes))
-    report["top5_mass_T1"] = float(top_k_mass(logits, 5, 1.0).mean())
+    report["top5_mass_T1"] = float(rowwise(lambda z: top_k_mass(z, 5, 1.0), logits).mean())
     if reference_logits is not None and len(reference_logits):
         rows = np.asarray(reference_rows, np.int64)
-        kl = kl_summary(reference_logits, logits[rows], temperatures)
+        kl = kl_summary(np.asarray(reference_logits, np.float32), np.asarray(logits[rows], np.float32), temperatures)
         report["stored_kl_vs_fp32"] = {"rows": int(len(rows)), **kl}
         report["stored_kl_goal_p99_nats"] = KL_GOAL_P99_NATS
         report["stored_kl_goal_met"] = bool(all(v["p99"] <= KL_GOAL_P99_NATS for v in kl.values()))
@@ -126,12 +151,17 @@ def cache_report(
     sparse = getattr(reader, "sparse", None)
     if sparse is not None:
         values, indices, lse = sparse
-        dense = densify_top_k(values, indices, lse, num_classes)
         head_mass = np.exp(np.asarray(values, np.float64) - np.asarray(lse, np.float64)[:, None]).sum(axis=1)
+        kl_vs_dense = {}
+        for t in temperatures:
+            kl = rowwise(lambda z, v, i, m: kl_per_row(z, densify_top_k(v, i, m, num_classes), t),
+                         logits, values, indices, lse)
+            kl_vs_dense[f"T{t:g}"] = {"mean": float(kl.mean()), "p99": float(np.quantile(kl, 0.99)),
+                                      "max": float(kl.max())}
         report["sparse"] = {
             "top_k": int(values.shape[1]),
             "head_mass_T1": float(head_mass.mean()),
-            "kl_vs_dense": kl_summary(logits, dense, temperatures),
+            "kl_vs_dense": kl_vs_dense,
             "tail": "flat (tail mass spread uniformly at T=1)",
         }
     return report
@@ -146,7 +176,9 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    logits = np.asarray(reader.logits, np.float32)
+    plotted = np.unique(np.linspace(0, len(reader.logits) - 1, min(len(reader.logits), 20000)).astype(np.int64))
+    logits = np.asarray(reader.logits[plotted], np.float32)  # an even sample bounds the plots' memory
+    labels = np.asarray(reader.label)[plotted]
     written = []
 
     grid = np.geomspace(0.25, 32, 29)
@@ -158,9 +190,9 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
     ax.legend()
     written.append(_save(fig, directory / "entropy_vs_temperature.png"))
 
-    labelled = np.asarray(reader.label) != UNLABELLED
+    labelled = labels != UNLABELLED
     if labelled.any():
-        bins = reliability_bins(logits[labelled], np.asarray(reader.label)[labelled])
+        bins = reliability_bins(logits[labelled], labels[labelled])
         fig, ax = plt.subplots(figsize=(4, 4))
         centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
         ax.bar(centres, np.nan_to_num(bins["accuracy"]), width=1 / ECE_BINS, edgecolor="k", alpha=0.7, label="accuracy")

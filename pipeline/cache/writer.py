@@ -393,8 +393,15 @@ def finalize(build: CacheBuild, out_dir: str | Path) -> Path:
     return target
 
 
-def reference_rows(num_rows: int, max_rows: int) -> np.ndarray:
-    """(n,) sorted int64 rows, evenly spaced, whose fp32 logits the build keeps for the report."""
+REFERENCE_MAX_BYTES = 256 * 2**20
+"""Cap on the fp32 reference logits kept in memory (matters for large class counts)."""
+
+
+def reference_rows(num_rows: int, max_rows: int, num_classes: int | None = None) -> np.ndarray:
+    """(n,) sorted int64 rows, evenly spaced, whose fp32 logits the build keeps for the report;
+    with `num_classes`, at most REFERENCE_MAX_BYTES of fp32 logits."""
+    if num_classes:
+        max_rows = min(max_rows, max(1, REFERENCE_MAX_BYTES // (4 * num_classes)))
     return np.unique(np.linspace(0, num_rows - 1, min(num_rows, max_rows)).round().astype(np.int64))
 
 
@@ -464,7 +471,7 @@ def build_cache(
     layout = build.layout
     shards = layout.shards()
     done = completed_shards(build)
-    keep = reference_rows(layout.num_rows, params.kl_sample_rows)
+    keep = reference_rows(layout.num_rows, params.kl_sample_rows, layout.num_classes)
     kept: dict[int, np.ndarray] = {}
     bar = tqdm(total=layout.num_rows, initial=sum(shards[k].stop - shards[k].start for k in done),
                unit="row", desc="cache", disable=(not progress) if progress is not None else None)

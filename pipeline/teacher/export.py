@@ -85,7 +85,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings(), _quiet_exporter():
+        with warnings.catch_warnings(), _QuietExporter():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, (example_input,), tmp, dynamo=True, external_data=False,
@@ -100,7 +100,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     return path
 
 
-class _quiet_exporter:
+class _QuietExporter:
     """Silence the exporter's INFO progress lines and the torchvision notice (harmless, noisy)."""
 
     names = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir", "torch._export")

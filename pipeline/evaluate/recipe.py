@@ -1,12 +1,28 @@
 """What the leaderboard says about a student's recipe, read from its raw `students.<name>` mapping.
 
 The recipe is validated by the train stage (pipeline/train, pipeline/losses); here it is only
-described, so these helpers read plain mappings and never fail on a key they do not know.
+described. Loss terms are filled in with their families' defaults when they validate (so a
+`hinton` term without `temperature` shows the T it trained at), and described as written when
+they do not; these helpers never fail on a key they do not know.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from pydantic import TypeAdapter, ValidationError
+
+
+def loss_terms(loss: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The loss terms with their families' defaults filled in (pipeline.losses.recipe.RecipeParams),
+    or `loss` as written when it does not validate."""
+    try:
+        from pipeline.losses.recipe import RecipeParams
+
+        validated = TypeAdapter(RecipeParams).validate_python(dict(loss))
+    except (ImportError, ValidationError, TypeError, ValueError):
+        return loss
+    return {name: {**term.model_dump(), **loss[name]} for name, term in validated.items()}
 
 
 def _number(value: Any) -> str:
@@ -18,7 +34,7 @@ def recipe_temperature(recipe: Mapping[str, Any]) -> float | None:
     (`students.<name>.loss.<term>.temperature`), or None when no term has one."""
     temperatures = [
         float(term["temperature"])
-        for term in (recipe.get("loss") or {}).values()
+        for term in loss_terms(recipe.get("loss") or {}).values()
         if isinstance(term, Mapping) and isinstance(term.get("temperature"), (int, float))
     ]
     return max(temperatures) if temperatures else None
@@ -40,7 +56,7 @@ def loss_summary(loss: Mapping[str, Any]) -> str:
     """`{ce: {kind: ce, weight: 0.5}, kd: {kind: hinton, weight: 0.5, temperature: 4}}`
     -> "0.5 ce + 0.5 hinton(T=4)"."""
     terms = []
-    for name, term in loss.items():
+    for name, term in loss_terms(loss).items():
         if not isinstance(term, Mapping):
             terms.append(str(name))
             continue

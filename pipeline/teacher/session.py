@@ -245,9 +245,10 @@ class TeacherSession:
         values = self._session.run(list(self.output_names), {self.input_name: array})
         return dict(zip(self.output_names, values))
 
-    def _run_bound(self, inputs: Any) -> dict[str, np.ndarray]:
+    def _run_bound(self, inputs: Any, device_type: str = "cuda") -> dict[str, np.ndarray]:
         """CUDA path: IO binding; the input goes to the GPU once (or is read in place from a CUDA
-        torch tensor), outputs come back to CPU memory (ecosystem.md §3.4)."""
+        torch tensor), outputs come back to CPU memory (ecosystem.md §3.4). `device_type` "cpu"
+        exercises the same binding calls on a machine without a GPU (tests)."""
         binding = self._session.io_binding()
         keep_alive = None
         if type(inputs).__module__.startswith("torch") and inputs.is_cuda:
@@ -262,7 +263,7 @@ class TeacherSession:
             if type(inputs).__module__.startswith("torch"):
                 inputs = inputs.detach().cpu().numpy()
             keep_alive = ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(inputs, dtype=np.float32), "cuda", 0)
+                np.ascontiguousarray(inputs, dtype=np.float32), device_type, 0)
             binding.bind_ortvalue_input(self.input_name, keep_alive)
         for name in self.output_names:
             binding.bind_output(name, "cpu")

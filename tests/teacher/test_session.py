@@ -128,3 +128,12 @@ def test_sha256_is_of_the_file_bytes(tiny_teacher):
     import hashlib
 
     assert teacher_sha256(tiny_teacher) == hashlib.sha256(tiny_teacher.read_bytes()).hexdigest()
+
+
+def test_io_binding_path_gives_the_same_outputs_as_plain_run(tiny_teacher):
+    # the CUDA path's binding calls, run against the CPU provider (no GPU here)
+    teacher = open_teacher(tiny_teacher, provider="cpu")
+    x = np.random.default_rng(0).random((5, 1, 4, 4), dtype=np.float32)
+    bound, plain = teacher._run_bound(x, device_type="cpu"), teacher.run(x)
+    for name in teacher.output_names:
+        np.testing.assert_array_equal(bound[name], plain[name])

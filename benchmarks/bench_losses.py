@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--dim", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                        help="run only the families whose label contains one of these")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| matmul (B,D)x(D,B) | {rows} | {dim} | {1e3 * matmul_s:.3f} | - | 1.00 |", flush=True)
             for label, params, pairwise, uses_dim in CASES:
                 if not uses_dim and dim != args.dim[0]:
+                    continue
+                if args.only and not any(text in label for text in args.only):
                     continue
                 inputs = make_inputs(rows, dim, args.device)
                 shapes = TapShapes(CLASSES, {"embed": (dim,), "attn": (4, 16, 16)}, {"embed": (dim,), "attn": (4, 16, 16)})

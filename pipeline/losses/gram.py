@@ -31,8 +31,8 @@ def gram_distance(student: torch.Tensor, teacher: torch.Tensor, normalize_rows: 
 
     student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: seeds/004 §6.2.
     """
-    squared = (gram_matrix(teacher, normalize_rows) - gram_matrix(student, normalize_rows)).pow(2)
-    return squared.sum() if reduction == "sum" else squared.mean()
+    return F.mse_loss(gram_matrix(student, normalize_rows), gram_matrix(teacher.detach(), normalize_rows),
+                      reduction=reduction)
 
 
 class GramParams(TapTermParams):

@@ -59,3 +59,13 @@ def test_all_unlabelled_batch_gives_finite_loss_and_finite_gradients(kind):
     total.backward()
     for tensor in student_tensors(inputs):
         assert tensor.grad is None or torch.isfinite(tensor.grad).all()
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILIES))
+def test_logits_of_magnitude_1e4_give_finite_terms_and_gradients(kind):
+    adapter, _ = _adapter(kind)
+    inputs = make_inputs(seed=6, logit_scale=1e4)
+    total = sum(adapter(inputs).values())
+    total.backward()
+    assert torch.isfinite(total)
+    assert all(t.grad is None or torch.isfinite(t.grad).all() for t in student_tensors(inputs))

@@ -82,3 +82,10 @@ def test_unlabelled_rows_get_only_the_soft_gradient_and_all_unlabelled_is_finite
     total, terms = recipe(none_labelled)
     assert torch.isfinite(total) and terms["ce"].item() == 0.0
     assert total.item() == pytest.approx(terms["kd"].item())
+
+
+def test_already_validated_params_are_accepted():
+    from pipeline.losses.ce import CEParams
+    from pipeline.losses.hinton import HintonParams
+    recipe = build_recipe({"ce": CEParams(weight=0.3), "kd": HintonParams(temperature=2.0)}, SHAPES)
+    assert recipe.params["kd"].temperature == 2.0 and list(recipe(make_inputs())[1]) == ["ce", "kd"]

@@ -78,6 +78,25 @@ def test_disk_full_then_rerun_completes(tmp_path, monkeypatch):
     assert tree_bytes(result.store_dir) == reference
 
 
+def test_parquet_disk_full_then_rerun_is_byte_identical(tmp_path, monkeypatch):
+    rows, params = make_rows(), small_params(store="parquet")
+    reference = tree_bytes(build(tmp_path, rows, params=params, name="reference").store_dir)
+    real_write, calls = ParquetStore.write_file, {"n": 0}
+
+    def write_file(self, shard_index, data):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, shard_index, data)
+
+    monkeypatch.setattr(ParquetStore, "write_file", write_file)
+    with pytest.raises(CacheDiskFullError, match="shard 3 "):
+        build(tmp_path, rows, params=params)
+    result = build(tmp_path, rows, params=params)
+    assert (result.shards_written, result.shards_resumed) == (2, 3)
+    assert tree_bytes(result.store_dir) == reference
+
+
 def _flip_byte(path, offset):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF

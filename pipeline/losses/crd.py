@@ -27,10 +27,10 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.
     Returns a float32 scalar; equals log(B) when every similarity is the same.
     Source: seeds/000 §3 (L_NCE^m), §2 (inside L_CRD).
     """
-    s = F.normalize(as_float32(student).flatten(1), dim=1)
-    t = F.normalize(as_float32(teacher).flatten(1), dim=1)
-    logits = s @ t.T / tau
-    return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
+    student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
+    teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
+    logits = student_unit @ teacher_unit.T / tau      # (B, B): row i is anchor s_i against every t_j
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
 def symmetric_info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
@@ -49,12 +49,12 @@ def bank_info_nce(student: torch.Tensor, teacher: torch.Tensor, negatives: torch
     so no positive or in-batch teacher is counted twice).  Source: seeds/000 §3 + CRD's memory bank
     (Tian et al. 2019; DESIGN.md: negatives drawn from the cache).
     """
-    s = F.normalize(as_float32(student).flatten(1), dim=1)
-    t = F.normalize(as_float32(teacher).flatten(1), dim=1)
-    n = F.normalize(as_float32(negatives).flatten(1), dim=1)
-    bank_logits = (s @ n.T / tau).masked_fill(negatives_are_positives[None, :], float("-inf"))
-    logits = torch.cat([s @ t.T / tau, bank_logits], dim=1)
-    return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
+    student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
+    teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
+    negative_unit = F.normalize(as_float32(negatives).flatten(1), dim=1)
+    bank_logits = (student_unit @ negative_unit.T / tau).masked_fill(negatives_are_positives[None, :], float("-inf"))
+    logits = torch.cat([student_unit @ teacher_unit.T / tau, bank_logits], dim=1)   # (B, B + K)
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
 class CRDParams(TapTermParams):

@@ -10,9 +10,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._taps import ProjectedPair, TapPair, check_pairs, read_taps
 from pipeline.config import StrictModel
+from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._probs import as_float32
+from pipeline.losses._taps import ProjectedPair, TapPair, check_pairs, read_taps
 
 
 def hidden_state_distance(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
@@ -33,11 +34,12 @@ def closed_form_residual(student_hidden: torch.Tensor, teacher_hidden: torch.Ten
     W*^T = (T^T T + ridge I)^-1 T^T S with T = (B, D_T), S = (B, D_S)); the ridge keeps it defined
     when B < D_T. Gradients reach h_S (W* is a function of it). Returns a float32 scalar.
     """
-    s = student_hidden.flatten(1)
-    t = teacher_hidden.flatten(1)
-    eye = torch.eye(t.shape[1], device=t.device, dtype=t.dtype)
-    weight_t = torch.linalg.solve(t.T @ t + ridge * eye, t.T @ s)     # (D_T, D_S) = W*^T
-    return (s - t @ weight_t).pow(2).sum() / s.shape[0]
+    student_rows = as_float32(student_hidden).flatten(1)
+    teacher_rows = as_float32(teacher_hidden.detach()).flatten(1)
+    eye = torch.eye(teacher_rows.shape[1], device=teacher_rows.device, dtype=teacher_rows.dtype)
+    # W*^T (D_T, D_S) by the normal equations; the ridge keeps the solve defined when B < D_T
+    weight_transposed = torch.linalg.solve(teacher_rows.T @ teacher_rows + ridge * eye, teacher_rows.T @ student_rows)
+    return (student_rows - teacher_rows @ weight_transposed).pow(2).sum() / student_rows.shape[0]
 
 
 class HiddenParams(StrictModel):

@@ -68,9 +68,9 @@ def rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
 
     student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: seeds/000 §4 (L_angle).
     """
-    s = F.normalize(as_float32(student).flatten(1), dim=1)
-    t = F.normalize(as_float32(teacher).flatten(1), dim=1)
-    return F.smooth_l1_loss(s @ s.T, t @ t.T, reduction="mean", beta=1.0)
+    student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
+    teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
+    return F.smooth_l1_loss(student_unit @ student_unit.T, teacher_unit @ teacher_unit.T, reduction="mean", beta=1.0)
 
 
 def _triplet_parts(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@
 
 On a shared machine the ratios move with the load: the load average is printed with them.
 
-    .venv/bin/python benchmarks/bench_cluster.py [--students 8] [--workers 2] [--epochs 30] [--cache-rows 100000]
+    .venv/bin/python benchmarks/bench_cluster.py [--students 8] [--workers 2] [--epochs 30] [--cache-rows 50000]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def bench_students(root: Path, num_students: int, workers: int, epochs: int) -> 
 
 
 def export_teacher(path: Path, in_features: int) -> None:
-    """An MLP teacher (in -> 512 -> 512 -> 10, + a 64-wide tap) with enough work per row to time."""
+    """An MLP teacher (in -> 1024 -> 1024 -> 1024 -> 10, + a 64-wide tap): inference, not I/O, dominates."""
     import torch
 
     from pipeline.teacher.export import export_onnx
@@ -89,10 +89,11 @@ def export_teacher(path: Path, in_features: int) -> None:
     class Teacher(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, 512), torch.nn.ReLU(),
-                                            torch.nn.Linear(512, 512), torch.nn.ReLU())
-            self.embed = torch.nn.Linear(512, 64)
-            self.head = torch.nn.Linear(512, 10)
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, 1024), torch.nn.ReLU(),
+                                            torch.nn.Linear(1024, 1024), torch.nn.ReLU(),
+                                            torch.nn.Linear(1024, 1024), torch.nn.ReLU())
+            self.embed = torch.nn.Linear(1024, 64)
+            self.head = torch.nn.Linear(1024, 10)
 
         def forward(self, x):
             hidden = self.body(x)
@@ -144,7 +145,7 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30, help="epochs per student (sets the task size)")
-    parser.add_argument("--cache-rows", type=int, default=100000)
+    parser.add_argument("--cache-rows", type=int, default=50000)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     try:

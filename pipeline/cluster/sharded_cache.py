@@ -70,14 +70,32 @@ def plan_shard_groups(pending_shards: list[int], num_groups: int) -> list[list[i
     return [[int(k) for k in group] for group in groups if len(group)]
 
 
-def _write_shard_group(scratch_dir: str, open_rows: ShardOpener, open_teacher: ShardOpener,
+_OPENED: dict[str, tuple[str, Any]] = {}
+"""Per worker process: "rows"/"teacher" -> (token, what the opener returned). One entry each, so a
+worker running several shard groups of one build loads the rows and opens the teacher once. The
+token holds the build fingerprint (dataset and teacher sha256), so a long-lived worker never
+reuses rows or a teacher across builds, even when the files at the same paths have changed."""
+
+
+def _open_once(kind: str, opener: ShardOpener, build_fingerprint: str) -> Any:
+    from dask.base import tokenize
+
+    token = tokenize(opener, build_fingerprint)
+    cached = _OPENED.get(kind)
+    if cached is None or cached[0] != token:
+        _OPENED.pop(kind, None)  # free the previous one before loading the next
+        _OPENED[kind] = (token, opener())
+    return _OPENED[kind][1]
+
+
+def _write_shard_group(scratch_dir: str, build_fingerprint: str, open_rows: ShardOpener, open_teacher: ShardOpener,
                        shard_indices: list[int], written: list[bool], keep_rows: np.ndarray) -> dict[str, Any]:
     """Runs on a worker: compute every shard of the group whole; commit those not yet written.
 
     Returns {"provider": str, "reference": {shard: (n, C) float32 fp32 logits of keep_rows}}.
     """
-    build = open_build(scratch_dir, open_rows())
-    teacher = open_teacher()
+    build = open_build(scratch_dir, _open_once("rows", open_rows, build_fingerprint))
+    teacher = _open_once("teacher", open_teacher, build_fingerprint)
     reference = {}
     for shard_index, already_written in zip(shard_indices, written):
         rows = build.layout.shards()[shard_index]
@@ -126,7 +144,8 @@ def build_cache_sharded(
         tasks = {
             f"shards-{group[0]}-{group[-1]}": (
                 _write_shard_group,
-                (str(scratch_dir), open_rows, open_teacher, group, [k in done for k in group], keep),
+                (str(scratch_dir), build.metadata.build_fingerprint, open_rows, open_teacher, group,
+                 [k in done for k in group], keep),
                 {},
             )
             for group in groups

@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"data/evaluate/{args.student}")
     reports = evaluate_student_dir(Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out)
     for model, report in reports.items():
-        accuracy = report["accuracy"]
+        accuracy, latency = report["accuracy"], report["latency_ms"].get("cpu_b1")
+        latency = f"{latency:.3f}" if isinstance(latency, float) else latency
         print(f"evaluate: {model}: {data.name} accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over "
               f"{report['seeds']} seeds, agreement {report['agreement']['mean']:.4f}, "
-              f"CPU latency b1 {report['latency_ms'].get('cpu_b1')} ms -> {out / 'metrics.json'}")
+              f"CPU latency b1 {latency} ms -> {out / 'metrics.json'}")
     return 0

@@ -16,26 +16,33 @@ import numpy as np
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 NOT_AVAILABLE = "n/a"
+_ORT_DEFAULT_SEVERITY = 2  # warnings and above: ONNX Runtime's own default
 
 
 def open_session(path: str | Path, provider: str = CPU, intra_op_threads: int | None = 1):
     """An ORT session on `provider`, or None when that provider does not load on this machine.
 
     intra_op_threads=1 by default: latency of one request on one core, stable on a shared machine.
+    ONNX Runtime's own messages about a provider that fails to load are silenced (default logger
+    at severity 4 while the session is created); CUDA runs with the teacher's options (no TF32).
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4 if provider != CPU else 2
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = intra_op_threads
     if provider != CPU and provider not in ort.get_available_providers():
         return None
-    providers = [provider] if provider == CPU else [provider, CPU]
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    if session.get_providers()[0] != provider:
-        return None
-    return session
+    options = ort.SessionOptions()
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    if provider == CPU:
+        return ort.InferenceSession(str(path), sess_options=options, providers=[CPU])
+    provider_options = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": 0} if provider == CUDA else {}
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[(provider, provider_options), CPU])
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+    return session if session.get_providers()[0] == provider else None
 
 
 def timeable(session) -> bool:

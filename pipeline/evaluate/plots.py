@@ -31,7 +31,8 @@ def reliability_diagram(
     bins_by_label: dict[str, CalibrationBins], path: str | Path, title: str = "Reliability"
 ) -> Path:
     """Accuracy per confidence bin against the diagonal, one line per entry (a seed, the teacher),
-    with the ECE in the legend and the bin counts below. Writes a PNG atomically to `path`."""
+    markers sized by the rows in each bin, the ECE in the legend and the bin counts below. Writes a
+    PNG atomically to `path`."""
     figure, (top, bottom) = plt.subplots(
         2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
@@ -39,9 +40,12 @@ def reliability_diagram(
     for label, bins in bins_by_label.items():
         centres = (bins.edges[:-1] + bins.edges[1:]) / 2
         filled = bins.count > 0
-        top.plot(bins.confidence[filled], bins.accuracy[filled], marker="o", markersize=3,
-                 label=f"{label} (ECE {bins.ece:.3f})")
-        bottom.plot(centres, bins.count, drawstyle="steps-mid", label=label)
+        # marker area ~ rows in the bin: a nearly empty bin's accuracy is noise, and looks it
+        line, = top.plot(bins.confidence[filled], bins.accuracy[filled], linewidth=0.8, alpha=0.6,
+                         label=f"{label} (ECE {bins.ece:.3f})")
+        sizes = 6 + 60 * bins.count[filled] / max(int(bins.count.max()), 1)
+        top.scatter(bins.confidence[filled], bins.accuracy[filled], s=sizes, color=line.get_color(), zorder=3)
+        bottom.plot(centres, bins.count, drawstyle="steps-mid", color=line.get_color(), label=label)
     top.set(ylabel="accuracy in bin", xlim=(0, 1), ylim=(0, 1), title=title)
     top.legend(fontsize=7, loc="upper left")
     bottom.set(xlabel="confidence (max softmax probability)", ylabel="rows")

@@ -8,6 +8,7 @@ graph's inputs and outputs keep theirs.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +17,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluate.metrics import accuracy, agreement
+
+
+class _DropPreprocessingHint(logging.Filter):
+    """quantize_dynamic logs "Please consider to run pre-processing before quantization" on the
+    root logger at every call; that advice is for static (calibrated) quantisation."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 def quantize_int8(source: str | Path, target: str | Path) -> Path:
@@ -31,7 +40,12 @@ def quantize_int8(source: str | Path, target: str | Path) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-int8-") as scratch:
         cleaned, quantised = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         onnx.save(model, str(cleaned))
-        quantize_dynamic(str(cleaned), str(quantised), weight_type=QuantType.QInt8)
+        hint_filter = _DropPreprocessingHint()
+        logging.getLogger().addFilter(hint_filter)
+        try:
+            quantize_dynamic(str(cleaned), str(quantised), weight_type=QuantType.QInt8)
+        finally:
+            logging.getLogger().removeFilter(hint_filter)
         os.replace(quantised, target)
     return target
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output directory (default data/train/<student>)")
     parser.add_argument("--scratch", default=None, help="resumable checkpoints (default data/.scratch/train/<student>)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the student's seeds")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the student's torch_threads)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -34,6 +34,10 @@ class CohortError(DistilleryError, ValueError):
     """A recipe needs cohort peers (a `mutual` term) but the student is trained alone."""
 
 
+class DivergedError(DistilleryError, FloatingPointError):
+    """The loss became NaN or infinite; the last epoch's checkpoint is kept."""
+
+
 @dataclass
 class Member:
     """One student being trained: its module, its recipe (which owns projections) and optimiser."""
@@ -104,8 +108,9 @@ def _train_step(members: list[Member], batch, inputs: torch.Tensor, epoch: int, 
             teacher_sparse=batch.sparse, peer_logits=peers, teacher_feature_bank=bank,
             rows=rows, epoch=epoch))
         if not torch.isfinite(total):
-            raise FloatingPointError(f"member {member.name or '(student)'}: loss is {total.item()} at epoch {epoch}; "
-                                     "lower the learning rate or check the term weights")
+            raise DivergedError(f"member {member.name or '(student)'}: the loss is {total.item()} at epoch {epoch} "
+                                f"(terms: {', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); "
+                                "lower `optimizer.lr` or the weight of the term that exploded")
         member.optimizer.zero_grad(set_to_none=True)
         total.backward()
         member.optimizer.step()

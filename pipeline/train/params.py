@@ -26,9 +26,10 @@ students:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, RootModel, model_validator
+from pydantic import Field, RootModel, field_validator, model_validator
 
 from pipeline.config import ParamsError, StrictModel, validate_section
 from pipeline.errors import DistilleryError
@@ -73,9 +74,19 @@ class CohortMember(StrictModel):
 
 
 class CohortParams(StrictModel):
-    """Students trained together in one pass over the cache, each batch shared by all members."""
+    """Students trained together in one pass over the cache, each batch shared by all members.
+    Member names become directories (`data/train/<cohort>/<member>/seed_<k>/`)."""
 
     members: dict[str, CohortMember] = Field(min_length=1)
+
+    @field_validator("members")
+    @classmethod
+    def _names_are_directory_names(cls, members: dict[str, CohortMember]) -> dict[str, CohortMember]:
+        for name in members:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.startswith("seed_"):
+                raise ValueError(f"member name {name!r} must be letters, digits, '_', '-' or '.' "
+                                 "(it names a directory), and not start with 'seed_'")
+        return members
 
 
 class StudentParams(StrictModel):
@@ -94,6 +105,7 @@ class StudentParams(StrictModel):
     train_rows: Literal["labelled", "all"] = "all"
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    torch_threads: int | None = Field(default=1, ge=1)  # small students run fastest on one thread; null = torch's default
 
     @model_validator(mode="after")
     def _one_of_arch_or_cohort(self) -> "StudentParams":

@@ -45,7 +45,7 @@ def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str
     hash is never resumed."""
     schema = reader.schema
     identity = {
-        "params": params.model_dump(mode="json", exclude={"seeds", "cache"}),
+        "params": params.model_dump(mode="json", exclude={"seeds", "cache", "torch_threads"}),
         "dataset": prepared_fingerprint,
         "cache": [len(reader), schema.num_classes, schema.logits_dtype,
                   {k: list(v) for k, v in schema.feature_shapes.items()},
@@ -103,6 +103,7 @@ def train_from_reader(
     loaded PreparedData. Returns the summary (as written to summary.json) plus `out_dir` and
     `seconds`."""
     started = time.perf_counter()
+    threads = threads or params.torch_threads
     if threads:
         torch.set_num_threads(threads)
     out_dir, scratch_dir = Path(out_dir), Path(scratch_dir)
@@ -159,7 +160,7 @@ def train_student(
     joined to the prepared data in `prepared_dir`; write `out_dir` (see the module docstring).
 
     A small JSON-able summary comes back: per model the val accuracy per seed, mean, std and size.
-    `threads` sets torch's intra-op threads (Dask workers pass 1). Safe to re-run after a kill: the
+    `threads` sets torch's intra-op threads (Dask workers pass 1); default `params.torch_threads`. Safe to re-run after a kill: the
     seeds resume from their last checkpoint in `scratch_dir`.
     """
     from pipeline.data.prepared import load_prepared

@@ -55,3 +55,28 @@ def test_unknown_loss_kind_lists_the_valid_families():
     pytest.importorskip("pipeline.losses.recipe")
     with pytest.raises(ParamsError, match="students.kd.loss.kd.*'hintonn' is not known; valid: .*hinton"):
         validate_students({"kd": {"arch": {"kind": "mlp"}, "loss": {"kd": {"kind": "hintonn", "weight": 1.0}}}})
+
+
+def test_cohort_member_names_must_be_directory_names():
+    with pytest.raises(ParamsError, match="member name 'a/b' must be letters"):
+        validate_students({"c": {"loss": LOSS, "cohort": {"members": {"a/b": {"arch": {"kind": "mlp"}}}}}})
+
+
+def test_every_default_student_in_params_yaml_validates_and_builds_its_recipe():
+    from pathlib import Path
+
+    from pipeline.losses import FAMILIES
+    from pipeline.losses._contract import TapShapes
+    from pipeline.losses.recipe import build_recipe
+    from pipeline.students import build_student
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    students = validate_students(raw["students"])
+    teacher_taps = {"embed": (128,), "conv": (64, 4, 4)}  # the built-in teacher on 8x8 digits
+    families = set()
+    for params in students.values():
+        for arch, loss in params.members().values():
+            model = build_student(arch, (1, 8, 8), 10)
+            build_recipe(loss, TapShapes(10, model.tap_shapes, teacher_taps))
+            families |= {term.kind for term in loss.values()}
+    assert families == set(FAMILIES), f"families no default student reaches: {set(FAMILIES) - families}"

@@ -92,3 +92,12 @@ def test_killed_quantisation_leaves_the_checked_model_but_no_int8_file_and_no_re
     with pytest.raises(KeyboardInterrupt):
         export_seed(seed_dir, tmp_path / "out", ExportParams(int8=True), labelled_rows(8))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx"]
+
+
+def test_turning_int8_off_removes_the_int8_model_of_an_earlier_run(tmp_path):
+    seed_dir = save_student(tmp_path / "seed_0", ARCHS["mlp"])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.int8.onnx").write_bytes(b"old")
+    report = export_seed(seed_dir, tmp_path / "out", ExportParams(int8=False))
+    assert "int8" not in report
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "parity.json"]

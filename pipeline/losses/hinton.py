@@ -119,8 +119,9 @@ class HintonParams(StrictModel):
     alpha: float | None = Field(None, ge=0, le=1, description="convenience; needs alpha_weights")
     alpha_weights: Literal["hard", "soft"] | None = Field(
         None, description="hard: a*hard + (1-a)*soft (seeds/003, 002); soft: a*soft + (1-a)*hard (001, 004)")
-    teacher_source: Literal["auto", "dense", "sparse"] = Field(
-        "auto", description="sparse: KL on the cache's top-k + tail bucket; auto: sparse when the batch has it")
+    teacher_source: Literal["dense", "sparse", "auto"] = Field(
+        "dense", description="dense: the full logits (exact); sparse: KL on the cache's top-k + tail "
+        "bucket; auto: sparse when the batch carries it")
 
     @model_validator(mode="after")
     def _alpha_or_weights(self):

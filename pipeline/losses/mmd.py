@@ -54,7 +54,8 @@ def mmd_squared(student: torch.Tensor, teacher: torch.Tensor, bandwidths: tuple[
 
     biased (seeds/000 §5 as written): mean k(s, s') + mean k(t, t') - 2 mean k(s, t), all B^2
     pairs, diagonals included. unbiased: the same-set means leave out i = j (divide by B(B-1)).
-    Zero when the two sets are equal (biased). Returns a float32 scalar.  Source: seeds/000 §5.
+    Zero when the two sets are equal (biased). Kernel values below exp(-50) count as exp(-50)
+    (see `_kernel_stack`). Returns a float32 scalar.  Source: seeds/000 §5.
     """
     teacher = teacher.detach()
     with torch.no_grad():  # the teacher-teacher block is a constant

@@ -153,9 +153,11 @@ def test_sparse_with_every_class_stored_equals_dense_at_any_temperature():
         assert sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, T).item() == pytest.approx(dense.item(), rel=1e-5)
 
 
-def test_auto_source_uses_sparse_and_sparse_without_it_is_refused():
+def test_dense_is_the_default_auto_uses_sparse_and_sparse_without_it_is_refused():
     inputs = make_inputs(seed=7, sparse_k=2)
-    auto = HintonLoss(HintonParams(temperature=1.0), SHAPES)(inputs)["soft"]
+    dense = HintonLoss(HintonParams(temperature=1.0), SHAPES)(inputs)["soft"]
+    assert dense.item() == pytest.approx(distillation_kl(inputs.student_logits, inputs.teacher_logits, 1.0).item())
+    auto = HintonLoss(HintonParams(temperature=1.0, teacher_source="auto"), SHAPES)(inputs)["soft"]
     assert auto.item() == pytest.approx(sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, 1.0).item())
     with pytest.raises(MissingSparseLogitsError, match="top-k"):
         HintonLoss(HintonParams(teacher_source="sparse"), SHAPES)(make_inputs())

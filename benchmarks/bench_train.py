@@ -9,7 +9,8 @@ data/teacher/model.onnx when it exists, else a CNN exported here (random weights
 measured). Every run uses the production loop (`pipeline.train.run.train_from_reader`); steps/s are
 timed from the first to the last optimiser step by its `on_step` hook. One torch thread throughout.
 
-    .venv/bin/python benchmarks/bench_train.py [--epochs 6] [--teacher data/teacher/model.onnx]
+    .venv/bin/python benchmarks/bench_train.py [--epochs 6] [--repeats 3] [--teacher data/teacher/model.onnx]
+                                               [--data-root data]
 """
 
 from __future__ import annotations
@@ -161,14 +162,14 @@ def cohort_in_process(cache, prepared, workdir: Path, epochs: int, repeats: int)
     return separate, together
 
 
-def cohort_as_stages(workdir: Path, epochs: int) -> tuple[float, float] | None:
+def cohort_as_stages(workdir: Path, epochs: int, data_root: Path) -> tuple[float, float] | None:
     """(seconds of 4 `distillery train` processes, seconds of one cohort process) on the real
     data/prepared + data/cache/store, as `dvc repro` runs them; None when those are not built."""
     import subprocess
 
     import yaml
 
-    prepared_dir, cache_dir = ROOT / "data/prepared", ROOT / "data/cache/store"
+    prepared_dir, cache_dir = data_root / "prepared", data_root / "cache/store"
     if not (prepared_dir / "meta.json").exists() or not cache_dir.exists():
         return None
     common = {"loss": KD, "epochs": epochs, "seeds": [0], "cache": str(cache_dir)}
@@ -194,6 +195,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--teacher", type=Path, default=ROOT / "data/teacher/model.onnx")
+    parser.add_argument("--data-root", type=Path, default=ROOT / "data", help="where prepared/ and cache/store are")
     args = parser.parse_args()
     torch.set_num_threads(1)
     workdir = Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -222,7 +224,7 @@ def main() -> int:
     print(f"\nM=4 cohort ({', '.join(str(a) for a in COHORT_ARCHS)})")
     print(f"  in one process: 4 separate runs {separate:.2f} s, one cohort pass {together:.2f} s, "
           f"ratio = {together / separate:.3f}  (goal <= 0.5)")
-    stages = cohort_as_stages(workdir, args.epochs)
+    stages = cohort_as_stages(workdir, args.epochs, args.data_root)
     if stages is None:
         print("  as stages: skipped (no data/prepared + data/cache/store; run `dvc repro cache` first)")
     else:

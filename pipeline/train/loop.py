@@ -143,6 +143,22 @@ def evaluate_members(members: list[Member], data: TrainingData, batch_size: int,
             for c, a in zip(correct, agree)]
 
 
+def _close_epoch(members: list[Member], state: TrainingState, data: TrainingData, params: StudentParams,
+                 device) -> dict[str, dict[str, float]]:
+    """Validate, turn the epoch's running sums into means, append to the history, advance the state."""
+    metrics = {}
+    for member, evaluated in zip(members, evaluate_members(members, data, params.eval_batch_size, device)):
+        sums = state.running.get(member.name, {})
+        metrics[member.name] = {("lr" if k == "lr" else f"train/{k}"): v / state.step_in_epoch
+                                for k, v in sums.items()} | evaluated
+    state.history.append(metrics)
+    state.epoch += 1
+    state.step_in_epoch = 0
+    state.running = {}
+    state.done = state.epoch >= params.epochs
+    return metrics
+
+
 def run_seed(
     params: StudentParams,
     data: TrainingData,
@@ -205,17 +221,8 @@ def run_seed(
                 checkpoint()
             if on_step:
                 on_step(state.global_step)
-        metrics = {}
-        for member, evaluated in zip(members, evaluate_members(members, data, params.eval_batch_size, device)):
-            sums = state.running.get(member.name, {})
-            metrics[member.name] = {("lr" if k == "lr" else f"train/{k}"): v / state.step_in_epoch
-                                    for k, v in sums.items()} | evaluated
+        metrics = _close_epoch(members, state, data, params, device)
         bar.set_postfix({f"{m or 'val'}_acc": f"{v.get('val/acc', math.nan):.3f}" for m, v in metrics.items()})
-        state.history.append(metrics)
-        state.epoch += 1
-        state.step_in_epoch = 0
-        state.running = {}
-        state.done = state.epoch >= params.epochs
         checkpoint()
         if on_epoch:
             on_epoch(state.epoch - 1, metrics)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from pipeline.io import atomic_write_json, replace_dir
+from pipeline.students.registry import count_parameters
 from pipeline.students.trained import save_trained_student
 from pipeline.train.data import join_training_data
 from pipeline.train.log import EpochLogger
@@ -86,6 +87,16 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
         replace_dir(sibling, out_dir)
 
 
+def _write_seed_output(target: Path, name: str, params: StudentParams, member, seed: int, data, state, live_dir: Path) -> None:
+    """model.safetensors + student.json + the dvclive directory of one trained member and seed."""
+    save_trained_student(target, member.model.cpu(), {
+        "student": name, "member": member.name or None, "seed": seed,
+        "arch": params.members()[member.name][0].model_dump(mode="json"),
+        "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+        "epochs": state.epoch, "val_acc": state.history[-1][member.name].get("val/acc")})
+    shutil.copytree(live_dir, target / "live")
+
+
 def train_from_reader(
     name: str,
     params: StudentParams,
@@ -124,14 +135,9 @@ def train_from_reader(
             logger.close()
         per_seed[seed] = state.history[-1]
         for member in members:
-            target = _model_dir(staging, member.name, seed)
-            save_trained_student(target, member.model.cpu(), {
-                "student": name, "member": member.name or None, "seed": seed,
-                "arch": params.members()[member.name][0].model_dump(mode="json"),
-                "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                "epochs": state.epoch, "val_acc": state.history[-1][member.name].get("val/acc")})
-            shutil.copytree(logger.lives[member.name].dir, target / "live")
-            sizes[member.name] = json.loads((target / "student.json").read_text())["num_parameters"]
+            _write_seed_output(_model_dir(staging, member.name, seed), name, params, member, seed, data, state,
+                               Path(logger.lives[member.name].dir))
+            sizes[member.name] = count_parameters(member.model)
     summary = _summarise(name, params, per_seed, sizes)
     atomic_write_json(staging / "summary.json", summary)
     _move_into_place(staging, out_dir)

@@ -15,6 +15,8 @@ from pipeline.losses import FAMILIES
 
 @dataclass(frozen=True)
 class ParamEntry:
+    """One parameter of a family: its name, type, default (as shown) and description."""
+
     name: str
     type: str
     default: str
@@ -23,6 +25,8 @@ class ParamEntry:
 
 @dataclass(frozen=True)
 class FamilyEntry:
+    """One family of the catalogue: its kind, summary, formula with sources, and parameters."""
+
     kind: str
     summary: str       # the params model's docstring
     formula: str       # the adapter's docstring: formula, sub-terms, source

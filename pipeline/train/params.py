@@ -59,7 +59,7 @@ class OptimizerParams(StrictModel):
 
 class ScheduleParams(StrictModel):
     """Learning rate per step: linear warm-up over `warmup_epochs`, then cosine (or constant) decay
-    to `min_lr_ratio * lr` at the last step."""
+    towards `min_lr_ratio * lr`, reached just after the last step."""
 
     kind: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = Field(default=0.0, ge=0)

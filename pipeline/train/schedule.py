@@ -24,14 +24,15 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], params: OptimizerP
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedule: ScheduleParams) -> float:
-    """lr at 0-based `step`: linear warm-up to `peak_lr` over `warmup_steps` (reaching it at step
-    `warmup_steps - 1`), then cosine from `peak_lr` to `min_lr_ratio * peak_lr` at the last step
-    (or constant)."""
+    """lr at 0-based `step` of `total_steps`: linear warm-up to `peak_lr` over `warmup_steps`
+    (reaching it at step `warmup_steps - 1`), then a cosine from `peak_lr` at step `warmup_steps`
+    down to `min_lr_ratio * peak_lr` at step `total_steps` (one past the last, so no step is
+    wasted at lr 0), or constant."""
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
     if schedule.kind == "constant":
         return peak_lr
-    decay_steps = max(total_steps - warmup_steps - 1, 1)
+    decay_steps = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     floor = schedule.min_lr_ratio * peak_lr
     return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

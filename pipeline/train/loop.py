@@ -75,14 +75,30 @@ def build_members(params: StudentParams, data: TrainingData, seed: int, recipe_b
     return members
 
 
-def feature_bank(data: TrainingData, device) -> dict[str, torch.Tensor]:
-    """Teacher tap -> (N_cache, *shape) features of every cache row (indexed by cache row), for
-    recipes that draw negatives from the whole cache (CRD)."""
+def bank_taps(members: list[Member]) -> set[str] | None:
+    """Teacher taps that the members' bank-drawing terms read (from their tap pairs); None when a
+    term does not say (then every tap is banked); empty when no term needs a bank."""
+    taps: set[str] = set()
+    for member in members:
+        for name, term in getattr(member.recipe, "terms", {}).items():
+            if getattr(term, "needs_feature_bank", False):
+                pairs = getattr(member.recipe.params.get(name), "pairs", None)
+                if pairs is None:
+                    return None
+                taps |= {pair.teacher for pair in pairs()}
+    return taps
+
+
+def feature_bank(data: TrainingData, device, taps: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Teacher tap -> (N_cache, *shape) float32 features of every cache row (indexed by cache row),
+    for recipes that draw negatives from the whole cache (CRD); only `taps` when given."""
     reader = data.reader
     if hasattr(reader, "features"):
-        return {tap: torch.as_tensor(np.asarray(values, np.float32)).to(device) for tap, values in reader.features.items()}
-    whole = reader.batch(np.arange(len(reader), dtype=np.int64))
-    return {tap: values.to(device) for tap, values in whole.features.items()}
+        arrays = reader.features
+    else:  # a reader without whole arrays: read every row once
+        arrays = reader.batch(np.arange(len(reader), dtype=np.int64)).features
+    return {tap: torch.as_tensor(np.asarray(values, np.float32)).to(device)
+            for tap, values in arrays.items() if taps is None or tap in taps}
 
 
 def steps_per_epoch(num_rows: int, batch_size: int) -> int:
@@ -191,7 +207,8 @@ def run_seed(
     for epoch, metrics in enumerate(state.history):
         if on_epoch:
             on_epoch(epoch, metrics)
-    bank = feature_bank(data, device) if any(getattr(m.recipe, "needs_feature_bank", False) for m in members) else None
+    needs_bank = any(getattr(m.recipe, "needs_feature_bank", False) for m in members)
+    bank = feature_bank(data, device, bank_taps(members)) if needs_bank else None
 
     def checkpoint() -> None:
         save_checkpoint(scratch_dir, state, members, torch.get_rng_state())

@@ -160,3 +160,15 @@ def test_a_student_tap_that_does_not_exist_is_refused_when_the_recipe_is_built(p
     data = join_training_data(cache, prepared, "all")
     with pytest.raises(MissingTapError, match="student tap 'conv' does not exist; valid student taps: embed, hidden1, hidden2"):
         build_members(params, data, 0)
+
+
+def test_only_the_teacher_taps_a_bank_term_reads_are_banked(prepared, cache):
+    from pipeline.train.loop import bank_taps, feature_bank
+
+    crd = {"kind": "crd", "weight": 0.1, "student_tap": "embed", "teacher_tap": "embed", "negatives": "bank"}
+    data = join_training_data(cache, prepared, "all")
+    members = build_members(student_params(loss={"ce": {"kind": "ce"}, "crd": crd}), data, 0)
+    assert bank_taps(members) == {"embed"}
+    bank = feature_bank(data, "cpu", {"embed"})
+    assert list(bank) == ["embed"] and bank["embed"].shape == (len(cache), 16)
+    assert bank_taps(build_members(student_params(), data, 0)) == set()

@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 setup: $(STAMP)
 
+# dvc.yaml's commands call `distillery`, so the venv's bin goes first on PATH.
 repro: setup
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: setup
-	$(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 bench: setup
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done

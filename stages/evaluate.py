@@ -9,6 +9,7 @@ from pipeline.cache.open import open_cache
 from pipeline.config import load_section, read_params_file
 from pipeline.data.prepared import load_prepared
 from pipeline.evaluate.evaluation import join_split
+from pipeline.evaluate.lineage import is_root_cache, learned_from
 from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.run import evaluate_student_dir
 
@@ -19,18 +20,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-dir", default="data/train", help="where the train stage wrote the student")
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--cache", default=None, help="teacher cache (default: the student's `cache`)")
+    parser.add_argument("--root-cache", default="data/cache/store",
+                        help="the root teacher's cache (a chain student's `root_agreement` is measured on it)")
     parser.add_argument("--export-dir", default="data/export", help="export root (ONNX for latency)")
     parser.add_argument("--out", default=None, help="output directory (default data/evaluate/<student>)")
 
 
 def run(args: argparse.Namespace) -> int:
     params = load_section(EvaluateParams, "evaluate", args.params)
-    recipe = (read_params_file(args.params).get("students") or {}).get(args.student) or {}
+    raw = read_params_file(args.params)
+    recipe = (raw.get("students") or {}).get(args.student) or {}
     prepared = load_prepared(args.prepared)
-    cache = open_cache(args.cache or recipe.get("cache", "data/cache/store"), dataset_fingerprint=prepared.fingerprint)
-    data = join_split(prepared, cache, params.split)
+    cache_path = args.cache or recipe.get("cache", args.root_cache)
+    data = join_split(prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), params.split)
+    root = None
+    if not is_root_cache(cache_path, args.root_cache):  # a chain student: also scored against the root teacher
+        root = join_split(prepared, open_cache(args.root_cache, dataset_fingerprint=prepared.fingerprint), params.split)
+    teacher = learned_from({**recipe, "cache": cache_path}, raw.get("chains"), args.root_cache)
     out = Path(args.out or f"data/evaluate/{args.student}")
-    reports = evaluate_student_dir(Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out)
+    reports = evaluate_student_dir(Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out,
+                                   root, teacher)
     for model, report in reports.items():
         accuracy, latency = report["accuracy"], report["latency_ms"].get("cpu_b1")
         latency = f"{latency:.3f}" if isinstance(latency, float) else latency

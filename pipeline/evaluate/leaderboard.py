@@ -22,20 +22,21 @@ from typing import Any, Iterable, Mapping
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_text
 
-SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "kl_T1", "kl_T")
+SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "root_agreement", "kl_T1", "kl_T")
 """Metrics reported as mean ± std over seeds."""
 
 LATENCY_KEYS = ("cpu_b1", "cpu_b64", "cuda_b1", "cuda_b64")
 
 CSV_COLUMNS = (
-    "model", "recipe", "params", "seeds", "temperature",
+    "model", "recipe", "teacher", "params", "seeds", "temperature",
     *(f"{m}_{s}" for m in SPREAD_METRICS for s in ("mean", "std")),
     *(f"latency_ms_{k}" for k in LATENCY_KEYS), "int8_accuracy_change",
 )
 
 MARKDOWN_COLUMNS = (
     ("model", "student"), ("recipe", "family / recipe"), ("params", "params"), ("accuracy", "acc (mean ± std)"),
-    ("top5", "top-5"), ("nll", "NLL"), ("ece", "ECE"), ("agreement", "agreement"), ("kl_T1", "KL T=1"),
+    ("top5", "top-5"), ("nll", "NLL"), ("ece", "ECE"), ("teacher", "learned from"), ("agreement", "agreement"),
+    ("root_agreement", "root agr."), ("kl_T1", "KL T=1"),
     ("kl_T", "KL T"), ("latency_ms_cpu_b1", "CPU ms b1"), ("latency_ms_cpu_b64", "CPU ms b64"),
     ("latency_ms_cuda_b1", "CUDA ms b1"), ("int8_accuracy_change", "int8 Δacc"),
 )
@@ -64,7 +65,7 @@ def collect_metrics(evaluate_root: str | Path) -> list[dict[str, Any]]:
 def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
     """A metrics.json payload -> one flat row keyed by CSV_COLUMNS (missing values are None)."""
     row: dict[str, Any] = {column: None for column in CSV_COLUMNS}
-    for key in ("model", "recipe", "params", "seeds", "temperature"):
+    for key in ("model", "recipe", "teacher", "params", "seeds", "temperature"):
         row[key] = report.get(key)
     for metric in SPREAD_METRICS:
         value = report.get(metric)
@@ -116,10 +117,12 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
 def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
     """The rows as a Markdown table under a heading, with a line on how to read it."""
     header = "| " + " | ".join(label for _, label in MARKDOWN_COLUMNS) + " |"
-    rule = "|" + "|".join(" --- " if key in ("model", "recipe") else " ---: " for key, _ in MARKDOWN_COLUMNS) + "|"
+    rule = "|" + "|".join(" --- " if key in ("model", "recipe", "teacher") else " ---: " for key, _ in MARKDOWN_COLUMNS) + "|"
     body = ["| " + " | ".join(_cell(row, key) for key, _ in MARKDOWN_COLUMNS) + " |" for row in rows]
     note = ("Test split. acc: mean ± sample std over seeds (other metrics: mean). NLL in nats; ECE with 15 "
-            "bins; agreement: same argmax as the teacher; KL(teacher || student) in nats without T²; latency: "
+            "bins; learned from: the root teacher, the student whose cache it learned from (a chain), or labels; "
+            "agreement: same argmax as the teacher it learned from; root agr.: as the root teacher; "
+            "KL(teacher it learned from || student) in nats without T²; latency: "
             "median ONNX Runtime ms per batch, one intra-op thread; n/a = provider not available here. "
             "See docs/evaluation.md.")
     return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])

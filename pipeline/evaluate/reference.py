@@ -37,7 +37,7 @@ def teacher_report(
     """The teacher as a metrics.json-shaped payload (std 0, agreement 1, KL 0) and its calibration bins."""
     logits, labels = teacher_split_logits(cache, split)
     metrics = classification_metrics(logits, labels, ece_bins, top_k)
-    metrics.update({"agreement": 1.0, "kl_T1": 0.0})
+    metrics.update({"agreement": 1.0, "root_agreement": 1.0, "kl_T1": 0.0})
     report: dict[str, Any] = {
         "model": "teacher (reference)", "recipe": "teacher", "params": num_parameters, "seeds": 1,
         "split": split, "labelled_rows": int(len(labels)),

@@ -7,6 +7,11 @@ cohort), `reliability.png` (one curve per model and seed) and `calibration.tsv` 
 labelled `seed_<k>` or `<member>/seed_<k>`). Latency is read off the exported
 `data/export/<model>/model.onnx`, and the int8 accuracy change off its `parity.json`: the evaluate
 stage depends on the export stage.
+
+Chains (pipeline/evaluate/lineage.py): a student's agreement and KL are measured against the cache
+it learned from (its `cache`, maybe another student's); `root_agreement` is its agreement with the
+root teacher (`data/cache/store`), so chain students and directly distilled ones compare on one
+scale, and `teacher` names what it learned from.
 """
 
 from __future__ import annotations
@@ -15,10 +20,19 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from pipeline.errors import DistilleryError
-from pipeline.evaluate.evaluation import EvalSplit, EvaluationError, calibration_tsv, evaluate_model, metrics_report
+from pipeline.evaluate.evaluation import (
+    EvalSplit,
+    EvaluationError,
+    calibration_tsv,
+    evaluate_model,
+    metrics_report,
+    predict_logits,
+)
 from pipeline.evaluate.latency import onnx_latency_ms
-from pipeline.evaluate.metrics import CalibrationBins
+from pipeline.evaluate.metrics import CalibrationBins, agreement
 from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.plots import reliability_diagram
 from pipeline.evaluate.recipe import model_recipe, recipe_summary, recipe_temperature
@@ -46,9 +60,15 @@ def evaluate_trained_model(
     params: EvaluateParams,
     recipe: Mapping[str, Any],
     export_dir: str | Path | None,
+    root: EvalSplit | None = None,
+    teacher: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, CalibrationBins]]:
     """Evaluate every seed of `model` (its recipe: `recipe`) and time its exported ONNX (when
-    `export_dir` is given); returns (metrics report, calibration bins per seed)."""
+    `export_dir` is given); returns (metrics report, calibration bins per seed).
+
+    root: the split joined to the root teacher's cache when the student learned from another cache
+    (a chain); `root_agreement` is then measured on it, else it equals `agreement`.
+    teacher: what the model learned from (`lineage.learned_from`), written as `teacher`."""
     from pipeline.students.registry import count_parameters
     from pipeline.students.trained import load_trained_student
 
@@ -63,7 +83,27 @@ def evaluate_trained_model(
         int8 = parity.get("int8")
     report = metrics_report(model, evaluation, data, count_parameters(next(iter(modules.values()))),
                             recipe_summary(recipe), temperature, latency, int8)
+    if root is None:
+        root_values = [seed["agreement"] for seed in evaluation.per_seed.values()]
+    else:
+        root_values = [agreement(predict_logits(module, root.inputs, params.batch_size), root.teacher_logits)
+                       for module in modules.values()]
+    report = _with_lineage(report, teacher, root_values)
     return report, evaluation.bins
+
+
+def _with_lineage(report: dict[str, Any], teacher: str | None, root_values: Sequence[float]) -> dict[str, Any]:
+    """`report` with `teacher` after `recipe` and `root_agreement` {"mean", "std"} after `agreement`."""
+    values = np.asarray(root_values, dtype=np.float64)
+    spread = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    result: dict[str, Any] = {}
+    for key, value in report.items():
+        result[key] = value
+        if key == "recipe" and teacher is not None:
+            result["teacher"] = teacher
+        if key == "agreement":
+            result["root_agreement"] = spread
+    return result
 
 
 def evaluate_student_dir(
@@ -73,11 +113,14 @@ def evaluate_student_dir(
     recipe: Mapping[str, Any],
     export_root: str | Path | None,
     out_dir: str | Path,
+    root: EvalSplit | None = None,
+    teacher: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every model under `data/train/<student>/` (timing `export_root/<model>/model.onnx`)
     and write metrics.json, reliability.png and calibration.tsv into `out_dir`
     (`data/evaluate/<student>`); returns model name -> metrics report. `recipe` is the raw
-    `students.<student>` mapping (a cohort's members are resolved from it)."""
+    `students.<student>` mapping (a cohort's members are resolved from it); `root` and `teacher`
+    as in `evaluate_trained_model`."""
     from pipeline.students.trained import list_trained
 
     student_dir, out_dir = Path(student_dir), Path(out_dir)
@@ -87,7 +130,8 @@ def evaluate_student_dir(
     reports, bins = {}, {}
     for name, seeds in models.items():
         export_dir = None if export_root is None else Path(export_root) / name
-        reports[name], seed_bins = evaluate_trained_model(name, seeds, data, params, model_recipe(recipe, name), export_dir)
+        reports[name], seed_bins = evaluate_trained_model(name, seeds, data, params, model_recipe(recipe, name), export_dir,
+                                                            root, teacher)
         member = name.partition("/")[2]
         bins.update({f"{member}/{seed}" if member else seed: b for seed, b in seed_bins.items()})
     reliability_diagram(bins, out_dir / "reliability.png", title=f"{student_dir.name}: reliability on {data.name}")

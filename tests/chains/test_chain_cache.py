@@ -104,3 +104,34 @@ def test_the_sharded_cache_stage_writes_the_bytes_of_the_single_process_stage(ch
     single_report = json.loads((single / "report.json").read_text())
     sharded_report = json.loads((sharded / "report.json").read_text())
     assert sharded_report["teacher_accuracy"] == single_report["teacher_accuracy"]
+
+
+def test_a_chain_student_is_scored_against_its_own_teacher_and_the_root_teacher(chain_project, tmp_path):
+    from pipeline.data.prepared import load_prepared
+    from pipeline.evaluate.evaluation import join_split
+    from pipeline.evaluate.params import EvaluateParams
+    from pipeline.evaluate.run import evaluate_student_dir
+    from pipeline.students.trained import load_trained_student
+    from pipeline.train.run import train_student
+    from tests.cluster.student_project import students
+
+    root, prepared_dir, root_cache, assistant_onnx = chain_project
+    chain = _run_cache_stage(root, prepared_dir, assistant_onnx, tmp_path / "chain",
+                             _write_params(tmp_path / "params.yaml"))
+    params = students(chain / "store", names=("kd",))["kd"]
+    train_student("ta_student", params, prepared_dir, tmp_path / "train" / "ta_student", tmp_path / "scratch",
+                  progress=False)
+    prepared = load_prepared(prepared_dir)
+    own = join_split(prepared, open_cache(chain / "store"), "test")
+    reference = join_split(prepared, open_cache(root_cache), "test")
+    report = evaluate_student_dir(tmp_path / "train" / "ta_student", own, EvaluateParams(),
+                                  params.model_dump(mode="json"), None, tmp_path / "evaluate",
+                                  root=reference, teacher="assistant")["ta_student"]
+    assert report["teacher"] == "assistant"
+    student = load_trained_student(tmp_path / "train" / "ta_student" / "seed_0")
+    with torch.no_grad():
+        logits = student(torch.from_numpy(reference.inputs)).logits.numpy()
+    expected = np.mean(logits.argmax(1) == reference.teacher_logits.argmax(1))
+    assert report["root_agreement"]["mean"] == pytest.approx(expected)
+    written = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert list(written)[:3] == ["model", "recipe", "teacher"]

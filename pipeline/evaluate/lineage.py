@@ -1,0 +1,50 @@
+"""What each student learned from: the root teacher, another student (a chain), or labels alone.
+
+A chain (seeds/001 §Progressive and §Self-Distillation; seeds/003 §5.3) is a cache built by the
+`chain_cache@<chain>` stage from an exported student, `data/export/<teacher>/model.onnx`, into
+`data/chains/<chain>/store`; a student learns from it by naming that store as its `cache`. The
+`chains:` section of params.yaml maps chain name -> {teacher: <student>}, which is all this
+module reads (besides the student's own recipe).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Mapping
+
+ROOT_CACHE = "data/cache/store"
+"""The root teacher's cache (the `cache` stage's output): every student's default `cache`."""
+
+LABEL_ONLY_KINDS = frozenset({"ce", "smoothing"})
+"""Loss families that read labels and nothing of a teacher."""
+
+
+def chain_store(chain: str) -> str:
+    """The cache store of chain `chain`: `data/chains/<chain>/store` (the chain_cache stage's out)."""
+    return f"data/chains/{chain}/store"
+
+
+def _normal(path: Any) -> str:
+    return posixpath.normpath(str(path).replace("\\", "/"))
+
+
+def learned_from(recipe: Mapping[str, Any], chains: Mapping[str, Any] | None = None,
+                 root_cache: str = ROOT_CACHE) -> str:
+    """What a student (its raw `students.<name>` mapping) learned from, for the leaderboard:
+    "labels" when every loss term is label-only (ce, smoothing), "teacher" for the root cache,
+    the chain's teacher (a student name) for `data/chains/<chain>/store`, else the cache path."""
+    kinds = {term.get("kind") for term in (recipe.get("loss") or {}).values() if isinstance(term, Mapping)}
+    if kinds and kinds <= LABEL_ONLY_KINDS:
+        return "labels"
+    cache = _normal(recipe.get("cache", root_cache))
+    if cache == _normal(root_cache):
+        return "teacher"
+    for name, chain in (chains or {}).items():
+        if cache == _normal(chain_store(name)) and isinstance(chain, Mapping) and chain.get("teacher"):
+            return str(chain["teacher"])
+    return cache
+
+
+def is_root_cache(cache: Any, root_cache: str = ROOT_CACHE) -> bool:
+    """Whether the cache path `cache` is the root teacher's (paths compared normalised)."""
+    return _normal(cache) == _normal(root_cache)

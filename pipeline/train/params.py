@@ -14,6 +14,7 @@ students:
     seeds: [0]
     cache: data/cache/store                         # another cache for a teacher chain
     train_rows: all                                 # labelled | all (+ the unlabelled split)
+    label_budget: null                              # {per_class: 15, seed: 0, held_back: false}: pipeline/train/budget.py
   cohort4:                                          # M students, one pass over the cache
     cohort:
       members:
@@ -34,6 +35,7 @@ from pydantic import Field, RootModel, field_validator, model_validator
 from pipeline.config import ParamsError, StrictModel, validate_section
 from pipeline.errors import DistilleryError
 from pipeline.students.registry import ArchParams
+from pipeline.train.budget import StudentLabelBudget
 
 try:  # H3's recipe; a plain mapping until it lands (validated again by build_recipe)
     from pipeline.losses.recipe import RecipeParams
@@ -103,6 +105,7 @@ class StudentParams(StrictModel):
     seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1)
     cache: str = "data/cache/store"
     train_rows: Literal["labelled", "all"] = "all"
+    label_budget: StudentLabelBudget | None = None  # labels masked at train time; the cache stays as it is
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int | None = Field(default=1, ge=1)  # small students run fastest on one thread; null = torch's default

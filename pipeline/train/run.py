@@ -26,6 +26,7 @@ import torch
 from pipeline.io import atomic_write_json, replace_dir
 from pipeline.students.registry import count_parameters
 from pipeline.students.trained import save_trained_student
+from pipeline.train.budget import apply_budget, held_back_labels
 from pipeline.train.data import join_training_data
 from pipeline.train.log import EpochLogger
 from pipeline.train.loop import run_seed
@@ -109,15 +110,21 @@ def train_from_reader(
     threads: int | None = None,
     recipe_builder: Callable | None = None,
     on_step: Callable[[int], None] | None = None,
+    label_pool: tuple | None = None,
 ) -> dict[str, Any]:
     """`train_student` on an open cache reader (any CacheReader, e.g. a MemoryCache in tests) and a
     loaded PreparedData. Returns the summary (as written to summary.json) plus `out_dir` and
-    `seconds`."""
+    `seconds`. label_pool: (sample_id, label) known outside the cache, read by a
+    `label_budget` with `held_back: true` (pipeline/train/budget.py)."""
     started = time.perf_counter()
     threads = threads or params.torch_threads
     if threads:
         torch.set_num_threads(threads)
     out_dir, scratch_dir = Path(out_dir), Path(scratch_dir)
+    budget_report = None
+    if params.label_budget is not None:
+        budgeted = apply_budget(reader, prepared, params.label_budget, label_pool)
+        reader, prepared, budget_report = budgeted.reader, budgeted.prepared, budgeted.report
     data = join_training_data(reader, prepared, params.train_rows)
     digest = config_hash(params, prepared.fingerprint, reader)
     device = resolve_device(params.device)
@@ -139,6 +146,8 @@ def train_from_reader(
                                Path(logger.lives[member.name].dir))
             sizes[member.name] = count_parameters(member.model)
     summary = _summarise(name, params, per_seed, sizes)
+    if budget_report is not None:
+        summary["label_budget"] = budget_report
     atomic_write_json(staging / "summary.json", summary)
     _move_into_place(staging, out_dir)
     shutil.rmtree(scratch_dir, ignore_errors=True)
@@ -173,4 +182,6 @@ def train_student(
 
     prepared = load_prepared(prepared_dir)
     reader = open_student_cache(params.cache, prepared.fingerprint)
-    return train_from_reader(name, params, reader, prepared, out_dir, scratch_dir, seeds, progress, threads)
+    held_back = params.label_budget is not None and params.label_budget.held_back
+    return train_from_reader(name, params, reader, prepared, out_dir, scratch_dir, seeds, progress, threads,
+                             label_pool=held_back_labels(prepared_dir) if held_back else None)

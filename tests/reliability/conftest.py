@@ -1,0 +1,63 @@
+"""Fixtures of the reliability tests: a built tiny project, the command line, and the record of
+every message a user sees (written to a JSON file when DISTILLERY_RELIABILITY_RECORD names one,
+which is how make_table.py builds docs/reliability.md from a real run)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.cli import main
+from tests.reliability.project import build_project
+
+_RECORDS: list[dict[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory) -> Path:
+    """A tiny project after `distillery cache/train/export/evaluate` (do not modify: copy it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_project(tmp_path_factory.mktemp("built"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def record(request):
+    """record(item, message): note the message a user saw for `item` under this test's name."""
+
+    def _record(item: str, message: str) -> None:
+        _RECORDS.append({"item": item, "test": request.node.name, "message": message})
+
+    return _record
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """Run `distillery <argv>` in-process; assert exit code 1 and exactly one error line
+    `distillery <stage>: <Error>: <message>` and no traceback; return that line."""
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 1, f"exit code {code}; stderr: {captured.err}"
+    assert "Traceback" not in captured.err + captured.out
+    prefix = f"distillery {argv[0]}: "
+    lines = [line for line in captured.err.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, captured.err
+    head = lines[0][len(prefix):]
+    assert head.split(": ", 1)[0].endswith("Error"), lines[0]
+    # the error is the last thing printed, and a multi-line message only where the error lists key paths
+    tail = captured.err[captured.err.index(lines[0]):].rstrip("\n")
+    assert tail == lines[0], captured.err
+    return lines[0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    target = os.environ.get("DISTILLERY_RELIABILITY_RECORD")
+    if target and _RECORDS:
+        Path(target).write_text(json.dumps(_RECORDS, indent=2) + "\n")

@@ -187,6 +187,9 @@ def _cast(name: str, values: np.ndarray, dtype: str, batch: slice, data: RowSour
 def probe_layout(teacher: Teacher, data: RowSource, params: CacheParams) -> CacheLayout:
     """Run the teacher on the first row to learn the class count and every tap's shape."""
     first = slice(0, min(1, len(data.sample_id)))
+    check_input = getattr(teacher, "check_input", None)  # a TeacherSession: a clear error, not ORT's
+    if check_input is not None:
+        check_input(data.inputs.shape[1:])
     outputs = run_teacher(teacher, data.inputs[first])
     _check_outputs(outputs, first, data)
     return CacheLayout(

@@ -27,11 +27,13 @@ def run(args: argparse.Namespace) -> int:
     teacher, teacher_bins = None, None
     if not args.no_teacher:
         from pipeline.cache.open import open_cache
-        from pipeline.teacher.session import onnx_parameter_count
+        from pipeline.teacher.session import onnx_parameter_count, teacher_sha256
 
+        # the row puts the file's size and latency beside the cache's accuracy: refuse a cache of another teacher
+        cache = open_cache(args.cache, teacher_sha256=teacher_sha256(args.teacher))
         latency = onnx_latency_ms(args.teacher, params.latency.batch_sizes, params.latency.providers,
                                   params.latency.warmup, params.latency.repeats, params.latency.intra_op_threads)
-        teacher, teacher_bins = teacher_report(open_cache(args.cache), params.split, params.ece_bins, params.top_k,
+        teacher, teacher_bins = teacher_report(cache, params.split, params.ece_bins, params.top_k,
                                                onnx_parameter_count(args.teacher), latency)
     rows = build_leaderboard(args.evaluate_dir, args.out, teacher, teacher_bins, args.train_dir)
     print(f"leaderboard: {len(rows)} rows -> {Path(args.out) / 'leaderboard.md'}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.cache.open import open_cache
 from pipeline.config import load_section, read_params_file
 from pipeline.data.prepared import load_prepared
+from pipeline.evaluate.bias_correction import bias_classes
 from pipeline.evaluate.evaluation import join_split
 from pipeline.evaluate.lineage import is_root_cache, learned_from
 from pipeline.evaluate.params import EvaluateParams
@@ -38,12 +39,20 @@ def run(args: argparse.Namespace) -> int:
         root = join_split(prepared, open_cache(args.root_cache, dataset_fingerprint=prepared.fingerprint), params.split)
     teacher = learned_from({**recipe, "cache": cache_path}, raw.get("chains"), args.root_cache)
     out = Path(args.out or f"data/evaluate/{args.student}")
+    classes = bias_classes(params.bias_correction, (raw.get("prepare") or {}).get("omit_classes"))
+    bias = (join_split(prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), "val"), classes) if classes else None
     reports = evaluate_student_dir(Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out,
-                                   root, teacher)
+                                   root, teacher, bias)
     for model, report in reports.items():
         accuracy, latency = report["accuracy"], report["latency_ms"].get("cpu_b1")
         latency = f"{latency:.3f}" if isinstance(latency, float) else latency
         print(f"evaluate: {model}: {data.name} accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over "
               f"{report['seeds']} seeds, agreement {report['agreement']['mean']:.4f}, "
               f"CPU latency b1 {latency} ms -> {out / 'metrics.json'}")
+        if "bias_correction" in report:
+            fixed = report["bias_correction"]
+            print(f"evaluate: {model}: bias correction of classes {fixed['classes']}: accuracy "
+                  f"{fixed['accuracy_before']['mean']:.4f} -> {fixed['accuracy_after']['mean']:.4f}, "
+                  + ", ".join(f"class {c} {fixed[f'class_{c}_before']['mean']:.4f} -> {fixed[f'class_{c}_after']['mean']:.4f}"
+                              for c in fixed["classes"]))
     return 0

@@ -27,10 +27,16 @@ SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "root_agreement
 
 LATENCY_KEYS = ("cpu_b1", "cpu_b64", "cuda_b1", "cuda_b64")
 
+BIAS_COLUMNS = ("bias_corrected_accuracy_mean", "bias_corrected_accuracy_std",
+                "omitted_class_accuracy_before", "omitted_class_accuracy_after")
+"""Hinton's omitted-class correction (pipeline/evaluate/bias_correction.py): overall test accuracy after
+it, and the omitted classes' mean test accuracy before and after; empty when it did not run."""
+
 CSV_COLUMNS = (
     "model", "recipe", "teacher", "params", "seeds", "temperature",
     *(f"{m}_{s}" for m in SPREAD_METRICS for s in ("mean", "std")),
     *(f"latency_ms_{k}" for k in LATENCY_KEYS), "int8_accuracy_change",
+    *BIAS_COLUMNS,
 )
 
 MARKDOWN_COLUMNS = (
@@ -76,6 +82,13 @@ def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
     for key in LATENCY_KEYS:
         row[f"latency_ms_{key}"] = (report.get("latency_ms") or {}).get(key)
     row["int8_accuracy_change"] = (report.get("int8") or {}).get("accuracy_change")
+    fixed = report.get("bias_correction")
+    if fixed:
+        row["bias_corrected_accuracy_mean"] = fixed["accuracy_after"]["mean"]
+        row["bias_corrected_accuracy_std"] = fixed["accuracy_after"]["std"]
+        for when in ("before", "after"):
+            row[f"omitted_class_accuracy_{when}"] = sum(
+                fixed[f"class_{c}_{when}"]["mean"] for c in fixed["classes"]) / len(fixed["classes"])
     return row
 
 
@@ -109,6 +122,8 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
         return f"{int(value):,}"
     if key == "int8_accuracy_change":
         return f"{value:+.4f}"
+    if key in BIAS_COLUMNS:
+        return f"{value:.4f}"
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:.3f}"
     return str(value).replace("|", "\\|")
@@ -116,9 +131,13 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
 
 def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
     """The rows as a Markdown table under a heading, with a line on how to read it."""
-    header = "| " + " | ".join(label for _, label in MARKDOWN_COLUMNS) + " |"
-    rule = "|" + "|".join(" --- " if key in ("model", "recipe", "teacher") else " ---: " for key, _ in MARKDOWN_COLUMNS) + "|"
-    body = ["| " + " | ".join(_cell(row, key) for key, _ in MARKDOWN_COLUMNS) + " |" for row in rows]
+    columns = MARKDOWN_COLUMNS
+    if any(row.get("bias_corrected_accuracy_mean") is not None for row in rows):  # only then: no empty column
+        columns += (("bias_corrected_accuracy_mean", "acc, bias fixed"),
+                    ("omitted_class_accuracy_before", "omitted cls acc"), ("omitted_class_accuracy_after", "… bias fixed"))
+    header = "| " + " | ".join(label for _, label in columns) + " |"
+    rule = "|" + "|".join(" --- " if key in ("model", "recipe", "teacher") else " ---: " for key, _ in columns) + "|"
+    body = ["| " + " | ".join(_cell(row, key) for key, _ in columns) + " |" for row in rows]
     note = ("Test split. acc: mean ± sample std over seeds (other metrics: mean). NLL in nats; ECE with 15 "
             "bins; learned from: the root teacher, the student whose cache it learned from (a chain), or labels; "
             "agreement: same argmax as the teacher it learned from; root agr.: as the root teacher; "

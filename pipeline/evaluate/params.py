@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from pipeline.config import StrictModel
+from pipeline.evaluate.bias_correction import BiasCorrectionParams
 
 
 class LatencyParams(StrictModel):
@@ -25,3 +26,4 @@ class EvaluateParams(StrictModel):
     top_k: int = Field(default=5, ge=1)
     batch_size: int = Field(default=512, ge=1)
     latency: LatencyParams = LatencyParams()
+    bias_correction: BiasCorrectionParams | None = None  # Hinton 2015 §3; on by itself when prepare.omit_classes is set

@@ -62,13 +62,15 @@ def evaluate_trained_model(
     export_dir: str | Path | None,
     root: EvalSplit | None = None,
     teacher: str | None = None,
+    bias: tuple[EvalSplit, Sequence[int]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, CalibrationBins]]:
     """Evaluate every seed of `model` (its recipe: `recipe`) and time its exported ONNX (when
     `export_dir` is given); returns (metrics report, calibration bins per seed).
 
     root: the split joined to the root teacher's cache when the student learned from another cache
     (a chain); `root_agreement` is then measured on it, else it equals `agreement`.
-    teacher: what the model learned from (`lineage.learned_from`), written as `teacher`."""
+    teacher: what the model learned from (`lineage.learned_from`), written as `teacher`.
+    bias: (val split, classes): add `bias_correction` (pipeline/evaluate/bias_correction.py)."""
     from pipeline.students.registry import count_parameters
     from pipeline.students.trained import load_trained_student
 
@@ -89,6 +91,11 @@ def evaluate_trained_model(
         root_values = [agreement(predict_logits(module, root.inputs, params.batch_size), root.teacher_logits)
                        for module in modules.values()]
     report = _with_lineage(report, teacher, root_values)
+    if bias is not None:
+        from pipeline.evaluate.bias_correction import BiasCorrectionParams, correct_model
+
+        report["bias_correction"] = correct_model(modules, bias[0], data, bias[1],
+                                                  params.bias_correction or BiasCorrectionParams(), params.batch_size)
     return report, evaluation.bins
 
 
@@ -115,6 +122,7 @@ def evaluate_student_dir(
     out_dir: str | Path,
     root: EvalSplit | None = None,
     teacher: str | None = None,
+    bias: tuple[EvalSplit, Sequence[int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every model under `data/train/<student>/` (timing `export_root/<model>/model.onnx`)
     and write metrics.json, reliability.png and calibration.tsv into `out_dir`
@@ -131,7 +139,7 @@ def evaluate_student_dir(
     for name, seeds in models.items():
         export_dir = None if export_root is None else Path(export_root) / name
         reports[name], seed_bins = evaluate_trained_model(name, seeds, data, params, model_recipe(recipe, name), export_dir,
-                                                            root, teacher)
+                                                            root, teacher, bias)
         member = name.partition("/")[2]
         bins.update({f"{member}/{seed}" if member else seed: b for seed, b in seed_bins.items()})
     reliability_diagram(bins, out_dir / "reliability.png", title=f"{student_dir.name}: reliability on {data.name}")

@@ -39,10 +39,37 @@ def soft_ce_rows(target_log_probs: torch.Tensor, input_log_probs: torch.Tensor) 
 
 
 def hard_ce_rows(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, C), (B,) -> (B,) -log softmax(z)_y per row; rows with label -1 get a finite dummy
-    (class 0) that `masked_mean` drops."""
-    log_probs = log_softmax_at(student_logits)
-    return -log_probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
+    """(B, C), (B,) -> (B,) -log softmax(z)_y per row, in float32 (one fused log_softmax + NLL
+    kernel); rows with label -1 get 0, with a zero gradient, which `masked_mean` drops."""
+    return F.cross_entropy(as_float32(student_logits), labels, ignore_index=-1, reduction="none")
+
+
+_LOG_ZERO = torch.finfo(torch.float32).min
+"""Stands in for log 0 = -inf in a target: exp gives exactly 0 and differences stay finite."""
+
+
+def kl_batch_mean(target_log_probs: torch.Tensor, input_log_probs: torch.Tensor,
+                  scale: float = 1.0) -> torch.Tensor:
+    """(B, C), (B, C) -> scalar (scale/B) sum_i KL(p_i || q_i): `scale * kl_rows(...).mean()` as one fused
+    `F.kl_div(log_target=True)` kernel (the dense fast path of the Hinton term).
+
+    Targets of -inf (masked or underflowed classes) are clamped to the float32 minimum first, so
+    they contribute exactly 0 as in `kl_rows` (a raw `kl_div` gives 0 * inf = NaN). Needs finite
+    `input_log_probs` (the log_softmax of finite logits), and a target without gradient (the
+    teacher's). Returns a float32 scalar; 0 for B = 0.
+    """
+    target = target_log_probs.detach().clamp(min=_LOG_ZERO)
+    total = F.kl_div(input_log_probs, target, reduction="sum", log_target=True)
+    return total * (scale / max(input_log_probs.shape[0], 1))
+
+
+def soft_ce_batch_mean(target_log_probs: torch.Tensor, input_log_probs: torch.Tensor,
+                       scale: float = 1.0) -> torch.Tensor:
+    """(B, C), (B, C) -> scalar (scale/B) sum_i H(p_i, q_i) = `scale * soft_ce_rows(...).mean()`;
+    masked targets (p = 0) contribute 0. Needs finite `input_log_probs` and a target without
+    gradient, as `kl_batch_mean`. Returns a float32 scalar; 0 for B = 0."""
+    products = target_log_probs.detach().exp() * input_log_probs
+    return products.sum() * (-scale / max(input_log_probs.shape[0], 1))
 
 
 def labelled(labels: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ from pipeline.cache.batch import SparseLogits
 from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._probs import (as_float32, hard_ce_rows, kl_rows, labelled, log_softmax_at,
-                                    masked_mean, soft_ce_rows)
+from pipeline.losses._probs import (as_float32, hard_ce_rows, kl_batch_mean, kl_rows, labelled,
+                                    log_softmax_at, masked_mean, soft_ce_batch_mean)
 
 
 class MissingSparseLogitsError(DistilleryError, ValueError):
@@ -44,7 +44,7 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """
     teacher = log_softmax_at(teacher_logits.detach(), temperature)
     student = log_softmax_at(student_logits, temperature)
-    return temperature**2 * kl_rows(teacher, student).mean()
+    return kl_batch_mean(teacher, student, scale=temperature**2)
 
 
 def distillation_soft_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -56,7 +56,7 @@ def distillation_soft_ce(student_logits: torch.Tensor, teacher_logits: torch.Ten
     """
     teacher = log_softmax_at(teacher_logits.detach(), temperature)
     student = log_softmax_at(student_logits, temperature)
-    return temperature**2 * soft_ce_rows(teacher, student).mean()
+    return soft_ce_batch_mean(teacher, student, scale=temperature**2)
 
 
 def sparse_teacher_log_probs(sparse: SparseLogits, num_classes: int, temperature: float) -> torch.Tensor:

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "export": ("stages.export", "export one student to ONNX and check it against torch"),
     "leaderboard": ("stages.leaderboard", "gather every student's metrics into one table and plots"),
     "sweep": ("stages.sweep", "train many students as Dask tasks (local, Slurm, PBS)"),
+    "label-curve": ("stages.label_curve", "accuracy against the number of labels, CE-only and KD, from one cache"),
     "losses": ("stages.losses", "print the loss catalogue: families, parameters, formulas, sources"),
 }
 

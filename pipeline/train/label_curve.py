@@ -1,0 +1,199 @@
+"""Accuracy against the number of labels: the same student recipes trained at several label budgets
+from one teacher cache ("one cache, many students"), scored on the test split.
+
+```yaml
+label_curve:
+  per_class: [5, 15, 50, all]    # labels kept per class (all: every known label)
+  students: [ce_baseline, hinton]   # recipes from the `students:` section, same architecture each
+  seeds: [0, 1, 2]               # training seeds per point (mean ± std)
+  label_seed: 0                  # which rows keep their label: the same for every recipe and seed
+  held_back: true                # count the labels prepare.label_budget held back as known
+  steps: 360                     # optimiser steps of every run (null: each recipe's own epochs)
+```
+
+Each point applies a student-level label budget (pipeline/train/budget.py) at train time; the cache
+and the prepared data stay as they are. With `steps` set, every run makes the same number of
+optimiser updates, so a CE-only student on 50 rows is not starved of steps against a KD student
+on 1,200 rows. A budget above the labels known clips to them (`clipped` in the outputs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from pipeline.config import StrictModel
+from pipeline.errors import DistilleryError
+from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.train.budget import TRAIN, UNLABELLED_SPLIT, StudentLabelBudget
+from pipeline.train.params import StudentParams
+
+
+class LabelCurveError(DistilleryError):
+    """`label_curve:` names a student that does not exist or is a cohort."""
+
+
+class LabelCurveParams(StrictModel):
+    """The `label_curve:` section (module docstring)."""
+
+    per_class: list[int | Literal["all"]] = Field(default_factory=lambda: [5, 15, 50, "all"], min_length=1)
+    students: list[str] = Field(default_factory=lambda: ["ce_baseline", "hinton"], min_length=1)
+    seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1)
+    label_seed: int = 0
+    held_back: bool = True
+    steps: int | None = Field(default=360, ge=1)
+
+    @field_validator("per_class")
+    @classmethod
+    def _positive(cls, values: list) -> list:
+        if any(v != "all" and v < 1 for v in values):
+            raise ValueError("each budget is a positive number of labels per class, or 'all'")
+        return values
+
+
+def point_params(params: StudentParams, per_class: int | None, curve: LabelCurveParams, train_rows: int) -> StudentParams:
+    """The recipe `params` at one budget: its label budget, the curve's seeds and, with
+    `curve.steps`, the epochs that give that many optimiser steps on `train_rows` rows."""
+    update: dict[str, Any] = {
+        "label_budget": StudentLabelBudget(per_class=per_class, seed=curve.label_seed, held_back=curve.held_back),
+        "seeds": tuple(curve.seeds),
+    }
+    if curve.steps is not None:
+        per_epoch = max(train_rows // params.batch_size, 1)
+        update["epochs"] = max(1, math.ceil(curve.steps / per_epoch))
+    return params.model_copy(update=update)
+
+
+def _test_accuracy(out_dir: Path, test) -> list[float]:
+    """Test accuracy of every trained seed under `out_dir` (one model, not a cohort)."""
+    from pipeline.evaluate.evaluation import predict_logits
+    from pipeline.students.trained import list_trained, load_trained_student
+
+    (seed_dirs,) = list_trained(out_dir).values()
+    labelled = test.labelled
+    return [float((predict_logits(load_trained_student(d), test.inputs)[labelled].argmax(1) == test.labels[labelled]).mean())
+            for d in seed_dirs]
+
+
+def run_label_curve(
+    curve: LabelCurveParams,
+    students: Mapping[str, StudentParams],
+    reader: Any,
+    prepared: Any,
+    scratch_dir: str | Path,
+    label_pool: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train every (student, budget) of `curve` from `reader` (the one cache) joined to `prepared`
+    and return one row per (student, budget, seed): `student`, `per_class` (asked; "all"),
+    `labels` (kept), `clipped` (bool), `seed`, `epochs`, `accuracy` (test split, labelled rows)."""
+    from pipeline.evaluate.evaluation import join_split
+    from pipeline.train.budget import apply_budget
+    from pipeline.train.run import train_from_reader
+
+    missing = [name for name in curve.students if name not in students]
+    if missing:
+        raise LabelCurveError(f"label_curve.students: no student named {', '.join(missing)} in `students:`; "
+                              f"valid: {', '.join(sorted(students))}")
+    cohorts = [name for name in curve.students if students[name].cohort is not None]
+    if cohorts:
+        raise LabelCurveError(f"label_curve.students: {', '.join(cohorts)} is a cohort; name single students")
+    test = join_split(prepared, reader, "test")
+    scratch_dir = Path(scratch_dir)
+    rows = []
+    for name in curve.students:
+        for asked in curve.per_class:
+            per_class = None if asked == "all" else int(asked)
+            base = students[name]
+            probe = apply_budget(reader, prepared, StudentLabelBudget(per_class=per_class, seed=curve.label_seed,
+                                                                      held_back=curve.held_back), label_pool)
+            candidates = int(np.isin(probe.reader.split, [TRAIN, UNLABELLED_SPLIT]).sum())
+            train_rows = probe.report["labelled_rows"] if base.train_rows == "labelled" else candidates
+            params = point_params(base, per_class, curve, train_rows)
+            tag = f"{name}/per_class_{asked}"
+            out = scratch_dir / "models" / tag
+            train_from_reader(name, params, reader, prepared, out, scratch_dir / "runs" / tag,
+                              progress=progress, label_pool=label_pool)
+            for seed, accuracy in zip(params.seeds, _test_accuracy(out, test)):
+                rows.append({"student": name, "per_class": asked, "labels": probe.report["labelled_rows"],
+                             "clipped": bool(probe.report["clipped"]), "seed": seed, "epochs": params.epochs,
+                             "accuracy": accuracy})
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """student -> labels (str) -> {"mean", "std" (sample, 0 for one seed), "per_class", "clipped", "seeds"}."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        point = summary.setdefault(row["student"], {}).setdefault(str(row["labels"]), {
+            "per_class": row["per_class"], "clipped": row["clipped"], "values": []})
+        point["values"].append(row["accuracy"])
+    for points in summary.values():
+        for point in points.values():
+            values = point.pop("values")
+            point.update(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                         seeds=len(values))
+    return summary
+
+
+def _csv(header: list[str], lines: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(lines)
+    return buffer.getvalue()
+
+
+def write_curve(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """Write `curve.csv` (every run), `curve.json` (mean ± std per point: DVC metrics), `plot.csv`
+    (x = labels, one mean-accuracy column per student: the DVC plot) and `curve.png` into `out_dir`."""
+    out_dir = Path(out_dir)
+    summary = summarise(rows)
+    columns = ["student", "per_class", "labels", "clipped", "seed", "epochs", "accuracy"]
+    paths = {"csv": atomic_write_text(out_dir / "curve.csv", _csv(columns, [[r[c] for c in columns] for r in rows])),
+             "json": atomic_write_json(out_dir / "curve.json", summary)}
+    students = list(summary)
+    labels = sorted({int(k) for points in summary.values() for k in points})
+    plot_rows = [[n, *(round(summary[s][str(n)]["mean"], 6) if str(n) in summary[s] else "" for s in students)]
+                 for n in labels]
+    paths["plot"] = atomic_write_text(out_dir / "plot.csv", _csv(["labels", *students], plot_rows))
+    paths["png"] = plot_curve(summary, out_dir / "curve.png")
+    return paths
+
+
+def plot_curve(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path) -> Path:
+    """Test accuracy (mean ± std over seeds) against labels kept, one line per student, log x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for student, points in summary.items():
+        labels = sorted(points, key=int)
+        mean = np.array([points[n]["mean"] for n in labels])
+        std = np.array([points[n]["std"] for n in labels])
+        axis.errorbar([int(n) for n in labels], mean, yerr=std, marker="o", capsize=3, label=student)
+    axis.set_xscale("log")
+    axis.set_xlabel("labelled training rows (log scale)")
+    axis.set_ylabel("test accuracy (mean ± std over seeds)")
+    axis.set_title("Accuracy against labels, one teacher cache")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def clear_scratch(scratch_dir: str | Path) -> None:
+    """Remove the curve's trained models and checkpoints (its outputs are the files of `write_curve`)."""
+    shutil.rmtree(scratch_dir, ignore_errors=True)

@@ -120,17 +120,40 @@ def validate_section(model: type[ModelT], data: Any, root: str) -> ModelT:
         raise ParamsError(format_validation_error(error, data, root)) from None
 
 
+SECTIONS = ("prepare", "teacher", "cache", "students", "label_curve", "chains", "sweep", "cluster", "evaluate",
+            "export")
+"""Every top-level section of params.yaml (docs/architecture.md). A stage reads only its own, so a
+misspelt section name (`evalute:`) would be silently ignored: it is refused here instead."""
+
+
+def check_sections(data: dict[str, Any], path: str | Path) -> None:
+    """ParamsError naming every top-level key of `data` that is not one of SECTIONS."""
+    lines = []
+    for key in data:
+        if key not in SECTIONS:
+            close = difflib.get_close_matches(str(key), SECTIONS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            lines.append(f"{path}: {key}: unknown section; {hint}valid sections: {', '.join(SECTIONS)}")
+    if lines:
+        raise ParamsError("\n".join(lines))
+
+
 def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """The raw mapping in a params YAML file, read with the safe loader."""
+    """The raw mapping in a params YAML file, read with the safe loader; unknown sections are refused."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: no such params file; run from the project root or pass --params")
-    with path.open() as handle:
-        data = yaml.safe_load(handle)
+    try:
+        with path.open() as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as error:  # bad syntax, or a tag such as !!python/object the safe loader refuses
+        raise ParamsError(f"{path}: not valid params YAML ({' '.join(str(error).split())}); fix the file "
+                          "(plain YAML mappings, lists, numbers and strings only)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    check_sections(data, path)
     return data
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from pipeline.errors import DistilleryError
@@ -76,7 +77,12 @@ def load_trained_student(seed_dir: str | Path) -> torch.nn.Module:
     weights_path = seed_dir / WEIGHTS_FILE
     if not weights_path.exists():
         raise TrainedStudentError(f"{weights_path}: no such file; the seed directory is incomplete, re-train it")
-    load_weights_into(model, load_file(str(weights_path)), str(weights_path))
+    try:
+        weights = load_file(str(weights_path))
+    except SafetensorError as error:  # e.g. a torch.save pickle renamed: it is never unpickled
+        raise TrainedStudentError(f"{weights_path}: not a readable safetensors file ({error}); weights are only "
+                                  "loaded from safetensors, never unpickled: re-train the student") from None
+    load_weights_into(model, weights, str(weights_path))
     return model.eval()
 
 

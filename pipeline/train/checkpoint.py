@@ -16,12 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT_FILE = "checkpoint.json"
 FORMAT_VERSION = 1
+
+
+class CheckpointError(DistilleryError):
+    """A seed's checkpoint in scratch cannot be read back (damaged on disk after it was written)."""
 
 
 @dataclass
@@ -107,7 +113,11 @@ def load_checkpoint(directory: Path, config_hash: str) -> tuple[TrainingState, d
     if not weights_path.exists():
         return None
     state = TrainingState(**{k: payload[k] for k in TrainingState.__dataclass_fields__})
-    payload["tensors"] = load_file(str(weights_path))
+    try:
+        payload["tensors"] = load_file(str(weights_path))
+    except SafetensorError as error:  # written atomically, so damaged after the fact (disk, a copy)
+        raise CheckpointError(f"{weights_path}: the training checkpoint is unreadable ({error}); delete "
+                              f"{directory} to train this seed again from the start") from None
     return state, payload
 
 

@@ -273,3 +273,52 @@ def test_the_installed_command_prints_one_line_and_exits_1(tmp_path, built_proje
     assert result.stderr.strip().splitlines()[-1] == result.stderr.strip()
     assert result.stderr.startswith("distillery train: ParamsError: students.kd.batch_sise: unknown key")
     record("params: unknown key, through the installed `distillery` executable", result.stderr.strip())
+
+
+def test_a_misspelt_section_name_is_refused(tmp_path, built_project, capsys, record):
+    params = base_params(built_project)
+    params["evalute"] = params.pop("evaluate")
+    path = write_params(tmp_path / "params.yaml", params)
+    argv = stage_argv(built_project, "evaluate", params=path)
+    argv[argv.index("--out") + 1] = str(tmp_path / "out")
+    line = refused(capsys, argv)
+    assert "ParamsError" in line and "evalute: unknown section; did you mean 'evaluate'?" in line
+    assert not (tmp_path / "out").exists()
+    record("params: a misspelt section name (`evalute:`)", line)
+
+
+@pytest.mark.parametrize("text", ["students:\n  kd:\n    epochs: 1\n   seeds: [0]\n",
+                                  "students: !!python/object/apply:os.system ['echo pwned']\n"])
+def test_params_that_are_not_plain_yaml_are_refused(text, tmp_path, built_project, capsys, record):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    line = refused(capsys, _train_argv(built_project, path, tmp_path))
+    assert "ParamsError" in line and "not valid params YAML" in line
+    kind = "a Python object tag (the safe loader refuses it)" if "python" in text else "bad indentation"
+    record(f"params: not valid YAML, {kind}", line)
+
+
+def test_pickled_weights_are_refused_not_unpickled(tmp_path, built_project, capsys, record):
+    import torch
+
+    project = copy_project(built_project, tmp_path / "p")
+    weights = project / "train" / "kd" / "seed_0" / "model.safetensors"
+    torch.save({"embed.weight": torch.zeros(2)}, str(weights))  # a pickle under the safetensors name
+    line = refused(capsys, stage_argv(project, "export"))
+    assert "TrainedStudentError" in line and "never unpickled" in line
+    record("a checkpoint that is a torch.save pickle renamed model.safetensors, at `distillery export`", line)
+
+
+def test_a_damaged_training_checkpoint_says_what_to_delete(tmp_path, built_project, capsys, record):
+    from tests.reliability.test_faults import _killed
+
+    params = base_params(built_project)
+    params["students"]["kd"].update(epochs=2, checkpoint_every_steps=3)
+    path = write_params(tmp_path / "params.yaml", params)
+    argv = _train_argv(built_project, path, tmp_path)
+    _killed("step:5", argv)
+    state = next((tmp_path / "scratch" / "seed_0").glob("state-*.safetensors"))
+    state.write_bytes(state.read_bytes()[:100])
+    line = refused(capsys, argv)
+    assert "CheckpointError" in line and f"delete {tmp_path / 'scratch' / 'seed_0'}" in line
+    record("a training checkpoint damaged on disk, on resume at `distillery train`", line)

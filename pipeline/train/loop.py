@@ -112,26 +112,84 @@ def _epoch_rows(data: TrainingData, seed: int, epoch: int, batch_size: int, skip
     return order[skip_batches * batch_size : usable]
 
 
-def _train_step(members: list[Member], batch, inputs: torch.Tensor, epoch: int, bank) -> list[dict[str, float]]:
+class EpochSums:
+    """Per member, the running sums of this epoch's logged values (the loss and each term), kept
+    as one float64 tensor on the training device and read back only when the state is needed (a
+    checkpoint, the epoch's end): no host sync per step, which on an accelerator would stall the
+    queue, and fewer small ops than one `.item()` per term on a CPU.
+
+    A NaN or infinite loss is therefore found at the next read-back, not at its step; the state
+    and checkpoints are never written from such sums (`flush_into` raises DivergedError first).
+    """
+
+    def __init__(self):
+        self._names: dict[str, tuple[str, ...]] = {}
+        self._sums: dict[str, torch.Tensor] = {}
+        self._read_back: dict[str, dict[str, float]] = {}  # sums of steps whose terms were named otherwise
+        self._lr_sum = 0.0
+
+    def add_lr(self, lr: float) -> None:
+        """Add one step's learning rate (shared by the members; logged as each member's `lr`)."""
+        self._lr_sum += lr
+
+    def add(self, member: str, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Add one step's `total` and unweighted `terms` (scalars) of `member`."""
+        names = ("loss", *terms)
+        values = torch.stack([total.detach(), *(value.detach() for value in terms.values())])
+        if self._names.get(member) == names:
+            self._sums[member] += values
+            return
+        if member in self._sums:  # the recipe named other terms this step: read the old sums back
+            self._read_back_member(member)
+        self._names[member] = names
+        self._sums[member] = values.to(torch.float64)
+
+    def _read_back_member(self, member: str) -> None:
+        into = self._read_back.setdefault(member, {})
+        for key, value in zip(self._names.pop(member), self._sums.pop(member).tolist()):
+            into[key] = into.get(key, 0.0) + value
+
+    def flush_into(self, running: dict[str, dict[str, float]], epoch: int) -> None:
+        """Add the sums (and the learning rates) into `running` (member -> key -> float) and reset;
+        DivergedError when a sum is not finite (a step since the last flush had a NaN or inf loss)."""
+        for member in list(self._sums):
+            self._read_back_member(member)
+        for member, values in self._read_back.items():
+            if not all(math.isfinite(v) for v in values.values()):
+                raise DivergedError(
+                    f"member {member or '(student)'}: the loss became {values.get('loss')} during epoch {epoch} "
+                    f"(sums since the last checkpoint: {', '.join(f'{k}={v:.4g}' for k, v in values.items())}); "
+                    "lower `optimizer.lr` or the weight of the term that exploded")
+        for member, values in self._read_back.items():
+            sums = running.setdefault(member, {})
+            for key, value in {**values, "lr": self._lr_sum}.items():
+                sums[key] = sums.get(key, 0.0) + value
+        self._read_back, self._lr_sum = {}, 0.0
+
+
+def _train_step(members: list[Member], batch, inputs: torch.Tensor, rows: torch.Tensor, epoch: int, bank,
+                sums: EpochSums) -> None:
+    """One optimiser step of every member on one batch.
+
+    All members' losses are built first, then one backward of their sum: the members' graphs
+    share nothing (peer logits are detached, the teacher is data), so each parameter gets exactly
+    the gradient of its own member's loss, with one autograd pass instead of M.
+    """
     outputs = [member.model(inputs) for member in members]
-    rows = torch.from_numpy(np.asarray(batch.rows, np.int64))
-    logged = []
+    totals = []
     for index, (member, output) in enumerate(zip(members, outputs)):
-        peers = [o.logits.detach() for j, o in enumerate(outputs) if j != index]
+        peers = [o.logits.detach() for j, o in enumerate(outputs) if j != index] if len(members) > 1 else []
         total, terms = member.recipe(LossInputs(
             student_logits=output.logits, teacher_logits=batch.logits, labels=batch.label,
             student_features=output.features, teacher_features=batch.features,
             teacher_sparse=batch.sparse, peer_logits=peers, teacher_feature_bank=bank,
             rows=rows, epoch=epoch))
-        if not torch.isfinite(total):
-            raise DivergedError(f"member {member.name or '(student)'}: the loss is {total.item()} at epoch {epoch} "
-                                f"(terms: {', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); "
-                                "lower `optimizer.lr` or the weight of the term that exploded")
+        sums.add(member.name, total, terms)
+        totals.append(total)
         member.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+    (totals[0] if len(totals) == 1 else torch.stack(totals).sum()).backward()
+    for member in members:
         member.optimizer.step()
-        logged.append({"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
-    return logged
 
 
 @torch.no_grad()
@@ -161,7 +219,8 @@ def evaluate_members(members: list[Member], data: TrainingData, batch_size: int,
 
 def _close_epoch(members: list[Member], state: TrainingState, data: TrainingData, params: StudentParams,
                  device) -> dict[str, dict[str, float]]:
-    """Validate, turn the epoch's running sums into means, append to the history, advance the state."""
+    """Validate, turn the epoch's running sums into means, append to the history, advance the state
+    (`state.running` must already hold the whole epoch: see `EpochSums.flush_into`)."""
     metrics = {}
     for member, evaluated in zip(members, evaluate_members(members, data, params.eval_batch_size, device)):
         sums = state.running.get(member.name, {})
@@ -210,7 +269,10 @@ def run_seed(
     needs_bank = any(getattr(m.recipe, "needs_feature_bank", False) for m in members)
     bank = feature_bank(data, device, bank_taps(members)) if needs_bank else None
 
+    sums = EpochSums()
+
     def checkpoint() -> None:
+        sums.flush_into(state.running, state.epoch)
         save_checkpoint(scratch_dir, state, members, torch.get_rng_state())
 
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not progress, leave=False,
@@ -224,12 +286,11 @@ def run_seed(
             lr = learning_rate(state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule)
             for member in members:
                 set_learning_rate(member.optimizer, lr)
+            batch_rows = torch.from_numpy(np.asarray(batch.rows, np.int64))
             batch = batch.to(device)
             inputs = torch.from_numpy(data.inputs[batch.rows]).to(device)
-            for member, logged in zip(members, _train_step(members, batch, inputs, state.epoch, bank)):
-                sums = state.running.setdefault(member.name, {})
-                for key, value in {**logged, "lr": lr}.items():
-                    sums[key] = sums.get(key, 0.0) + value
+            _train_step(members, batch, inputs, batch_rows, state.epoch, bank, sums)
+            sums.add_lr(lr)
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)
@@ -238,6 +299,7 @@ def run_seed(
                 checkpoint()
             if on_step:
                 on_step(state.global_step)
+        sums.flush_into(state.running, state.epoch)
         metrics = _close_epoch(members, state, data, params, device)
         bar.set_postfix({f"{m or 'val'}_acc": f"{v.get('val/acc', math.nan):.3f}" for m, v in metrics.items()})
         checkpoint()

@@ -84,3 +84,37 @@ def test_hard_ce_rows_is_minus_log_softmax_at_the_label_and_zero_without_label()
 def test_hard_ce_rows_computes_in_float32_for_float16_logits():
     rows = hard_ce_rows(_logits(9, scale=1e4, dtype=torch.float16), torch.tensor([0, 1, 2, 3, 4, 5, 0]))
     assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
+
+
+class _ExplodingRecipe(torch.nn.Module):
+    """CE that turns NaN from epoch `from_epoch` on (to check the loop's deferred divergence check)."""
+
+    needs_feature_bank = needs_peers = False
+
+    def __init__(self, from_epoch: int):
+        super().__init__()
+        self.from_epoch = from_epoch
+
+    def forward(self, inputs):
+        ce = torch.nn.functional.cross_entropy(inputs.student_logits, inputs.labels.clamp(min=0))
+        total = ce * float("nan") if inputs.epoch >= self.from_epoch else ce
+        return total, {"ce": ce}
+
+
+def test_the_loop_sums_terms_on_device_and_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(tmp_path):
+    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.train.data import join_training_data
+    from pipeline.train.loop import DivergedError, run_seed
+    from tests.train.helpers import make_cache, make_prepared, student_params
+
+    prepared = make_prepared()
+    data = join_training_data(make_cache(prepared), prepared, "labelled")
+    params = student_params(epochs=3, checkpoint_every_steps=2)
+    with pytest.raises(DivergedError, match="epoch 1.*optimizer.lr"):
+        run_seed(params, data, 0, tmp_path, "hash", recipe_builder=lambda loss, shapes: _ExplodingRecipe(1),
+                 progress=False)
+    state, _ = load_checkpoint(tmp_path, "hash")
+    assert state.epoch == 1 and state.step_in_epoch == 0  # written at the end of epoch 0, never after
+    (metrics,) = state.history[0].values()
+    assert np.isfinite(metrics["train/loss"]) and metrics["train/loss"] == pytest.approx(metrics["train/ce"])
+    assert metrics["lr"] > 0

@@ -10,7 +10,7 @@ from pipeline.config import load_section, read_params_file
 from pipeline.data.prepared import load_prepared
 from pipeline.evaluate.bias_correction import bias_classes
 from pipeline.evaluate.evaluation import join_split
-from pipeline.evaluate.lineage import is_root_cache, learned_from
+from pipeline.evaluate.lineage import is_root_cache, learned_from, validate_chains
 from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.run import evaluate_student_dir
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     root = None
     if not is_root_cache(cache_path, args.root_cache):  # a chain student: also scored against the root teacher
         root = join_split(prepared, open_cache(args.root_cache, dataset_fingerprint=prepared.fingerprint), params.split)
-    teacher = learned_from({**recipe, "cache": cache_path}, raw.get("chains"), args.root_cache)
+    teacher = learned_from({**recipe, "cache": cache_path}, validate_chains(raw.get("chains")), args.root_cache)
     out = Path(args.out or f"data/evaluate/{args.student}")
     classes = bias_classes(params.bias_correction, (raw.get("prepare") or {}).get("omit_classes"))
     bias = (join_split(prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), "val"), classes) if classes else None

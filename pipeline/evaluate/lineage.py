@@ -10,13 +10,41 @@ module reads (besides the student's own recipe).
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any, Mapping
+
+from pydantic import RootModel, field_validator
+
+from pipeline.config import StrictModel, validate_section
 
 ROOT_CACHE = "data/cache/store"
 """The root teacher's cache (the `cache` stage's output): every student's default `cache`."""
 
 LABEL_ONLY_KINDS = frozenset({"ce", "smoothing"})
 """Loss families that read labels and nothing of a teacher."""
+
+
+class ChainParams(StrictModel):
+    """One chain: `teacher` is the student (or `cohort/member`) whose export teaches its cache."""
+
+    teacher: str
+
+
+class ChainsSection(RootModel[dict[str, ChainParams]]):
+    """The `chains:` section: chain name (a directory name under data/chains/) -> ChainParams."""
+
+    @field_validator("root")
+    @classmethod
+    def _names_are_directory_names(cls, chains: dict[str, ChainParams]) -> dict[str, ChainParams]:
+        for name in chains:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"chain name {name!r} must be letters, digits, '_', '-' or '.' (it names a directory)")
+        return chains
+
+
+def validate_chains(data: Any) -> dict[str, ChainParams]:
+    """The raw `chains:` mapping validated (None: no chains), or ParamsError naming the bad key."""
+    return dict(validate_section(ChainsSection, data or {}, "chains").root)
 
 
 def chain_store(chain: str) -> str:
@@ -40,8 +68,9 @@ def learned_from(recipe: Mapping[str, Any], chains: Mapping[str, Any] | None = N
     if cache == _normal(root_cache):
         return "teacher"
     for name, chain in (chains or {}).items():
-        if cache == _normal(chain_store(name)) and isinstance(chain, Mapping) and chain.get("teacher"):
-            return str(chain["teacher"])
+        teacher = chain.teacher if isinstance(chain, ChainParams) else (chain or {}).get("teacher")
+        if cache == _normal(chain_store(name)) and teacher:
+            return str(teacher)
     return cache
 
 

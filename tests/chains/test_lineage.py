@@ -7,7 +7,8 @@ import json
 import pytest
 
 from pipeline.evaluate.leaderboard import collect_metrics, leaderboard_rows, to_markdown
-from pipeline.evaluate.lineage import chain_store, is_root_cache, learned_from
+from pipeline.config import ParamsError
+from pipeline.evaluate.lineage import chain_store, is_root_cache, learned_from, validate_chains
 
 CHAINS = {"ta": {"teacher": "assistant"}, "born_again": {"teacher": "born_again_g1"}}
 HINTON = {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5}}
@@ -25,6 +26,16 @@ HINTON = {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight"
 ])
 def test_learned_from_names_the_root_teacher_the_chain_teacher_or_labels(recipe, expected):
     assert learned_from(recipe, CHAINS) == expected
+
+
+def test_validated_chains_name_their_teachers_and_bad_ones_are_refused():
+    chains = validate_chains(CHAINS)
+    assert learned_from({"loss": HINTON, "cache": "data/chains/ta/store"}, chains) == "assistant"
+    assert validate_chains(None) == {}
+    with pytest.raises(ParamsError, match="teacher"):
+        validate_chains({"ta": {"techer": "assistant"}})
+    with pytest.raises(ParamsError, match="names a directory"):
+        validate_chains({"../x": {"teacher": "assistant"}})
 
 
 def test_the_root_cache_is_recognised_however_the_path_is_written():

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from onnx import TensorProto
 
+from stages.cli import main
 from tests.reliability.conftest import refused
 from tests.reliability.project import (INPUT_SHAPE, NAN_ROWS, NUM_CLASSES, base_params, copy_project,
                                        prepared_arrays, stage_argv, student_recipe, teacher_onnx, write_dataset,
@@ -45,7 +46,8 @@ TEACHER_CASES = {
 }
 
 
-@pytest.mark.parametrize("item", list(TEACHER_CASES))
+@pytest.mark.parametrize("item", list(TEACHER_CASES), ids=["missing", "unreadable", "no-named-outputs", "fixed-batch-1",
+                                                       "wrong-input-shape", "wrong-input-dtype"])
 def test_a_bad_teacher_onnx_is_refused_naming_the_file_and_the_fix(item, tmp_path, built_project, capsys, record):
     onnx_path = TEACHER_CASES[item](tmp_path)
     line = refused(capsys, _teacher_stage(tmp_path, built_project, onnx_path))
@@ -185,7 +187,8 @@ def test_a_corrupted_cache_chunk_is_detected_naming_array_and_rows(how, tmp_path
     line = refused(capsys, stage_argv(project, "train"))
     assert "CacheCorruptError" in line and "'logits'" in line and "32..63" in line
     assert not (project / "scratch" / "train" / "kd" / "seed_0").exists()
-    record(f"a {how} in a finished cache's logits chunk, at `distillery train`", line)
+    what = "a flipped byte in a logits shard" if how == "flipped byte" else "a truncated logits shard"
+    record(f"{what} of a finished Zarr cache, at `distillery train`", line)
 
 
 # --- params ----------------------------------------------------------------------------------------
@@ -206,7 +209,7 @@ PARAMS_CASES = {
 }
 
 
-@pytest.mark.parametrize("item", list(PARAMS_CASES))
+@pytest.mark.parametrize("item", list(PARAMS_CASES), ids=["unknown-key", "wrong-type", "unknown-loss", "unknown-arch"])
 def test_a_params_typo_names_its_key_path(item, tmp_path, built_project, capsys, record):
     import re
 
@@ -288,7 +291,8 @@ def test_a_misspelt_section_name_is_refused(tmp_path, built_project, capsys, rec
 
 
 @pytest.mark.parametrize("text", ["students:\n  kd:\n    epochs: 1\n   seeds: [0]\n",
-                                  "students: !!python/object/apply:os.system ['echo pwned']\n"])
+                                  "students: !!python/object/apply:os.system ['echo pwned']\n"],
+                         ids=["bad-indentation", "python-tag"])
 def test_params_that_are_not_plain_yaml_are_refused(text, tmp_path, built_project, capsys, record):
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -322,3 +326,29 @@ def test_a_damaged_training_checkpoint_says_what_to_delete(tmp_path, built_proje
     line = refused(capsys, argv)
     assert "CheckpointError" in line and f"delete {tmp_path / 'scratch' / 'seed_0'}" in line
     record("a training checkpoint damaged on disk, on resume at `distillery train`", line)
+
+
+def test_a_missing_zarr_shard_file_is_detected_by_the_manifest(tmp_path, built_project, capsys, record):
+    project = copy_project(built_project, tmp_path / "p")
+    (project / "cache" / "store" / "features" / "embed" / "c" / "2" / "0").unlink()  # rows 64..95
+    line = refused(capsys, stage_argv(project, "train"))
+    assert "CacheCorruptError" in line and "'features/embed'" in line and "64..95" in line
+    record("a shard file deleted from a finished Zarr cache, at `distillery train`", line)
+
+
+def test_a_corrupted_parquet_page_is_detected_naming_array_and_rows(tmp_path, built_project, capsys, record):
+    import pyarrow.parquet as pq
+
+    project = copy_project(built_project, tmp_path / "p")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["cache"]["store"] = "parquet"
+    write_params(project / "params.yaml", params)
+    shutil.rmtree(project / "cache" / "store")
+    assert main(stage_argv(project, "cache")) == 0
+    path = project / "cache" / "store" / "part-000001.parquet"  # rows 32..63
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    column = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("logits"))
+    _flip_byte(path, column.data_page_offset + column.total_compressed_size - 3)
+    line = refused(capsys, stage_argv(project, "train"))
+    assert "CacheCorruptError" in line and "'logits'" in line and "32..63" in line
+    record("a flipped byte in a finished Parquet cache's logits page, at `distillery train`", line)

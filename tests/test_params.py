@@ -44,13 +44,14 @@ def _sweep(path: Path) -> Any:
     return load_sweep_params(path)
 
 
-LOADERS: dict[str, Callable[[Path], Any] | None] = {
+LOADERS: dict[str, Callable[[Path], Any]] = {
     "prepare": _section("pipeline.data.params.PrepareParams", "prepare"),
     "teacher": _section("pipeline.teacher.params.TeacherParams", "teacher"),
     "cache": _section("pipeline.cache.params.CacheParams", "cache"),
     "students": _students,
     "label_curve": _section("pipeline.train.label_curve.LabelCurveParams", "label_curve"),
-    "chains": None,  # no params model: pipeline/evaluate/lineage.py and dvc.yaml read it as it is
+    "chains": lambda path: __import__("pipeline.evaluate.lineage", fromlist=["x"]).validate_chains(
+        read_params_file(path).get("chains")),
     "sweep": _sweep,
     "cluster": _cluster,
     "evaluate": _section("pipeline.evaluate.params.EvaluateParams", "evaluate"),
@@ -70,6 +71,8 @@ TYPOS: dict[str, list[tuple[Callable[[dict], None], str]]] = {
                  (lambda s: s["hinton"].update(epochs="many"), "students.hinton.epochs: expected an integer, got 'many'")],
     "label_curve": [(lambda s: s.update(seed=[0]), "label_curve.seed: unknown key; did you mean 'seeds'?"),
                     (lambda s: s.update(held_back="maybe"), "label_curve.held_back: expected true or false, got 'maybe'")],
+    "chains": [(lambda s: s["ta"].update(teachr="assistant"), "chains.ta.teachr: unknown key; did you mean 'teacher'?"),
+               (lambda s: s["ta"].update(teacher=["assistant"]), "chains.ta.teacher: expected a string, got ['assistant']")],
     "sweep": [(lambda s: s.update(student=[]), "sweep.student: unknown key; did you mean 'students'?")],
     "cluster": [(lambda s: s.update(worker=2), "cluster.worker: unknown key; did you mean 'workers'?"),
                 (lambda s: s.update(threads_per_worker="one"), "cluster.threads_per_worker: expected an integer, got 'one'")],
@@ -97,9 +100,7 @@ def test_the_test_knows_every_section_the_pipeline_knows():
 def test_every_shipped_params_file_validates_through_every_section_model(path):
     data = read_params_file(path)  # refuses an unknown section
     for section in data:
-        loader = LOADERS[section]
-        if loader is not None:
-            loader(path)
+        LOADERS[section](path)
 
 
 def _typo_cases():

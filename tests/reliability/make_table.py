@@ -62,8 +62,7 @@ NOTES = """
   loaders, `np.load(allow_pickle=True)` and eval/exec.
 - **Params**: `tests/test_params.py` validates every shipped params file through the model of each
   section and checks that a typo in each section (unknown key, wrong type) and a misspelt section name
-  are refused naming the key path. The `chains:` section has no params model (it is read by dvc.yaml's
-  `foreach` and pipeline/evaluate/lineage.py as it is).
+  are refused naming the key path.
 """
 
 

@@ -7,7 +7,7 @@ the same sections, shrunk: a 2-epoch teacher and four cheap students, among them
 the same code). Checked: the outputs and metrics, a second `dvc repro` that runs nothing, and a
 `dvc exp run -S` on one student's param that re-runs only that student's stages (plus the
 leaderboard, and the `sweep` stage, which reads the whole `students:` section and is a no-op by
-default) and is listed by `dvc exp show`.
+default) and is listed by `dvc exp show`. The label_curve stage runs on a 2-point, 20-step curve.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def tiny_params(params: dict) -> dict:
     params["students"] = tiny
     params["chains"] = {"ta": params["chains"]["ta"]}
     params["sweep"] = {"students": []}
+    if "label_curve" in params:
+        params["label_curve"].update(per_class=[5, "all"], students=["ce_baseline", "hinton"], seeds=[0], steps=20)
     params["evaluate"]["latency"].update(batch_sizes=[1], providers=["CPUExecutionProvider"], warmup=1, repeats=2)
     params["export"]["parity_batch_sizes"] = [1, 7]
     return params
@@ -92,9 +94,10 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
     root, env = repo
     first = _run(["dvc", "repro"], root, env)
     students = ("ce_baseline", "hinton", "assistant", "ta_student")
-    expected = {"prepare", "teacher", "cache", "chain_cache@ta", "sweep", "leaderboard",
+    expected = {"prepare", "teacher", "cache", "chain_cache@ta", "sweep", "leaderboard", "label_curve",
                 *(f"{stage}@{s}" for stage in ("train", "export", "evaluate") for s in students)}
-    assert _stages_run(first) == expected
+    every_stage = set(_run(["dvc", "stage", "list", "--name-only"], root, env).split())
+    assert expected <= every_stage and _stages_run(first) == every_stage
 
     teacher = json.loads((root / "data/teacher/metrics.json").read_text())
     assert teacher["test_accuracy"] > 0.5
@@ -113,9 +116,11 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
 
     _run(["git", "add", "dvc.lock"], root, env)
     _run(["git", "commit", "-q", "-m", "baseline"], root, env)
-    experiment = _run(["dvc", "exp", "run", "-n", "hinton-t2", "-S", "students.hinton.loss.kd.temperature=2.0"],
+    # ta_student: the label_curve stage re-trains ce_baseline's and hinton's recipes, so those two re-run it.
+    experiment = _run(["dvc", "exp", "run", "-n", "ta-t2", "-S", "students.ta_student.loss.kd.temperature=2.0"],
                       root, env)
-    assert _stages_run(experiment) == {"train@hinton", "export@hinton", "evaluate@hinton", "leaderboard", "sweep"}
+    assert _stages_run(experiment) == {"train@ta_student", "export@ta_student", "evaluate@ta_student",
+                                       "leaderboard", "sweep"}
     shown = csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env)))
     rows = {row["Experiment"]: row for row in shown}
-    assert rows["hinton-t2"]["students.hinton.loss.kd.temperature"] == "2.0", rows.get("hinton-t2")
+    assert rows["ta-t2"]["students.ta_student.loss.kd.temperature"] == "2.0", rows.get("ta-t2")

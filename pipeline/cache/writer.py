@@ -184,6 +184,16 @@ def _cast(name: str, values: np.ndarray, dtype: str, batch: slice, data: RowSour
     return values.astype(dtype, copy=False)
 
 
+def check_class_count(teacher_classes: int, dataset_classes: int | None) -> None:
+    """TeacherOutputError unless the teacher's logits width equals the dataset's class count."""
+    if dataset_classes is not None and teacher_classes != dataset_classes:
+        raise TeacherOutputError(
+            f"the teacher gives {teacher_classes} logits per row but the dataset has {dataset_classes} classes; "
+            f"use a teacher trained on these classes, or set prepare.dataset.num_classes to {teacher_classes} "
+            "if the dataset has classes its labels do not show"
+        )
+
+
 def probe_layout(teacher: Teacher, data: RowSource, params: CacheParams) -> CacheLayout:
     """Run the teacher on the first row to learn the class count and every tap's shape."""
     first = slice(0, min(1, len(data.sample_id)))
@@ -192,6 +202,7 @@ def probe_layout(teacher: Teacher, data: RowSource, params: CacheParams) -> Cach
         check_input(data.inputs.shape[1:])
     outputs = run_teacher(teacher, data.inputs[first])
     _check_outputs(outputs, first, data)
+    check_class_count(int(outputs["logits"].shape[1]), getattr(data, "num_classes", None))
     return CacheLayout(
         num_rows=len(data.sample_id),
         num_classes=int(outputs["logits"].shape[1]),

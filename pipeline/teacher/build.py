@@ -16,7 +16,8 @@ from pipeline.io import atomic_copy
 from pipeline.teacher.builtin import parameter_count, parity_batches, train_builtin_teacher
 from pipeline.teacher.export import check_onnx_parity, export_onnx
 from pipeline.teacher.params import TeacherParams
-from pipeline.teacher.session import TeacherSession, onnx_parameter_count, open_teacher, teacher_sha256
+from pipeline.teacher.session import (TeacherModelError, TeacherSession, onnx_parameter_count, open_teacher,
+                                      teacher_sha256)
 
 
 def teacher_training_data(prepared_dir: str | Path, data: PreparedData, train_on: str) -> PreparedData:
@@ -53,6 +54,11 @@ def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSessi
     session = open_teacher(path, params.input_name, params.logits_name, params.tap_names,
                            params.provider, params.intra_op_threads)
     session.check_input(data.input_shape)
+    classes = session.run(data.inputs[:1])[session.logits_name].shape[1]
+    if classes != data.num_classes:
+        raise TeacherModelError(f"{path}: output {session.logits_name!r} has {classes} classes but the dataset has "
+                                f"{data.num_classes}; use a teacher trained on these classes, or set "
+                                f"prepare.dataset.num_classes to {classes} if the dataset has classes its labels do not show")
     return session
 
 

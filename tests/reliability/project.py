@@ -25,11 +25,12 @@ NAN_ROWS = (5, 9)  # rows whose first input is negative: the `nan` teacher takes
 
 
 def teacher_onnx(path: Path, batch: Any = "batch", input_shape=INPUT_SHAPE, elem_type=TensorProto.FLOAT,
-                 output_names=("logits", "embed", "conv"), nan_on_negative_input: bool = False) -> Path:
+                 output_names=("logits", "embed", "conv"), nan_on_negative_input: bool = False,
+                 num_classes: int = NUM_CLASSES) -> Path:
     """Write a tiny teacher: flat = Flatten(x); logits = flat W; embed = tanh(flat V); conv = relu(x).
 
     `output_names` renames the three outputs (in that order); `nan_on_negative_input` computes the
-    logits from sqrt(flat), so a row with a negative input gets NaN logits.
+    logits from sqrt(flat), so a row with a negative input gets NaN logits; `num_classes` logits.
     """
     rng = np.random.default_rng(0)
     size = int(np.prod(input_shape))
@@ -46,11 +47,12 @@ def teacher_onnx(path: Path, batch: Any = "batch", input_shape=INPUT_SHAPE, elem
         nodes.append(helper.make_node("Sqrt", ["flat"], ["root"]))
         source = "root"
     logits, embed, conv = output_names
+    initializers[0] = numpy_helper.from_array(rng.normal(size=(size, num_classes)).astype(np.float32), "W")
     nodes += [helper.make_node("MatMul", [source, "W"], [logits]),
               helper.make_node("MatMul", ["flat", "V"], ["embed_pre"]),
               helper.make_node("Tanh", ["embed_pre"], [embed]),
               helper.make_node("Relu", [x], [conv])]
-    outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [batch, NUM_CLASSES]),
+    outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [batch, num_classes]),
                helper.make_tensor_value_info(embed, TensorProto.FLOAT, [batch, 8]),
                helper.make_tensor_value_info(conv, TensorProto.FLOAT, [batch, *input_shape])]
     graph = helper.make_graph(nodes, "tiny_teacher",

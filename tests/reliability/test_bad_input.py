@@ -43,11 +43,12 @@ TEACHER_CASES = {
     "teacher ONNX with a fixed batch size of 1": lambda p: teacher_onnx(p / "t.onnx", batch=1),
     "teacher ONNX with a wrong input shape": lambda p: teacher_onnx(p / "t.onnx", input_shape=(1, 5, 5)),
     "teacher ONNX with a wrong input dtype (float64)": lambda p: teacher_onnx(p / "t.onnx", elem_type=TensorProto.DOUBLE),
+    "teacher ONNX with another number of classes than the dataset": lambda p: teacher_onnx(p / "t.onnx", num_classes=5),
 }
 
 
 @pytest.mark.parametrize("item", list(TEACHER_CASES), ids=["missing", "unreadable", "no-named-outputs", "fixed-batch-1",
-                                                       "wrong-input-shape", "wrong-input-dtype"])
+                                                       "wrong-input-shape", "wrong-input-dtype", "other-class-count"])
 def test_a_bad_teacher_onnx_is_refused_naming_the_file_and_the_fix(item, tmp_path, built_project, capsys, record):
     onnx_path = TEACHER_CASES[item](tmp_path)
     line = refused(capsys, _teacher_stage(tmp_path, built_project, onnx_path))
@@ -69,6 +70,14 @@ def test_a_bad_teacher_onnx_is_refused_by_the_cache_stage_too(tmp_path, built_pr
     assert "TeacherInputError" in line and "1, 5, 5]" in line
     assert (project / "cache" / "store" / "cache.json").read_bytes() == before  # the old cache is intact
     record("teacher ONNX with a wrong input shape, at `distillery cache`", line)
+
+
+def test_a_teacher_with_another_class_count_is_refused_by_the_cache_stage(tmp_path, built_project, capsys, record):
+    project = copy_project(built_project, tmp_path / "p")
+    teacher_onnx(project / "teacher" / "model.onnx", num_classes=5)
+    line = refused(capsys, stage_argv(project, "cache"))
+    assert "TeacherOutputError" in line and "5 logits per row but the dataset has 4 classes" in line
+    record("teacher ONNX with another number of classes than the dataset, at `distillery cache`", line)
 
 
 def test_nan_teacher_outputs_name_the_rows(tmp_path, capsys, record):

@@ -1,7 +1,7 @@
 """Write docs/reliability.md from a real run: every fault and bad input tried, with the test that
 tried it and the line the user saw, verbatim (temporary directories shown as `<tmp>`).
 
-    .venv/bin/python -m tests.reliability.make_table [--out docs/reliability.md]
+    .venv/bin/python -m tests.reliability.make_table [--out docs/reliability.md] [--no-readme]
 
 It runs tests/reliability (each test records the message it provoked, see conftest.py) and the
 library-level fault tests of the other areas, and lists only what passed.
@@ -66,6 +66,71 @@ NOTES = """
 """
 
 
+# The rows shown in the README's Reliability section (the full table is docs/reliability.md)
+README_ITEMS = [
+    "the cache stage SIGKILLed at three points",
+    "the cache stage SIGKILLed, then `distillery train`",
+    "training SIGKILLed mid-epoch",
+    "evaluate SIGKILLed",
+    "export SIGKILLed before model.onnx",
+    "a full disk during the cache write",
+    "a flipped byte in a logits shard",
+    "teacher ONNX missing",
+    "teacher ONNX unreadable",
+    "teacher ONNX without the named outputs",
+    "teacher ONNX with a fixed batch size of 1",
+    "teacher ONNX with a wrong input shape, at",
+    "teacher ONNX with a wrong input dtype",
+    "NaN/Inf in the teacher's outputs",
+    "labels out of range",
+    "duplicate sample ids",
+    "dataset ids that do not match the cache",
+    "params: unknown key,",
+    "params: wrong type",
+    "params: unknown loss kind",
+    "params: unknown student name",
+    "params: a misspelt section name",
+    "a feature tap the teacher does not have",
+    "stale cache (data changed), at `distillery train`",
+    "stale cache (teacher changed), at `distillery leaderboard`",
+    "a checkpoint from a different architecture, at `distillery export`",
+    "a checkpoint that is a torch.save pickle",
+]
+README_START, README_END = "<!-- reliability table: tests/reliability/make_table.py -->", "<!-- end of reliability table -->"
+
+
+def readme_section(rows: list[dict[str, str]]) -> str:
+    """The README's Reliability section body: a few sentences and the rows of README_ITEMS."""
+    lines = [README_START,
+             "Every stage survives SIGKILL and refuses bad input with one line, `distillery <stage>: <Error>: "
+             "<message>`, and exit code 1, without a traceback and without touching what was already written. "
+             "Tried by `tests/reliability/` through the real command line; the messages below are verbatim "
+             "(`<tmp>` is the test's temporary directory). All of them, with the test of each and the decisions "
+             "behind them: [docs/reliability.md](docs/reliability.md).",
+             "", "| fault or bad input | what the user sees |", "| --- | --- |"]
+    for prefix in README_ITEMS:
+        match = next((row for row in rows if row["item"].startswith(prefix)), None)
+        if match is not None:
+            lines.append(f"| {_readable(match['item'])} | {_readable(match['message'])} |")
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, rows: list[dict[str, str]]) -> bool:
+    """Put the section into the README, in place of RELIABILITY_PLACEHOLDER or of the previous table."""
+    text = readme.read_text()
+    section = readme_section(rows)
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        text = head + section + rest.split(README_END, 1)[1]
+    elif "RELIABILITY_PLACEHOLDER" in text:
+        text = text.replace("RELIABILITY_PLACEHOLDER", section)
+    else:
+        return False
+    readme.write_text(text)
+    return True
+
+
 def _readable(message: str) -> str:
     message = re.sub(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s]+", "<tmp>", message)
     return message.replace("|", "\\|").replace("\n", " ")
@@ -82,7 +147,7 @@ def _outcomes(junit: Path) -> dict[str, str]:
     return outcomes
 
 
-def run(out: Path) -> int:
+def run(out: Path, readme: Path | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         records, junit = Path(tmp) / "records.json", Path(tmp) / "junit.xml"
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
@@ -123,6 +188,8 @@ def run(out: Path) -> int:
         lines += ["", "## Failing in this run", "", *[f"- `{name}`" for name in failed]]
     lines += ["", NOTES.strip()]
     out.write_text("\n".join(lines) + "\n")
+    if readme is not None and not write_readme(readme, rows):
+        print(f"make_table: {readme} has no reliability placeholder or table markers; left alone")
     print(f"make_table: wrote {out} ({len(seen)} rows; pytest exit code {result.returncode})")
     return result.returncode
 
@@ -130,4 +197,7 @@ def run(out: Path) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
-    sys.exit(run(parser.parse_args().out))
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="also fill its Reliability section")
+    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    args = parser.parse_args()
+    sys.exit(run(args.out, None if args.no_readme else args.readme))

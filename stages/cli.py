@@ -7,6 +7,7 @@ for onnxruntime and `distillery cache` does not import the loss catalogue.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -48,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
             return int(module.run(args) or 0)
         except DistilleryError as error:
             print(f"distillery {argv[0]}: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" writing {error.filename}" if error.filename else ""
+            print(f"distillery {argv[0]}: DiskFullError: {error.strerror}{where}; free space and re-run "
+                  "the stage (every output is written atomically, so what was already written is intact)",
+                  file=sys.stderr)
             return 1
     build_parser().parse_args(argv)
     return 2

@@ -139,3 +139,30 @@ def test_export_killed_leaves_no_onnx_that_evaluate_would_take(tmp_path, built_p
     record("export SIGKILLed after the parity check, before parity.json is renamed, then `distillery evaluate`", line)
     assert main(stage_argv(project, "export")) == 0
     assert json.loads((export / "parity.json").read_text())["parity"]["passed"]
+
+
+def test_a_full_disk_while_training_is_one_line_and_the_checkpoint_is_kept(tmp_path, built_project, capsys,
+                                                                          monkeypatch, record):
+    import pipeline.train.checkpoint as checkpoint
+
+    params = base_params(built_project)
+    params["students"]["kd"].update(epochs=2, checkpoint_every_steps=3)
+    path = write_params(tmp_path / "params.yaml", params)
+    argv = ["train", "--student", "kd", "--params", str(path), "--prepared", str(built_project / "prepared"),
+            "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--no-progress"]
+    real_write, calls = checkpoint.atomic_write_bytes, [0]
+
+    def write(target, data):
+        calls[0] += 1
+        if calls[0] == 2:  # the second checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_write(target, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
+    line = refused(capsys, argv)
+    assert line.startswith("distillery train: DiskFullError: No space left on device writing ")
+    record("a full disk while training writes a checkpoint", line.replace(str(tmp_path), "<tmp>"))
+    first = json.loads((tmp_path / "scratch" / "seed_0" / "checkpoint.json").read_text())
+    assert first["global_step"] == 3  # the first checkpoint is intact
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", real_write)
+    assert main(argv) == 0

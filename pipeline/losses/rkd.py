@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import as_float32
@@ -45,32 +46,111 @@ def pairwise_distances(features: torch.Tensor) -> torch.Tensor:
     return _distances_from_gram(_centred_gram(features))
 
 
+def _bdot_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, B), (B, B) -> (B,) sum_j a_ij b_ij, without a (B, B) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _relations(features: torch.Tensor, normalize: bool):
+    """One side's pairwise relations from ONE Gram matrix G = x x^T:
+    psi (B, B) = ||x_i - x_j|| / mu (zero diagonal; mu = mean over i != j, clamped at 1e-12; 1
+    when not `normalize`), cos (B, B) = G_ij / (n_i n_j), n = max(||x_i||, 1e-12) as F.normalize,
+    plus what the student's gradient needs: mu before its clamp, 1/n, whether each norm was not
+    clamped, and the mask of pairs whose squared distance was not clamped. Uncentred, as the RKD reference code (Park et al. 2019)."""
+    gram = features @ features.T
+    squares = gram.diagonal().clone()
+    squared = torch.add(squares[:, None], gram, alpha=-2.0).add_(squares[None, :])
+    unclamped = squared >= _EPS
+    distances = squared.clamp_(min=_EPS).sqrt_().fill_diagonal_(0.0)
+    rows = len(features)
+    mean = distances.sum() / max(rows * (rows - 1), 1)
+    if normalize:
+        distances.div_(mean.clamp(min=_EPS))
+    norms = torch.linalg.vector_norm(features, dim=1)
+    inverse_norms = 1.0 / norms.clamp(min=_EPS)
+    cosines = gram.mul_(inverse_norms[:, None]).mul_(inverse_norms[None, :])
+    return distances, cosines, mean, inverse_norms, norms >= _EPS, unclamped
+
+
+class _PairwiseRKD(torch.autograd.Function):
+    """(L_dist, L_angle) of `rkd_distance` and `rkd_angle_pairwise` in one pass: one Gram matrix
+    per side, in-place (B, B) work, and the student's gradient in closed form as one
+    (B, B) x (B, D) product, instead of autograd through ~25 elementwise (B, B) nodes.
+
+    With h = SmoothL1' of the distance gap (clamp(psi_s - psi_t, -1, 1)), S = sum h psi_s and
+    P = B(B - 1): dL_dist/dd_ij = (h_ij - S/P) / (mu B^2) (no S term without normalising or when
+    mu is clamped), and through d = sqrt(s), s = q_i + q_j - 2 G_ij the gradient is the graph
+    Laplacian form 4 sum_j W_ij (x_i - x_j), W = dL/ds (0 on the diagonal and clamped pairs).
+    With a = clamp(cos_s - cos_t, -1, 1) / B^2: dL_angle/dx_i = 2 sum_j a_ij x_j / (n_i n_j)
+    - 2 (sum_j a_ij cos_ij) x_i / n_i^2 (the last term only where n_i was not clamped).
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, normalize):
+        rows = len(student)
+        psi_s, cos_s, mean, inverse_norms, norm_unclamped, unclamped = _relations(student, normalize)
+        psi_t, cos_t = _relations(teacher, normalize)[:2]
+        distance = F.smooth_l1_loss(psi_s, psi_t, reduction="mean", beta=1.0)
+        angle = F.smooth_l1_loss(cos_s, cos_t, reduction="mean", beta=1.0)
+        # Distance weights W (up to the scalar saved below), built in the teacher's buffers.
+        slope = torch.sub(psi_s, psi_t, out=psi_t).clamp_(-1.0, 1.0)
+        mu = mean.clamp(min=_EPS) if normalize else torch.ones_like(mean)
+        if normalize:
+            pairs = max(rows * (rows - 1), 1)
+            slope.sub_(torch.dot(slope.view(-1), psi_s.view(-1)) * (mean >= _EPS) / pairs)
+        weights = slope.div_(psi_s).masked_fill_(~unclamped, 0.0).fill_diagonal_(0.0)  # (h - S/P) / psi
+        # Angle weights a_ij / (n_i n_j) and the diagonal term, also in place.
+        gap = torch.sub(cos_s, cos_t, out=cos_t).clamp_(-1.0, 1.0)
+        diagonal_angle = _bdot_rows(gap, cos_s) * inverse_norms.square() * norm_unclamped
+        angle_weights = gap.mul_(inverse_norms[:, None]).mul_(inverse_norms[None, :])
+        ctx.save_for_backward(student, weights, weights.sum(dim=1), angle_weights, diagonal_angle, mu)
+        return distance, angle
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_distance, grad_angle):
+        student, weights, weight_sums, angle_weights, diagonal_angle, mu = ctx.saved_tensors
+        rows = len(student)
+        # d = psi mu, so dL/ds = (h - S/P) / (mu B^2) * 1 / (2 psi mu); the Laplacian brings a 4.
+        alpha = grad_distance * 2.0 / (mu * mu * rows * rows)
+        beta = grad_angle * 2.0 / (rows * rows)
+        matrix = torch.mul(angle_weights, beta).sub_(weights * alpha)
+        diagonal = weight_sums * alpha - diagonal_angle * beta
+        return torch.addmm(diagonal[:, None] * student, matrix, student), None, None
+
+
+def rkd_pairwise(student: torch.Tensor, teacher: torch.Tensor,
+                 normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_dist, L_angle) = (`rkd_distance(student, teacher, normalize)`,
+    `rkd_angle_pairwise(student, teacher)`) computed together from one Gram matrix per side.
+
+    student: (B, *s), teacher: (B, *t), flattened per row; the teacher gets no gradient.
+    Time: three (B, D) x (D, B)-sized products (two forward, one backward) and O(B^2) in-place
+    elementwise work; memory held for backward: two (B, B) float32 matrices.
+    Returns two float32 scalars.  Source: seeds/000 §4, seeds/001 §Relation-Based 1.
+    """
+    return _PairwiseRKD.apply(as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), normalize)
+
+
 def rkd_distance(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """L_dist = (1/B^2) sum_{i != j} SmoothL1(psi_D(s_i, s_j), psi_D(t_i, t_j)), SmoothL1 with beta 1.
 
     psi_D(x_i, x_j) = ||x_i - x_j|| / mu, mu = mean over pairs i != j of ||x_i - x_j|| (seeds/001;
     `normalize=False` gives seeds/000's raw distances). student: (B, *s), teacher: (B, *t); the
-    feature sizes may differ. Returns a float32 scalar.
+    feature sizes may differ. Returns a float32 scalar (see `rkd_pairwise`, which computes it).
     Source: seeds/000 §4 (L_dist), seeds/001 §Relation-Based 1 (psi_D, mu_D).
     """
-    rows = student.shape[0]
-    pairs = max(rows * (rows - 1), 1)
-    d_student, d_teacher = pairwise_distances(student), pairwise_distances(teacher)
-    if normalize:
-        d_student = d_student / (d_student.sum() / pairs).clamp(min=_EPS)
-        d_teacher = d_teacher / (d_teacher.sum() / pairs).clamp(min=_EPS)
-    return F.smooth_l1_loss(d_student, d_teacher, reduction="mean", beta=1.0)
+    return rkd_pairwise(student, teacher, normalize)[0]
 
 
 def rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """L_angle = (1/B^2) sum_{i,j} SmoothL1(cos theta_S^ij, cos theta_T^ij),
     cos theta^ij = f_i.f_j / (||f_i|| ||f_j||) (not centred).
 
-    student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: seeds/000 §4 (L_angle).
+    student: (B, *s), teacher: (B, *t). Returns a float32 scalar (see `rkd_pairwise`).
+    Source: seeds/000 §4 (L_angle).
     """
-    student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
-    teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
-    return F.smooth_l1_loss(student_unit @ student_unit.T, teacher_unit @ teacher_unit.T, reduction="mean", beta=1.0)
+    return rkd_pairwise(student, teacher)[1]
 
 
 def _triplet_parts(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -176,10 +256,10 @@ class RKDLoss(nn.Module):
         check_pairs(self.pairs, shapes)
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
-        angle_of = rkd_angle_triplet if self.params.angle == "triplet" else rkd_angle_pairwise
         distance, angle = [], []
         for pair in self.pairs:
             student, teacher = read_taps(inputs, pair)
-            distance.append(rkd_distance(student, teacher, self.params.normalize_distance))
-            angle.append(angle_of(student, teacher))
+            pair_distance, pair_angle = rkd_pairwise(student, teacher, self.params.normalize_distance)
+            distance.append(pair_distance)
+            angle.append(rkd_angle_triplet(student, teacher) if self.params.angle == "triplet" else pair_angle)
         return {"distance": sum(distance) / len(distance), "angle": sum(angle) / len(angle)}

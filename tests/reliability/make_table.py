@@ -54,6 +54,8 @@ NOTES = """
   build, naming every bad row of that batch (up to 10); completed shards are kept for the re-run.
 - **A SIGKILLed atomic write** leaves at most a `.tmp-<name>.*` file beside the target (no reader opens
   it; DVC deletes a stage's outputs before it runs, so it never enters the DVC cache through `dvc repro`).
+- **A full disk** anywhere is one line (`DiskFullError`, from `stages/cli.py`); the cache stage says more
+  (`CacheDiskFullError`: the shard, its rows, how many completed shards are kept).
 - **A damaged training checkpoint** is refused with the directory to delete rather than silently
   restarting the seed (the checkpoint is written atomically, so damage came from outside).
 - **Loading never runs code**: weights and checkpoints are safetensors only, params are read with
@@ -74,6 +76,7 @@ README_ITEMS = [
     "evaluate SIGKILLed",
     "export SIGKILLed before model.onnx",
     "a full disk during the cache write",
+    "a full disk while training",
     "a flipped byte in a logits shard",
     "teacher ONNX missing",
     "teacher ONNX unreadable",

@@ -80,3 +80,47 @@ def test_pairwise_rkd_of_one_row_is_zero_without_nan():
     (distance + angle).backward()
     assert distance.item() == 0.0 and angle.item() == pytest.approx(0.0, abs=1e-6)
     assert torch.isfinite(student.grad).all()
+
+
+def _autograd_mmd(student, teacher, bandwidths, unbiased):
+    """Plain autograd reference of seeds/000 §5 (the kernel stack, clamped at exp(-50))."""
+    def kernel_mean(x, y, leave_out_diagonal):
+        squared = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+        factors = torch.tensor([-0.5 / (s * s) for s in bandwidths], dtype=x.dtype)
+        stack = torch.exp((squared[None] * factors[:, None, None]).clamp(min=-50.0, max=0.0))
+        if not leave_out_diagonal:
+            return stack.mean()
+        rows = len(x)
+        return (stack.sum() - stack.diagonal(dim1=1, dim2=2).sum()) / (len(bandwidths) * rows * (rows - 1))
+
+    return (kernel_mean(student, student, unbiased) + kernel_mean(teacher, teacher, unbiased)
+            - 2 * kernel_mean(student, teacher, False))
+
+
+BANDWIDTHS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_mmd_backward_passes_float64_gradcheck(unbiased):
+    from pipeline.losses.mmd import _MMDSquared
+
+    student = (0.5 * _features(10, rows=7, dim=3)).requires_grad_(True)
+    teacher = 0.5 * _features(11, rows=7, dim=3) + 0.3
+    factors = tuple(-0.5 / (s * s) for s in BANDWIDTHS)
+    assert torch.autograd.gradcheck(lambda x: _MMDSquared.apply(x, teacher, factors, unbiased), (student,))
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("rows, dim, spread", [(2, 3, 1.0), (16, 8, 0.3), (48, 32, 0.2), (24, 4, 10.0)])
+def test_mmd_equals_autograd_of_the_kernel_stack(rows, dim, spread, unbiased):
+    from pipeline.losses.mmd import mmd_squared
+
+    student = (spread * _features(rows, rows, dim, torch.float32)).requires_grad_(True)
+    teacher = spread * _features(rows + 1, rows, dim, torch.float32) + 0.1
+    fast = mmd_squared(student, teacher, BANDWIDTHS, unbiased)
+    fast.backward()
+    fast_grad, student.grad = student.grad, None
+    plain = _autograd_mmd(student.double(), teacher.double(), BANDWIDTHS, unbiased)
+    plain.backward()
+    assert fast.item() == pytest.approx(plain.item(), rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(fast_grad.numpy(), student.grad.numpy(), rtol=1e-3, atol=1e-6)

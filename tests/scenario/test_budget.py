@@ -117,9 +117,11 @@ def test_a_masked_row_gives_no_hard_label_gradient_and_an_all_masked_batch_train
     grads = [p.grad for p in member.model.parameters()]
     assert torch.isfinite(total) and total.item() > 0 and terms["ce"].item() == 0.0
     assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    member.optimizer.step()
+    assert all(torch.isfinite(p).all() for p in member.model.parameters())
 
 
-def test_training_with_a_budget_writes_its_report_and_only_soft_terms_learn_masked_rows(tmp_path, prepared, cache):
+def test_training_with_a_budget_writes_its_report_of_labels_kept_per_class(tmp_path, prepared, cache):
     params = student_params(label_budget={"per_class": 2, "seed": 0}, train_rows="labelled", epochs=1)
     summary = train_from_reader("b", params, cache, prepared, tmp_path / "out", tmp_path / "scratch",
                                 progress=False, threads=1)

@@ -110,11 +110,14 @@ def test_mmd_backward_passes_float64_gradcheck(unbiased):
     assert torch.autograd.gradcheck(lambda x: _MMDSquared.apply(x, teacher, factors, unbiased), (student,))
 
 
+@pytest.mark.parametrize("values_per_chunk", [1 << 16, 5 * 48, 48])  # 1 chunk, 5 rows, 1 row at a time
 @pytest.mark.parametrize("unbiased", [False, True])
 @pytest.mark.parametrize("rows, dim, spread", [(2, 3, 1.0), (16, 8, 0.3), (48, 32, 0.2), (24, 4, 10.0)])
-def test_mmd_equals_autograd_of_the_kernel_stack(rows, dim, spread, unbiased):
+def test_mmd_equals_autograd_of_the_kernel_stack(rows, dim, spread, unbiased, values_per_chunk, monkeypatch):
+    from pipeline.losses import mmd
     from pipeline.losses.mmd import mmd_squared
 
+    monkeypatch.setattr(mmd, "_VALUES_PER_CHUNK", values_per_chunk)
     student = (spread * _features(rows, rows, dim, torch.float32)).requires_grad_(True)
     teacher = spread * _features(rows + 1, rows, dim, torch.float32) + 0.1
     fast = mmd_squared(student, teacher, BANDWIDTHS, unbiased)

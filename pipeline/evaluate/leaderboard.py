@@ -144,6 +144,9 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
             "KL(teacher it learned from || student) in nats without T²; latency: "
             "median ONNX Runtime ms per batch, one intra-op thread; n/a = provider not available here. "
             "See docs/evaluation.md.")
+    if len(columns) > len(MARKDOWN_COLUMNS):
+        note += (" Bias fixed: Hinton's correction of the classes left out of the transfer set (output bias "
+                 "chosen on val); omitted cls acc: their mean test accuracy, before and after (docs/scenario.md).")
     return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STORAGE_LIBRARIES = {"zarr", "pyarrow", "polars", "numcodecs"}
-# pipeline/data reads the user's Parquet/Zarr datasets; pipeline/cache is the cache's one door.
+# pipeline/data reads the user's Parquet/Zarr datasets; pipeline/cache is the cache's one door; the
+# leaderboard is a polars table (DESIGN.md), though it reads no cache file itself.
 STORAGE_DOORS = ("pipeline/cache/", "pipeline/data/")
+TABLE_MODULES = {"pipeline/evaluate/leaderboard.py": {"polars"}}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -26,13 +28,13 @@ def _library_files() -> list[Path]:
     return sorted((ROOT / "pipeline").rglob("*.py"))
 
 
-def test_only_the_cache_and_data_packages_import_storage_libraries():
+def test_only_the_cache_and_data_packages_import_storage_libraries_and_the_leaderboard_polars():
     offenders = []
     for path in _library_files():
         relative = path.relative_to(ROOT).as_posix()
         if relative.startswith(STORAGE_DOORS):
             continue
-        roots = {name.split(".")[0] for name in _imported_modules(path)}
+        roots = {name.split(".")[0] for name in _imported_modules(path)} - TABLE_MODULES.get(relative, set())
         if roots & STORAGE_LIBRARIES:
             offenders.append(f"{relative}: {sorted(roots & STORAGE_LIBRARIES)}")
     assert not offenders, "storage libraries imported outside pipeline/cache and pipeline/data:\n" + "\n".join(offenders)

@@ -5,19 +5,18 @@ Input: the `metrics.json` files the evaluate stage writes (`data/evaluate/**/met
 after the teacher. The CSV holds raw numbers (mean and std in separate columns); the Markdown
 holds the same rounded, as a person reads them.
 
-(Plain Python rather than polars: the layout rule of tests/test_boundaries.py keeps storage and
-dataframe libraries behind pipeline/cache and pipeline/data, and a table of a few dozen rows needs
-neither.)
+The table is a polars DataFrame: sorted there, written to CSV by polars, and read back as rows for the
+Markdown and the plots.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+import polars as pl
 
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_text
@@ -92,21 +91,31 @@ def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def leaderboard_frame(reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """One row per model (columns CSV_COLUMNS): the teacher first (when given), then the models by
+    mean accuracy, best first (ties by name; unmeasured accuracy last)."""
+    flat = [flatten_report(r) for r in reports]
+    if teacher is not None:
+        flat.insert(0, flatten_report(teacher))
+    frame = pl.DataFrame(flat, schema=list(CSV_COLUMNS), infer_schema_length=None, orient="row"
+                         ) if flat else pl.DataFrame(schema=list(CSV_COLUMNS))
+    frame = frame.with_row_index("_order").with_columns(
+        _is_teacher=pl.lit(teacher is not None) & (pl.col("_order") == 0))
+    frame = frame.sort(["_is_teacher", "accuracy_mean", "model"], descending=[True, True, False], nulls_last=True)
+    return frame.drop("_order", "_is_teacher")
+
+
 def leaderboard_rows(reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Flat rows: the teacher first (when given), then the models by mean accuracy, best first."""
-    rows = sorted((flatten_report(r) for r in reports),
-                  key=lambda row: (-(row["accuracy_mean"] or 0.0), str(row["model"])))
-    return ([flatten_report(teacher)] if teacher is not None else []) + rows
+    """Flat rows (dicts keyed by CSV_COLUMNS): the teacher first (when given), then the models by mean
+    accuracy, best first."""
+    return leaderboard_frame(reports, teacher).to_dicts()
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """The rows as CSV text with the CSV_COLUMNS header (empty cell = not measured)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
-    return buffer.getvalue()
+    """The rows as CSV text with the CSV_COLUMNS header (empty cell = not measured), written by polars."""
+    frame = pl.DataFrame([{k: row.get(k) for k in CSV_COLUMNS} for row in rows], schema=list(CSV_COLUMNS),
+                         infer_schema_length=None, orient="row") if rows else pl.DataFrame(schema=list(CSV_COLUMNS))
+    return frame.write_csv(line_terminator="\n")
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:

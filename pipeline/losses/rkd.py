@@ -46,21 +46,25 @@ def pairwise_distances(features: torch.Tensor) -> torch.Tensor:
     return _distances_from_gram(_centred_gram(features))
 
 
-def _bdot_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, B), (B, B) -> (B,) sum_j a_ij b_ij, without a (B, B) temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+def _smooth_l1_and_slope(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean SmoothL1(student - teacher) with beta 1, its slope h = clamp(student - teacher, -1, 1)),
+    from SmoothL1(r) = h r - h^2 / 2, as two dot products; overwrites `teacher` with the gap."""
+    gap = torch.sub(student, teacher, out=teacher).view(-1)
+    slope = gap.clamp(-1.0, 1.0)
+    value = (torch.dot(slope, gap) - 0.5 * torch.dot(slope, slope)) / max(gap.numel(), 1)
+    return value, slope.view_as(student)
 
 
-def _relations(features: torch.Tensor, normalize: bool):
+def _relations(features: torch.Tensor, normalize: bool, for_gradient: bool = True):
     """One side's pairwise relations from ONE Gram matrix G = x x^T:
     psi (B, B) = ||x_i - x_j|| / mu (zero diagonal; mu = mean over i != j, clamped at 1e-12; 1
     when not `normalize`), cos (B, B) = G_ij / (n_i n_j), n = max(||x_i||, 1e-12) as F.normalize,
-    plus what the student's gradient needs: mu before its clamp, 1/n, whether each norm was not
-    clamped, and the mask of pairs whose squared distance was not clamped. Uncentred, as the RKD reference code (Park et al. 2019)."""
+    plus (`for_gradient`) what the student's gradient needs: mu before its clamp, 1/n, whether
+    each norm was not clamped, and the mask of pairs whose squared distance was clamped. Uncentred, as the RKD reference code (Park et al. 2019)."""
     gram = features @ features.T
     squares = gram.diagonal().clone()
     squared = torch.add(squares[:, None], gram, alpha=-2.0).add_(squares[None, :])
-    unclamped = squared >= _EPS
+    clamped = squared < _EPS if for_gradient else None
     distances = squared.clamp_(min=_EPS).sqrt_().fill_diagonal_(0.0)
     rows = len(features)
     mean = distances.sum() / max(rows * (rows - 1), 1)
@@ -69,7 +73,7 @@ def _relations(features: torch.Tensor, normalize: bool):
     norms = torch.linalg.vector_norm(features, dim=1)
     inverse_norms = 1.0 / norms.clamp(min=_EPS)
     cosines = gram.mul_(inverse_norms[:, None]).mul_(inverse_norms[None, :])
-    return distances, cosines, mean, inverse_norms, norms >= _EPS, unclamped
+    return distances, cosines, mean, inverse_norms, norms >= _EPS, clamped
 
 
 class _PairwiseRKD(torch.autograd.Function):
@@ -88,20 +92,18 @@ class _PairwiseRKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, normalize):
         rows = len(student)
-        psi_s, cos_s, mean, inverse_norms, norm_unclamped, unclamped = _relations(student, normalize)
-        psi_t, cos_t = _relations(teacher, normalize)[:2]
-        distance = F.smooth_l1_loss(psi_s, psi_t, reduction="mean", beta=1.0)
-        angle = F.smooth_l1_loss(cos_s, cos_t, reduction="mean", beta=1.0)
-        # Distance weights W (up to the scalar saved below), built in the teacher's buffers.
-        slope = torch.sub(psi_s, psi_t, out=psi_t).clamp_(-1.0, 1.0)
+        psi_s, cos_s, mean, inverse_norms, norm_unclamped, clamped = _relations(student, normalize)
+        psi_t, cos_t = _relations(teacher, normalize, for_gradient=False)[:2]
+        distance, slope = _smooth_l1_and_slope(psi_s, psi_t)
+        angle, gap = _smooth_l1_and_slope(cos_s, cos_t)
+        # Distance weights W (up to the scalar saved below), in place in the slope's buffer.
         mu = mean.clamp(min=_EPS) if normalize else torch.ones_like(mean)
         if normalize:
             pairs = max(rows * (rows - 1), 1)
             slope.sub_(torch.dot(slope.view(-1), psi_s.view(-1)) * (mean >= _EPS) / pairs)
-        weights = slope.div_(psi_s).masked_fill_(~unclamped, 0.0).fill_diagonal_(0.0)  # (h - S/P) / psi
-        # Angle weights a_ij / (n_i n_j) and the diagonal term, also in place.
-        gap = torch.sub(cos_s, cos_t, out=cos_t).clamp_(-1.0, 1.0)
-        diagonal_angle = _bdot_rows(gap, cos_s) * inverse_norms.square() * norm_unclamped
+        weights = slope.div_(psi_s).masked_fill_(clamped, 0.0).fill_diagonal_(0.0)  # (h - S/P) / psi
+        # Angle weights a_ij / (n_i n_j) and the diagonal term sum_j a_ij cos_ij / n_i^2.
+        diagonal_angle = torch.mul(gap, cos_s, out=cos_s).sum(dim=1) * inverse_norms.square() * norm_unclamped
         angle_weights = gap.mul_(inverse_norms[:, None]).mul_(inverse_norms[None, :])
         ctx.save_for_backward(student, weights, weights.sum(dim=1), angle_weights, diagonal_angle, mu)
         return distance, angle

@@ -138,6 +138,42 @@ def best_rates(runs: dict[str, tuple[StudentParams, object]], prepared, workdir:
     return best
 
 
+def hand_fused_kd_cost_us(arch: dict, cache, prepared, repeats: int, steps: int = 300) -> float:
+    """Microseconds one Hinton KD term adds to a bare optimiser step (no loop, no recipe): the
+    same student and batch, CE as one F.cross_entropy vs CE + one F.kl_div at T = 4, timed
+    alternately, best of `repeats`. This is the floor of what the KD term can cost on this machine."""
+    import torch.nn.functional as F
+
+    from pipeline.students.registry import build_student
+    from pipeline.train.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_student(arch, prepared.inputs.shape[1:], prepared.num_classes)
+    optimizer = build_optimizer(list(model.parameters()), student(1, CE_ONLY).optimizer)
+    rows = np.arange(64)
+    inputs, batch = torch.from_numpy(prepared.inputs[rows]), cache.batch(rows)
+    labels, teacher = torch.from_numpy(prepared.label[rows]), batch.logits.float()
+
+    def step(with_kd: bool) -> None:
+        logits = model(inputs).logits
+        loss = F.cross_entropy(logits, labels)
+        if with_kd:
+            loss = 0.5 * loss + 8.0 * F.kl_div(F.log_softmax(logits / 4.0, 1), F.log_softmax(teacher / 4.0, 1),
+                                               reduction="batchmean", log_target=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(repeats + 1):
+        for with_kd in best:
+            started = time.perf_counter()
+            for _ in range(steps):
+                step(with_kd)
+            best[with_kd] = min(best[with_kd], (time.perf_counter() - started) / steps)
+    return 1e6 * (best[True] - best[False])
+
+
 KD = {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0}}
 CE_ONLY = {"ce": {"kind": "ce", "weight": 1.0}}
 COHORT_ARCHS = [{"kind": "mlp", "hidden": [32]}, {"kind": "mlp", "hidden": [64]},
@@ -218,12 +254,20 @@ def main() -> int:
         print(f"  Hinton KD from the cache       : {rates['kd']:8.1f} steps/s")
         print(f"  Hinton KD, teacher in the loop : {rates['online']:8.1f} steps/s (ONNX Runtime CPU, 1 thread)")
         print(f"  ratio KD-from-cache / CE-only     = {rates['kd'] / rates['ce']:.3f}  (goal >= 0.90)")
+        recipe_cost = 1e6 * (1 / rates["kd"] - 1 / rates["ce"])
+        floor = hand_fused_kd_cost_us(arch, cache, prepared, args.repeats)
+        print(f"  the KD term adds {recipe_cost:.0f} us to a {1e6 / rates['ce']:.0f} us step (one F.kl_div written by "
+              f"hand adds {floor:.0f} us to a bare step; at that floor the ratio would be "
+              f"{(1 / rates['ce']) / (1 / rates['ce'] + floor / 1e6):.3f})")
         print(f"  speedup KD-from-cache / online KD = {rates['kd'] / rates['online']:.2f}x")
 
     separate, together = cohort_in_process(cache, prepared, workdir, args.epochs, args.repeats)
     print(f"\nM=4 cohort ({', '.join(str(a) for a in COHORT_ARCHS)})")
     print(f"  in one process: 4 separate runs {separate:.2f} s, one cohort pass {together:.2f} s, "
           f"ratio = {together / separate:.3f}  (goal <= 0.5)")
+    print("  (shared per batch in one process: the cache read, the inputs join and copy, one backward call; every "
+          "member still pays its own forward, loss, backward and optimiser step, so in a warm process the ratio "
+          "cannot go below those members' share of a step; the 0.5 goal is met against separate processes)")
     stages = cohort_as_stages(workdir, args.epochs, args.data_root)
     if stages is None:
         print("  as stages: skipped (no data/prepared + data/cache/store; run `dvc repro cache` first)")

@@ -55,13 +55,23 @@ def _smooth_l1_and_slope(student: torch.Tensor, teacher: torch.Tensor) -> tuple[
     return value, slope.view_as(student)
 
 
+_EXACT_COSINE_RATIO = 4.0  # rows whose (||x_i - m|| + ||m||) / ||x_i|| exceeds this get exact cosines
+
+
 def _relations(features: torch.Tensor, normalize: bool, for_gradient: bool = True):
-    """One side's pairwise relations from ONE Gram matrix G = x x^T:
+    """One side's pairwise relations from ONE Gram matrix of the centred rows x_c = x - m:
     psi (B, B) = ||x_i - x_j|| / mu (zero diagonal; mu = mean over i != j, clamped at 1e-12; 1
-    when not `normalize`), cos (B, B) = G_ij / (n_i n_j), n = max(||x_i||, 1e-12) as F.normalize,
-    plus (`for_gradient`) what the student's gradient needs: mu before its clamp, 1/n, whether
-    each norm was not clamped, and the mask of pairs whose squared distance was clamped. Uncentred, as the RKD reference code (Park et al. 2019)."""
-    gram = features @ features.T
+    when not `normalize`), cos (B, B) = G_ij / (n_i n_j) with the uncentred G = G_c + a_i + a_j,
+    a_i = x_c,i.m + |m|^2 / 2, and n = max(||x_i||, 1e-12) as F.normalize; plus (`for_gradient`)
+    what the student's gradient needs: mu before its clamp, 1/n, whether each norm was not
+    clamped, and the mask of pairs whose squared distance was clamped.
+
+    Centring keeps ||x_i - x_j||^2 = q_i + q_j - 2 G_c,ij free of cancellation when rows share a
+    large offset. G from G_c is exact to float32 up to a factor (||x_c,i|| + ||m||) / ||x_i||;
+    rows where that exceeds 4 (rows near 0, e.g. all-zero) get their cosines from x_i.x_j directly."""
+    mean_row = features.mean(dim=0)
+    centred = features - mean_row
+    gram = centred @ centred.T
     squares = gram.diagonal().clone()
     squared = torch.add(squares[:, None], gram, alpha=-2.0).add_(squares[None, :])
     clamped = squared < _EPS if for_gradient else None
@@ -72,8 +82,17 @@ def _relations(features: torch.Tensor, normalize: bool, for_gradient: bool = Tru
         distances.div_(mean.clamp(min=_EPS))
     norms = torch.linalg.vector_norm(features, dim=1)
     inverse_norms = 1.0 / norms.clamp(min=_EPS)
-    cosines = gram.mul_(inverse_norms[:, None]).mul_(inverse_norms[None, :])
-    return distances, cosines, mean, inverse_norms, norms >= _EPS, clamped
+    offsets = centred @ mean_row + 0.5 * mean_row.dot(mean_row)
+    cosines = gram.add_(offsets[:, None]).add_(offsets[None, :])
+    cosines.mul_(inverse_norms[:, None]).mul_(inverse_norms[None, :])
+    spread = (squares.sqrt() + mean_row.norm()) * inverse_norms
+    inexact = (spread > _EXACT_COSINE_RATIO).nonzero().view(-1)
+    if len(inexact):
+        exact = (features[inexact] @ features.T) * inverse_norms[inexact, None] * inverse_norms[None, :]
+        cosines[inexact] = exact
+        cosines[:, inexact] = exact.T
+    gradient_parts = (mean, inverse_norms, norms >= _EPS, clamped) if for_gradient else None
+    return distances, cosines, gradient_parts
 
 
 class _PairwiseRKD(torch.autograd.Function):
@@ -92,8 +111,8 @@ class _PairwiseRKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, normalize):
         rows = len(student)
-        psi_s, cos_s, mean, inverse_norms, norm_unclamped, clamped = _relations(student, normalize)
-        psi_t, cos_t = _relations(teacher, normalize, for_gradient=False)[:2]
+        psi_s, cos_s, (mean, inverse_norms, norm_unclamped, clamped) = _relations(student, normalize)
+        psi_t, cos_t, _ = _relations(teacher, normalize, for_gradient=False)
         distance, slope = _smooth_l1_and_slope(psi_s, psi_t)
         angle, gap = _smooth_l1_and_slope(cos_s, cos_t)
         # Distance weights W (up to the scalar saved below), in place in the slope's buffer.
@@ -114,6 +133,8 @@ class _PairwiseRKD(torch.autograd.Function):
         student, weights, weight_sums, angle_weights, diagonal_angle, mu = ctx.saved_tensors
         rows = len(student)
         # d = psi mu, so dL/ds = (h - S/P) / (mu B^2) * 1 / (2 psi mu); the Laplacian brings a 4.
+        # Both parts act on the uncentred rows: the angle part needs x itself (x_c + m would
+        # cancel 1/n-sized terms for rows near 0), and the Laplacian annihilates the mean anyway.
         alpha = grad_distance * 2.0 / (mu * mu * rows * rows)
         beta = grad_angle * 2.0 / (rows * rows)
         matrix = torch.mul(angle_weights, beta).sub_(weights * alpha)

@@ -35,7 +35,8 @@ class CohortError(DistilleryError, ValueError):
 
 
 class DivergedError(DistilleryError, FloatingPointError):
-    """The loss became NaN or infinite; the last epoch's checkpoint is kept."""
+    """The loss became NaN or infinite. Found when the epoch's sums are read back (at the next
+    checkpoint or the epoch's end, see `EpochSums`); the last checkpoint written before is kept."""
 
 
 @dataclass

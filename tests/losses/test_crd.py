@@ -45,7 +45,9 @@ def test_info_nce_is_non_negative_and_invariant_to_feature_scale(s, t, scale):
     s, t = torch.tensor(s) + 0.01, torch.tensor(t) + 0.01  # no all-zero rows
     value = info_nce(s, t, 0.1).item()
     assert value >= -1e-9
-    assert info_nce(scale * s, t, 0.1).item() == pytest.approx(value, rel=1e-6, abs=1e-9)
+    # info_nce computes in float32: logits of magnitude 1/tau = 10 carry ~1e-6 of rounding, so the
+    # law holds to float32 precision, not to 1e-9 absolute (a near-zero loss failed at rel=1e-6).
+    assert info_nce(scale * s, t, 0.1).item() == pytest.approx(value, rel=1e-5, abs=1e-5)
 
 
 def test_bank_negatives_add_to_the_denominator_and_skip_batch_rows():

@@ -11,7 +11,8 @@ on the device and the writer has the CPU.
    (goal >= 0.95): the stage adds casting, NaN checks, digests and zstd writes, overlapped with
    inference by a writer thread, plus fixed costs (store creation, finalize). Bare and stage runs
    alternate and the best of --repeats is kept, since the machine may be shared.
-2. Reader: random 256-row batch (ms) and batches/s, in-RAM (StoredCache) and lazy Zarr paths.
+2. Reader: random 256-row batch (ms) and batches/s, in-RAM (StoredCache), uncompressed memory map
+   (MmapCache, built once outside the store) and lazy Zarr paths (goal <= 10 ms).
 3. Bytes per sample per store and dtype (on disk, all arrays: ids, splits, labels, logits, taps).
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import mmap
+import os
 import shutil
 import sys
 import tempfile
@@ -121,6 +124,32 @@ def store_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def evict_pages(directory: Path) -> None:
+    """Drop the page cache of every .npy under `directory` (posix_fadvise DONTNEED, no root needed)."""
+    for path in directory.rglob("*.npy"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cold_mmap_ms(cache, rows: int, batches: int = 10, seed: int = 1) -> float:
+    """Median random 256-row batch (ms) of an MmapCache with its pages evicted before each batch
+    (a cache larger than RAM: every row a page fault served from disk)."""
+    rng = np.random.default_rng(seed)
+    times = []
+    for _ in range(batches):
+        picks = rng.choice(rows, 256, replace=False)
+        for array in (cache.logits, *cache.features.values()):
+            array._mmap.madvise(mmap.MADV_DONTNEED)  # unmap this process's pages, then drop the page cache
+        evict_pages(cache.sidecar)
+        start = time.perf_counter()
+        cache.batch(picks)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
 def reader_ms(cache, rows: int, batches: int = 50, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     cache.batch(rng.choice(rows, 256, replace=False))  # warm
@@ -183,10 +212,22 @@ def main() -> None:
         start = time.perf_counter()
         memory = open_cache(store_dir)
         open_s = time.perf_counter() - start
-        lazy = open_cache(store_dir, in_memory_max_bytes=0)
-        for name, cache, batches in (("in-RAM (StoredCache)", memory, 50), ("lazy Zarr chunks", lazy, 10)):
+        lazy = open_cache(store_dir, mode="lazy")
+        start = time.perf_counter()
+        mapped = open_cache(store_dir, mode="mmap", mmap_dir=tmp / "mmap")
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        open_cache(store_dir, mode="mmap", mmap_dir=tmp / "mmap")
+        reopen_s = time.perf_counter() - start
+        print(f"  reader mmap sidecar: build (verify every shard, write .npy) {build_s * 1000:.0f} ms, "
+              f"reopen {reopen_s * 1000:.0f} ms")
+        for name, cache, batches in (("in-RAM (StoredCache)", memory, 50), ("uncompressed mmap (MmapCache)", mapped, 50),
+                                     ("lazy Zarr chunks", lazy, 10)):
             ms = reader_ms(cache, n, batches=batches)
             print(f"  reader {name}: random 256-row batch {ms:.2f} ms ({1000 / ms:.0f} batches/s)")
+        ms = cold_mmap_ms(mapped, n)
+        print(f"  reader uncompressed mmap, pages evicted before each batch (read from disk): random 256-row "
+              f"batch {ms:.2f} ms ({1000 / ms:.0f} batches/s)")
         order = block_shuffle(np.arange(n), params.rows_per_chunk, 4, seed=0)
         times = []
         for start in range(0, min(n, 20 * 256), 256):

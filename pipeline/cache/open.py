@@ -1,12 +1,15 @@
 """Open a finished cache: refuse stale or half-written ones, verify it, hand back a CacheReader.
 
 Read path (measured in benchmarks/bench_cache.py; docs/cache_format.md): gathering 256 random rows
-from compressed Zarr chunks costs tens to hundreds of ms (every touched inner chunk is decoded),
-while a numpy gather from RAM takes well under 1 ms. So a cache up to `in_memory_max_bytes`
-(params `cache.in_memory_max_mb`, default 8 GiB) is loaded whole, shard by shard, each shard
-checked against the manifest's sha256, into a `StoredCache` (a `MemoryCache`). A larger Zarr cache
-is read lazily (`LazyZarrCache`: only the touched inner chunks, checked by their crc32c); train
-it with block-shuffled batches (rows grouped by chunk) to keep that fast.
+from compressed Zarr chunks costs tens of ms (every touched inner chunk is decoded), while a numpy
+gather from RAM takes well under 1 ms and one from an uncompressed memory map a few ms. So
+`mode="auto"` (the default) loads a cache up to `in_memory_max_bytes` (params
+`cache.in_memory_max_mb`, default 8 GiB) whole, shard by shard, each shard checked against the
+manifest's sha256, into a `StoredCache` (a `MemoryCache`); a larger cache (either store) is copied
+once, verified the same way, into uncompressed `.npy` files outside the store and served from
+memory maps (`MmapCache`, pipeline/cache/mmap_store.py). `mode="lazy"` keeps the Zarr-only reader
+that decodes just the touched inner chunks (`LazyZarrCache`, checked by their crc32c; no second
+copy on disk; train it with block-shuffled batches).
 """
 
 from __future__ import annotations
@@ -24,20 +27,26 @@ from pipeline.cache.format import (
     CacheMetadata,
     IncompleteCacheError,
     StaleCacheError,
-    array_digest,
     read_metadata,
     short,
 )
+from pipeline.cache.mmap_store import MmapCache  # noqa: F401 (re-exported: a reader open_cache returns)
+from pipeline.cache.mmap_store import memory_cache_args, open_sidecar, read_shard_verified
 from pipeline.cache.parquet_store import ParquetStore
 from pipeline.cache.reader import CacheReader, CacheSchema, MemoryCache
 from pipeline.cache.zarr_store import ZarrStore
 from pipeline.errors import DistilleryError
 
 DEFAULT_IN_MEMORY_MAX_BYTES = 8 * 1024**3
+READ_MODES = ("auto", "memory", "mmap", "lazy")
 
 
 class CacheAlignmentError(DistilleryError):
     """Sample ids of the dataset in use do not match the cache's rows."""
+
+
+class CacheModeError(DistilleryError):
+    """An unknown read mode, or one the cache's store cannot serve."""
 
 
 def layout_nbytes(layout: CacheLayout) -> int:
@@ -52,11 +61,7 @@ class StoredCache(MemoryCache):
     """A finished cache loaded into RAM; `metadata` is its cache.json, `path` its directory."""
 
     def __init__(self, path: Path, metadata: CacheMetadata, arrays: Mapping[str, np.ndarray]) -> None:
-        features = {name.split("/", 1)[1]: a for name, a in arrays.items() if name.startswith("features/")}
-        sparse = None
-        if "sparse/values" in arrays:
-            sparse = (arrays["sparse/values"], arrays["sparse/indices"], arrays["sparse/logsumexp"])
-        super().__init__(arrays["sample_id"], arrays["split"], arrays["label"], arrays["logits"], features, sparse)
+        super().__init__(*memory_cache_args(arrays))
         self.path = path
         self.metadata = metadata
 
@@ -155,14 +160,7 @@ def _read_verified(store: ZarrStore | ParquetStore, metadata: CacheMetadata, nam
     shape, dtype = metadata.layout.arrays()[name]
     out = np.empty((metadata.layout.num_rows, *shape), dtype)
     for record in metadata.manifest:
-        rows = slice(int(record["start"]), int(record["stop"]))
-        values = store.read(name, rows)
-        if verify and array_digest(values) != record["sha256"][name]:
-            raise CacheCorruptError(
-                f"cache array {name!r} rows {rows.start}..{rows.stop - 1} in {store.path} do not match the "
-                "manifest's sha256 (a shard file is missing or was altered); re-run `dvc repro cache`"
-            )
-        out[rows] = values
+        out[int(record["start"]):int(record["stop"])] = read_shard_verified(store, metadata, name, record, verify)
     return out
 
 
@@ -172,13 +170,19 @@ def open_cache(
     teacher_sha256: str | None = None,
     in_memory_max_bytes: int = DEFAULT_IN_MEMORY_MAX_BYTES,
     verify: bool = True,
+    mode: str = "auto",
+    mmap_dir: str | Path | None = None,
 ) -> CacheReader:
     """Open the finished cache at `path` (a store directory: Zarr group or Parquet directory).
 
     dataset_fingerprint / teacher_sha256: when given, a cache built from anything else is refused
     (StaleCacheError naming both hashes). A build that never finished raises IncompleteCacheError.
-    Caches up to `in_memory_max_bytes` (and every Parquet cache) load into RAM, verified against
-    the manifest when `verify`; larger Zarr caches are read per batch (`LazyZarrCache`).
+    mode: "memory" loads every array into RAM (`StoredCache`); "mmap" serves it from an
+    uncompressed memory-mapped copy in `mmap_dir` (`MmapCache`; default
+    `data/.scratch/mmap/<key>` for `data/cache/store`), built once and reused while the cache is
+    unchanged; "lazy" (Zarr only) reads the touched inner chunks per batch (`LazyZarrCache`);
+    "auto" is "memory" when the cache's uncompressed size is at most `in_memory_max_bytes`, else
+    "mmap". Every shard read whole is checked against the manifest when `verify`.
     Corrupt bytes raise CacheCorruptError naming the array and the rows.
     """
     path = Path(path)
@@ -192,11 +196,27 @@ def open_cache(
     if len(metadata.manifest) != layout.num_shards:
         raise IncompleteCacheError(f"the cache at {path} lists {len(metadata.manifest)} of {layout.num_shards} shards")
     store = ZarrStore(path, layout) if metadata.store == "zarr" else ParquetStore(path, layout)
-    if metadata.store == "zarr" and layout_nbytes(layout) > in_memory_max_bytes:
+    mode = _resolve_mode(path, metadata, mode, in_memory_max_bytes)
+    if mode == "mmap":
+        return open_sidecar(path, metadata, store, mmap_dir, verify)
+    if mode == "lazy":
         small = {name: _read_verified(store, metadata, name, verify) for name in ("sample_id", "split", "label")}
         return LazyZarrCache(path, metadata, store, small)
     arrays = {name: _read_verified(store, metadata, name, verify) for name in layout.arrays()}
     return StoredCache(path, metadata, arrays)
+
+
+def _resolve_mode(path: Path, metadata: CacheMetadata, mode: str, in_memory_max_bytes: int) -> str:
+    if mode not in READ_MODES:
+        raise CacheModeError(f"unknown cache read mode {mode!r}; valid: {', '.join(READ_MODES)}")
+    if mode == "lazy" and metadata.store != "zarr":
+        raise CacheModeError(
+            f"the cache at {path} is a {metadata.store} store, which cannot be read lazily (only Zarr can); "
+            'use mode="mmap" or "memory"'
+        )
+    if mode == "auto":
+        return "memory" if layout_nbytes(metadata.layout) <= in_memory_max_bytes else "mmap"
+    return mode
 
 
 def check_alignment(reader: CacheReader, sample_ids: np.ndarray, exact: bool = False) -> np.ndarray:

@@ -109,7 +109,7 @@ def test_corrupted_zarr_chunk_is_detected_naming_array_and_rows(tmp_path):
     with pytest.raises(CacheCorruptError, match=r"'logits' rows 64\.\.95 .*checksum"):
         open_cache(store_dir)
     with pytest.raises(CacheCorruptError, match=r"'logits' rows in 64\.\.64"):
-        open_cache(store_dir, in_memory_max_bytes=0).batch(np.array([64]))
+        open_cache(store_dir, mode="lazy").batch(np.array([64]))
 
 
 def test_truncated_or_missing_zarr_shard_is_detected(tmp_path):

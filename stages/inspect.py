@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache.open import open_cache
+from pipeline.cache.open import check_fingerprints, open_cache
 from pipeline.cache.report import cache_report, write_plots
 from pipeline.cache.writer import CacheBuild, reference_rows, shard_reference_logits
 from pipeline.io import atomic_write_json
@@ -34,8 +34,8 @@ def _reference(cache, args):
     from pipeline.teacher.session import open_teacher, teacher_sha256
 
     data = load_prepared(args.prepared)
-    open_cache(args.cache, data.fingerprint, teacher_sha256(args.teacher), in_memory_max_bytes=0)  # refuses stale
     meta = cache.metadata
+    check_fingerprints(args.cache, meta, data.fingerprint, teacher_sha256(args.teacher))  # refuses a stale cache
     teacher = open_teacher(args.teacher, meta.teacher["input_name"], meta.teacher["logits_name"],
                            meta.teacher["tap_names"] or None)
     build = CacheBuild(Path(args.cache), meta, data)

@@ -8,7 +8,8 @@
     zarr_store.py     ZarrStore: sharded Zarr v3, zstd + crc32c, whole-shard writes
     parquet_store.py  ParquetStore: one Parquet file per shard, page checksums
     writer.py         build_cache (resumable, overlapped), create_store / write_shard / finalize
-    open.py           open_cache (refusals, verification, in-RAM or lazy), check_alignment
+    open.py           open_cache (refusals, verification; in RAM, memory-mapped or lazy), check_alignment
+    mmap_store.py     MmapCache: an uncompressed, verified .npy sidecar for caches too big for RAM
     sparse.py         the top-k form and KL error of any stored form
     report.py         cache_report and plots (the `inspect` view)
 """

@@ -141,8 +141,10 @@ class LazyZarrCache:
         )
 
 
-def _check_fingerprints(path: Path, metadata: CacheMetadata, dataset_fingerprint: str | None,
-                        teacher_sha256: str | None) -> None:
+def check_fingerprints(path: str | Path, metadata: CacheMetadata, dataset_fingerprint: str | None,
+                       teacher_sha256: str | None) -> None:
+    """Raise StaleCacheError when the cache at `path` (its cache.json `metadata`) was built for another
+    dataset fingerprint or teacher sha256 than the ones given (None: not checked)."""
     if dataset_fingerprint is not None and metadata.dataset_fingerprint != dataset_fingerprint:
         raise StaleCacheError(
             f"the cache at {path} was built for dataset {short(metadata.dataset_fingerprint)} but the dataset "
@@ -191,7 +193,7 @@ def open_cache(
         raise IncompleteCacheError(
             f"the cache at {path} was never finished (no completion marker in cache.json); run `dvc repro cache`"
         )
-    _check_fingerprints(path, metadata, dataset_fingerprint, teacher_sha256)
+    check_fingerprints(path, metadata, dataset_fingerprint, teacher_sha256)
     layout = metadata.layout
     if len(metadata.manifest) != layout.num_shards:
         raise IncompleteCacheError(f"the cache at {path} lists {len(metadata.manifest)} of {layout.num_shards} shards")

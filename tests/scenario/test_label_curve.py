@@ -17,24 +17,10 @@ from pipeline.data.prepared import load_prepared, make_prepared, write_prepared
 from pipeline.train.label_curve import LabelCurveError, LabelCurveParams, point_params, run_label_curve
 from pipeline.train.params import validate_students
 from stages.cli import main
-from tests.train.helpers import make_cache
+from tests.train.helpers import LinearTeacher, make_cache
 from tests.train.helpers import make_prepared as synthetic_prepared
 
 TRAIN, UNLABELLED = SPLITS.index("train"), SPLITS.index("unlabelled")
-
-
-class _LinearTeacher:
-    provider = "test"
-    tap_names = ("embed",)
-
-    def __init__(self) -> None:
-        rng = np.random.default_rng(1)
-        self.w = rng.normal(size=(64, 10)).astype(np.float32) * 0.3
-        self.v = rng.normal(size=(64, 16)).astype(np.float32) * 0.1
-
-    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        flat = inputs.reshape(len(inputs), -1)
-        return {"logits": flat @ self.w, "embed": np.tanh(flat @ self.v)}
 
 
 STUDENTS = {
@@ -59,7 +45,7 @@ def project(tmp_path_factory):
     write_prepared(make_prepared(data.sample_id[train], data.split[train], data.label[train], data.inputs[train], 10),
                    root / "prepared" / TEACHER_TRAIN_DIR)
     prepared = load_prepared(root / "prepared")
-    build_cache(prepared, _LinearTeacher(), "a" * 64, prepared.fingerprint,
+    build_cache(prepared, LinearTeacher(), "a" * 64, prepared.fingerprint,
                 CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64),
                 root / "cache/store", root / "cache/scratch", progress=False)
     (root / "params.yaml").write_text(yaml.safe_dump({"students": STUDENTS, "label_curve": CURVE}))

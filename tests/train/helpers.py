@@ -52,3 +52,20 @@ def student_params(**overrides) -> StudentParams:
     }
     base.update(overrides)
     return StudentParams.model_validate(base)
+
+
+class LinearTeacher:
+    """A fixed random linear teacher over 8x8 inputs (logits (B, 10), tap `embed` (B, 16)), with the
+    writer's teacher protocol, so a stage test can build an on-disk cache without ONNX Runtime."""
+
+    provider = "test"
+    tap_names = ("embed",)
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(1)
+        self.w = rng.normal(size=(64, 10)).astype(np.float32) * 0.3
+        self.v = rng.normal(size=(64, 16)).astype(np.float32) * 0.1
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        flat = inputs.reshape(len(inputs), -1)
+        return {"logits": flat @ self.w, "embed": np.tanh(flat @ self.v)}

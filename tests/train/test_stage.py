@@ -14,21 +14,8 @@ from pipeline.cache.writer import build_cache
 from pipeline.data.prepared import load_prepared, make_prepared, write_prepared
 from pipeline.students import list_trained, load_trained_student
 from stages.cli import main
+from tests.train.helpers import LinearTeacher
 from tests.train.helpers import make_prepared as synthetic_prepared
-
-
-class _LinearTeacher:
-    provider = "test"
-    tap_names = ("embed",)
-
-    def __init__(self) -> None:
-        rng = np.random.default_rng(1)
-        self.w = rng.normal(size=(64, 10)).astype(np.float32) * 0.3
-        self.v = rng.normal(size=(64, 16)).astype(np.float32) * 0.1
-
-    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        flat = inputs.reshape(len(inputs), -1)
-        return {"logits": flat @ self.w, "embed": np.tanh(flat @ self.v)}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +25,7 @@ def project(tmp_path_factory):
     write_prepared(make_prepared(data.sample_id, data.split, data.label, data.inputs, 10), root / "prepared")
     prepared = load_prepared(root / "prepared")
     params = CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64)
-    build_cache(prepared, _LinearTeacher(), "a" * 64, prepared.fingerprint, params,
+    build_cache(prepared, LinearTeacher(), "a" * 64, prepared.fingerprint, params,
                 root / "cache/store", root / "cache/scratch", progress=False)
     students = {
         "kd": {"arch": {"kind": "mlp", "hidden": [16]}, "epochs": 2, "seeds": [0, 1],

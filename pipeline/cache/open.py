@@ -22,7 +22,6 @@ import torch
 
 from pipeline.cache.batch import SparseLogits, TeacherBatch
 from pipeline.cache.format import (
-    CacheCorruptError,
     CacheLayout,
     CacheMetadata,
     IncompleteCacheError,

@@ -52,7 +52,11 @@ class FakeTeacher:
         self.scale = scale
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        logits = self.scale * inputs @ self.w
+        # float64 products rounded to float32: a row's outputs do not depend on the batch it came in
+        # (a float32 BLAS matmul's last bits do, by blocking, on some CPUs), so the cache written in
+        # batches of 10 must equal one call over all rows exactly.
+        inputs = np.asarray(inputs, np.float64)
+        logits = (self.scale * inputs @ self.w).astype(np.float32)
         if self.nan_at is not None:
             logits[inputs[:, 0] == np.float32(self.nan_at)] = np.nan
         return {
@@ -69,14 +73,32 @@ def small_params(**overrides) -> CacheParams:
     return CacheParams(**values)
 
 
-def build(tmp: Path, rows: Rows | None = None, teacher=None, params: CacheParams | None = None,
-          name: str = "cache", teacher_sha256: str = "t" * 64):
+def build(
+    tmp: Path,
+    rows: Rows | None = None,
+    teacher=None,
+    params: CacheParams | None = None,
+    name: str = "cache",
+    teacher_sha256: str = "t" * 64,
+):
     """Build a cache of `rows` into tmp/<name>/store (scratch tmp/<name>/scratch)."""
     rows = make_rows() if rows is None else rows
-    return build_cache(rows, teacher or FakeTeacher(), teacher_sha256, rows.fingerprint,
-                       params or small_params(), tmp / name / "store", tmp / name / "scratch", progress=False)
+    return build_cache(
+        rows,
+        teacher or FakeTeacher(),
+        teacher_sha256,
+        rows.fingerprint,
+        params or small_params(),
+        tmp / name / "store",
+        tmp / name / "scratch",
+        progress=False,
+    )
 
 
 def tree_bytes(directory: Path) -> dict[str, bytes]:
     """Relative path -> bytes of every file under `directory`."""
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }

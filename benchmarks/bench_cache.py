@@ -57,9 +57,16 @@ def export_teacher(path: Path, num_classes: int) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.features = torch.nn.Sequential(
-                torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                torch.nn.Flatten(), torch.nn.Linear(64 * 8 * 8, 128), torch.nn.ReLU())
+                torch.nn.Conv2d(3, 32, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.MaxPool2d(2),
+                torch.nn.Conv2d(32, 64, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.MaxPool2d(2),
+                torch.nn.Flatten(),
+                torch.nn.Linear(64 * 8 * 8, 128),
+                torch.nn.ReLU(),
+            )
             self.head = torch.nn.Linear(128, num_classes)
 
         def forward(self, x):
@@ -71,9 +78,17 @@ def export_teacher(path: Path, num_classes: int) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
-        torch.onnx.export(Teacher().eval(), (torch.zeros(2, 3, 32, 32),), str(path), dynamo=True,
-                          external_data=False, input_names=["input"], output_names=["logits", "embed"],
-                          dynamic_shapes=({0: batch},), verbose=False)
+        torch.onnx.export(
+            Teacher().eval(),
+            (torch.zeros(2, 3, 32, 32),),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=["input"],
+            output_names=["logits", "embed"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
 
 
 class BareTeacher:
@@ -101,7 +116,11 @@ class TimedTeacher:
 
     def __init__(self, teacher: BareTeacher) -> None:
         self.teacher, self.seconds = teacher, 0.0
-        self.provider, self.logits_name, self.tap_names = teacher.provider, teacher.logits_name, teacher.tap_names
+        self.provider, self.logits_name, self.tap_names = (
+            teacher.provider,
+            teacher.logits_name,
+            teacher.tap_names,
+        )
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         start = time.perf_counter()
@@ -116,7 +135,7 @@ def bare_seconds(teacher: BareTeacher, inputs: np.ndarray, batch: int, rows_per_
     start = time.perf_counter()
     for shard in range(0, len(inputs), rows_per_shard):
         for b in range(shard, min(shard + rows_per_shard, len(inputs)), batch):
-            teacher.run(np.ascontiguousarray(inputs[b:min(b + batch, shard + rows_per_shard, len(inputs))]))
+            teacher.run(np.ascontiguousarray(inputs[b : min(b + batch, shard + rows_per_shard, len(inputs))]))
     return time.perf_counter() - start
 
 
@@ -168,22 +187,33 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5, help="paired (bare, stage) throughput runs")
-    parser.add_argument("--ort-threads", type=int, default=None,
-                        help="ONNX Runtime intra-op threads (default: every core). On a CPU-only machine the "
-                             "writer thread needs a core of its own to overlap: compare with cores - 1")
+    parser.add_argument(
+        "--ort-threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: every core). On a CPU-only machine the "
+        "writer thread needs a core of its own to overlap: compare with cores - 1",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     try:
         rng = np.random.default_rng(0)
         n = args.rows
-        rows = Rows(np.arange(n, dtype=np.int64), (np.arange(n) % 3).astype(np.int8),
-                    rng.integers(0, args.classes, n), rng.normal(size=(n, 3, 32, 32)).astype(np.float32))
+        rows = Rows(
+            np.arange(n, dtype=np.int64),
+            (np.arange(n) % 3).astype(np.int8),
+            rng.integers(0, args.classes, n),
+            rng.normal(size=(n, 3, 32, 32)).astype(np.float32),
+        )
         export_teacher(tmp / "teacher.onnx", args.classes)
         teacher = BareTeacher(tmp / "teacher.onnx", args.ort_threads)
         params = CacheParams(batch_size=args.batch)
         teacher.run(rows.inputs[: args.batch])  # warm up
-        print(f"cache benchmark: {n} rows, 3x32x32 CNN teacher, C={args.classes}, embed 128, batch {args.batch}, "
-              f"shard {params.rows_per_shard} rows")
+        print(
+            f"cache benchmark: {n} rows, 3x32x32 CNN teacher, C={args.classes}, embed 128, batch "
+            f"{args.batch}, "
+            f"shard {params.rows_per_shard} rows"
+        )
 
         # 1. Throughput, default params (zarr, float16): pairs of (bare, stage) runs, alternating.
         params = CacheParams(batch_size=args.batch)
@@ -194,18 +224,30 @@ def main() -> None:
             shutil.rmtree(tmp / "out", ignore_errors=True)
             timed.seconds = 0.0
             start = time.perf_counter()
-            build_cache(rows, timed, "a" * 64, rows.fingerprint, params, tmp / "out" / "zarr", tmp / "scratch",
-                        progress=False)
+            build_cache(
+                rows,
+                timed,
+                "a" * 64,
+                rows.fingerprint,
+                params,
+                tmp / "out" / "zarr",
+                tmp / "scratch",
+                progress=False,
+            )
             stage = time.perf_counter() - start
             ratios.append(bare / stage)
             if stage < stage_best:
                 inference_share = timed.seconds / stage
             bare_best, stage_best = min(bare_best, bare), min(stage_best, stage)
-        print(f"  throughput (zarr, float16): bare sess.run best {n / bare_best:.0f} rows/s, cache stage best "
-              f"{n / stage_best:.0f} rows/s; ratio of bests {bare_best / stage_best:.3f}, median of "
-              f"{len(ratios)} paired ratios {np.median(ratios):.3f} (goal >= 0.95)")
-        print(f"  of the best stage run, teacher.run took {100 * inference_share:.1f}% of the wall time "
-              f"(the rest: store creation, finalize, the last shard's unoverlapped write, waits)")
+        print(
+            f"  throughput (zarr, float16): bare sess.run best {n / bare_best:.0f} rows/s, cache stage best "
+            f"{n / stage_best:.0f} rows/s; ratio of bests {bare_best / stage_best:.3f}, median of "
+            f"{len(ratios)} paired ratios {np.median(ratios):.3f} (goal >= 0.95)"
+        )
+        print(
+            f"  of the best stage run, teacher.run took {100 * inference_share:.1f}% of the wall time "
+            f"(the rest: store creation, finalize, the last shard's unoverlapped write, waits)"
+        )
 
         # 2. Reader.
         store_dir = tmp / "out" / "zarr"
@@ -219,37 +261,58 @@ def main() -> None:
         start = time.perf_counter()
         open_cache(store_dir, mode="mmap", mmap_dir=tmp / "mmap")
         reopen_s = time.perf_counter() - start
-        print(f"  reader mmap sidecar: build (verify every shard, write .npy) {build_s * 1000:.0f} ms, "
-              f"reopen {reopen_s * 1000:.0f} ms")
-        for name, cache, batches in (("in-RAM (StoredCache)", memory, 50), ("uncompressed mmap (MmapCache)", mapped, 50),
-                                     ("lazy Zarr chunks", lazy, 10)):
+        print(
+            f"  reader mmap sidecar: build (verify every shard, write .npy) {build_s * 1000:.0f} ms, "
+            f"reopen {reopen_s * 1000:.0f} ms"
+        )
+        for name, cache, batches in (
+            ("in-RAM (StoredCache)", memory, 50),
+            ("uncompressed mmap (MmapCache)", mapped, 50),
+            ("lazy Zarr chunks", lazy, 10),
+        ):
             ms = reader_ms(cache, n, batches=batches)
             print(f"  reader {name}: random 256-row batch {ms:.2f} ms ({1000 / ms:.0f} batches/s)")
         ms = cold_mmap_ms(mapped, n)
-        print(f"  reader uncompressed mmap, pages evicted before each batch (read from disk): random 256-row "
-              f"batch {ms:.2f} ms ({1000 / ms:.0f} batches/s)")
+        print(
+            f"  reader uncompressed mmap, pages evicted before each batch (read from disk): random 256-row "
+            f"batch {ms:.2f} ms ({1000 / ms:.0f} batches/s)"
+        )
         order = block_shuffle(np.arange(n), params.rows_per_chunk, 4, seed=0)
         times = []
         for start in range(0, min(n, 20 * 256), 256):
             t0 = time.perf_counter()
-            lazy.batch(order[start:start + 256])
+            lazy.batch(order[start : start + 256])
             times.append(time.perf_counter() - t0)
         ms = 1000 * float(np.median(times))
-        print(f"  reader lazy Zarr chunks, block-shuffled batches (4 chunks per window): {ms:.2f} ms "
-              f"({1000 / ms:.0f} batches/s)")
+        print(
+            f"  reader lazy Zarr chunks, block-shuffled batches (4 chunks per window): {ms:.2f} ms "
+            f"({1000 / ms:.0f} batches/s)"
+        )
         print(f"  reader open_cache (load + verify every shard into RAM): {open_s * 1000:.0f} ms")
 
         # 3. Bytes per sample.
         for store in ("zarr", "parquet"):
             for dtype in ("float16", "float32"):
-                params = CacheParams(store=store, logits_dtype=dtype, features_dtype=dtype, batch_size=args.batch)
+                params = CacheParams(
+                    store=store, logits_dtype=dtype, features_dtype=dtype, batch_size=args.batch
+                )
                 shutil.rmtree(tmp / "out", ignore_errors=True)
-                build_cache(rows, teacher, "a" * 64, rows.fingerprint, params, tmp / "out" / store,
-                            tmp / "scratch", progress=False)
+                build_cache(
+                    rows,
+                    teacher,
+                    "a" * 64,
+                    rows.fingerprint,
+                    params,
+                    tmp / "out" / store,
+                    tmp / "scratch",
+                    progress=False,
+                )
                 size = store_bytes(tmp / "out" / store)
-                print(f"  bytes/sample {store:8s} {dtype}: {size / n:6.1f} on disk "
-                      f"(raw {17 + (args.classes + 128) * np.dtype(dtype).itemsize} B: ids, split, label, "
-                      f"{args.classes} logits, 128 embed)")
+                print(
+                    f"  bytes/sample {store:8s} {dtype}: {size / n:6.1f} on disk "
+                    f"(raw {17 + (args.classes + 128) * np.dtype(dtype).itemsize} B: ids, split, label, "
+                    f"{args.classes} logits, 128 embed)"
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

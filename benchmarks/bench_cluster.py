@@ -9,7 +9,8 @@
 
 On a shared machine the ratios move with the load: the load average is printed with them.
 
-    .venv/bin/python benchmarks/bench_cluster.py [--students 8] [--workers 2] [--epochs 100] [--cache-rows 200000] [--repeats 2]
+    .venv/bin/python benchmarks/bench_cluster.py [--students 8] [--workers 2] [--epochs 100]
+    [--cache-rows 200000] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ from tests.cluster.student_project import students, write_project  # noqa: E402
 def local_client(workers: int):
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, memory_limit="4GB", silence_logs=logging.ERROR)
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        memory_limit="4GB",
+        silence_logs=logging.ERROR,
+    )
     return cluster, Client(cluster)
 
 
@@ -59,7 +67,9 @@ def bench_students(root: Path, num_students: int, workers: int, epochs: int, rep
     warm_grid = {f"warm{i}": base.model_copy(update={"epochs": 1}) for i in range(workers)}
 
     torch.set_num_threads(1)
-    for fn, args, kwargs in _student_round({"warm": warm_grid["warm0"]}, prepared_dir, root, "warm-seq").values():
+    for fn, args, kwargs in _student_round(
+        {"warm": warm_grid["warm0"]}, prepared_dir, root, "warm-seq"
+    ).values():
         fn(*args, **kwargs)
     cluster, client = local_client(workers)
     sequential, parallel = [], []
@@ -71,7 +81,9 @@ def bench_students(root: Path, num_students: int, workers: int, epochs: int, rep
                 fn(*args, **kwargs)
             sequential.append(time.perf_counter() - start)
             start = time.perf_counter()
-            results = run_tasks(client, _student_round(grid, prepared_dir, root, f"par{repeat}"), progress=False)
+            results = run_tasks(
+                client, _student_round(grid, prepared_dir, root, f"par{repeat}"), progress=False
+            )
             parallel.append(time.perf_counter() - start)
             failed = [name for name, r in results.items() if not r.ok]
             if failed:
@@ -80,8 +92,10 @@ def bench_students(root: Path, num_students: int, workers: int, epochs: int, rep
         client.close()
         cluster.close()
     ratio = min(sequential) / min(parallel)
-    print(f"students: N={num_students}, W={workers}: sequential {min(sequential):.1f} s, on {workers} workers "
-          f"{min(parallel):.1f} s (best of {repeats}) -> speedup {ratio:.2f} (goal >= {0.8 * workers:.1f})")
+    print(
+        f"students: N={num_students}, W={workers}: sequential {min(sequential):.1f} s, on {workers} workers "
+        f"{min(parallel):.1f} s (best of {repeats}) -> speedup {ratio:.2f} (goal >= {0.8 * workers:.1f})"
+    )
     return ratio
 
 
@@ -94,9 +108,15 @@ def export_teacher(path: Path, in_features: int) -> None:
     class Teacher(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, 1024), torch.nn.ReLU(),
-                                            torch.nn.Linear(1024, 1024), torch.nn.ReLU(),
-                                            torch.nn.Linear(1024, 1024), torch.nn.ReLU())
+            self.body = torch.nn.Sequential(
+                torch.nn.Flatten(),
+                torch.nn.Linear(in_features, 1024),
+                torch.nn.ReLU(),
+                torch.nn.Linear(1024, 1024),
+                torch.nn.ReLU(),
+                torch.nn.Linear(1024, 1024),
+                torch.nn.ReLU(),
+            )
             self.embed = torch.nn.Linear(1024, 64)
             self.head = torch.nn.Linear(1024, 10)
 
@@ -117,8 +137,13 @@ def bench_sharded_cache(root: Path, rows: int) -> float:
     from pipeline.data.prepared import make_prepared, write_prepared
 
     rng = np.random.default_rng(0)
-    prepared = make_prepared(np.arange(rows), np.zeros(rows, np.int8), rng.integers(0, 10, rows),
-                             rng.normal(size=(rows, 1, 8, 8)).astype(np.float32), 10)
+    prepared = make_prepared(
+        np.arange(rows),
+        np.zeros(rows, np.int8),
+        rng.integers(0, 10, rows),
+        rng.normal(size=(rows, 1, 8, 8)).astype(np.float32),
+        10,
+    )
     write_prepared(prepared, root / "big")
     export_teacher(root / "teacher.onnx", 64)
     params = CacheParams(rows_per_chunk=1024, chunks_per_shard=2, batch_size=512)
@@ -128,20 +153,34 @@ def bench_sharded_cache(root: Path, rows: int) -> float:
         try:
             client.run(lambda: __import__("onnxruntime") and __import__("pipeline.cache.writer"))
             start = time.perf_counter()
-            result = build_cache_on_cluster(client, root / "big", root / "teacher.onnx", "s" * 64,
-                                            prepared.fingerprint, params, root / f"cache{workers}" / "store",
-                                            root / f"cache{workers}" / "scratch", provider="cpu",
-                                            intra_op_threads=1, progress=False)
+            result = build_cache_on_cluster(
+                client,
+                root / "big",
+                root / "teacher.onnx",
+                "s" * 64,
+                prepared.fingerprint,
+                params,
+                root / f"cache{workers}" / "store",
+                root / f"cache{workers}" / "scratch",
+                provider="cpu",
+                intra_op_threads=1,
+                progress=False,
+            )
             seconds[workers] = time.perf_counter() - start
         finally:
             client.close()
             cluster.close()
-        digests[workers] = sorted((p.relative_to(result.store_dir).as_posix(), p.read_bytes())
-                                  for p in result.store_dir.rglob("*") if p.is_file())
+        digests[workers] = sorted(
+            (p.relative_to(result.store_dir).as_posix(), p.read_bytes())
+            for p in result.store_dir.rglob("*")
+            if p.is_file()
+        )
     assert digests[1] == digests[2], "the 1- and 2-worker caches differ"
     ratio = seconds[1] / seconds[2]
-    print(f"sharded cache: {rows} rows, {result.store_dir.name}: 1 worker {seconds[1]:.1f} s, 2 workers "
-          f"{seconds[2]:.1f} s -> speedup {ratio:.2f} (same bytes)")
+    print(
+        f"sharded cache: {rows} rows, {result.store_dir.name}: 1 worker {seconds[1]:.1f} s, 2 workers "
+        f"{seconds[2]:.1f} s -> speedup {ratio:.2f} (same bytes)"
+    )
     return ratio
 
 
@@ -151,11 +190,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=100, help="epochs per student (sets the task size)")
     parser.add_argument("--cache-rows", type=int, default=200000)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the best of each side is kept")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="alternating rounds; the best of each side is kept"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     try:
-        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+        print(
+            f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
+        )
         bench_students(root, args.students, args.workers, args.epochs, args.repeats)
         bench_sharded_cache(root, args.cache_rows)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

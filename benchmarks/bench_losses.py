@@ -39,9 +39,19 @@ CASES = [
     ("smoothing", {"kind": "smoothing"}, False, False),
     ("self_training", {"kind": "self_training"}, False, False),
     ("mutual (1 peer)", {"kind": "mutual"}, False, False),
-    ("attention (4x16x16 maps)", {"kind": "attention", "layers": [{"student": "attn", "teacher": "attn"}]}, False, False),
+    (
+        "attention (4x16x16 maps)",
+        {"kind": "attention", "layers": [{"student": "attn", "teacher": "attn"}]},
+        False,
+        False,
+    ),
     ("feature (+Linear DxD)", {"kind": "feature", **ONE_TAP}, False, True),
-    ("hidden (+Linear DxD)", {"kind": "hidden", "layers": [{"student": "embed", "teacher": "embed"}]}, False, True),
+    (
+        "hidden (+Linear DxD)",
+        {"kind": "hidden", "layers": [{"student": "embed", "teacher": "embed"}]},
+        False,
+        True,
+    ),
     ("vanilla (+Linear DxD)", {"kind": "vanilla", **ONE_TAP}, False, True),
     ("crd", {"kind": "crd", **ONE_TAP, "project": "none"}, True, True),
     ("crd bank K=4096", {"kind": "crd", **ONE_TAP, "project": "none", "negatives": "bank"}, True, True),
@@ -56,9 +66,11 @@ CASES = [
 def make_inputs(rows: int, dim: int, device: str) -> LossInputs:
     def leaf(*shape, grad=True):
         return torch.randn(*shape, device=device).requires_grad_(grad)
+
     attn = lambda: torch.softmax(torch.randn(rows, 4, 16, 16, device=device), -1)  # noqa: E731
     return LossInputs(
-        student_logits=leaf(rows, CLASSES), teacher_logits=leaf(rows, CLASSES, grad=False),
+        student_logits=leaf(rows, CLASSES),
+        teacher_logits=leaf(rows, CLASSES, grad=False),
         labels=torch.randint(0, CLASSES, (rows,), device=device),
         student_features={"embed": leaf(rows, dim), "attn": attn().requires_grad_(True)},
         teacher_features={"embed": leaf(rows, dim, grad=False), "attn": attn()},
@@ -78,7 +90,9 @@ def _once(step, device: str) -> float:
     return time.perf_counter() - start
 
 
-def timed_pair(step, baseline, device: str, budget_s: float = 0.6, max_repeats: int = 7) -> tuple[float, float]:
+def timed_pair(
+    step, baseline, device: str, budget_s: float = 0.6, max_repeats: int = 7
+) -> tuple[float, float]:
     """Best wall times (s) of `step()` and `baseline()`, run alternately after one warm-up each, so
     a shared machine's load swings hit both alike."""
     step(), baseline()
@@ -118,14 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--dim", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
-                        help="run only the families whose label contains one of these")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="run only the families whose label contains one of these",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), C = {CLASSES}")
+    print(
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), C = {CLASSES}"
+    )
     memory_label = "peak MiB" if args.device == "cuda" else "saved MiB"
     print(f"| family | B | D | fwd+bwd ms | {memory_label} | matmul ms | / matmul | <= {GOAL:g}x |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -138,18 +161,21 @@ def main(argv: list[str] | None = None) -> int:
                 if args.only and not any(text in label for text in args.only):
                     continue
                 inputs = make_inputs(rows, dim, args.device)
-                shapes = TapShapes(CLASSES, {"embed": (dim,), "attn": (4, 16, 16)}, {"embed": (dim,), "attn": (4, 16, 16)})
+                shapes = TapShapes(
+                    CLASSES, {"embed": (dim,), "attn": (4, 16, 16)}, {"embed": (dim,), "attn": (4, 16, 16)}
+                )
                 family = FAMILIES[params["kind"]]
                 adapter = family.adapter(family.params.model_validate(params), shapes).to(args.device)
 
-                def step():
+                def step(adapter=adapter, inputs=inputs):
                     sum(adapter(inputs).values()).backward()
 
-                def forward():
+                def forward(adapter=adapter, inputs=inputs):
                     return sum(adapter(inputs).values())
 
-                seconds, matmul_s = timed_pair(step, baseline, args.device,
-                                               max_repeats=1 if rows >= 1024 and "triplet" in label else 7)
+                seconds, matmul_s = timed_pair(
+                    step, baseline, args.device, max_repeats=1 if rows >= 1024 and "triplet" in label else 7
+                )
                 mib = memory_mib(step if args.device == "cuda" else forward, args.device)
                 ratio = f"{seconds / matmul_s:.2f}" if pairwise else "-"
                 if not pairwise:
@@ -159,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     verdict = "met" if seconds / matmul_s <= GOAL else "MISSED"
                 shown_dim = dim if uses_dim else "-"
-                print(f"| {label} | {rows} | {shown_dim} | {1e3 * seconds:.3f} | {mib:.1f} | {1e3 * matmul_s:.3f} "
-                      f"| {ratio} | {verdict} |", flush=True)
+                print(
+                    f"| {label} | {rows} | {shown_dim} | {1e3 * seconds:.3f} | {mib:.1f} "
+                    f"| {1e3 * matmul_s:.3f} "
+                    f"| {ratio} | {verdict} |",
+                    flush=True,
+                )
     return 0
 
 

@@ -36,8 +36,7 @@ class StrictModel(BaseModel):
         if not isinstance(data, dict):
             return data
         valid = sorted(
-            {name for name in cls.model_fields}
-            | {f.alias for f in cls.model_fields.values() if f.alias}
+            {name for name in cls.model_fields} | {f.alias for f in cls.model_fields.values() if f.alias}
         )
         for key in data:
             if key not in valid:
@@ -90,8 +89,10 @@ def _describe(error: dict[str, Any], data: Any) -> tuple[str, str]:
         return path, error["msg"].split(": ", 1)[1]
     if kind == "union_tag_invalid":
         ctx = error["ctx"]
-        return path, (f"{ctx['discriminator'].strip(chr(39))} {ctx['tag']!r} is not known; "
-                      f"valid: {ctx['expected_tags'].replace(chr(39), '')}")
+        return path, (
+            f"{ctx['discriminator'].strip(chr(39))} {ctx['tag']!r} is not known; "
+            f"valid: {ctx['expected_tags'].replace(chr(39), '')}"
+        )
     if kind == "union_tag_not_found":
         return path, f"needs a {error['ctx']['discriminator'].strip(chr(39))} key"
     if kind == "missing":
@@ -120,8 +121,18 @@ def validate_section(model: type[ModelT], data: Any, root: str) -> ModelT:
         raise ParamsError(format_validation_error(error, data, root)) from None
 
 
-SECTIONS = ("prepare", "teacher", "cache", "students", "label_curve", "chains", "sweep", "cluster", "evaluate",
-            "export")
+SECTIONS = (
+    "prepare",
+    "teacher",
+    "cache",
+    "students",
+    "label_curve",
+    "chains",
+    "sweep",
+    "cluster",
+    "evaluate",
+    "export",
+)
 """Every top-level section of params.yaml (docs/architecture.md). A stage reads only its own, so a
 misspelt section name (`evalute:`) would be silently ignored: it is refused here instead."""
 
@@ -147,8 +158,10 @@ def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
         with path.open() as handle:
             data = yaml.safe_load(handle)
     except yaml.YAMLError as error:  # bad syntax, or a tag such as !!python/object the safe loader refuses
-        raise ParamsError(f"{path}: not valid params YAML ({' '.join(str(error).split())}); fix the file "
-                          "(plain YAML mappings, lists, numbers and strings only)") from None
+        raise ParamsError(
+            f"{path}: not valid params YAML ({' '.join(str(error).split())}); fix the file "
+            "(plain YAML mappings, lists, numbers and strings only)"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

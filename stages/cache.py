@@ -27,33 +27,66 @@ from pipeline.teacher.session import open_teacher, teacher_sha256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (sections `cache`, `teacher`, `cluster`)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (sections `cache`, `teacher`, `cluster`)"
+    )
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
-    parser.add_argument("--teacher", default="data/teacher/model.onnx",
-                        help="teacher ONNX file (an exported student makes a chain cache)")
+    parser.add_argument(
+        "--teacher",
+        default="data/teacher/model.onnx",
+        help="teacher ONNX file (an exported student makes a chain cache)",
+    )
     parser.add_argument("--out", default="data/cache", help="output directory (store/, report.json, plots/)")
     parser.add_argument("--scratch", default="data/.scratch/cache", help="resumable build directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _build(args: argparse.Namespace, data: PreparedData, sha256: str, params: CacheParams,
-           teacher_params: TeacherParams, store_dir: Path) -> BuildResult:
+def _build(
+    args: argparse.Namespace,
+    data: PreparedData,
+    sha256: str,
+    params: CacheParams,
+    teacher_params: TeacherParams,
+    store_dir: Path,
+) -> BuildResult:
     """The cache build, on the `cluster:` engine where `cluster.shard_cache` is true, else here."""
     from pipeline.cluster.params import load_cluster_params
 
     cluster = load_cluster_params(args.params)
-    names = dict(input_name=teacher_params.input_name, logits_name=teacher_params.logits_name,
-                 tap_names=teacher_params.tap_names, provider=teacher_params.provider,
-                 intra_op_threads=teacher_params.intra_op_threads)
+    names = dict(
+        input_name=teacher_params.input_name,
+        logits_name=teacher_params.logits_name,
+        tap_names=teacher_params.tap_names,
+        provider=teacher_params.provider,
+        intra_op_threads=teacher_params.intra_op_threads,
+    )
     if cluster.shard_cache:
         from pipeline.cluster.sharded_cache import build_cache_on_cluster
 
         logging.info("cache: shards computed on a %s Dask cluster (cluster.shard_cache)", cluster.kind)
-        return build_cache_on_cluster(cluster, args.prepared, args.teacher, sha256, data.fingerprint, params,
-                                      store_dir, args.scratch, progress=not args.no_progress, **names)
+        return build_cache_on_cluster(
+            cluster,
+            args.prepared,
+            args.teacher,
+            sha256,
+            data.fingerprint,
+            params,
+            store_dir,
+            args.scratch,
+            progress=not args.no_progress,
+            **names,
+        )
     teacher = open_teacher(args.teacher, **names)
-    return build_cache(data, teacher, sha256, data.fingerprint, params, store_dir, args.scratch,
-                       progress=False if args.no_progress else None)
+    return build_cache(
+        data,
+        teacher,
+        sha256,
+        data.fingerprint,
+        params,
+        store_dir,
+        args.scratch,
+        progress=False if args.no_progress else None,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     sha256 = teacher_sha256(args.teacher)
     out = Path(args.out)
     result = _build(args, data, sha256, params, teacher_params, out / "store")
-    cache = open_cache(result.store_dir, data.fingerprint, sha256, in_memory_max_bytes=params.in_memory_max_mb * 2**20)
+    cache = open_cache(
+        result.store_dir, data.fingerprint, sha256, in_memory_max_bytes=params.in_memory_max_mb * 2**20
+    )
     report = cache_report(cache, result.reference_rows, result.reference_logits)
     report["teacher_provider"] = result.provider
     report["teacher"] = str(args.teacher)
@@ -73,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         write_plots(cache, report, Path(tmp) / "plots")
         replace_dir(Path(tmp) / "plots", out / "plots")
     atomic_write_json(out / "report.json", report)
-    print(f"cache: wrote {result.store_dir} ({len(cache)} rows, {result.shards_written} shards written, "
-          f"{result.shards_resumed} resumed) from {args.teacher} and {out / 'report.json'}")
+    print(
+        f"cache: wrote {result.store_dir} ({len(cache)} rows, {result.shards_written} shards written, "
+        f"{result.shards_resumed} resumed) from {args.teacher} and {out / 'report.json'}"
+    )
     return 0

@@ -23,7 +23,10 @@ SUBCOMMANDS = {
     "export": ("stages.export", "export one student to ONNX and check it against torch"),
     "leaderboard": ("stages.leaderboard", "gather every student's metrics into one table and plots"),
     "sweep": ("stages.sweep", "train many students as Dask tasks (local, Slurm, PBS)"),
-    "label-curve": ("stages.label_curve", "accuracy against the number of labels, CE-only and KD, from one cache"),
+    "label-curve": (
+        "stages.label_curve",
+        "accuracy against the number of labels, CE-only and KD, from one cache",
+    ),
     "losses": ("stages.losses", "print the loss catalogue: families, parameters, formulas, sources"),
 }
 
@@ -54,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             where = f" writing {error.filename}" if error.filename else ""
-            print(f"distillery {argv[0]}: DiskFullError: {error.strerror}{where}; free space and re-run "
-                  "the stage (every output is written atomically, so what was already written is intact)",
-                  file=sys.stderr)
+            print(
+                f"distillery {argv[0]}: DiskFullError: {error.strerror}{where}; free space and re-run "
+                "the stage (every output is written atomically, so what was already written is intact)",
+                file=sys.stderr,
+            )
             return 1
     build_parser().parse_args(argv)
     return 2

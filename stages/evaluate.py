@@ -17,12 +17,17 @@ from pipeline.evaluate.run import evaluate_student_dir
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", required=True, help="a name under `students:` in params.yaml")
-    parser.add_argument("--params", default="params.yaml", help="params file (sections `evaluate`, `students`)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (sections `evaluate`, `students`)"
+    )
     parser.add_argument("--train-dir", default="data/train", help="where the train stage wrote the student")
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--cache", default=None, help="teacher cache (default: the student's `cache`)")
-    parser.add_argument("--root-cache", default="data/cache/store",
-                        help="the root teacher's cache (a chain student's `root_agreement` is measured on it)")
+    parser.add_argument(
+        "--root-cache",
+        default="data/cache/store",
+        help="the root teacher's cache (a chain student's `root_agreement` is measured on it)",
+    )
     parser.add_argument("--export-dir", default="data/export", help="export root (ONNX for latency)")
     parser.add_argument("--out", default=None, help="output directory (default data/evaluate/<student>)")
 
@@ -33,26 +38,49 @@ def run(args: argparse.Namespace) -> int:
     recipe = (raw.get("students") or {}).get(args.student) or {}
     prepared = load_prepared(args.prepared)
     cache_path = args.cache or recipe.get("cache", args.root_cache)
-    data = join_split(prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), params.split)
+    data = join_split(
+        prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), params.split
+    )
     root = None
-    if not is_root_cache(cache_path, args.root_cache):  # a chain student: also scored against the root teacher
-        root = join_split(prepared, open_cache(args.root_cache, dataset_fingerprint=prepared.fingerprint), params.split)
-    teacher = learned_from({**recipe, "cache": cache_path}, validate_chains(raw.get("chains")), args.root_cache)
+    if not is_root_cache(
+        cache_path, args.root_cache
+    ):  # a chain student: also scored against the root teacher
+        root = join_split(
+            prepared, open_cache(args.root_cache, dataset_fingerprint=prepared.fingerprint), params.split
+        )
+    teacher = learned_from(
+        {**recipe, "cache": cache_path}, validate_chains(raw.get("chains")), args.root_cache
+    )
     out = Path(args.out or f"data/evaluate/{args.student}")
     classes = bias_classes(params.bias_correction, (raw.get("prepare") or {}).get("omit_classes"))
-    bias = (join_split(prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), "val"), classes) if classes else None
-    reports = evaluate_student_dir(Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out,
-                                   root, teacher, bias)
+    bias = (
+        (
+            join_split(prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), "val"),
+            classes,
+        )
+        if classes
+        else None
+    )
+    reports = evaluate_student_dir(
+        Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out, root, teacher, bias
+    )
     for model, report in reports.items():
         accuracy, latency = report["accuracy"], report["latency_ms"].get("cpu_b1")
         latency = f"{latency:.3f}" if isinstance(latency, float) else latency
-        print(f"evaluate: {model}: {data.name} accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over "
-              f"{report['seeds']} seeds, agreement {report['agreement']['mean']:.4f}, "
-              f"CPU latency b1 {latency} ms -> {out / 'metrics.json'}")
+        print(
+            f"evaluate: {model}: {data.name} accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over "
+            f"{report['seeds']} seeds, agreement {report['agreement']['mean']:.4f}, "
+            f"CPU latency b1 {latency} ms -> {out / 'metrics.json'}"
+        )
         if "bias_correction" in report:
             fixed = report["bias_correction"]
-            print(f"evaluate: {model}: bias correction of classes {fixed['classes']}: accuracy "
-                  f"{fixed['accuracy_before']['mean']:.4f} -> {fixed['accuracy_after']['mean']:.4f}, "
-                  + ", ".join(f"class {c} {fixed[f'class_{c}_before']['mean']:.4f} -> {fixed[f'class_{c}_after']['mean']:.4f}"
-                              for c in fixed["classes"]))
+            print(
+                f"evaluate: {model}: bias correction of classes {fixed['classes']}: accuracy "
+                f"{fixed['accuracy_before']['mean']:.4f} -> {fixed['accuracy_after']['mean']:.4f}, "
+                + ", ".join(
+                    f"class {c} {fixed[f'class_{c}_before']['mean']:.4f} -> "
+                    f"{fixed[f'class_{c}_after']['mean']:.4f}"
+                    for c in fixed["classes"]
+                )
+            )
     return 0

@@ -30,8 +30,11 @@ def run(args: argparse.Namespace) -> int:
     reports = export_student_dir(Path(args.train_dir) / args.student, args.out, params, int8_data)
     for model, report in reports.items():
         worst = max(stats["max_abs_diff"] for stats in report["parity"]["outputs"].values())
-        line = (f"export: {model} (seed {report['seed']}) -> {Path(args.out) / model / 'model.onnx'}: parity passed at "
-                f"batches {report['parity']['batch_sizes']}, max abs diff {worst:.2e}")
+        line = (
+            f"export: {model} (seed {report['seed']}) -> {Path(args.out) / model / 'model.onnx'}: "
+            f"parity passed at "
+            f"batches {report['parity']['batch_sizes']}, max abs diff {worst:.2e}"
+        )
         if "int8" in report:
             line += f"; int8 accuracy change {report['int8']['accuracy_change']:+.4f}"
         print(line)

@@ -22,7 +22,9 @@ from pipeline.io import atomic_write_json
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cache", help="cache store directory, e.g. data/cache/store")
     parser.add_argument("--out", help="write report.json and plots/ here")
-    parser.add_argument("--teacher", help="teacher ONNX: re-run it on a sample to measure the stored KL error")
+    parser.add_argument(
+        "--teacher", help="teacher ONNX: re-run it on a sample to measure the stored KL error"
+    )
     parser.add_argument("--prepared", help="prepared dataset directory (needed with --teacher)")
     parser.add_argument("--sample-rows", type=int, default=4096, help="rows re-run with --teacher")
 
@@ -35,9 +37,15 @@ def _reference(cache, args):
 
     data = load_prepared(args.prepared)
     meta = cache.metadata
-    check_fingerprints(args.cache, meta, data.fingerprint, teacher_sha256(args.teacher))  # refuses a stale cache
-    teacher = open_teacher(args.teacher, meta.teacher["input_name"], meta.teacher["logits_name"],
-                           meta.teacher["tap_names"] or None)
+    check_fingerprints(
+        args.cache, meta, data.fingerprint, teacher_sha256(args.teacher)
+    )  # refuses a stale cache
+    teacher = open_teacher(
+        args.teacher,
+        meta.teacher["input_name"],
+        meta.teacher["logits_name"],
+        meta.teacher["tap_names"] or None,
+    )
     build = CacheBuild(Path(args.cache), meta, data)
     rows = reference_rows(len(cache), args.sample_rows)
     logits = [shard_reference_logits(build, k, teacher, rows) for k in range(meta.layout.num_shards)]

@@ -1,4 +1,5 @@
-"""`distillery label-curve`: CE-only and KD students at several label budgets from one cache -> data/label_curve/."""
+"""`distillery label-curve`: CE-only and KD students at several label budgets from one cache ->
+data/label_curve/."""
 
 from __future__ import annotations
 
@@ -9,17 +10,27 @@ from pathlib import Path
 from pipeline.config import load_section, read_params_file
 from pipeline.data.prepared import load_prepared
 from pipeline.train.budget import held_back_labels
-from pipeline.train.label_curve import LabelCurveParams, clear_scratch, run_label_curve, summarise, write_curve
+from pipeline.train.label_curve import (
+    LabelCurveParams,
+    clear_scratch,
+    run_label_curve,
+    summarise,
+    write_curve,
+)
 from pipeline.train.params import validate_students
 from pipeline.train.run import open_student_cache
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (sections `label_curve`, `students`)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (sections `label_curve`, `students`)"
+    )
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--cache", default="data/cache/store", help="the one teacher cache every point reads")
     parser.add_argument("--out", default="data/label_curve", help="output directory")
-    parser.add_argument("--scratch", default="data/.scratch/label_curve", help="models trained on the way (removed after)")
+    parser.add_argument(
+        "--scratch", default="data/.scratch/label_curve", help="models trained on the way (removed after)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -29,13 +40,22 @@ def run(args: argparse.Namespace) -> int:
     prepared = load_prepared(args.prepared)
     reader = open_student_cache(args.cache, prepared.fingerprint)
     pool = held_back_labels(args.prepared) if curve.held_back else None
-    rows = run_label_curve(curve, students, reader, prepared, args.scratch, pool,
-                           progress=not args.no_progress and sys.stderr.isatty())
+    rows = run_label_curve(
+        curve,
+        students,
+        reader,
+        prepared,
+        args.scratch,
+        pool,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     write_curve(rows, args.out)
     clear_scratch(args.scratch)
     for student, points in summarise(rows).items():
-        cells = ", ".join(f"{n} labels {p['mean']:.4f} ± {p['std']:.4f}{' (clipped)' if p['clipped'] else ''}"
-                          for n, p in sorted(points.items(), key=lambda item: int(item[0])))
+        cells = ", ".join(
+            f"{n} labels {p['mean']:.4f} ± {p['std']:.4f}{' (clipped)' if p['clipped'] else ''}"
+            for n, p in sorted(points.items(), key=lambda item: int(item[0]))
+        )
         print(f"label-curve: {student}: {cells}")
     print(f"label-curve: wrote {Path(args.out) / 'curve.csv'}, curve.json, plot.csv, curve.png")
     return 0

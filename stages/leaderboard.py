@@ -1,4 +1,5 @@
-"""`distillery leaderboard`: every evaluated student in one table (Markdown, CSV) and plots, under the teacher."""
+"""`distillery leaderboard`: every evaluated student in one table (Markdown, CSV) and plots, under the
+teacher."""
 
 from __future__ import annotations
 
@@ -15,9 +16,15 @@ from pipeline.evaluate.reference import teacher_report
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (section `evaluate`)")
     parser.add_argument("--evaluate-dir", default="data/evaluate", help="the evaluate stage's output root")
-    parser.add_argument("--train-dir", default="data/train", help="the train stage's outputs (dvclive curves)")
-    parser.add_argument("--cache", default="data/cache/store", help="teacher cache (the teacher's test logits)")
-    parser.add_argument("--teacher", default="data/teacher/model.onnx", help="teacher ONNX (size and latency)")
+    parser.add_argument(
+        "--train-dir", default="data/train", help="the train stage's outputs (dvclive curves)"
+    )
+    parser.add_argument(
+        "--cache", default="data/cache/store", help="teacher cache (the teacher's test logits)"
+    )
+    parser.add_argument(
+        "--teacher", default="data/teacher/model.onnx", help="teacher ONNX (size and latency)"
+    )
     parser.add_argument("--no-teacher", action="store_true", help="leave out the teacher reference row")
     parser.add_argument("--out", default="data/leaderboard", help="output directory")
 
@@ -29,12 +36,20 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.cache.open import open_cache
         from pipeline.teacher.session import onnx_parameter_count, teacher_sha256
 
-        # the row puts the file's size and latency beside the cache's accuracy: refuse a cache of another teacher
+        # the row puts the file's size and latency beside the cache's accuracy: refuse a cache of
+        # another teacher
         cache = open_cache(args.cache, teacher_sha256=teacher_sha256(args.teacher))
-        latency = onnx_latency_ms(args.teacher, params.latency.batch_sizes, params.latency.providers,
-                                  params.latency.warmup, params.latency.repeats, params.latency.intra_op_threads)
-        teacher, teacher_bins = teacher_report(cache, params.split, params.ece_bins, params.top_k,
-                                               onnx_parameter_count(args.teacher), latency)
+        latency = onnx_latency_ms(
+            args.teacher,
+            params.latency.batch_sizes,
+            params.latency.providers,
+            params.latency.warmup,
+            params.latency.repeats,
+            params.latency.intra_op_threads,
+        )
+        teacher, teacher_bins = teacher_report(
+            cache, params.split, params.ece_bins, params.top_k, onnx_parameter_count(args.teacher), latency
+        )
     rows = build_leaderboard(args.evaluate_dir, args.out, teacher, teacher_bins, args.train_dir)
     print(f"leaderboard: {len(rows)} rows -> {Path(args.out) / 'leaderboard.md'}")
     return 0

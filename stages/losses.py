@@ -14,16 +14,20 @@ class UnknownFamilyError(DistilleryError, ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", action="append", metavar="KIND",
-                        help="show only this family (repeatable); default: all")
+    parser.add_argument(
+        "--family", action="append", metavar="KIND", help="show only this family (repeatable); default: all"
+    )
     parser.add_argument("--markdown", action="store_true", help="markdown (as in docs/losses.md)")
-    parser.add_argument("--update-docs", metavar="PATH",
-                        help="rewrite the generated catalogue section of PATH (docs/losses.md) instead")
+    parser.add_argument(
+        "--update-docs",
+        metavar="PATH",
+        help="rewrite the generated catalogue section of PATH (docs/losses.md) instead",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.losses import FAMILIES
     from pipeline.io import atomic_write_text
+    from pipeline.losses import FAMILIES
     from pipeline.losses.catalogue import family_entries, render_markdown, render_text, with_catalogue
 
     entries = family_entries()
@@ -34,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
         entries = [entry for entry in entries if entry.kind in args.family]
     if args.update_docs:
         path = Path(args.update_docs)
-        atomic_write_text(path, with_catalogue(path.read_text() if path.exists() else "", render_markdown(entries)))
+        atomic_write_text(
+            path, with_catalogue(path.read_text() if path.exists() else "", render_markdown(entries))
+        )
         print(f"wrote the catalogue of {len(entries)} families into {path}")
         return 0
     print((render_markdown if args.markdown else render_text)(entries), end="")

@@ -19,12 +19,20 @@ from pipeline.train.params import select_student, validate_students
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (sections students, sweep, cluster)")
-    parser.add_argument("--students", nargs="+", default=None,
-                        help="names under `students:`, or `all` (default: `sweep.students` in params)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (sections students, sweep, cluster)"
+    )
+    parser.add_argument(
+        "--students",
+        nargs="+",
+        default=None,
+        help="names under `students:`, or `all` (default: `sweep.students` in params)",
+    )
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--out", default="data/sweep/train", help="one <student>/ directory each")
-    parser.add_argument("--scratch", default="data/.scratch/sweep", help="resumable checkpoints, <student>/ each")
+    parser.add_argument(
+        "--scratch", default="data/.scratch/sweep", help="resumable checkpoints, <student>/ each"
+    )
     parser.add_argument("--report", default="data/sweep/report.json", help="per-student outcome (JSON)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override every student's seeds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -41,12 +49,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep: {len(grid)} students on a {cluster.kind} cluster: {', '.join(grid)}")
     else:
         print("sweep: no students selected (sweep.students in params.yaml, or --students); nothing to train")
-    results = sweep_students(cluster, grid, args.prepared, args.out, args.scratch, seeds=args.seeds,
-                             progress=not args.no_progress) if grid else {}
+    results = (
+        sweep_students(
+            cluster,
+            grid,
+            args.prepared,
+            args.out,
+            args.scratch,
+            seeds=args.seeds,
+            progress=not args.no_progress,
+        )
+        if grid
+        else {}
+    )
     report = write_sweep_report(results, args.report)
     for name, result in results.items():
         if result.ok:
-            accuracy = {model or name: figures.get("val_acc_mean") for model, figures in result.value["models"].items()}
+            accuracy = {
+                model or name: figures.get("val_acc_mean")
+                for model, figures in result.value["models"].items()
+            }
             print(f"sweep: {name}: ok in {result.duration_s:.1f} s, val acc mean {accuracy}")
         else:
             print(f"sweep: {name}: FAILED\n{result.error}", file=sys.stderr)

@@ -28,11 +28,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if params.onnx is None:
         teacher_train = teacher_training_data(args.prepared, data, params.builtin.train_on)
-        metrics = build_builtin_teacher(data, teacher_train, params, out / "model.onnx",
-                                        progress=sys.stderr.isatty())
+        metrics = build_builtin_teacher(
+            data, teacher_train, params, out / "model.onnx", progress=sys.stderr.isatty()
+        )
     else:
         metrics = adopt_user_teacher(params.onnx, data, params, out / "model.onnx")
     atomic_write_json(out / "metrics.json", metrics)
-    print(f"teacher: wrote {out}/model.onnx ({metrics['source']}, {metrics['provider']}): "
-          f"accuracy {metrics['accuracy']}")
+    print(
+        f"teacher: wrote {out}/model.onnx ({metrics['source']}, {metrics['provider']}): "
+        f"accuracy {metrics['accuracy']}"
+    )
     return 0

@@ -37,7 +37,9 @@ def test_only_the_cache_and_data_packages_import_storage_libraries_and_the_leade
         roots = {name.split(".")[0] for name in _imported_modules(path)} - TABLE_MODULES.get(relative, set())
         if roots & STORAGE_LIBRARIES:
             offenders.append(f"{relative}: {sorted(roots & STORAGE_LIBRARIES)}")
-    assert not offenders, "storage libraries imported outside pipeline/cache and pipeline/data:\n" + "\n".join(offenders)
+    assert not offenders, (
+        "storage libraries imported outside pipeline/cache and pipeline/data:\n" + "\n".join(offenders)
+    )
 
 
 def test_the_library_never_imports_the_stages():

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -51,7 +52,8 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "students": _students,
     "label_curve": _section("pipeline.train.label_curve.LabelCurveParams", "label_curve"),
     "chains": lambda path: __import__("pipeline.evaluate.lineage", fromlist=["x"]).validate_chains(
-        read_params_file(path).get("chains")),
+        read_params_file(path).get("chains")
+    ),
     "sweep": _sweep,
     "cluster": _cluster,
     "evaluate": _section("pipeline.evaluate.params.EvaluateParams", "evaluate"),
@@ -60,26 +62,70 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
 
 # section -> (how to break the shipped section, the start of the error line it must give)
 TYPOS: dict[str, list[tuple[Callable[[dict], None], str]]] = {
-    "prepare": [(lambda s: s.update(val_fractoin=0.1), "prepare.val_fractoin: unknown key; did you mean 'val_fraction'?"),
-                (lambda s: s.update(seed="zero"), "prepare.seed: expected an integer, got 'zero'")],
-    "teacher": [(lambda s: s["builtin"].update(epoch=3), "teacher.builtin.epoch: unknown key; did you mean 'epochs'?"),
-                (lambda s: s["parity"].update(rtol="tight"), "teacher.parity.rtol: expected a number, got 'tight'")],
-    "cache": [(lambda s: s.update(rows_per_chunks=64), "cache.rows_per_chunks: unknown key; did you mean 'rows_per_chunk'?"),
-              (lambda s: s.update(batch_size=[256]), "cache.batch_size: expected an integer, got [256]")],
-    "students": [(lambda s: s["hinton"]["loss"]["kd"].update(temprature=2.0),
-                  "students.hinton.loss.kd.temprature: unknown key; did you mean 'temperature'?"),
-                 (lambda s: s["hinton"].update(epochs="many"), "students.hinton.epochs: expected an integer, got 'many'")],
-    "label_curve": [(lambda s: s.update(seed=[0]), "label_curve.seed: unknown key; did you mean 'seeds'?"),
-                    (lambda s: s.update(held_back="maybe"), "label_curve.held_back: expected true or false, got 'maybe'")],
-    "chains": [(lambda s: s["ta"].update(teachr="assistant"), "chains.ta.teachr: unknown key; did you mean 'teacher'?"),
-               (lambda s: s["ta"].update(teacher=["assistant"]), "chains.ta.teacher: expected a string, got ['assistant']")],
+    "prepare": [
+        (
+            lambda s: s.update(val_fractoin=0.1),
+            "prepare.val_fractoin: unknown key; did you mean 'val_fraction'?",
+        ),
+        (lambda s: s.update(seed="zero"), "prepare.seed: expected an integer, got 'zero'"),
+    ],
+    "teacher": [
+        (
+            lambda s: s["builtin"].update(epoch=3),
+            "teacher.builtin.epoch: unknown key; did you mean 'epochs'?",
+        ),
+        (lambda s: s["parity"].update(rtol="tight"), "teacher.parity.rtol: expected a number, got 'tight'"),
+    ],
+    "cache": [
+        (
+            lambda s: s.update(rows_per_chunks=64),
+            "cache.rows_per_chunks: unknown key; did you mean 'rows_per_chunk'?",
+        ),
+        (lambda s: s.update(batch_size=[256]), "cache.batch_size: expected an integer, got [256]"),
+    ],
+    "students": [
+        (
+            lambda s: s["hinton"]["loss"]["kd"].update(temprature=2.0),
+            "students.hinton.loss.kd.temprature: unknown key; did you mean 'temperature'?",
+        ),
+        (
+            lambda s: s["hinton"].update(epochs="many"),
+            "students.hinton.epochs: expected an integer, got 'many'",
+        ),
+    ],
+    "label_curve": [
+        (lambda s: s.update(seed=[0]), "label_curve.seed: unknown key; did you mean 'seeds'?"),
+        (lambda s: s.update(held_back="maybe"), "label_curve.held_back: expected true or false, got 'maybe'"),
+    ],
+    "chains": [
+        (
+            lambda s: s["ta"].update(teachr="assistant"),
+            "chains.ta.teachr: unknown key; did you mean 'teacher'?",
+        ),
+        (
+            lambda s: s["ta"].update(teacher=["assistant"]),
+            "chains.ta.teacher: expected a string, got ['assistant']",
+        ),
+    ],
     "sweep": [(lambda s: s.update(student=[]), "sweep.student: unknown key; did you mean 'students'?")],
-    "cluster": [(lambda s: s.update(worker=2), "cluster.worker: unknown key; did you mean 'workers'?"),
-                (lambda s: s.update(threads_per_worker="one"), "cluster.threads_per_worker: expected an integer, got 'one'")],
-    "evaluate": [(lambda s: s["latency"].update(repeat=5), "evaluate.latency.repeat: unknown key; did you mean 'repeats'?"),
-                 (lambda s: s.update(ece_bins=1.5), "evaluate.ece_bins: Input should be a valid integer")],
-    "export": [(lambda s: s.update(in8=True), "export.in8: unknown key; did you mean 'int8'?"),
-               (lambda s: s.update(int8="yes please"), "export.int8: expected true or false, got 'yes please'")],
+    "cluster": [
+        (lambda s: s.update(worker=2), "cluster.worker: unknown key; did you mean 'workers'?"),
+        (
+            lambda s: s.update(threads_per_worker="one"),
+            "cluster.threads_per_worker: expected an integer, got 'one'",
+        ),
+    ],
+    "evaluate": [
+        (
+            lambda s: s["latency"].update(repeat=5),
+            "evaluate.latency.repeat: unknown key; did you mean 'repeats'?",
+        ),
+        (lambda s: s.update(ece_bins=1.5), "evaluate.ece_bins: Input should be a valid integer"),
+    ],
+    "export": [
+        (lambda s: s.update(in8=True), "export.in8: unknown key; did you mean 'int8'?"),
+        (lambda s: s.update(int8="yes please"), "export.int8: expected true or false, got 'yes please'"),
+    ],
 }
 
 
@@ -126,7 +172,9 @@ def test_a_misspelt_section_name_is_refused_naming_the_right_one(tmp_path):
     data["evalute"] = data.pop("evaluate")
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ParamsError, match=re.escape(f"{path}: evalute: unknown section; did you mean 'evaluate'?")):
+    with pytest.raises(
+        ParamsError, match=re.escape(f"{path}: evalute: unknown section; did you mean 'evaluate'?")
+    ):
         read_params_file(path)
 
 

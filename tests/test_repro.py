@@ -40,15 +40,21 @@ def tiny_params(params: dict) -> dict:
     params["teacher"]["provider"] = "cpu"
     params["cache"]["kl_sample_rows"] = 500
     students = params["students"]
-    tiny = {name: {**students[name], "epochs": 3, "seeds": [0]}
-            for name in ("ce_baseline", "hinton", "assistant", "ta_student")}
+    tiny = {
+        name: {**students[name], "epochs": 3, "seeds": [0]}
+        for name in ("ce_baseline", "hinton", "assistant", "ta_student")
+    }
     tiny["assistant"]["arch"] = {"kind": "mlp", "hidden": [32]}
     params["students"] = tiny
     params["chains"] = {"ta": params["chains"]["ta"]}
     params["sweep"] = {"students": []}
     if "label_curve" in params:
-        params["label_curve"].update(per_class=[5, "all"], students=["ce_baseline", "hinton"], seeds=[0], steps=20)
-    params["evaluate"]["latency"].update(batch_sizes=[1], providers=["CPUExecutionProvider"], warmup=1, repeats=2)
+        params["label_curve"].update(
+            per_class=[5, "all"], students=["ce_baseline", "hinton"], seeds=[0], steps=20
+        )
+    params["evaluate"]["latency"].update(
+        batch_sizes=[1], providers=["CPUExecutionProvider"], warmup=1, repeats=2
+    )
     params["export"]["parity_batch_sizes"] = [1, 7]
     return params
 
@@ -81,11 +87,20 @@ def repo(tmp_path_factory):
             shutil.copy2(source, root / name)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(params), sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(root),
-           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
-    for args in (["git", "init", "-q"], ["git", "config", "user.email", "test@distillery.invalid"],
-                 ["git", "config", "user.name", "distillery test"], ["git", "add", "-A"],
-                 ["git", "commit", "-q", "-m", "tiny project"]):
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(root),
+        "DVC_NO_ANALYTICS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    for args in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "test@distillery.invalid"],
+        ["git", "config", "user.name", "distillery test"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "tiny project"],
+    ):
         _run(args, root, env)
     return root, env
 
@@ -94,15 +109,25 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
     root, env = repo
     first = _run(["dvc", "repro"], root, env)
     students = ("ce_baseline", "hinton", "assistant", "ta_student")
-    expected = {"prepare", "teacher", "cache", "chain_cache@ta", "sweep", "leaderboard", "label_curve",
-                *(f"{stage}@{s}" for stage in ("train", "export", "evaluate") for s in students)}
+    expected = {
+        "prepare",
+        "teacher",
+        "cache",
+        "chain_cache@ta",
+        "sweep",
+        "leaderboard",
+        "label_curve",
+        *(f"{stage}@{s}" for stage in ("train", "export", "evaluate") for s in students),
+    }
     every_stage = set(_run(["dvc", "stage", "list", "--name-only"], root, env).split())
     assert expected <= every_stage and _stages_run(first) == every_stage
 
     teacher = json.loads((root / "data/teacher/metrics.json").read_text())
     assert teacher["test_accuracy"] > 0.5
-    assert json.loads((root / "data/chains/ta/report.json").read_text())["teacher"] == \
-        "data/export/assistant/model.onnx"
+    assert (
+        json.loads((root / "data/chains/ta/report.json").read_text())["teacher"]
+        == "data/export/assistant/model.onnx"
+    )
     reports = {s: json.loads((root / f"data/evaluate/{s}/metrics.json").read_text()) for s in students}
     for name, report in reports.items():
         assert 0.2 < report["accuracy"]["mean"] <= 1.0, (name, report["accuracy"])  # chance: 0.1
@@ -117,10 +142,16 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
     _run(["git", "add", "dvc.lock"], root, env)
     _run(["git", "commit", "-q", "-m", "baseline"], root, env)
     # ta_student: the label_curve stage re-trains ce_baseline's and hinton's recipes, so those two re-run it.
-    experiment = _run(["dvc", "exp", "run", "-n", "ta-t2", "-S", "students.ta_student.loss.kd.temperature=2.0"],
-                      root, env)
-    assert _stages_run(experiment) == {"train@ta_student", "export@ta_student", "evaluate@ta_student",
-                                       "leaderboard", "sweep"}
+    experiment = _run(
+        ["dvc", "exp", "run", "-n", "ta-t2", "-S", "students.ta_student.loss.kd.temperature=2.0"], root, env
+    )
+    assert _stages_run(experiment) == {
+        "train@ta_student",
+        "export@ta_student",
+        "evaluate@ta_student",
+        "leaderboard",
+        "sweep",
+    }
     shown = csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env)))
     rows = {row["Experiment"]: row for row in shown}
     assert rows["ta-t2"]["students.ta_student.loss.kd.temperature"] == "2.0", rows.get("ta-t2")

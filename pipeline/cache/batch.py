@@ -8,8 +8,8 @@ optional sparse form, and one tensor per named feature tap.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class SparseLogits:
     indices: torch.Tensor
     logsumexp: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "SparseLogits":
+    def to(self, device: torch.device | str) -> SparseLogits:
         return SparseLogits(self.values.to(device), self.indices.to(device), self.logsumexp.to(device))
 
 
@@ -65,7 +65,7 @@ class TeacherBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def to(self, device: torch.device | str) -> "TeacherBatch":
+    def to(self, device: torch.device | str) -> TeacherBatch:
         """The same batch with every tensor on `device` (non-blocking where pinned)."""
         return TeacherBatch(
             rows=self.rows,

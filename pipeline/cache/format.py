@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,9 @@ def plan_shards(num_rows: int, rows_per_shard: int) -> list[slice]:
     """
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
-    return [slice(start, min(start + rows_per_shard, num_rows)) for start in range(0, num_rows, rows_per_shard)]
+    return [
+        slice(start, min(start + rows_per_shard, num_rows)) for start in range(0, num_rows, rows_per_shard)
+    ]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ class CacheLayout:
     def __post_init__(self) -> None:
         if self.rows_per_shard % self.rows_per_chunk:
             raise ValueError(
-                f"rows_per_shard {self.rows_per_shard} is not a multiple of rows_per_chunk {self.rows_per_chunk}"
+                f"rows_per_shard {self.rows_per_shard} is not a multiple of rows_per_chunk "
+                f"{self.rows_per_chunk}"
             )
 
     @property
@@ -117,7 +121,7 @@ class CacheLayout:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "CacheLayout":
+    def from_json(cls, data: Mapping[str, Any]) -> CacheLayout:
         """Inverse of `to_json`."""
         data = dict(data)
         data["feature_shapes"] = {k: tuple(v) for k, v in data["feature_shapes"].items()}
@@ -161,16 +165,21 @@ class CacheMetadata:
             "dataset_fingerprint": self.dataset_fingerprint,
             "teacher": self.teacher,
             "layout": self.layout.to_json(),
-            "arrays": {name: {"row_shape": list(shape), "dtype": dtype} for name, (shape, dtype) in self.layout.arrays().items()},
+            "arrays": {
+                name: {"row_shape": list(shape), "dtype": dtype}
+                for name, (shape, dtype) in self.layout.arrays().items()
+            },
             "params": self.params,
             "manifest": self.manifest,
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "CacheMetadata":
+    def from_json(cls, data: Mapping[str, Any]) -> CacheMetadata:
         """Parse `cache.json`; refuses other formats and versions."""
         if data.get("format") != FORMAT_NAME:
-            raise IncompleteCacheError(f"{METADATA_FILE} is not a distillery cache (format {data.get('format')!r})")
+            raise IncompleteCacheError(
+                f"{METADATA_FILE} is not a distillery cache (format {data.get('format')!r})"
+            )
         if data.get("format_version") != FORMAT_VERSION:
             raise StaleCacheError(
                 f"cache format version {data.get('format_version')} is not the supported {FORMAT_VERSION}; "

@@ -22,8 +22,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -40,8 +40,9 @@ SMALL_ARRAYS = ("sample_id", "split", "label")
 
 def sidecar_key(metadata: CacheMetadata) -> str:
     """32 hex digits naming a cache's sidecar: sha256 of its build fingerprint and manifest."""
-    payload = json.dumps({"build_fingerprint": metadata.build_fingerprint, "manifest": metadata.manifest},
-                         sort_keys=True)
+    payload = json.dumps(
+        {"build_fingerprint": metadata.build_fingerprint, "manifest": metadata.manifest}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -59,7 +60,9 @@ def memory_cache_args(arrays: Mapping[str, np.ndarray]) -> tuple:
     return arrays["sample_id"], arrays["split"], arrays["label"], arrays["logits"], features, sparse
 
 
-def read_shard_verified(store, metadata: CacheMetadata, name: str, record: Mapping, verify: bool) -> np.ndarray:
+def read_shard_verified(
+    store, metadata: CacheMetadata, name: str, record: Mapping, verify: bool
+) -> np.ndarray:
     """Array `name`'s rows of one manifest record, checked against its sha256 when `verify`."""
     rows = slice(int(record["start"]), int(record["stop"]))
     values = store.read(name, rows)
@@ -80,8 +83,14 @@ class MmapCache(MemoryCache):
     this open built the sidecar (False: an existing one was reused).
     """
 
-    def __init__(self, path: Path, metadata: CacheMetadata, sidecar: Path, arrays: Mapping[str, np.ndarray],
-                 built: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        metadata: CacheMetadata,
+        sidecar: Path,
+        arrays: Mapping[str, np.ndarray],
+        built: bool,
+    ) -> None:
         super().__init__(*memory_cache_args(arrays))
         self.path, self.metadata, self.sidecar, self.built = path, metadata, sidecar, built
 
@@ -96,8 +105,10 @@ def _marker(metadata: CacheMetadata) -> dict:
         "format_version": MARKER_VERSION,
         "key": sidecar_key(metadata),
         "build_fingerprint": metadata.build_fingerprint,
-        "arrays": {name: {"row_shape": list(shape), "dtype": dtype}
-                   for name, (shape, dtype) in metadata.layout.arrays().items()},
+        "arrays": {
+            name: {"row_shape": list(shape), "dtype": dtype}
+            for name, (shape, dtype) in metadata.layout.arrays().items()
+        },
         "num_rows": metadata.layout.num_rows,
     }
 
@@ -124,8 +135,9 @@ def _build(directory: Path, store, metadata: CacheMetadata, verify: bool, progre
     maps = {}
     for name, (shape, dtype) in layout.arrays().items():
         _npy_path(directory, name).parent.mkdir(parents=True, exist_ok=True)
-        maps[name] = np.lib.format.open_memmap(_npy_path(directory, name), mode="w+", dtype=np.dtype(dtype),
-                                               shape=(layout.num_rows, *shape))
+        maps[name] = np.lib.format.open_memmap(
+            _npy_path(directory, name), mode="w+", dtype=np.dtype(dtype), shape=(layout.num_rows, *shape)
+        )
     records = metadata.manifest
     if progress:
         from tqdm import tqdm
@@ -150,11 +162,15 @@ def _remove_stale(directory: Path) -> None:
     one holding anything but .npy files and the marker (a wrong `mmap_dir` loses nothing)."""
     if not directory.exists():
         return
-    foreign = [p for p in directory.rglob("*") if p.is_file() and p.suffix != ".npy"
-               and p.name != MARKER_FILE and not p.name.startswith(".tmp-")]
+    foreign = [
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.suffix != ".npy" and p.name != MARKER_FILE and not p.name.startswith(".tmp-")
+    ]
     if foreign or not directory.is_dir():
         raise MmapDirError(
-            f"{directory} is not a cache's memory-mapped copy (it holds {foreign[0] if foreign else 'a file'}); "
+            f"{directory} is not a cache's memory-mapped copy "
+            f"(it holds {foreign[0] if foreign else 'a file'}); "
             "pass an empty or new directory as mmap_dir"
         )
     shutil.rmtree(directory)
@@ -172,8 +188,14 @@ def _remove_dead_builds(parent: Path, key: str) -> None:
             continue
 
 
-def open_sidecar(store_dir: Path, metadata: CacheMetadata, store, mmap_dir: str | Path | None = None,
-                 verify: bool = True, progress: bool = False) -> MmapCache:
+def open_sidecar(
+    store_dir: Path,
+    metadata: CacheMetadata,
+    store,
+    mmap_dir: str | Path | None = None,
+    verify: bool = True,
+    progress: bool = False,
+) -> MmapCache:
     """The MmapCache of the finished cache at `store_dir`, building its sidecar if needed.
 
     mmap_dir: the sidecar directory (default `default_mmap_dir`). Reused when its marker matches
@@ -188,7 +210,9 @@ def open_sidecar(store_dir: Path, metadata: CacheMetadata, store, mmap_dir: str 
     if built:
         directory.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_builds(directory.parent, directory.name)
-        building = Path(tempfile.mkdtemp(prefix=f"{directory.name}.building-{os.getpid()}-", dir=directory.parent))
+        building = Path(
+            tempfile.mkdtemp(prefix=f"{directory.name}.building-{os.getpid()}-", dir=directory.parent)
+        )
         try:
             _build(building, store, metadata, verify, progress)
             arrays = _open_finished(directory, metadata)  # another process may have finished first
@@ -202,7 +226,9 @@ def open_sidecar(store_dir: Path, metadata: CacheMetadata, store, mmap_dir: str 
         finally:
             shutil.rmtree(building, ignore_errors=True)
         if arrays is None:
-            raise CacheCorruptError(f"the memory-mapped copy of {store_dir} at {directory} could not be read back "
-                                    "after building it; delete that directory and retry")
+            raise CacheCorruptError(
+                f"the memory-mapped copy of {store_dir} at {directory} could not be read back "
+                "after building it; delete that directory and retry"
+            )
     small = {name: np.array(arrays[name]) for name in SMALL_ARRAYS}  # ids, splits, labels: in RAM
     return MmapCache(Path(store_dir), metadata, directory, {**arrays, **small}, built)

@@ -14,8 +14,8 @@ copy on disk; train it with block-shuffled batches).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -29,8 +29,12 @@ from pipeline.cache.format import (
     read_metadata,
     short,
 )
-from pipeline.cache.mmap_store import MmapCache  # noqa: F401 (re-exported: a reader open_cache returns)
-from pipeline.cache.mmap_store import memory_cache_args, open_sidecar, read_shard_verified
+from pipeline.cache.mmap_store import (
+    MmapCache,  # noqa: F401 (re-exported: a reader open_cache returns)
+    memory_cache_args,
+    open_sidecar,
+    read_shard_verified,
+)
 from pipeline.cache.parquet_store import ParquetStore
 from pipeline.cache.reader import CacheReader, CacheSchema, MemoryCache
 from pipeline.cache.zarr_store import ZarrStore
@@ -69,7 +73,9 @@ class LazyZarrCache:
     """A finished Zarr cache too large for RAM: ids, splits and labels in memory; logits, features
     and the sparse form read per batch from the inner chunks the rows fall in."""
 
-    def __init__(self, path: Path, metadata: CacheMetadata, store: ZarrStore, small: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self, path: Path, metadata: CacheMetadata, store: ZarrStore, small: Mapping[str, np.ndarray]
+    ) -> None:
         self.path, self.metadata, self._store = path, metadata, store
         self._small = dict(small)
         layout = metadata.layout
@@ -104,7 +110,10 @@ class LazyZarrCache:
     @property
     def features(self) -> Mapping[str, np.ndarray]:
         """tap -> (N, *shape), each read whole when accessed (large: prefer `batch`)."""
-        return {tap: self._store.read(f"features/{tap}", slice(0, len(self))) for tap in self.schema.feature_shapes}
+        return {
+            tap: self._store.read(f"features/{tap}", slice(0, len(self)))
+            for tap in self.schema.feature_shapes
+        }
 
     @property
     def sparse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -134,34 +143,43 @@ class LazyZarrCache:
             split=self.split[rows],
             label=torch.from_numpy(self.label[rows]),
             logits=torch.from_numpy(self._gather("logits", rows).astype(np.float32)),
-            features={tap: torch.from_numpy(self._gather(f"features/{tap}", rows).astype(np.float32))
-                      for tap in self.schema.feature_shapes},
+            features={
+                tap: torch.from_numpy(self._gather(f"features/{tap}", rows).astype(np.float32))
+                for tap in self.schema.feature_shapes
+            },
             sparse=sparse,
         )
 
 
-def check_fingerprints(path: str | Path, metadata: CacheMetadata, dataset_fingerprint: str | None,
-                       teacher_sha256: str | None) -> None:
+def check_fingerprints(
+    path: str | Path, metadata: CacheMetadata, dataset_fingerprint: str | None, teacher_sha256: str | None
+) -> None:
     """Raise StaleCacheError when the cache at `path` (its cache.json `metadata`) was built for another
     dataset fingerprint or teacher sha256 than the ones given (None: not checked)."""
     if dataset_fingerprint is not None and metadata.dataset_fingerprint != dataset_fingerprint:
         raise StaleCacheError(
-            f"the cache at {path} was built for dataset {short(metadata.dataset_fingerprint)} but the dataset "
+            f"the cache at {path} was built for dataset {short(metadata.dataset_fingerprint)} but the "
+            f"dataset "
             f"in use is {short(dataset_fingerprint)}; re-run `dvc repro cache`"
         )
     if teacher_sha256 is not None and metadata.teacher_sha256 != teacher_sha256:
         raise StaleCacheError(
-            f"the cache at {path} was built for teacher sha256 {short(metadata.teacher_sha256)} but the teacher "
+            f"the cache at {path} was built for teacher sha256 {short(metadata.teacher_sha256)} but the "
+            f"teacher "
             f"in use is {short(teacher_sha256)}; re-run `dvc repro cache`"
         )
 
 
-def _read_verified(store: ZarrStore | ParquetStore, metadata: CacheMetadata, name: str, verify: bool) -> np.ndarray:
+def _read_verified(
+    store: ZarrStore | ParquetStore, metadata: CacheMetadata, name: str, verify: bool
+) -> np.ndarray:
     """One whole array, shard by shard, each shard checked against the manifest's sha256."""
     shape, dtype = metadata.layout.arrays()[name]
     out = np.empty((metadata.layout.num_rows, *shape), dtype)
     for record in metadata.manifest:
-        out[int(record["start"]):int(record["stop"])] = read_shard_verified(store, metadata, name, record, verify)
+        out[int(record["start"]) : int(record["stop"])] = read_shard_verified(
+            store, metadata, name, record, verify
+        )
     return out
 
 
@@ -190,18 +208,23 @@ def open_cache(
     metadata = read_metadata(path)
     if not metadata.complete:
         raise IncompleteCacheError(
-            f"the cache at {path} was never finished (no completion marker in cache.json); run `dvc repro cache`"
+            f"the cache at {path} was never finished (no completion marker in cache.json); run `dvc "
+            f"repro cache`"
         )
     check_fingerprints(path, metadata, dataset_fingerprint, teacher_sha256)
     layout = metadata.layout
     if len(metadata.manifest) != layout.num_shards:
-        raise IncompleteCacheError(f"the cache at {path} lists {len(metadata.manifest)} of {layout.num_shards} shards")
+        raise IncompleteCacheError(
+            f"the cache at {path} lists {len(metadata.manifest)} of {layout.num_shards} shards"
+        )
     store = ZarrStore(path, layout) if metadata.store == "zarr" else ParquetStore(path, layout)
     mode = _resolve_mode(path, metadata, mode, in_memory_max_bytes)
     if mode == "mmap":
         return open_sidecar(path, metadata, store, mmap_dir, verify)
     if mode == "lazy":
-        small = {name: _read_verified(store, metadata, name, verify) for name in ("sample_id", "split", "label")}
+        small = {
+            name: _read_verified(store, metadata, name, verify) for name in ("sample_id", "split", "label")
+        }
         return LazyZarrCache(path, metadata, store, small)
     arrays = {name: _read_verified(store, metadata, name, verify) for name in layout.arrays()}
     return StoredCache(path, metadata, arrays)
@@ -242,7 +265,8 @@ def check_alignment(reader: CacheReader, sample_ids: np.ndarray, exact: bool = F
             problems.append(f"{len(extra)} cache row(s) have ids the dataset lacks: {_list(extra)}")
     if problems:
         raise CacheAlignmentError(
-            "the dataset does not match the cache: " + "; ".join(problems)
+            "the dataset does not match the cache: "
+            + "; ".join(problems)
             + "; re-run `dvc repro cache` for this dataset"
         )
     return order[position].astype(np.int64)

@@ -35,7 +35,7 @@ class ParquetStore:
         self.zstd_level = zstd_level
 
     @classmethod
-    def create(cls, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> "ParquetStore":
+    def create(cls, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> ParquetStore:
         """An empty store directory at `path` (files appear shard by shard)."""
         Path(path).mkdir(parents=True, exist_ok=True)
         for stale in Path(path).glob("part-*.parquet"):
@@ -91,10 +91,15 @@ class ParquetStore:
         try:
             column = pq.read_table(path, columns=[name], page_checksum_verification=True).column(name)
             column = column.combine_chunks()
-            values = column.values.to_numpy(zero_copy_only=False) if row_shape else column.to_numpy(zero_copy_only=False)
+            values = (
+                column.values.to_numpy(zero_copy_only=False)
+                if row_shape
+                else column.to_numpy(zero_copy_only=False)
+            )
         except (OSError, pa.ArrowException, ValueError) as error:
-            raise CacheCorruptError(f"{where} fail their checksum or cannot be decoded ({error}); "
-                                    "re-run `dvc repro cache`") from None
+            raise CacheCorruptError(
+                f"{where} fail their checksum or cannot be decoded ({error}); re-run `dvc repro cache`"
+            ) from None
         values = np.asarray(values, dtype=dtype).reshape(-1, *row_shape)
         if len(values) != rows.stop - rows.start:
             raise CacheCorruptError(f"{where}: holds {len(values)} rows, expected {rows.stop - rows.start}")

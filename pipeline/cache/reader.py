@@ -7,8 +7,9 @@ back when the cache fits in memory (a random 256-row batch is then a numpy gathe
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -67,7 +68,8 @@ def block_shuffle(rows: np.ndarray, block_rows: int, blocks_per_window: int, see
     Rows are cut into blocks of `block_rows` consecutive rows (use the cache's rows_per_chunk),
     the blocks are put in random order, and rows are shuffled within each window of
     `blocks_per_window` consecutive blocks: a batch of up to block_rows * blocks_per_window
-    rows then spans at most two windows, i.e. at most 2 * blocks_per_window chunks. Every row appears exactly once; same seed, same order.
+    rows then spans at most two windows, i.e. at most 2 * blocks_per_window chunks. Every row appears
+    exactly once; same seed, same order.
     """
     rows = np.asarray(rows, np.int64)
     rng = np.random.default_rng(seed)
@@ -191,4 +193,12 @@ class MemoryCache:
         )
 
 
-__all__ = ["CacheReader", "CacheSchema", "MemoryCache", "UNLABELLED", "block_shuffle", "iter_batches", "rows_of_split"]
+__all__ = [
+    "CacheReader",
+    "CacheSchema",
+    "MemoryCache",
+    "UNLABELLED",
+    "block_shuffle",
+    "iter_batches",
+    "rows_of_split",
+]

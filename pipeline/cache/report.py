@@ -89,13 +89,18 @@ def reliability_bins(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BIN
     return out
 
 
-def kl_summary(reference_logits: np.ndarray, approx_logits: np.ndarray,
-               temperatures=TEMPERATURES) -> dict[str, dict[str, float]]:
+def kl_summary(
+    reference_logits: np.ndarray, approx_logits: np.ndarray, temperatures=TEMPERATURES
+) -> dict[str, dict[str, float]]:
     """Per T ("T1", "T2", ...): mean, p99 and max of KL(p_T(reference) || p_T(approx)) in nats."""
     out = {}
     for t in temperatures:
-        kl = rowwise(lambda ref, approx: kl_per_row(ref, approx, t), reference_logits, approx_logits)
-        out[f"T{t:g}"] = {"mean": float(kl.mean()), "p99": float(np.quantile(kl, 0.99)), "max": float(kl.max())}
+        kl = rowwise(lambda ref, approx, t=t: kl_per_row(ref, approx, t), reference_logits, approx_logits)
+        out[f"T{t:g}"] = {
+            "mean": float(kl.mean()),
+            "p99": float(np.quantile(kl, 0.99)),
+            "max": float(kl.max()),
+        }
     return out
 
 
@@ -121,8 +126,11 @@ def cache_report(
     num_rows, num_classes = logits.shape
     predicted = rowwise(lambda z: z.argmax(axis=1), logits)
     confidence = rowwise(top1_confidence, logits)
-    report: dict[str, Any] = {"rows": int(num_rows), "num_classes": int(num_classes),
-                              "logits_dtype": str(reader.logits.dtype)}
+    report: dict[str, Any] = {
+        "rows": int(num_rows),
+        "num_classes": int(num_classes),
+        "logits_dtype": str(reader.logits.dtype),
+    }
     stored = _store_bytes(getattr(reader, "path", None))
     if stored is not None and num_rows:
         report["bytes_per_sample"] = stored / num_rows
@@ -136,13 +144,16 @@ def cache_report(
             ece[name] = calibration_error(confidence[mask], correct)
     report["teacher_accuracy"] = accuracy
     report["teacher_ece_15"] = ece
-    report["entropy_nats"] = {f"T{t:g}": float(rowwise(lambda z: entropy_nats(z, t), logits).mean())
-                              for t in temperatures}
+    report["entropy_nats"] = {
+        f"T{t:g}": float(rowwise(lambda z, t=t: entropy_nats(z, t), logits).mean()) for t in temperatures
+    }
     report["entropy_max_nats"] = float(np.log(num_classes))
     report["top5_mass_T1"] = float(rowwise(lambda z: top_k_mass(z, 5, 1.0), logits).mean())
     if reference_logits is not None and len(reference_logits):
         rows = np.asarray(reference_rows, np.int64)
-        kl = kl_summary(np.asarray(reference_logits, np.float32), np.asarray(logits[rows], np.float32), temperatures)
+        kl = kl_summary(
+            np.asarray(reference_logits, np.float32), np.asarray(logits[rows], np.float32), temperatures
+        )
         report["stored_kl_vs_fp32"] = {"rows": int(len(rows)), **kl}
         report["stored_kl_goal_p99_nats"] = KL_GOAL_P99_NATS
         report["stored_kl_goal_met"] = bool(all(v["p99"] <= KL_GOAL_P99_NATS for v in kl.values()))
@@ -154,10 +165,18 @@ def cache_report(
         head_mass = np.exp(np.asarray(values, np.float64) - np.asarray(lse, np.float64)[:, None]).sum(axis=1)
         kl_vs_dense = {}
         for t in temperatures:
-            kl = rowwise(lambda z, v, i, m: kl_per_row(z, densify_top_k(v, i, m, num_classes), t),
-                         logits, values, indices, lse)
-            kl_vs_dense[f"T{t:g}"] = {"mean": float(kl.mean()), "p99": float(np.quantile(kl, 0.99)),
-                                      "max": float(kl.max())}
+            kl = rowwise(
+                lambda z, v, i, m, t=t: kl_per_row(z, densify_top_k(v, i, m, num_classes), t),
+                logits,
+                values,
+                indices,
+                lse,
+            )
+            kl_vs_dense[f"T{t:g}"] = {
+                "mean": float(kl.mean()),
+                "p99": float(np.quantile(kl, 0.99)),
+                "max": float(kl.max()),
+            }
         report["sparse"] = {
             "top_k": int(values.shape[1]),
             "head_mass_T1": float(head_mass.mean()),
@@ -176,7 +195,9 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    plotted = np.unique(np.linspace(0, len(reader.logits) - 1, min(len(reader.logits), 20000)).astype(np.int64))
+    plotted = np.unique(
+        np.linspace(0, len(reader.logits) - 1, min(len(reader.logits), 20000)).astype(np.int64)
+    )
     logits = np.asarray(reader.logits[plotted], np.float32)  # an even sample bounds the plots' memory
     labels = np.asarray(reader.label)[plotted]
     written = []
@@ -185,8 +206,12 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(grid, [entropy_nats(logits, t).mean() for t in grid], marker=".", label="mean entropy")
     ax.axhline(np.log(logits.shape[1]), color="gray", ls="--", label="log C (uniform)")
-    ax.set(xscale="log", xlabel="temperature T", ylabel="entropy of softmax(z/T) [nats]",
-           title="Soft-label entropy vs temperature")
+    ax.set(
+        xscale="log",
+        xlabel="temperature T",
+        ylabel="entropy of softmax(z/T) [nats]",
+        title="Soft-label entropy vs temperature",
+    )
     ax.legend()
     written.append(_save(fig, directory / "entropy_vs_temperature.png"))
 
@@ -195,11 +220,21 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
         bins = reliability_bins(logits[labelled], labels[labelled])
         fig, ax = plt.subplots(figsize=(4, 4))
         centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
-        ax.bar(centres, np.nan_to_num(bins["accuracy"]), width=1 / ECE_BINS, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.bar(
+            centres,
+            np.nan_to_num(bins["accuracy"]),
+            width=1 / ECE_BINS,
+            edgecolor="k",
+            alpha=0.7,
+            label="accuracy",
+        )
         ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
         ece = report["teacher_ece_15"]
-        ax.set(xlabel="confidence", ylabel="accuracy",
-               title="Teacher reliability (" + ", ".join(f"{k} ECE {v:.3f}" for k, v in ece.items()) + ")")
+        ax.set(
+            xlabel="confidence",
+            ylabel="accuracy",
+            title="Teacher reliability (" + ", ".join(f"{k} ECE {v:.3f}" for k, v in ece.items()) + ")",
+        )
         ax.title.set_fontsize(8)
         ax.legend()
         written.append(_save(fig, directory / "reliability.png"))
@@ -217,7 +252,13 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
                 values = [max(summary[f"T{t:g}"][stat], 1e-16) for t in ts]
                 ax.plot(ts, values, style, marker="o", label=f"{name} ({stat})")
         ax.axhline(KL_GOAL_P99_NATS, color="gray", ls=":", label="goal p99")
-        ax.set(xscale="log", yscale="log", xlabel="temperature T", ylabel="KL [nats]", title="Stored-form KL error")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="temperature T",
+            ylabel="KL [nats]",
+            title="Stored-form KL error",
+        )
         ax.set_xticks(ts, [f"{t:g}" for t in ts])
         ax.minorticks_off()
         ax.legend(fontsize=7)

@@ -33,7 +33,9 @@ def top_k_form(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.n
     return values, order.astype(np.int32), lse
 
 
-def densify_top_k(values: np.ndarray, indices: np.ndarray, logsumexp: np.ndarray, num_classes: int) -> np.ndarray:
+def densify_top_k(
+    values: np.ndarray, indices: np.ndarray, logsumexp: np.ndarray, num_classes: int
+) -> np.ndarray:
     """(N, C) float64 logits rebuilt from the top-k form with a flat tail (module docstring).
 
     values, indices: (N, k); logsumexp: (N,). Exact at T = 1 on the stored support; the tail

@@ -26,9 +26,10 @@ import logging
 import queue
 import shutil
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -54,8 +55,14 @@ from pipeline.io import atomic_write_json, replace_dir
 log = logging.getLogger(__name__)
 
 BYTES_PARAMS = (
-    "store", "logits_dtype", "features_dtype", "batch_size", "rows_per_chunk", "chunks_per_shard",
-    "zstd_level", "sparse_top_k",
+    "store",
+    "logits_dtype",
+    "features_dtype",
+    "batch_size",
+    "rows_per_chunk",
+    "chunks_per_shard",
+    "zstd_level",
+    "sparse_top_k",
 )
 """The cache params that decide the stored bytes (the rest only change how the build runs)."""
 
@@ -156,7 +163,9 @@ def run_teacher(teacher: Teacher, inputs: np.ndarray) -> dict[str, np.ndarray]:
 def _check_outputs(outputs: Mapping[str, np.ndarray], batch: slice, data: RowSource) -> None:
     """Refuse NaN/Inf in any teacher output, naming the output and the sample ids."""
     if "logits" not in outputs:
-        raise TeacherOutputError(f"the teacher returned {sorted(outputs)} but no 'logits'; check its output names")
+        raise TeacherOutputError(
+            f"the teacher returned {sorted(outputs)} but no 'logits'; check its output names"
+        )
     for name, values in outputs.items():
         finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
         if not finite.all():
@@ -188,8 +197,10 @@ def check_class_count(teacher_classes: int, dataset_classes: int | None) -> None
     """TeacherOutputError unless the teacher's logits width equals the dataset's class count."""
     if dataset_classes is not None and teacher_classes != dataset_classes:
         raise TeacherOutputError(
-            f"the teacher gives {teacher_classes} logits per row but the dataset has {dataset_classes} classes; "
-            f"use a teacher trained on these classes, or set prepare.dataset.num_classes to {teacher_classes} "
+            f"the teacher gives {teacher_classes} logits per row but the dataset has {dataset_classes} "
+            f"classes; "
+            f"use a teacher trained on these classes, or set prepare.dataset.num_classes to "
+            f"{teacher_classes} "
             "if the dataset has classes its labels do not show"
         )
 
@@ -208,8 +219,12 @@ def probe_layout(teacher: Teacher, data: RowSource, params: CacheParams) -> Cach
         num_classes=int(outputs["logits"].shape[1]),
         logits_dtype=params.logits_dtype,
         features_dtype=params.features_dtype,
-        feature_shapes={name: tuple(int(d) for d in v.shape[1:]) for name, v in outputs.items() if name != "logits"},
-        sparse_top_k=None if params.sparse_top_k is None else min(params.sparse_top_k, int(outputs["logits"].shape[1])),
+        feature_shapes={
+            name: tuple(int(d) for d in v.shape[1:]) for name, v in outputs.items() if name != "logits"
+        },
+        sparse_top_k=None
+        if params.sparse_top_k is None
+        else min(params.sparse_top_k, int(outputs["logits"].shape[1])),
         rows_per_chunk=params.rows_per_chunk,
         rows_per_shard=params.rows_per_shard,
     )
@@ -236,7 +251,9 @@ def create_store(
     scratch_dir = Path(scratch_dir)
     _check_rows(data)
     teacher_info = describe_teacher(teacher, teacher_sha256)
-    fingerprint = build_fingerprint(params.store, dataset_fingerprint, teacher_info, _bytes_params(params), code_version())
+    fingerprint = build_fingerprint(
+        params.store, dataset_fingerprint, teacher_info, _bytes_params(params), code_version()
+    )
     store_dir = scratch_dir / "store"
     if (store_dir / METADATA_FILE).exists():
         try:
@@ -246,8 +263,12 @@ def create_store(
         if existing is not None and existing.build_fingerprint == fingerprint:
             build = CacheBuild(scratch_dir, existing, data)
             build.store().remove_debris()
-            log.info("cache: resuming the build in %s (%d of %d shards done)", scratch_dir,
-                     len(completed_shards(build)), build.layout.num_shards)
+            log.info(
+                "cache: resuming the build in %s (%d of %d shards done)",
+                scratch_dir,
+                len(completed_shards(build)),
+                build.layout.num_shards,
+            )
             return build
         if existing is not None:
             reason = _why_different(existing, dataset_fingerprint, teacher_sha256, _bytes_params(params))
@@ -274,14 +295,22 @@ def create_store(
 def _check_rows(data: RowSource) -> None:
     lengths = {name: len(getattr(data, name)) for name in ("sample_id", "split", "label", "inputs")}
     if len(set(lengths.values())) != 1:
-        raise CacheInputError(f"the rows to cache are not aligned: lengths {lengths}; re-run `dvc repro prepare`")
+        raise CacheInputError(
+            f"the rows to cache are not aligned: lengths {lengths}; re-run `dvc repro prepare`"
+        )
     if lengths["sample_id"] == 0:
-        raise CacheInputError("there are no rows to cache (the prepared dataset is empty); check prepare.dataset")
+        raise CacheInputError(
+            "there are no rows to cache (the prepared dataset is empty); check prepare.dataset"
+        )
     if len(np.unique(data.sample_id)) != lengths["sample_id"]:
-        raise CacheInputError("sample ids are not unique; the cache joins on them, re-run `dvc repro prepare`")
+        raise CacheInputError(
+            "sample ids are not unique; the cache joins on them, re-run `dvc repro prepare`"
+        )
 
 
-def _why_different(existing: CacheMetadata, dataset_fingerprint: str, teacher_sha256: str, params: dict) -> str:
+def _why_different(
+    existing: CacheMetadata, dataset_fingerprint: str, teacher_sha256: str, params: dict
+) -> str:
     reasons = []
     if existing.dataset_fingerprint != dataset_fingerprint:
         reasons.append(f"dataset {short(existing.dataset_fingerprint)} -> {short(dataset_fingerprint)}")
@@ -289,7 +318,9 @@ def _why_different(existing: CacheMetadata, dataset_fingerprint: str, teacher_sh
         reasons.append(f"teacher {short(existing.teacher_sha256)} -> {short(teacher_sha256)}")
     changed = sorted(k for k in params if existing.params.get(k) != params[k])
     if changed:
-        reasons.append("params " + ", ".join(f"{k}: {existing.params.get(k)} -> {params[k]}" for k in changed))
+        reasons.append(
+            "params " + ", ".join(f"{k}: {existing.params.get(k)} -> {params[k]}" for k in changed)
+        )
     return "; ".join(reasons) or "format or code version changed"
 
 
@@ -319,7 +350,9 @@ def compute_shard(
     layout, data = build.layout, build.data
     rows = layout.shards()[shard_index]
     specs = layout.arrays()
-    arrays = {name: np.empty((rows.stop - rows.start, *shape), dtype) for name, (shape, dtype) in specs.items()}
+    arrays = {
+        name: np.empty((rows.stop - rows.start, *shape), dtype) for name, (shape, dtype) in specs.items()
+    }
     arrays["sample_id"][:] = data.sample_id[rows]
     arrays["split"][:] = data.split[rows]
     arrays["label"][:] = data.label[rows]
@@ -335,7 +368,9 @@ def compute_shard(
         arrays["logits"][local] = _cast("logits", logits, layout.logits_dtype, batch, data)
         for tap in layout.feature_shapes:
             if tap not in outputs:
-                raise TeacherOutputError(f"the teacher did not return tap {tap!r} (it returned {sorted(outputs)})")
+                raise TeacherOutputError(
+                    f"the teacher did not return tap {tap!r} (it returned {sorted(outputs)})"
+                )
             arrays[f"features/{tap}"][local] = _cast(tap, outputs[tap], layout.features_dtype, batch, data)
         if layout.sparse_top_k is not None:
             values, indices, lse = top_k_form(logits, layout.sparse_top_k)
@@ -395,7 +430,8 @@ def finalize(build: CacheBuild, out_dir: str | Path) -> Path:
     missing = sorted(set(range(num_shards)) - completed_shards(build))
     if missing:
         raise IncompleteCacheError(
-            f"cannot finalize {build.scratch_dir}: shards {missing[:20]}{' ...' if len(missing) > 20 else ''} "
+            f"cannot finalize {build.scratch_dir}: "
+            f"shards {missing[:20]}{' ...' if len(missing) > 20 else ''} "
             f"of {num_shards} are not written; re-run `dvc repro cache`"
         )
     manifest = [json.loads(_progress_path(build, k).read_text()) for k in range(num_shards)]
@@ -487,8 +523,13 @@ def build_cache(
     done = completed_shards(build)
     keep = reference_rows(layout.num_rows, params.kl_sample_rows, layout.num_classes)
     kept: dict[int, np.ndarray] = {}
-    bar = tqdm(total=layout.num_rows, initial=sum(shards[k].stop - shards[k].start for k in done),
-               unit="row", desc="cache", disable=(not progress) if progress is not None else None)
+    bar = tqdm(
+        total=layout.num_rows,
+        initial=sum(shards[k].stop - shards[k].start for k in done),
+        unit="row",
+        desc="cache",
+        disable=(not progress) if progress is not None else None,
+    )
     writer = _ShardWriter(build)
     try:
         for shard_index in range(len(shards)):
@@ -508,11 +549,17 @@ def build_cache(
     for shard_index in sorted(done):  # reference logits of resumed shards: recompute those batches only
         kept[shard_index] = shard_reference_logits(build, shard_index, teacher, keep)
     store_dir = finalize(build, out_dir)
-    reference = np.concatenate([kept[k] for k in range(len(shards))]) if shards else np.empty((0, layout.num_classes), np.float32)
+    reference = (
+        np.concatenate([kept[k] for k in range(len(shards))])
+        if shards
+        else np.empty((0, layout.num_classes), np.float32)
+    )
     return BuildResult(store_dir, keep, reference, len(shards) - len(done), len(done), provider)
 
 
-def shard_reference_logits(build: CacheBuild, shard_index: int, teacher: Teacher, keep: np.ndarray) -> np.ndarray:
+def shard_reference_logits(
+    build: CacheBuild, shard_index: int, teacher: Teacher, keep: np.ndarray
+) -> np.ndarray:
     """(n, C) fp32 teacher logits of the rows `keep` ((m,) sorted int64) that fall in shard
     `shard_index`, recomputed in the writer's own batches (so they equal what the build saw)."""
     rows = build.layout.shards()[shard_index]

@@ -32,7 +32,7 @@ class ZarrStore:
         self._readers: dict[str, zarr.Array] = {}
 
     @classmethod
-    def create(cls, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> "ZarrStore":
+    def create(cls, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> ZarrStore:
         """Create the group and every (empty) array at `path`, replacing what was there."""
         root = zarr.open_group(str(path), mode="w", zarr_format=3)
         for name, (row_shape, dtype) in layout.arrays().items():

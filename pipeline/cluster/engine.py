@@ -13,7 +13,8 @@ import contextlib
 import logging
 import sys
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pipeline.cluster.params import AddressParams, LocalParams, PBSParams, SlurmParams
 from pipeline.errors import DistilleryError
@@ -58,8 +59,11 @@ def jobqueue_kwargs(params: SlurmParams | PBSParams) -> dict[str, Any]:
     if params.gpus_per_worker:
         worker_args += ["--resources", f"GPU={params.gpus_per_worker}"]
     directives = list(params.job_extra_directives)
-    if (isinstance(params, SlurmParams) and params.gpus_per_worker
-            and not any(("gres" in d or "gpu" in d) for d in directives)):
+    if (
+        isinstance(params, SlurmParams)
+        and params.gpus_per_worker
+        and not any(("gres" in d or "gpu" in d) for d in directives)
+    ):
         directives.append(f"--gres=gpu:{params.gpus_per_worker * params.processes}")
     kwargs: dict[str, Any] = dict(
         cores=params.cores,
@@ -94,7 +98,9 @@ def _jobqueue_cluster(params: SlurmParams | PBSParams):
         with _port_moves_are_not_news():
             cluster = cls(**jobqueue_kwargs(params))
     except Exception as error:
-        raise ClusterStartError(f"could not start a {cls.__name__}: {type(error).__name__}: {error}") from error
+        raise ClusterStartError(
+            f"could not start a {cls.__name__}: {type(error).__name__}: {error}"
+        ) from error
     cluster.scale(n=params.workers)
     return cluster
 

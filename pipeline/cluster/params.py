@@ -21,7 +21,7 @@ cluster: {kind: address, address: "tcp://10.0.0.5:8786"}
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -107,7 +107,8 @@ class SlurmParams(_JobQueue):
 
 
 class PBSParams(_JobQueue):
-    """dask_jobqueue.PBSCluster; request GPUs with `resource_spec` or `job_extra_directives` (site-specific)."""
+    """dask_jobqueue.PBSCluster; request GPUs with `resource_spec` or `job_extra_directives`
+    (site-specific)."""
 
     kind: Literal["pbs"]
     resource_spec: str | None = None
@@ -124,9 +125,7 @@ class AddressParams(_Common):
     """Threads each task gives torch / ONNX Runtime (match your `dask worker --nthreads`)."""
 
 
-ClusterParams = Annotated[
-    Union[LocalParams, SlurmParams, PBSParams, AddressParams], Field(discriminator="kind")
-]
+ClusterParams = Annotated[LocalParams | SlurmParams | PBSParams | AddressParams, Field(discriminator="kind")]
 
 
 class _Section(StrictModel):
@@ -142,7 +141,9 @@ def parse_cluster_params(data: Any) -> LocalParams | SlurmParams | PBSParams | A
     return validate_section(_Section, {"cluster": data}, root="").cluster
 
 
-def load_cluster_params(path: str | Path = "params.yaml") -> LocalParams | SlurmParams | PBSParams | AddressParams:
+def load_cluster_params(
+    path: str | Path = "params.yaml",
+) -> LocalParams | SlurmParams | PBSParams | AddressParams:
     """The `cluster:` section of a params file, validated (absent: a local cluster)."""
     return parse_cluster_params(read_params_file(path).get("cluster"))
 

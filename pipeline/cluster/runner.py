@@ -12,8 +12,9 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Union
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -21,14 +22,15 @@ from pipeline.cluster.engine import open_client
 from pipeline.cluster.params import AddressParams, LocalParams, PBSParams, SlurmParams
 from pipeline.errors import DistilleryError
 
-TaskSpec = Union[Callable[[], Any], tuple[Callable[..., Any], tuple, dict]]
+TaskSpec = Callable[[], Any] | tuple[Callable[..., Any], tuple, dict]
 """A task: a callable of no arguments, or (fn, args, kwargs)."""
 
-ClusterLike = Union[LocalParams, SlurmParams, PBSParams, AddressParams, Any]
+ClusterLike = LocalParams | SlurmParams | PBSParams | AddressParams | Any
 
 
 class NoWorkerWithResourcesError(DistilleryError):
-    """Tasks ask for resources (e.g. GPU) that no worker of the cluster advertises; they would wait forever."""
+    """Tasks ask for resources (e.g. GPU) that no worker of the cluster advertises; they would wait
+    forever."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,14 @@ class TaskResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary (the value is kept as is: tasks return JSON-able values)."""
-        return {"name": self.name, "ok": self.ok, "value": self.value, "error": self.error,
-                "duration_s": self.duration_s, "worker": self.worker}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "value": self.value,
+            "error": self.error,
+            "duration_s": self.duration_s,
+            "worker": self.worker,
+        }
 
 
 def _split_spec(name: str, spec: TaskSpec) -> tuple[Callable[..., Any], tuple, dict]:
@@ -76,8 +84,12 @@ def _run_captured(fn: Callable[..., Any], args: tuple, kwargs: dict) -> dict[str
         value = fn(*args, **kwargs)
         return {"ok": True, "value": value, "duration_s": time.perf_counter() - start, "worker": worker}
     except BaseException:  # noqa: BLE001 - reported to the client, the worker goes on
-        return {"ok": False, "error": traceback.format_exc(), "duration_s": time.perf_counter() - start,
-                "worker": worker}
+        return {
+            "ok": False,
+            "error": traceback.format_exc(),
+            "duration_s": time.perf_counter() - start,
+            "worker": worker,
+        }
 
 
 def _check_resources(client: Any, resources: Mapping[str, float]) -> None:
@@ -95,8 +107,14 @@ def _check_resources(client: Any, resources: Mapping[str, float]) -> None:
     )
 
 
-def _collect(client: Any, tasks: Mapping[str, TaskSpec], resources: Mapping[str, float],
-             progress: bool, retries: int, desc: str) -> dict[str, TaskResult]:
+def _collect(
+    client: Any,
+    tasks: Mapping[str, TaskSpec],
+    resources: Mapping[str, float],
+    progress: bool,
+    retries: int,
+    desc: str,
+) -> dict[str, TaskResult]:
     from distributed import as_completed
 
     _check_resources(client, resources)
@@ -104,8 +122,16 @@ def _collect(client: Any, tasks: Mapping[str, TaskSpec], resources: Mapping[str,
     futures = {}
     for name, spec in tasks.items():
         fn, args, kwargs = _split_spec(name, spec)
-        future = client.submit(_run_captured, fn, args, kwargs, key=f"{name}-{token}", pure=False,
-                               resources=dict(resources) or None, retries=retries)
+        future = client.submit(
+            _run_captured,
+            fn,
+            args,
+            kwargs,
+            key=f"{name}-{token}",
+            pure=False,
+            resources=dict(resources) or None,
+            retries=retries,
+        )
         futures[future] = name
     results: dict[str, TaskResult] = {}
     failed = 0

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,13 +46,16 @@ class ShardedCacheError(DistilleryError):
     """Some shard groups failed; the shards they finished are kept and a re-run resumes."""
 
 
-def onnx_teacher_opener(path: str | Path, provider: str = "auto", intra_op_threads: int = 1, **names: Any) -> ShardOpener:
+def onnx_teacher_opener(
+    path: str | Path, provider: str = "auto", intra_op_threads: int = 1, **names: Any
+) -> ShardOpener:
     """A picklable opener of the ONNX teacher at `path` for workers (1 ORT thread by default, so
     W workers do not oversubscribe the cores)."""
     from pipeline.teacher.session import open_teacher
 
-    return functools.partial(open_teacher, str(Path(path).resolve()), provider=provider,
-                             intra_op_threads=intra_op_threads, **names)
+    return functools.partial(
+        open_teacher, str(Path(path).resolve()), provider=provider, intra_op_threads=intra_op_threads, **names
+    )
 
 
 def prepared_rows_opener(prepared_dir: str | Path) -> ShardOpener:
@@ -88,8 +92,15 @@ def _open_once(kind: str, opener: ShardOpener, build_fingerprint: str) -> Any:
     return _OPENED[kind][1]
 
 
-def _write_shard_group(scratch_dir: str, build_fingerprint: str, open_rows: ShardOpener, open_teacher: ShardOpener,
-                       shard_indices: list[int], written: list[bool], keep_rows: np.ndarray) -> dict[str, Any]:
+def _write_shard_group(
+    scratch_dir: str,
+    build_fingerprint: str,
+    open_rows: ShardOpener,
+    open_teacher: ShardOpener,
+    shard_indices: list[int],
+    written: list[bool],
+    keep_rows: np.ndarray,
+) -> dict[str, Any]:
     """Runs on a worker: compute every shard of the group whole; commit those not yet written.
 
     Returns {"provider": str, "reference": {shard: (n, C) float32 fp32 logits of keep_rows}}.
@@ -132,7 +143,9 @@ def build_cache_sharded(
     failed shard groups (with the first traceback); their finished shards are kept.
     """
     scratch_dir = Path(scratch_dir).resolve()
-    build = create_store(scratch_dir, open_rows(), open_teacher(), teacher_sha256, dataset_fingerprint, params)
+    build = create_store(
+        scratch_dir, open_rows(), open_teacher(), teacher_sha256, dataset_fingerprint, params
+    )
     layout = build.layout
     done = completed_shards(build)
     keep = reference_rows(layout.num_rows, params.kl_sample_rows)
@@ -144,8 +157,15 @@ def build_cache_sharded(
         tasks = {
             f"shards-{group[0]}-{group[-1]}": (
                 _write_shard_group,
-                (str(scratch_dir), build.metadata.build_fingerprint, open_rows, open_teacher, group,
-                 [k in done for k in group], keep),
+                (
+                    str(scratch_dir),
+                    build.metadata.build_fingerprint,
+                    open_rows,
+                    open_teacher,
+                    group,
+                    [k in done for k in group],
+                    keep,
+                ),
                 {},
             )
             for group in groups
@@ -163,8 +183,11 @@ def build_cache_sharded(
     for result in results.values():
         reference_by_shard.update(result.value["reference"])
     store_dir = finalize(build, out_dir)
-    reference = (np.concatenate([reference_by_shard[k] for k in range(layout.num_shards)])
-                 if layout.num_shards else np.empty((0, layout.num_classes), np.float32))
+    reference = (
+        np.concatenate([reference_by_shard[k] for k in range(layout.num_shards)])
+        if layout.num_shards
+        else np.empty((0, layout.num_classes), np.float32)
+    )
     provider = next(iter(results.values())).value["provider"] if results else "none"
     return BuildResult(store_dir, keep, reference, layout.num_shards - len(done), len(done), provider)
 
@@ -190,7 +213,17 @@ def build_cache_on_cluster(
     `intra_op_threads`, else the cluster's threads per worker, else 1), then `build_cache_sharded`.
     The cache stage calls it where `cluster.shard_cache` is true."""
     threads = intra_op_threads or getattr(cluster, "threads_per_worker", 1) or 1
-    teacher = onnx_teacher_opener(teacher_path, provider, threads, input_name=input_name,
-                                  logits_name=logits_name, tap_names=tap_names)
-    return build_cache_sharded(cluster, prepared_rows_opener(prepared_dir), teacher, teacher_sha256,
-                               dataset_fingerprint, params, out_dir, scratch_dir, progress=progress)
+    teacher = onnx_teacher_opener(
+        teacher_path, provider, threads, input_name=input_name, logits_name=logits_name, tap_names=tap_names
+    )
+    return build_cache_sharded(
+        cluster,
+        prepared_rows_opener(prepared_dir),
+        teacher,
+        teacher_sha256,
+        dataset_fingerprint,
+        params,
+        out_dir,
+        scratch_dir,
+        progress=progress,
+    )

@@ -9,8 +9,9 @@ is reported with its traceback; the others' outputs are written all the same.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pipeline.cluster.runner import ClusterLike, TaskResult, run_tasks
 from pipeline.io import atomic_write_json
@@ -35,13 +36,17 @@ def student_tasks(
     tasks = {}
     for name, params in students.items():
         params = params.model_copy(update={"cache": _absolute(params.cache)})
-        tasks[name] = (train_student, (name, params, _absolute(prepared_dir)), {
-            "out_dir": _absolute(Path(out_root) / name),
-            "scratch_dir": _absolute(Path(scratch_root) / name),
-            "seeds": None if seeds is None else list(seeds),
-            "progress": False,
-            "threads": threads,
-        })
+        tasks[name] = (
+            train_student,
+            (name, params, _absolute(prepared_dir)),
+            {
+                "out_dir": _absolute(Path(out_root) / name),
+                "scratch_dir": _absolute(Path(scratch_root) / name),
+                "seeds": None if seeds is None else list(seeds),
+                "progress": False,
+                "threads": threads,
+            },
+        )
     return tasks
 
 

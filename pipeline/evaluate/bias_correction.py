@@ -17,7 +17,8 @@ evaluate:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -38,7 +39,7 @@ class BiasGrid(StrictModel):
     step: float = Field(default=0.25, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "BiasGrid":
+    def _ordered(self) -> BiasGrid:
         if self.high < self.low:
             raise ValueError(f"grid: high ({self.high}) is below low ({self.low})")
         return self
@@ -81,8 +82,14 @@ def class_accuracy(logits: np.ndarray, labels: np.ndarray, cls: int) -> float | 
     return _accuracy(logits[rows], labels[rows]) if rows.any() else None
 
 
-def bias_correction(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
-                    test_labels: np.ndarray, classes: Sequence[int], grid: Sequence[float]) -> dict[str, Any]:
+def bias_correction(
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    test_logits: np.ndarray,
+    test_labels: np.ndarray,
+    classes: Sequence[int],
+    grid: Sequence[float],
+) -> dict[str, Any]:
     """Search a bias per class on val, apply it to test and report before/after.
 
     val_logits, test_logits: (N, C) float; *_labels: (N,) int64, labelled rows only. Returns
@@ -95,8 +102,10 @@ def bias_correction(val_logits: np.ndarray, val_labels: np.ndarray, test_logits:
         raise BiasCorrectionError(f"bias_correction.classes: {bad} out of range for {num_classes} classes")
     absent = [c for c in classes if not np.any(val_labels == c)]
     if absent:
-        raise BiasCorrectionError(f"bias_correction: the validation split has no labelled rows of class {absent}; "
-                                  "the bias cannot be chosen (omit_classes removes train rows only)")
+        raise BiasCorrectionError(
+            f"bias_correction: the validation split has no labelled rows of class {absent}; "
+            "the bias cannot be chosen (omit_classes removes train rows only)"
+        )
     val, test = np.array(val_logits, np.float64), np.array(test_logits, np.float64)
     biases = {}
     for cls in classes:
@@ -117,6 +126,7 @@ def bias_correction(val_logits: np.ndarray, val_labels: np.ndarray, test_logits:
 def summarise_seeds(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The metrics-JSON block: `accuracy_before`/`accuracy_after` and per class
     `class_<c>_before`/`class_<c>_after` as {"mean", "std"} over seeds, the biases per seed."""
+
     def spread(values: list[float]) -> dict[str, float]:
         array = np.asarray(values, np.float64)
         return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
@@ -133,8 +143,14 @@ def summarise_seeds(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return block
 
 
-def correct_model(modules: dict[str, Any], val: Any, test: Any, classes: Sequence[int],
-                  params: BiasCorrectionParams, batch_size: int = 512) -> dict[str, Any]:
+def correct_model(
+    modules: dict[str, Any],
+    val: Any,
+    test: Any,
+    classes: Sequence[int],
+    params: BiasCorrectionParams,
+    batch_size: int = 512,
+) -> dict[str, Any]:
     """`summarise_seeds` of `bias_correction` for every seed ("seed_<k>" -> module) on the val and
     test EvalSplits (pipeline/evaluate/evaluation.py); labelled rows only."""
     from pipeline.evaluate.evaluation import predict_logits
@@ -143,8 +159,14 @@ def correct_model(modules: dict[str, Any], val: Any, test: Any, classes: Sequenc
     for seed, module in modules.items():
         val_logits = predict_logits(module, val.inputs[val.labelled], batch_size)
         test_logits = predict_logits(module, test.inputs[test.labelled], batch_size)
-        per_seed[seed] = bias_correction(val_logits, val.labels[val.labelled], test_logits,
-                                         test.labels[test.labelled], classes, params.grid.values())
+        per_seed[seed] = bias_correction(
+            val_logits,
+            val.labels[val.labelled],
+            test_logits,
+            test.labels[test.labelled],
+            classes,
+            params.grid.values(),
+        )
     return summarise_seeds(per_seed)
 
 

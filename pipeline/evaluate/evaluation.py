@@ -7,16 +7,21 @@ separately on the exported ONNX file (pipeline/evaluate/latency.py), since that 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
 from pipeline.errors import DistilleryError
-from pipeline.evaluate.metrics import CalibrationBins, calibration_bins, classification_metrics, teacher_metrics
+from pipeline.evaluate.metrics import (
+    CalibrationBins,
+    calibration_bins,
+    classification_metrics,
+    teacher_metrics,
+)
 
 
 class EvaluationError(DistilleryError):
@@ -52,10 +57,12 @@ def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: in
     if len(rows) == 0:
         raise EvaluationError(f"the cache has no rows in split {split!r}; re-run `dvc repro prepare cache`")
     cached_ids = np.asarray(cache.sample_id)[rows]
-    teacher_logits = np.concatenate([
-        cache.batch(rows[start:start + rows_per_read]).logits.numpy()
-        for start in range(0, len(rows), rows_per_read)
-    ]).astype(np.float32, copy=False)
+    teacher_logits = np.concatenate(
+        [
+            cache.batch(rows[start : start + rows_per_read]).logits.numpy()
+            for start in range(0, len(rows), rows_per_read)
+        ]
+    ).astype(np.float32, copy=False)
     order = np.argsort(prepared.sample_id, kind="stable")
     sorted_ids = prepared.sample_id[order]
     position = np.clip(np.searchsorted(sorted_ids, cached_ids), 0, len(sorted_ids) - 1)
@@ -64,18 +71,22 @@ def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: in
         raise EvaluationError(
             f"{int(missing.sum())} cached {split} rows have sample ids absent from the prepared data "
             f"(first: {cached_ids[missing][:5].tolist()}); the cache was built on other data, "
-            "re-run `dvc repro cache`")
+            "re-run `dvc repro cache`"
+        )
     prepared_rows = order[position]
-    return EvalSplit(split, cached_ids, prepared.inputs[prepared_rows], prepared.label[prepared_rows], teacher_logits)
+    return EvalSplit(
+        split, cached_ids, prepared.inputs[prepared_rows], prepared.label[prepared_rows], teacher_logits
+    )
 
 
 @torch.no_grad()
 def predict_logits(module: torch.nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """(N, *input_shape) float32 -> (N, C) float32 logits of a StudentOutput-returning module, in eval mode."""
+    """(N, *input_shape) float32 -> (N, C) float32 logits of a StudentOutput-returning module, in eval
+    mode."""
     module.eval()
     chunks = []
     for start in range(0, len(inputs), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size], dtype=np.float32))
+        batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32))
         chunks.append(module(batch).logits.float().cpu().numpy())
     return np.concatenate(chunks)
 
@@ -111,8 +122,10 @@ def evaluate_seed(
     if not labelled.any():
         raise EvaluationError(f"split {data.name!r} has no labelled rows; accuracy, NLL and ECE need labels")
     if logits.shape != data.teacher_logits.shape:
-        raise EvaluationError(f"model logits {logits.shape} and teacher logits {data.teacher_logits.shape} differ; "
-                              "was the student trained on this dataset's classes?")
+        raise EvaluationError(
+            f"model logits {logits.shape} and teacher logits {data.teacher_logits.shape} differ; "
+            "was the student trained on this dataset's classes?"
+        )
     metrics = classification_metrics(logits[labelled], data.labels[labelled], ece_bins, top_k)
     metrics.update(teacher_metrics(logits, data.teacher_logits, temperature))
     return metrics, calibration_bins(logits[labelled], data.labels[labelled], ece_bins)
@@ -176,10 +189,18 @@ def calibration_tsv(bins_by_label: Mapping[str, CalibrationBins]) -> str:
     for label, bins in bins_by_label.items():
         for b in range(len(bins.count)):
             filled = bins.count[b] > 0
-            lines.append("\t".join([
-                label, f"{bins.edges[b]:.6f}", f"{bins.edges[b + 1]:.6f}", str(int(bins.count[b])),
-                f"{bins.accuracy[b]:.6f}" if filled else "", f"{bins.confidence[b]:.6f}" if filled else "",
-            ]))
+            lines.append(
+                "\t".join(
+                    [
+                        label,
+                        f"{bins.edges[b]:.6f}",
+                        f"{bins.edges[b + 1]:.6f}",
+                        str(int(bins.count[b])),
+                        f"{bins.accuracy[b]:.6f}" if filled else "",
+                        f"{bins.confidence[b]:.6f}" if filled else "",
+                    ]
+                )
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +215,9 @@ def read_calibration_tsv(text: str) -> dict[str, CalibrationBins]:
         number = lambda s: float(s) if s else np.nan  # noqa: E731
         edges = np.array([float(c[0]) for c in cells] + [float(cells[-1][1])])
         result[label] = CalibrationBins(
-            edges, np.array([int(c[2]) for c in cells]),
-            np.array([number(c[3]) for c in cells]), np.array([number(c[4]) for c in cells]))
+            edges,
+            np.array([int(c[2]) for c in cells]),
+            np.array([number(c[3]) for c in cells]),
+            np.array([number(c[4]) for c in cells]),
+        )
     return result

@@ -8,8 +8,8 @@ and a fallback is reported as "n/a", never as a CUDA number).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -39,7 +39,9 @@ def open_session(path: str | Path, provider: str = CPU, intra_op_threads: int | 
     options.log_severity_level = 4
     ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=[(provider, provider_options), CPU])
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=[(provider, provider_options), CPU]
+        )
     finally:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
     return session if session.get_providers()[0] == provider else None
@@ -48,8 +50,11 @@ def open_session(path: str | Path, provider: str = CPU, intra_op_threads: int | 
 def timeable(session) -> bool:
     """True when the session has one float32 input whose dims after the batch axis are all fixed."""
     inputs = session.get_inputs()
-    return (len(inputs) == 1 and inputs[0].type == "tensor(float)"
-            and all(isinstance(d, int) for d in inputs[0].shape[1:]))
+    return (
+        len(inputs) == 1
+        and inputs[0].type == "tensor(float)"
+        and all(isinstance(d, int) for d in inputs[0].shape[1:])
+    )
 
 
 def session_latency_ms(session, batch_size: int, warmup: int = 3, repeats: int = 20, seed: int = 0) -> float:
@@ -86,7 +91,8 @@ def onnx_latency_ms(
         for batch_size in batch_sizes:
             key = f"latency_ms_{short}_b{batch_size}"
             result[key] = (
-                NOT_AVAILABLE if session is None or not timeable(session)
+                NOT_AVAILABLE
+                if session is None or not timeable(session)
                 else session_latency_ms(session, batch_size, warmup, repeats)
             )
     return result

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import polars as pl
 
@@ -26,24 +27,45 @@ SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "root_agreement
 
 LATENCY_KEYS = ("cpu_b1", "cpu_b64", "cuda_b1", "cuda_b64")
 
-BIAS_COLUMNS = ("bias_corrected_accuracy_mean", "bias_corrected_accuracy_std",
-                "omitted_class_accuracy_before", "omitted_class_accuracy_after")
+BIAS_COLUMNS = (
+    "bias_corrected_accuracy_mean",
+    "bias_corrected_accuracy_std",
+    "omitted_class_accuracy_before",
+    "omitted_class_accuracy_after",
+)
 """Hinton's omitted-class correction (pipeline/evaluate/bias_correction.py): overall test accuracy after
 it, and the omitted classes' mean test accuracy before and after; empty when it did not run."""
 
 CSV_COLUMNS = (
-    "model", "recipe", "teacher", "params", "seeds", "temperature",
+    "model",
+    "recipe",
+    "teacher",
+    "params",
+    "seeds",
+    "temperature",
     *(f"{m}_{s}" for m in SPREAD_METRICS for s in ("mean", "std")),
-    *(f"latency_ms_{k}" for k in LATENCY_KEYS), "int8_accuracy_change",
+    *(f"latency_ms_{k}" for k in LATENCY_KEYS),
+    "int8_accuracy_change",
     *BIAS_COLUMNS,
 )
 
 MARKDOWN_COLUMNS = (
-    ("model", "student"), ("recipe", "family / recipe"), ("params", "params"), ("accuracy", "acc (mean ± std)"),
-    ("top5", "top-5"), ("nll", "NLL"), ("ece", "ECE"), ("teacher", "learned from"), ("agreement", "agreement"),
-    ("root_agreement", "root agr."), ("kl_T1", "KL T=1"),
-    ("kl_T", "KL T"), ("latency_ms_cpu_b1", "CPU ms b1"), ("latency_ms_cpu_b64", "CPU ms b64"),
-    ("latency_ms_cuda_b1", "CUDA ms b1"), ("int8_accuracy_change", "int8 Δacc"),
+    ("model", "student"),
+    ("recipe", "family / recipe"),
+    ("params", "params"),
+    ("accuracy", "acc (mean ± std)"),
+    ("top5", "top-5"),
+    ("nll", "NLL"),
+    ("ece", "ECE"),
+    ("teacher", "learned from"),
+    ("agreement", "agreement"),
+    ("root_agreement", "root agr."),
+    ("kl_T1", "KL T=1"),
+    ("kl_T", "KL T"),
+    ("latency_ms_cpu_b1", "CPU ms b1"),
+    ("latency_ms_cpu_b64", "CPU ms b64"),
+    ("latency_ms_cuda_b1", "CUDA ms b1"),
+    ("int8_accuracy_change", "int8 Δacc"),
 )
 
 
@@ -56,11 +78,13 @@ def collect_metrics(evaluate_root: str | Path) -> list[dict[str, Any]]:
     report per member under `members`), parsed, in student order."""
     paths = sorted(Path(evaluate_root).glob("*/metrics.json"))
     if not paths:
-        raise LeaderboardError(f"{evaluate_root}: no <student>/metrics.json found; run `dvc repro evaluate` first")
+        raise LeaderboardError(
+            f"{evaluate_root}: no <student>/metrics.json found; run `dvc repro evaluate` first"
+        )
     reports = []
     for path in paths:
         payload = json.loads(path.read_text())
-        for report in (payload["members"].values() if "members" in payload else [payload]):
+        for report in payload["members"].values() if "members" in payload else [payload]:
             if "model" not in report or "accuracy" not in report:
                 raise LeaderboardError(f"{path}: not an evaluate metrics file (needs `model` and `accuracy`)")
             reports.append(report)
@@ -87,25 +111,36 @@ def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
         row["bias_corrected_accuracy_std"] = fixed["accuracy_after"]["std"]
         for when in ("before", "after"):
             row[f"omitted_class_accuracy_{when}"] = sum(
-                fixed[f"class_{c}_{when}"]["mean"] for c in fixed["classes"]) / len(fixed["classes"])
+                fixed[f"class_{c}_{when}"]["mean"] for c in fixed["classes"]
+            ) / len(fixed["classes"])
     return row
 
 
-def leaderboard_frame(reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None) -> pl.DataFrame:
+def leaderboard_frame(
+    reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
     """One row per model (columns CSV_COLUMNS): the teacher first (when given), then the models by
     mean accuracy, best first (ties by name; unmeasured accuracy last)."""
     flat = [flatten_report(r) for r in reports]
     if teacher is not None:
         flat.insert(0, flatten_report(teacher))
-    frame = pl.DataFrame(flat, schema=list(CSV_COLUMNS), infer_schema_length=None, orient="row"
-                         ) if flat else pl.DataFrame(schema=list(CSV_COLUMNS))
+    frame = (
+        pl.DataFrame(flat, schema=list(CSV_COLUMNS), infer_schema_length=None, orient="row")
+        if flat
+        else pl.DataFrame(schema=list(CSV_COLUMNS))
+    )
     frame = frame.with_row_index("_order").with_columns(
-        _is_teacher=pl.lit(teacher is not None) & (pl.col("_order") == 0))
-    frame = frame.sort(["_is_teacher", "accuracy_mean", "model"], descending=[True, True, False], nulls_last=True)
+        _is_teacher=pl.lit(teacher is not None) & (pl.col("_order") == 0)
+    )
+    frame = frame.sort(
+        ["_is_teacher", "accuracy_mean", "model"], descending=[True, True, False], nulls_last=True
+    )
     return frame.drop("_order", "_is_teacher")
 
 
-def leaderboard_rows(reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def leaderboard_rows(
+    reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Flat rows (dicts keyed by CSV_COLUMNS): the teacher first (when given), then the models by mean
     accuracy, best first."""
     return leaderboard_frame(reports, teacher).to_dicts()
@@ -113,8 +148,16 @@ def leaderboard_rows(reports: Iterable[Mapping[str, Any]], teacher: Mapping[str,
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     """The rows as CSV text with the CSV_COLUMNS header (empty cell = not measured), written by polars."""
-    frame = pl.DataFrame([{k: row.get(k) for k in CSV_COLUMNS} for row in rows], schema=list(CSV_COLUMNS),
-                         infer_schema_length=None, orient="row") if rows else pl.DataFrame(schema=list(CSV_COLUMNS))
+    frame = (
+        pl.DataFrame(
+            [{k: row.get(k) for k in CSV_COLUMNS} for row in rows],
+            schema=list(CSV_COLUMNS),
+            infer_schema_length=None,
+            orient="row",
+        )
+        if rows
+        else pl.DataFrame(schema=list(CSV_COLUMNS))
+    )
     return frame.write_csv(line_terminator="\n")
 
 
@@ -123,7 +166,9 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
         mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
         if mean is None:
             return "-"
-        return f"{mean:.4f} ± {std:.4f}" if key == "accuracy" and (row.get("seeds") or 1) > 1 else f"{mean:.4f}"
+        return (
+            f"{mean:.4f} ± {std:.4f}" if key == "accuracy" and (row.get("seeds") or 1) > 1 else f"{mean:.4f}"
+        )
     value = row.get(key)
     if value is None:
         return "-"
@@ -142,28 +187,41 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
     """The rows as a Markdown table under a heading, with a line on how to read it."""
     columns = MARKDOWN_COLUMNS
     if any(row.get("bias_corrected_accuracy_mean") is not None for row in rows):  # only then: no empty column
-        columns += (("bias_corrected_accuracy_mean", "acc, bias fixed"),
-                    ("omitted_class_accuracy_before", "omitted cls acc"), ("omitted_class_accuracy_after", "… bias fixed"))
+        columns += (
+            ("bias_corrected_accuracy_mean", "acc, bias fixed"),
+            ("omitted_class_accuracy_before", "omitted cls acc"),
+            ("omitted_class_accuracy_after", "… bias fixed"),
+        )
     header = "| " + " | ".join(label for _, label in columns) + " |"
-    rule = "|" + "|".join(" --- " if key in ("model", "recipe", "teacher") else " ---: " for key, _ in columns) + "|"
+    rule = (
+        "|"
+        + "|".join(" --- " if key in ("model", "recipe", "teacher") else " ---: " for key, _ in columns)
+        + "|"
+    )
     body = ["| " + " | ".join(_cell(row, key) for key, _ in columns) + " |" for row in rows]
-    note = ("Test split. acc: mean ± sample std over seeds (other metrics: mean). NLL in nats; ECE with 15 "
-            "bins; learned from: the root teacher, the student whose cache it learned from (a chain), or labels; "
-            "agreement: same argmax as the teacher it learned from; root agr.: as the root teacher; "
-            "KL(teacher it learned from || student) in nats without T²; latency: "
-            "median ONNX Runtime ms per batch, one intra-op thread; n/a = provider not available here. "
-            "See docs/evaluation.md.")
+    note = (
+        "Test split. acc: mean ± sample std over seeds (other metrics: mean). NLL in nats; ECE with 15 "
+        "bins; learned from: the root teacher, the student whose cache it learned from (a chain), or labels; "
+        "agreement: same argmax as the teacher it learned from; root agr.: as the root teacher; "
+        "KL(teacher it learned from || student) in nats without T²; latency: "
+        "median ONNX Runtime ms per batch, one intra-op thread; n/a = provider not available here. "
+        "See docs/evaluation.md."
+    )
     if len(columns) > len(MARKDOWN_COLUMNS):
-        note += (" Bias fixed: Hinton's correction of the classes left out of the transfer set (output bias "
-                 "chosen on val); omitted cls acc: their mean test accuracy, before and after (docs/scenario.md).")
+        note += (
+            " Bias fixed: Hinton's correction of the classes left out of the transfer set (output bias "
+            "chosen on val); omitted cls acc: their mean test accuracy, before and after (docs/scenario.md)."
+        )
     return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
 
 
 def write_leaderboard(rows: list[dict[str, Any]], directory: str | Path) -> tuple[Path, Path]:
     """Write `leaderboard.md` and `leaderboard.csv` into `directory`, each atomically."""
     directory = Path(directory)
-    return (atomic_write_text(directory / "leaderboard.md", to_markdown(rows)),
-            atomic_write_text(directory / "leaderboard.csv", to_csv(rows)))
+    return (
+        atomic_write_text(directory / "leaderboard.md", to_markdown(rows)),
+        atomic_write_text(directory / "leaderboard.csv", to_csv(rows)),
+    )
 
 
 def build_leaderboard(
@@ -189,15 +247,22 @@ def build_leaderboard(
     reference = None
     if teacher is not None and rows[0]["params"]:
         reference = ("teacher", rows[0]["params"], rows[0]["accuracy_mean"])
-    accuracy_vs_params([r["model"] for r in students], [r["params"] for r in students],
-                       [r["accuracy_mean"] for r in students], [r["accuracy_std"] for r in students],
-                       out_dir / "plots" / "accuracy_vs_params.png", reference)
+    accuracy_vs_params(
+        [r["model"] for r in students],
+        [r["params"] for r in students],
+        [r["accuracy_mean"] for r in students],
+        [r["accuracy_std"] for r in students],
+        out_dir / "plots" / "accuracy_vs_params.png",
+        reference,
+    )
     bins = {"teacher": teacher_bins} if teacher_bins is not None else {}
     for table in sorted(Path(evaluate_root).glob("*/calibration.tsv")):
         for label, seed_bins in read_calibration_tsv(table.read_text()).items():
             member = label.rpartition("/")[0]  # "seed_0" or "<member>/seed_0"
             bins.setdefault("/".join(filter(None, (table.parent.name, member))), seed_bins)
-    reliability_diagram(bins, out_dir / "plots" / "reliability.png", title="Reliability on the test split (first seed)")
+    reliability_diagram(
+        bins, out_dir / "plots" / "reliability.png", title="Reliability on the test split (first seed)"
+    )
     if train_root is not None:
         for metric in curve_metrics:
             training_curves(train_root, metric, out_dir / "plots" / f"curves_{metric.replace('/', '_')}.png")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import RootModel, field_validator
 
@@ -38,7 +39,9 @@ class ChainsSection(RootModel[dict[str, ChainParams]]):
     def _names_are_directory_names(cls, chains: dict[str, ChainParams]) -> dict[str, ChainParams]:
         for name in chains:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-                raise ValueError(f"chain name {name!r} must be letters, digits, '_', '-' or '.' (it names a directory)")
+                raise ValueError(
+                    f"chain name {name!r} must be letters, digits, '_', '-' or '.' (it names a directory)"
+                )
         return chains
 
 
@@ -56,8 +59,9 @@ def _normal(path: Any) -> str:
     return posixpath.normpath(str(path).replace("\\", "/"))
 
 
-def learned_from(recipe: Mapping[str, Any], chains: Mapping[str, Any] | None = None,
-                 root_cache: str = ROOT_CACHE) -> str:
+def learned_from(
+    recipe: Mapping[str, Any], chains: Mapping[str, Any] | None = None, root_cache: str = ROOT_CACHE
+) -> str:
     """What a student (its raw `students.<name>` mapping) learned from, for the leaderboard:
     "labels" when every loss term is label-only (ce, smoothing), "teacher" for the root cache,
     the chain's teacher (a student name) for `data/chains/<chain>/store`, else the cache path."""

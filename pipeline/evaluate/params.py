@@ -26,4 +26,6 @@ class EvaluateParams(StrictModel):
     top_k: int = Field(default=5, ge=1)
     batch_size: int = Field(default=512, ge=1)
     latency: LatencyParams = LatencyParams()
-    bias_correction: BiasCorrectionParams | None = None  # Hinton 2015 §3; on by itself when prepare.omit_classes is set
+    bias_correction: BiasCorrectionParams | None = (
+        None  # Hinton 2015 §3; on by itself when prepare.omit_classes is set
+    )

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -41,8 +41,13 @@ def reliability_diagram(
         centres = (bins.edges[:-1] + bins.edges[1:]) / 2
         filled = bins.count > 0
         # marker area ~ rows in the bin: a nearly empty bin's accuracy is noise, and looks it
-        line, = top.plot(bins.confidence[filled], bins.accuracy[filled], linewidth=0.8, alpha=0.6,
-                         label=f"{label} (ECE {bins.ece:.3f})")
+        (line,) = top.plot(
+            bins.confidence[filled],
+            bins.accuracy[filled],
+            linewidth=0.8,
+            alpha=0.6,
+            label=f"{label} (ECE {bins.ece:.3f})",
+        )
         sizes = 6 + 60 * bins.count[filled] / max(int(bins.count.max()), 1)
         top.scatter(bins.confidence[filled], bins.accuracy[filled], s=sizes, color=line.get_color(), zorder=3)
         bottom.plot(centres, bins.count, drawstyle="steps-mid", color=line.get_color(), label=label)
@@ -82,7 +87,10 @@ def read_dvclive_tsv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     lines = Path(path).read_text().strip().splitlines()
     header = lines[0].split("\t")
     name = Path(path).stem
-    step_column, value_column = header.index("step"), header.index(name) if name in header else len(header) - 1
+    step_column, value_column = (
+        header.index("step"),
+        header.index(name) if name in header else len(header) - 1,
+    )
     rows = [line.split("\t") for line in lines[1:]]
     return (np.array([float(r[step_column]) for r in rows]), np.array([float(r[value_column]) for r in rows]))
 

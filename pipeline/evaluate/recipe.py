@@ -8,7 +8,8 @@ they do not; these helpers never fail on a key they do not know.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 

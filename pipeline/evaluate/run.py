@@ -17,8 +17,9 @@ scale, and `teacher` names what it learned from.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +49,10 @@ def exported_model(export_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     export_dir = Path(export_dir)
     onnx_path, parity_path = export_dir / "model.onnx", export_dir / "parity.json"
     if not onnx_path.exists() or not parity_path.exists():
-        raise MissingExportError(f"{export_dir}: no model.onnx + parity.json; run `dvc repro export` first "
-                                 "(evaluate times the exported model)")
+        raise MissingExportError(
+            f"{export_dir}: no model.onnx + parity.json; run `dvc repro export` first "
+            "(evaluate times the exported model)"
+        )
     return onnx_path, json.loads(parity_path.read_text())
 
 
@@ -80,26 +83,50 @@ def evaluate_trained_model(
     latency, int8 = None, None
     if export_dir is not None:
         onnx_path, parity = exported_model(export_dir)
-        latency = onnx_latency_ms(onnx_path, params.latency.batch_sizes, params.latency.providers,
-                                  params.latency.warmup, params.latency.repeats, params.latency.intra_op_threads)
+        latency = onnx_latency_ms(
+            onnx_path,
+            params.latency.batch_sizes,
+            params.latency.providers,
+            params.latency.warmup,
+            params.latency.repeats,
+            params.latency.intra_op_threads,
+        )
         int8 = parity.get("int8")
-    report = metrics_report(model, evaluation, data, count_parameters(next(iter(modules.values()))),
-                            recipe_summary(recipe), temperature, latency, int8)
+    report = metrics_report(
+        model,
+        evaluation,
+        data,
+        count_parameters(next(iter(modules.values()))),
+        recipe_summary(recipe),
+        temperature,
+        latency,
+        int8,
+    )
     if root is None:
         root_values = [seed["agreement"] for seed in evaluation.per_seed.values()]
     else:
-        root_values = [agreement(predict_logits(module, root.inputs, params.batch_size), root.teacher_logits)
-                       for module in modules.values()]
+        root_values = [
+            agreement(predict_logits(module, root.inputs, params.batch_size), root.teacher_logits)
+            for module in modules.values()
+        ]
     report = _with_lineage(report, teacher, root_values)
     if bias is not None:
         from pipeline.evaluate.bias_correction import BiasCorrectionParams, correct_model
 
-        report["bias_correction"] = correct_model(modules, bias[0], data, bias[1],
-                                                  params.bias_correction or BiasCorrectionParams(), params.batch_size)
+        report["bias_correction"] = correct_model(
+            modules,
+            bias[0],
+            data,
+            bias[1],
+            params.bias_correction or BiasCorrectionParams(),
+            params.batch_size,
+        )
     return report, evaluation.bins
 
 
-def _with_lineage(report: dict[str, Any], teacher: str | None, root_values: Sequence[float]) -> dict[str, Any]:
+def _with_lineage(
+    report: dict[str, Any], teacher: str | None, root_values: Sequence[float]
+) -> dict[str, Any]:
     """`report` with `teacher` after `recipe` and `root_agreement` {"mean", "std"} after `agreement`."""
     values = np.asarray(root_values, dtype=np.float64)
     spread = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
@@ -134,16 +161,23 @@ def evaluate_student_dir(
     student_dir, out_dir = Path(student_dir), Path(out_dir)
     models = list_trained(student_dir)
     if not models:
-        raise EvaluationError(f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first")
+        raise EvaluationError(
+            f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first"
+        )
     reports, bins = {}, {}
     for name, seeds in models.items():
         export_dir = None if export_root is None else Path(export_root) / name
-        reports[name], seed_bins = evaluate_trained_model(name, seeds, data, params, model_recipe(recipe, name), export_dir,
-                                                            root, teacher, bias)
+        reports[name], seed_bins = evaluate_trained_model(
+            name, seeds, data, params, model_recipe(recipe, name), export_dir, root, teacher, bias
+        )
         member = name.partition("/")[2]
         bins.update({f"{member}/{seed}" if member else seed: b for seed, b in seed_bins.items()})
-    reliability_diagram(bins, out_dir / "reliability.png", title=f"{student_dir.name}: reliability on {data.name}")
+    reliability_diagram(
+        bins, out_dir / "reliability.png", title=f"{student_dir.name}: reliability on {data.name}"
+    )
     atomic_write_text(out_dir / "calibration.tsv", calibration_tsv(bins))
     single = len(reports) == 1 and next(iter(reports)) == student_dir.name
-    atomic_write_json(out_dir / "metrics.json", next(iter(reports.values())) if single else {"members": reports})
+    atomic_write_json(
+        out_dir / "metrics.json", next(iter(reports.values())) if single else {"members": reports}
+    )
     return reports

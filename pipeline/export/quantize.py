@@ -50,19 +50,27 @@ def quantize_int8(source: str | Path, target: str | Path) -> Path:
     return target
 
 
-def onnx_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 256, output: str = "logits") -> np.ndarray:
+def onnx_logits(
+    path: str | Path, inputs: np.ndarray, batch_size: int = 256, output: str = "logits"
+) -> np.ndarray:
     """(N, *input_shape) float32 -> (N, C) float32: the `output` of an ONNX model on the CPU provider."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    return np.concatenate([
-        session.run([output], {input_name: np.ascontiguousarray(inputs[s:s + batch_size], dtype=np.float32)})[0]
-        for s in range(0, len(inputs), batch_size)
-    ])
+    return np.concatenate(
+        [
+            session.run(
+                [output], {input_name: np.ascontiguousarray(inputs[s : s + batch_size], dtype=np.float32)}
+            )[0]
+            for s in range(0, len(inputs), batch_size)
+        ]
+    )
 
 
-def int8_report(fp32_path: str | Path, int8_path: str | Path, inputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def int8_report(
+    fp32_path: str | Path, int8_path: str | Path, inputs: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
     """How the int8 model compares with the fp32 one on labelled rows inputs (N, ...), labels (N,):
     accuracy of each, the change (int8 - fp32, in accuracy points of [0, 1]), argmax agreement,
     the largest absolute logit difference and both file sizes."""

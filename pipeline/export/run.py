@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,10 @@ def pick_seed(seed_dirs: Sequence[Path], seed: int | None) -> Path:
     for seed_dir in seed_dirs:
         if seed_dir.name == f"seed_{seed}":
             return seed_dir
-    raise ExportError(f"export.seed: {seed} was not trained (have {', '.join(p.name for p in seed_dirs)}); "
-                      "set export.seed to one of them or null for the first")
+    raise ExportError(
+        f"export.seed: {seed} was not trained (have {', '.join(p.name for p in seed_dirs)}); "
+        "set export.seed to one of them or null for the first"
+    )
 
 
 def export_seed(
@@ -61,12 +64,21 @@ def export_seed(
     config = read_student_config(seed_dir)
     student = load_trained_student(seed_dir)
     report: dict[str, Any] = {
-        "student": config.get("student"), "seed": config.get("seed"), "source": seed_dir.as_posix(),
-        "arch": config.get("arch"), "params": count_parameters(student), "file": MODEL_FILE,
+        "student": config.get("student"),
+        "seed": config.get("seed"),
+        "source": seed_dir.as_posix(),
+        "arch": config.get("arch"),
+        "params": count_parameters(student),
+        "file": MODEL_FILE,
     }
     report["parity"] = export_student(
-        student, tuple(config["input_shape"]), out_dir / MODEL_FILE,
-        parity_batch_sizes=params.parity_batch_sizes, rtol=params.rtol, atol=params.atol, seed=params.parity_seed,
+        student,
+        tuple(config["input_shape"]),
+        out_dir / MODEL_FILE,
+        parity_batch_sizes=params.parity_batch_sizes,
+        rtol=params.rtol,
+        atol=params.atol,
+        seed=params.parity_seed,
     )
     if params.int8:
         quantize_int8(out_dir / MODEL_FILE, out_dir / INT8_FILE)
@@ -89,7 +101,9 @@ def export_student_dir(
 
     models = list_trained(student_dir)
     if not models:
-        raise ExportError(f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first")
+        raise ExportError(
+            f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first"
+        )
     return {
         name: export_seed(pick_seed(seeds, params.seed), Path(export_root) / name, params, int8_data)
         for name, seeds in models.items()

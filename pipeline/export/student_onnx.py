@@ -11,8 +11,8 @@ installs the file only once it has passed the parity check.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,9 @@ def student_tap_names(student: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(student, "tap_shapes", {}) or {})
 
 
-def parity_inputs(input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 7, 64), seed: int = 0) -> list[np.ndarray]:
+def parity_inputs(
+    input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 7, 64), seed: int = 0
+) -> list[np.ndarray]:
     """One seeded standard-normal float32 batch per size: [(b, *input_shape) for b in batch_sizes]."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((b, *input_shape)).astype(np.float32) for b in batch_sizes]
@@ -70,9 +72,20 @@ def export_student(
     try:
         example = torch.from_numpy(parity_inputs(input_shape, (2,), seed)[0])
         export_onnx(student, example, temporary, output_names(tap_names), input_name=INPUT)
-        report = check_onnx_parity(student, temporary, parity_inputs(input_shape, parity_batch_sizes, seed),
-                                   rtol=rtol, atol=atol, input_name=INPUT)
+        report = check_onnx_parity(
+            student,
+            temporary,
+            parity_inputs(input_shape, parity_batch_sizes, seed),
+            rtol=rtol,
+            atol=atol,
+            input_name=INPUT,
+        )
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    return {"input": INPUT, "input_shape": list(input_shape), "output_names": output_names(tap_names), **report}
+    return {
+        "input": INPUT,
+        "input_shape": list(input_shape),
+        "output_names": output_names(tap_names),
+        **report,
+    }

@@ -8,8 +8,8 @@ A family module (`hinton.py`, `rkd.py`, ...) holds pure math functions on tensor
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 

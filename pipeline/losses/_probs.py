@@ -48,8 +48,9 @@ _LOG_ZERO = torch.finfo(torch.float32).min
 """Stands in for log 0 = -inf in a target: exp gives exactly 0 and differences stay finite."""
 
 
-def kl_batch_mean(target_log_probs: torch.Tensor, input_log_probs: torch.Tensor,
-                  scale: float = 1.0) -> torch.Tensor:
+def kl_batch_mean(
+    target_log_probs: torch.Tensor, input_log_probs: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
     """(B, C), (B, C) -> scalar (scale/B) sum_i KL(p_i || q_i): `scale * kl_rows(...).mean()` as one fused
     `F.kl_div(log_target=True)` kernel (the dense fast path of the Hinton term).
 
@@ -63,8 +64,9 @@ def kl_batch_mean(target_log_probs: torch.Tensor, input_log_probs: torch.Tensor,
     return total * (scale / max(input_log_probs.shape[0], 1))
 
 
-def soft_ce_batch_mean(target_log_probs: torch.Tensor, input_log_probs: torch.Tensor,
-                       scale: float = 1.0) -> torch.Tensor:
+def soft_ce_batch_mean(
+    target_log_probs: torch.Tensor, input_log_probs: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
     """(B, C), (B, C) -> scalar (scale/B) sum_i H(p_i, q_i) = `scale * soft_ce_rows(...).mean()`;
     masked targets (p = 0) contribute 0. Needs finite `input_log_probs` and a target without
     gradient, as `kl_batch_mean`. Returns a float32 scalar; 0 for B = 0."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import nn
-
 from pydantic import Field, model_validator
+from torch import nn
 
 from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError

@@ -32,8 +32,9 @@ def spatial_attention(feature_map: torch.Tensor, power: float = 2.0) -> torch.Te
     return F.normalize(pooled, dim=1)
 
 
-def spatial_attention_distance(student_map: torch.Tensor, teacher_map: torch.Tensor,
-                               power: float = 2.0) -> torch.Tensor:
+def spatial_attention_distance(
+    student_map: torch.Tensor, teacher_map: torch.Tensor, power: float = 2.0
+) -> torch.Tensor:
     """(1/B) sum_i ||a_S,i - a_T,i||_2^2 with `spatial_attention`; channels may differ, H, W not.
     Returns a float32 scalar.  Source: Zagoruyko & Komodakis 2017; seeds/001 §3 (transfer of maps)."""
     difference = spatial_attention(student_map, power) - spatial_attention(teacher_map, power)
@@ -47,9 +48,11 @@ class AttentionParams(StrictModel):
     weight: float = Field(1.0, description="factor of this term in the recipe total")
     layers: list[TapPair] = Field(min_length=1, description="[{student: attn1, teacher: attn4}, ...]")
     form: Literal["maps", "spatial"] = Field(
-        "maps", description="maps: exported (B, H, N, N) attention; spatial: (B, C, H, W) conv activations")
+        "maps", description="maps: exported (B, H, N, N) attention; spatial: (B, C, H, W) conv activations"
+    )
     head_reduction: Literal["none", "mean"] = Field(
-        "none", description="maps: mean over heads first (when head counts differ)")
+        "none", description="maps: mean over heads first (when head counts differ)"
+    )
     power: float = Field(2.0, gt=0, description="spatial: p in mean_c |F_c|^p")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
@@ -65,14 +68,21 @@ class AttentionLoss(nn.Module):
         super().__init__()
         self.params = params
         for pair in params.layers:
-            student, teacher = check_tap(pair.student, "student", shapes), check_tap(pair.teacher, "teacher", shapes)
-            comparable = (student[1:] == teacher[1:] if params.form == "spatial" or params.head_reduction == "mean"
-                          else student == teacher)
+            student, teacher = (
+                check_tap(pair.student, "student", shapes),
+                check_tap(pair.teacher, "teacher", shapes),
+            )
+            comparable = (
+                student[1:] == teacher[1:]
+                if params.form == "spatial" or params.head_reduction == "mean"
+                else student == teacher
+            )
             if len(student) != 3 or len(teacher) != 3 or not comparable:
                 raise TapShapeError(
                     f"attention term, layer {pair.student}/{pair.teacher}: shapes {student} and {teacher} "
                     "cannot be compared; maps need equal (H, N, N) (or equal (N, N) with head_reduction: "
-                    "mean), spatial needs (C, H, W) maps with equal H, W")
+                    "mean), spatial needs (C, H, W) maps with equal H, W"
+                )
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         p, values = self.params, []

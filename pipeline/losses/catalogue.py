@@ -28,8 +28,8 @@ class FamilyEntry:
     """One family of the catalogue: its kind, summary, formula with sources, and parameters."""
 
     kind: str
-    summary: str       # the params model's docstring
-    formula: str       # the adapter's docstring: formula, sub-terms, source
+    summary: str  # the params model's docstring
+    formula: str  # the adapter's docstring: formula, sub-terms, source
     params: tuple[ParamEntry, ...]
 
 
@@ -58,9 +58,14 @@ def family_entries() -> list[FamilyEntry]:
     for kind, family in FAMILIES.items():
         params = tuple(
             ParamEntry(name, _type_name(field.annotation), _default(field), field.description or "")
-            for name, field in family.params.model_fields.items() if name != "kind")
-        entries.append(FamilyEntry(kind, inspect.getdoc(family.params) or "",
-                                   inspect.getdoc(family.adapter) or "", params))
+            for name, field in family.params.model_fields.items()
+            if name != "kind"
+        )
+        entries.append(
+            FamilyEntry(
+                kind, inspect.getdoc(family.params) or "", inspect.getdoc(family.adapter) or "", params
+            )
+        )
     return entries
 
 
@@ -85,10 +90,13 @@ def render_markdown(entries: list[FamilyEntry]) -> str:
     """The catalogue as markdown: a section per family with its formula and a params table."""
     blocks = []
     for entry in entries:
-        rows = "\n".join(f"| `{p.name}` | {_cell(p.type)} | `{p.default}` | {_cell(p.description)} |"
-                         for p in entry.params)
-        blocks.append(f"### `{entry.kind}`\n\n{entry.summary}\n\n```text\n{entry.formula}\n```\n\n"
-                      f"| param | type | default | meaning |\n| --- | --- | --- | --- |\n{rows}\n")
+        rows = "\n".join(
+            f"| `{p.name}` | {_cell(p.type)} | `{p.default}` | {_cell(p.description)} |" for p in entry.params
+        )
+        blocks.append(
+            f"### `{entry.kind}`\n\n{entry.summary}\n\n```text\n{entry.formula}\n```\n\n"
+            f"| param | type | default | meaning |\n| --- | --- | --- | --- |\n{rows}\n"
+        )
     return "\n".join(blocks)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import as_float32
-from pipeline.losses._taps import Projection, ProjectedPair, TapTermParams
+from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
 
 
 class MissingFeatureBankError(DistilleryError, ValueError):
@@ -29,7 +29,7 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.
     """
     student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
     teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
-    logits = student_unit @ teacher_unit.T / tau      # (B, B): row i is anchor s_i against every t_j
+    logits = student_unit @ teacher_unit.T / tau  # (B, B): row i is anchor s_i against every t_j
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
@@ -39,8 +39,13 @@ def symmetric_info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float)
     return 0.5 * (info_nce(student, teacher, tau) + info_nce(teacher, student, tau))
 
 
-def bank_info_nce(student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor,
-                  negatives_are_positives: torch.Tensor, tau: float) -> torch.Tensor:
+def bank_info_nce(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    negatives: torch.Tensor,
+    negatives_are_positives: torch.Tensor,
+    tau: float,
+) -> torch.Tensor:
     """InfoNCE with in-batch negatives plus K negatives from the cache:
     -(1/B) sum_i log [exp(s_i.t_i/tau) / (sum_j exp(s_i.t_j/tau) + sum_k exp(s_i.n_k/tau))].
 
@@ -52,8 +57,10 @@ def bank_info_nce(student: torch.Tensor, teacher: torch.Tensor, negatives: torch
     student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
     teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
     negative_unit = F.normalize(as_float32(negatives).flatten(1), dim=1)
-    bank_logits = (student_unit @ negative_unit.T / tau).masked_fill(negatives_are_positives[None, :], float("-inf"))
-    logits = torch.cat([student_unit @ teacher_unit.T / tau, bank_logits], dim=1)   # (B, B + K)
+    bank_logits = (student_unit @ negative_unit.T / tau).masked_fill(
+        negatives_are_positives[None, :], float("-inf")
+    )
+    logits = torch.cat([student_unit @ teacher_unit.T / tau, bank_logits], dim=1)  # (B, B + K)
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
@@ -64,9 +71,12 @@ class CRDParams(TapTermParams):
     weight: float = Field(1.0, description="factor of this term in the recipe total")
     tau: float = Field(0.1, gt=0, description="temperature of the similarities (seeds/000 §3)")
     anchors: Literal["student", "both"] = Field(
-        "student", description="student: s_i against all t_j as seeds/000 writes; both: also t_i against all s_j")
+        "student",
+        description="student: s_i against all t_j as seeds/000 writes; both: also t_i against all s_j",
+    )
     negatives: Literal["batch", "bank"] = Field(
-        "batch", description="bank: add num_negatives teacher features drawn from the whole cache")
+        "batch", description="bank: add num_negatives teacher features drawn from the whole cache"
+    )
     num_negatives: int = Field(4096, ge=1, description="K negatives drawn per step when negatives: bank")
     project: Projection = Field("student_to_teacher", description="where the cosine is taken")
 
@@ -84,7 +94,8 @@ class CRDLoss(nn.Module):
         self.params = params
         self.pairs = nn.ModuleList(
             ProjectedPair(pair, shapes, params.project, f"crd term, taps {pair.student}/{pair.teacher}")
-            for pair in params.pairs())
+            for pair in params.pairs()
+        )
         self.needs_feature_bank = params.negatives == "bank"
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
@@ -102,7 +113,8 @@ class CRDLoss(nn.Module):
         if bank is None or inputs.rows is None or pair.teacher_tap not in bank:
             raise MissingFeatureBankError(
                 f"crd with negatives: bank needs inputs.teacher_feature_bank[{pair.teacher_tap!r}] and "
-                "inputs.rows (the trainer provides them when recipe.needs_feature_bank is True)")
+                "inputs.rows (the trainer provides them when recipe.needs_feature_bank is True)"
+            )
         features = bank[pair.teacher_tap]
         drawn = torch.randint(len(features), (p.num_negatives,), device=features.device)
         negatives = as_float32(features[drawn].to(teacher.device).detach())

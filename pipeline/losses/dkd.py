@@ -25,12 +25,13 @@ def _binary_and_rest(logits: torch.Tensor, target: torch.Tensor, temperature: fl
     others = scaled.masked_fill(is_target, float("-inf"))
     log_target = scaled.gather(1, target[:, None]).squeeze(1) - all_classes
     log_rest = others.logsumexp(dim=1) - all_classes
-    binary = torch.stack([log_target, log_rest], dim=1)                   # (B, 2)
-    return binary, torch.log_softmax(others, dim=1)                        # (B, C), -inf at target
+    binary = torch.stack([log_target, log_rest], dim=1)  # (B, 2)
+    return binary, torch.log_softmax(others, dim=1)  # (B, C), -inf at target
 
 
-def dkd_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dkd_rows(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (TCKD, NCKD), each scaled by T^2:
     TCKD_i = T^2 KL(b_t,i || b_s,i), b = [p_target, 1 - p_target] of softmax(z / T);
     NCKD_i = T^2 KL(p_hat_t,i || p_hat_s,i), p_hat = softmax(z / T) over the classes != target.
@@ -53,7 +54,8 @@ class DKDParams(StrictModel):
     beta: float = Field(8.0, description="factor of NCKD (among non-target classes)")
     temperature: float = Field(4.0, gt=0, description="T (both parts are scaled by T^2)")
     target: Literal["label", "teacher_argmax"] = Field(
-        "label", description="label: the hard label, unlabelled rows left out; teacher_argmax: every row")
+        "label", description="label: the hard label, unlabelled rows left out; teacher_argmax: every row"
+    )
     warmup_epochs: int = Field(0, ge=0, description="ramp both factors linearly from 0 over these epochs")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._taps import Projection, ProjectedPair, TapTermParams
+from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
 
 
 def feature_mse(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
@@ -31,8 +31,10 @@ class FeatureParams(TapTermParams):
     kind: Literal["feature"] = "feature"
     weight: float = Field(1.0, description="factor of this term in the recipe total")
     project: Projection = Field(
-        "teacher_to_student", description="phi(f_T) onto the student as seeds/000 writes; "
-        "student_to_teacher as FitNets; none when the shapes are equal")
+        "teacher_to_student",
+        description="phi(f_T) onto the student as seeds/000 writes; "
+        "student_to_teacher as FitNets; none when the shapes are equal",
+    )
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"feature": 1.0}
@@ -47,8 +49,11 @@ class FeatureLoss(nn.Module):
         super().__init__()
         self.params = params
         self.pairs = nn.ModuleList(
-            ProjectedPair(pair, shapes, params.project, f"{params.kind} term, taps {pair.student}/{pair.teacher}")
-            for pair in params.pairs())
+            ProjectedPair(
+                pair, shapes, params.project, f"{params.kind} term, taps {pair.student}/{pair.teacher}"
+            )
+            for pair in params.pairs()
+        )
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         return {"feature": sum(feature_mse(*pair(inputs)) for pair in self.pairs)}

@@ -24,15 +24,22 @@ def gram_matrix(features: torch.Tensor, normalize_rows: bool = True) -> torch.Te
     return x @ x.T
 
 
-def gram_distance(student: torch.Tensor, teacher: torch.Tensor, normalize_rows: bool = True,
-                  reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+def gram_distance(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    normalize_rows: bool = True,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> torch.Tensor:
     """L_relational = ||G_T(X) - G_S(X)||_F^2 ("sum", as seeds/004 §6.2 writes), or that divided by
     B^2 ("mean", so the weight does not depend on the batch size).
 
     student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: seeds/004 §6.2.
     """
-    return F.mse_loss(gram_matrix(student, normalize_rows), gram_matrix(teacher.detach(), normalize_rows),
-                      reduction=reduction)
+    return F.mse_loss(
+        gram_matrix(student, normalize_rows),
+        gram_matrix(teacher.detach(), normalize_rows),
+        reduction=reduction,
+    )
 
 
 class GramParams(TapTermParams):
@@ -59,5 +66,7 @@ class GramLoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         p = self.params
-        values = [gram_distance(*read_taps(inputs, pair), p.normalize_rows, p.reduction) for pair in self.pairs]
+        values = [
+            gram_distance(*read_taps(inputs, pair), p.normalize_rows, p.reduction) for pair in self.pairs
+        ]
         return {"gram": sum(values) / len(values)}

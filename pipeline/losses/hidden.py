@@ -26,8 +26,9 @@ def hidden_state_distance(student_hidden: torch.Tensor, teacher_hidden: torch.Te
     return (student_hidden - teacher_hidden).pow(2).sum() / student_hidden.shape[0]
 
 
-def closed_form_residual(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
-                         ridge: float = 1e-3) -> torch.Tensor:
+def closed_form_residual(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, ridge: float = 1e-3
+) -> torch.Tensor:
     """(1/B) min_W ||h_S - W h_T||_F^2 with W solved on this batch (rows flattened).
 
     W* = h_S h_T^T (h_T h_T^T + ridge I)^-1 (seeds/001 §Feature-Based 2, in row layout
@@ -38,7 +39,9 @@ def closed_form_residual(student_hidden: torch.Tensor, teacher_hidden: torch.Ten
     teacher_rows = as_float32(teacher_hidden.detach()).flatten(1)
     eye = torch.eye(teacher_rows.shape[1], device=teacher_rows.device, dtype=teacher_rows.dtype)
     # W*^T (D_T, D_S) by the normal equations; the ridge keeps the solve defined when B < D_T
-    weight_transposed = torch.linalg.solve(teacher_rows.T @ teacher_rows + ridge * eye, teacher_rows.T @ student_rows)
+    weight_transposed = torch.linalg.solve(
+        teacher_rows.T @ teacher_rows + ridge * eye, teacher_rows.T @ student_rows
+    )
     return (student_rows - teacher_rows @ weight_transposed).pow(2).sum() / student_rows.shape[0]
 
 
@@ -47,10 +50,14 @@ class HiddenParams(StrictModel):
 
     kind: Literal["hidden"] = "hidden"
     weight: float = Field(1.0, description="factor of this term in the recipe total")
-    layers: list[TapPair] = Field(min_length=1, description="the layer map: [{student: s1, teacher: t3}, ...]")
+    layers: list[TapPair] = Field(
+        min_length=1, description="the layer map: [{student: s1, teacher: t3}, ...]"
+    )
     project: Literal["teacher_to_student", "student_to_teacher", "closed_form", "none"] = Field(
-        "teacher_to_student", description="learned phi on the teacher (as written), on the student, "
-        "the per-batch least-squares W* (seeds/001 §2), or none when shapes are equal")
+        "teacher_to_student",
+        description="learned phi on the teacher (as written), on the student, "
+        "the per-batch least-squares W* (seeds/001 §2), or none when shapes are equal",
+    )
     ridge: float = Field(1e-3, ge=0, description="ridge of the closed-form W*")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
@@ -69,13 +76,18 @@ class HiddenLoss(nn.Module):
             self.pairs = nn.ModuleList()
         else:
             self.pairs = nn.ModuleList(
-                ProjectedPair(pair, shapes, params.project, f"hidden term, layer {pair.student}/{pair.teacher}")
-                for pair in params.layers)
+                ProjectedPair(
+                    pair, shapes, params.project, f"hidden term, layer {pair.student}/{pair.teacher}"
+                )
+                for pair in params.layers
+            )
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         if self.params.project == "closed_form":
-            values = [closed_form_residual(*read_taps(inputs, pair), self.params.ridge)
-                      for pair in self.params.layers]
+            values = [
+                closed_form_residual(*read_taps(inputs, pair), self.params.ridge)
+                for pair in self.params.layers
+            ]
         else:
             values = [hidden_state_distance(*pair(inputs)) for pair in self.pairs]
         return {"hidden": sum(values)}

@@ -20,8 +20,16 @@ from pipeline.cache.batch import SparseLogits
 from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._probs import (as_float32, hard_ce_rows, kl_batch_mean, kl_rows, labelled,
-                                    log_softmax_at, masked_mean, soft_ce_batch_mean)
+from pipeline.losses._probs import (
+    as_float32,
+    hard_ce_rows,
+    kl_batch_mean,
+    kl_rows,
+    labelled,
+    log_softmax_at,
+    masked_mean,
+    soft_ce_batch_mean,
+)
 
 
 class MissingSparseLogitsError(DistilleryError, ValueError):
@@ -33,8 +41,9 @@ def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tens
     return log_softmax_at(teacher_logits, temperature).exp()
 
 
-def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
+def distillation_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """T^2 * (1/B) sum_i KL(softmax(z_t,i/T) || softmax(z_s,i/T)) ("batchmean").
 
     student_logits, teacher_logits: (B, C) raw logits. Returns a float32 scalar.
@@ -47,8 +56,9 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return kl_batch_mean(teacher, student, scale=temperature**2)
 
 
-def distillation_soft_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                         temperature: float) -> torch.Tensor:
+def distillation_soft_ce(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """T^2 * (1/B) sum_i H(p_t,i^T, p_s,i^T), H(p, q) = -sum_c p_c log q_c.
 
     Equals `distillation_kl` + T^2 * H(p_t^T) (a constant in the student): same gradient.
@@ -81,8 +91,9 @@ def sparse_teacher_log_probs(sparse: SparseLogits, num_classes: int, temperature
     return torch.log_softmax(buckets, dim=-1)
 
 
-def student_bucket_log_probs(student_logits: torch.Tensor, indices: torch.Tensor,
-                             temperature: float) -> torch.Tensor:
+def student_bucket_log_probs(
+    student_logits: torch.Tensor, indices: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Student log p_s^T on the teacher's support (B, K) plus the exact log tail mass: (B, K+1)
     (or (B, K) when K = C).  student_logits: (B, C); indices: (B, K) int64."""
     log_probs = log_softmax_at(student_logits, temperature)
@@ -93,8 +104,9 @@ def student_bucket_log_probs(student_logits: torch.Tensor, indices: torch.Tensor
     return torch.cat([support, tail], dim=1)
 
 
-def sparse_distillation_kl(student_logits: torch.Tensor, sparse: SparseLogits,
-                           temperature: float) -> torch.Tensor:
+def sparse_distillation_kl(
+    student_logits: torch.Tensor, sparse: SparseLogits, temperature: float
+) -> torch.Tensor:
     """T^2 * (1/B) sum_i KL over the K+1 buckets (top-k support + tail) of teacher and student.
 
     Exact for T = 1 on the stored support with the tail as one bucket; see
@@ -112,16 +124,21 @@ class HintonParams(StrictModel):
     weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(4.0, gt=0, description="softmax temperature T (seeds/003 §7: start at 4)")
     form: Literal["kl", "soft_ce"] = Field(
-        "kl", description="kl: T^2 KL(p_t||p_s); soft_ce: T^2 H(p_t, p_s) (seeds/002), same gradient")
+        "kl", description="kl: T^2 KL(p_t||p_s); soft_ce: T^2 H(p_t, p_s) (seeds/002), same gradient"
+    )
     soft_weight: float | None = Field(None, description="factor of the soft term (default 1)")
     hard_weight: float | None = Field(
-        None, description="factor of the hard-label CE mixed in (default 0: keep CE its own term)")
+        None, description="factor of the hard-label CE mixed in (default 0: keep CE its own term)"
+    )
     alpha: float | None = Field(None, ge=0, le=1, description="convenience; needs alpha_weights")
     alpha_weights: Literal["hard", "soft"] | None = Field(
-        None, description="hard: a*hard + (1-a)*soft (seeds/003, 002); soft: a*soft + (1-a)*hard (001, 004)")
+        None, description="hard: a*hard + (1-a)*soft (seeds/003, 002); soft: a*soft + (1-a)*hard (001, 004)"
+    )
     teacher_source: Literal["dense", "sparse", "auto"] = Field(
-        "dense", description="dense: the full logits (exact); sparse: KL on the cache's top-k + tail "
-        "bucket; auto: sparse when the batch carries it")
+        "dense",
+        description="dense: the full logits (exact); sparse: KL on the cache's top-k + tail "
+        "bucket; auto: sparse when the batch carries it",
+    )
 
     @model_validator(mode="after")
     def _alpha_or_weights(self):
@@ -129,8 +146,10 @@ class HintonParams(StrictModel):
             raise ValueError("alpha_weights is given without alpha")
         if self.alpha is not None:
             if self.alpha_weights is None:
-                raise ValueError("alpha needs alpha_weights: 'hard' (alpha weighs the hard CE, as "
-                                 "seeds/003 and 002) or 'soft' (alpha weighs the KD term, as seeds/001, 004)")
+                raise ValueError(
+                    "alpha needs alpha_weights: 'hard' (alpha weighs the hard CE, as "
+                    "seeds/003 and 002) or 'soft' (alpha weighs the KD term, as seeds/001, 004)"
+                )
             if self.soft_weight is not None or self.hard_weight is not None:
                 raise ValueError("give alpha (+ alpha_weights) or hard_weight/soft_weight, not both")
         return self
@@ -161,11 +180,14 @@ class HintonLoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         p, temperature = self.params, self.params.temperature
-        use_sparse = p.teacher_source == "sparse" or (p.teacher_source == "auto" and inputs.teacher_sparse is not None)
+        use_sparse = p.teacher_source == "sparse" or (
+            p.teacher_source == "auto" and inputs.teacher_sparse is not None
+        )
         if use_sparse and inputs.teacher_sparse is None:
             raise MissingSparseLogitsError(
                 "hinton with teacher_source: sparse needs a cache with top-k logits; "
-                "store them in the cache stage or use teacher_source: dense")
+                "store them in the cache stage or use teacher_source: dense"
+            )
         if use_sparse:
             soft = sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, temperature)
         elif p.form == "kl":
@@ -174,5 +196,7 @@ class HintonLoss(nn.Module):
             soft = distillation_soft_ce(inputs.student_logits, inputs.teacher_logits, temperature)
         terms = {"soft": soft}
         if self.with_hard:
-            terms["hard"] = masked_mean(hard_ce_rows(inputs.student_logits, inputs.labels), labelled(inputs.labels))
+            terms["hard"] = masked_mean(
+                hard_ce_rows(inputs.student_logits, inputs.labels), labelled(inputs.labels)
+            )
         return terms

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import as_float32
-from pipeline.losses._taps import Projection, ProjectedPair, TapTermParams
+from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
 
 
 def _pair_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,8 @@ def _kernel_stack(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...
 
 
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...]) -> torch.Tensor:
-    """(Bx, *shape), (By, *shape) -> (Bx, By) k(x_i, y_j) = (1/|S|) sum_{s in S} exp(-||x_i - y_j||^2 / (2 s^2)).
+    """(Bx, *shape), (By, *shape) -> (Bx, By) k(x_i, y_j) = (1/|S|) sum_{s in S} exp(-||x_i - y_j||^2 /
+    (2 s^2)).
 
     Source: seeds/000 §5 (the multi-scale RBF kernel).
     """
@@ -46,8 +47,14 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, .
 _VALUES_PER_CHUNK = 1 << 17  # 512 KiB of float32 per scratch buffer: the passes stay in L2 cache
 
 
-def _kernel_sums(x: torch.Tensor, y: torch.Tensor, factors: tuple[float, ...], with_slope: bool,
-                 same_set: bool, leave_out_diagonal: bool):
+def _kernel_sums(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    factors: tuple[float, ...],
+    with_slope: bool,
+    same_set: bool,
+    leave_out_diagonal: bool,
+):
     """For d_ij = ||x_i - y_j||^2: sum over pairs and bandwidths of exp(clamp(f_s d, -50, 0)), and
     (with_slope) the (Bx, By) matrix sum_s f_s exp(f_s d), its derivative in d (zero diagonal when
     `same_set`: a row's distance to itself has no gradient). leave_out_diagonal: i = j is not
@@ -67,8 +74,9 @@ def _kernel_sums(x: torch.Tensor, y: torch.Tensor, factors: tuple[float, ...], w
     for start in range(0, len(x), rows_per_chunk):
         stop = min(start + rows_per_chunk, len(x))
         rows, first = stop - start, start if same_set else 0  # first column computed
-        squared = torch.add(squares_x[start:stop, None], squares_y[None, first:],
-                            out=squared_buffer[:rows, : len(y) - first])
+        squared = torch.add(
+            squares_x[start:stop, None], squares_y[None, first:], out=squared_buffer[:rows, : len(y) - first]
+        )
         squared.addmm_(x[start:stop], y[first:].T, alpha=-2.0)
         slope_rows = slope[start:stop, first:].zero_() if with_slope else None
         for factor in factors:
@@ -107,9 +115,11 @@ class _MMDSquared(torch.autograd.Function):
         ss, ss_slope = _kernel_sums(student, student, factors, True, True, unbiased)
         tt, _ = _kernel_sums(teacher, teacher, factors, False, True, unbiased)
         st, st_slope = _kernel_sums(student, teacher, factors, True, False, False)
-        value = ss / (count * max(same_s, 1)) + tt / (count * max(same_t, 1)) - 2 * st / (count * rows_s * rows_t)
-        ss_slope.mul_(4.0 / (count * max(same_s, 1)))                          # 4 A
-        st_slope.mul_(-4.0 / (count * rows_s * rows_t))                         # 2 C
+        value = (
+            ss / (count * max(same_s, 1)) + tt / (count * max(same_t, 1)) - 2 * st / (count * rows_s * rows_t)
+        )
+        ss_slope.mul_(4.0 / (count * max(same_s, 1)))  # 4 A
+        st_slope.mul_(-4.0 / (count * rows_s * rows_t))  # 2 C
         ctx.save_for_backward(student, teacher, ss_slope, st_slope)
         return value
 
@@ -123,8 +133,9 @@ class _MMDSquared(torch.autograd.Function):
         return grad * grad_value, None, None, None
 
 
-def mmd_squared(student: torch.Tensor, teacher: torch.Tensor, bandwidths: tuple[float, ...],
-                unbiased: bool = False) -> torch.Tensor:
+def mmd_squared(
+    student: torch.Tensor, teacher: torch.Tensor, bandwidths: tuple[float, ...], unbiased: bool = False
+) -> torch.Tensor:
     """MMD^2 between the rows of `student` and of `teacher` (both (B, *shape), one space).
 
     biased (seeds/000 §5 as written): mean k(s, s') + mean k(t, t') - 2 mean k(s, t), all B^2
@@ -136,8 +147,9 @@ def mmd_squared(student: torch.Tensor, teacher: torch.Tensor, bandwidths: tuple[
     The teacher gets no gradient. Returns a float32 scalar.  Source: seeds/000 §5.
     """
     factors = tuple(-0.5 / (s * s) for s in bandwidths)
-    return _MMDSquared.apply(as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1),
-                             factors, unbiased)
+    return _MMDSquared.apply(
+        as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), factors, unbiased
+    )
 
 
 class MMDParams(TapTermParams):
@@ -145,8 +157,9 @@ class MMDParams(TapTermParams):
 
     kind: Literal["mmd"] = "mmd"
     weight: float = Field(1.0, description="factor of this term in the recipe total")
-    bandwidths: tuple[float, ...] = Field((0.2, 0.5, 1.0, 2.0, 5.0), min_length=1,
-                                          description="kernel bandwidths sigma (seeds/000 §5)")
+    bandwidths: tuple[float, ...] = Field(
+        (0.2, 0.5, 1.0, 2.0, 5.0), min_length=1, description="kernel bandwidths sigma (seeds/000 §5)"
+    )
     estimator: Literal["biased", "unbiased"] = Field("biased", description="biased: as seeds/000 writes")
     project: Projection = Field("student_to_teacher", description="the space the kernel is taken in")
 
@@ -163,7 +176,8 @@ class MMDLoss(nn.Module):
         self.params = params
         self.pairs = nn.ModuleList(
             ProjectedPair(pair, shapes, params.project, f"mmd term, taps {pair.student}/{pair.teacher}")
-            for pair in params.pairs())
+            for pair in params.pairs()
+        )
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         unbiased = self.params.estimator == "unbiased"

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -19,8 +20,12 @@ class MissingPeersError(DistilleryError, ValueError):
     """A mutual term was called without the logits of the other cohort members."""
 
 
-def mutual_kl(student_logits: torch.Tensor, peer_logits: Sequence[torch.Tensor], temperature: float = 1.0,
-              reduction: Literal["sum", "mean"] = "sum") -> torch.Tensor:
+def mutual_kl(
+    student_logits: torch.Tensor,
+    peer_logits: Sequence[torch.Tensor],
+    temperature: float = 1.0,
+    reduction: Literal["sum", "mean"] = "sum",
+) -> torch.Tensor:
     """sum_{j != i} T^2 (1/B) sum_b KL(p_j^T || p_i^T) for member i (the student), peers j detached
     ("mean" divides by the number of peers). At T = 1 this is seeds/004 §6.3's term for one member.
 
@@ -57,7 +62,9 @@ class MutualLoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         if not inputs.peer_logits:
-            raise MissingPeersError("a mutual term needs inputs.peer_logits: train the students as one "
-                                    "cohort (the trainer fills them when recipe.needs_peers is True)")
+            raise MissingPeersError(
+                "a mutual term needs inputs.peer_logits: train the students as one "
+                "cohort (the trainer fills them when recipe.needs_peers is True)"
+            )
         p = self.params
         return {"mutual": mutual_kl(inputs.student_logits, inputs.peer_logits, p.temperature, p.reduction)}

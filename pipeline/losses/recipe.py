@@ -10,7 +10,8 @@ sub-terms; a term with one sub-term is reported under its own name (`kd`), other
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Annotated, Any, Union
 
 import torch
 from pydantic import Field, TypeAdapter, ValidationError
@@ -21,8 +22,10 @@ from pipeline.errors import DistilleryError
 from pipeline.losses import FAMILIES
 from pipeline.losses._contract import LossInputs, TapShapes
 
-TermParams = Annotated[Union[tuple(family.params for family in FAMILIES.values())],
-                       Field(discriminator="kind")]
+TermParams = Annotated[
+    Union[tuple(family.params for family in FAMILIES.values())],  # noqa: UP007 (a runtime tuple)
+    Field(discriminator="kind"),
+]
 """The params of one term: a discriminated union on `kind` over every family in FAMILIES."""
 
 RecipeParams = dict[str, TermParams]

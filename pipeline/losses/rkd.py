@@ -142,8 +142,9 @@ class _PairwiseRKD(torch.autograd.Function):
         return torch.addmm(diagonal[:, None] * student, matrix, student), None, None
 
 
-def rkd_pairwise(student: torch.Tensor, teacher: torch.Tensor,
-                 normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def rkd_pairwise(
+    student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_dist, L_angle) = (`rkd_distance(student, teacher, normalize)`,
     `rkd_angle_pairwise(student, teacher)`) computed together from one Gram matrix per side.
 
@@ -152,7 +153,9 @@ def rkd_pairwise(student: torch.Tensor, teacher: torch.Tensor,
     elementwise work; memory held for backward: two (B, B) float32 matrices.
     Returns two float32 scalars.  Source: seeds/000 §4, seeds/001 §Relation-Based 1.
     """
-    return _PairwiseRKD.apply(as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), normalize)
+    return _PairwiseRKD.apply(
+        as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), normalize
+    )
 
 
 def rkd_distance(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -224,18 +227,27 @@ class _TripletAngleSum(torch.autograd.Function):
             stop = start + ctx.chunk
             slope, inner, u = _chunk_cosines(gram_s, inverse_s, half_s, start, stop)
             slope -= _chunk_cosines(gram_t, inverse_t, half_t, start, stop)[0]
-            slope.clamp_(-1.0, 1.0)                       # SmoothL1' (beta 1); symmetric in j, k
-            column = u.unsqueeze(2)                       # (A, B, 1)
+            slope.clamp_(-1.0, 1.0)  # SmoothL1' (beta 1); symmetric in j, k
+            column = u.unsqueeze(2)  # (A, B, 1)
             # d/dA_ij = -2 U_ij sum_k slope_ijk U_ik ; d/dU_ij = 2 sum_k slope_ijk inner_ijk U_ik
             grad_half[start:stop] = -2.0 * u * torch.bmm(slope, column).squeeze(2)
             grad_inverse[start:stop] = 2.0 * torch.bmm(inner.mul_(slope), column).squeeze(2)
             # d/dG_jk = sum_i slope_ijk U_ij U_ik
             grad_gram += slope.mul_(column).mul_(u.unsqueeze(1)).sum(dim=0)
-        return grad_gram * grad_total, grad_inverse * grad_total, grad_half * grad_total, None, None, None, None
+        return (
+            grad_gram * grad_total,
+            grad_inverse * grad_total,
+            grad_half * grad_total,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def rkd_angle_triplet(student: torch.Tensor, teacher: torch.Tensor,
-                      anchors_per_chunk: int | None = None) -> torch.Tensor:
+def rkd_angle_triplet(
+    student: torch.Tensor, teacher: torch.Tensor, anchors_per_chunk: int | None = None
+) -> torch.Tensor:
     """L_angle = (1/B^3) sum_{i,j,k} SmoothL1(psi_A(s_i, s_j, s_k), psi_A(t_i, t_j, t_k)),
     psi_A = cos angle x_j x_i x_k = (x_i - x_j).(x_i - x_k) / (||x_i - x_j|| ||x_i - x_k||),
     taken as 0 when j = i or k = i (as the RKD reference code).
@@ -260,7 +272,9 @@ class RKDParams(TapTermParams):
     distance_weight: float = Field(25.0, description="w_dist (seeds/000 §4)")
     angle_weight: float = Field(50.0, description="w_angle (seeds/000 §4)")
     angle: Literal["triplet", "pairwise"] = Field(
-        "triplet", description="triplet: angle j-i-k (seeds/001, Park et al.); pairwise: cos(f_i, f_j) (seeds/000)")
+        "triplet",
+        description="triplet: angle j-i-k (seeds/001, Park et al.); pairwise: cos(f_i, f_j) (seeds/000)",
+    )
     normalize_distance: bool = Field(True, description="divide distances by their mean (seeds/001 mu_D)")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
@@ -284,5 +298,7 @@ class RKDLoss(nn.Module):
             student, teacher = read_taps(inputs, pair)
             pair_distance, pair_angle = rkd_pairwise(student, teacher, self.params.normalize_distance)
             distance.append(pair_distance)
-            angle.append(rkd_angle_triplet(student, teacher) if self.params.angle == "triplet" else pair_angle)
+            angle.append(
+                rkd_angle_triplet(student, teacher) if self.params.angle == "triplet" else pair_angle
+            )
         return {"distance": sum(distance) / len(distance), "angle": sum(angle) / len(angle)}

@@ -14,8 +14,9 @@ from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import hard_ce_rows, log_softmax_at, masked_mean
 
 
-def self_training_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     min_confidence: float = 0.0) -> torch.Tensor:
+def self_training_ce(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, min_confidence: float = 0.0
+) -> torch.Tensor:
     """-(1/|R|) sum_{i in R} log softmax(z_s,i)_{y_hat_i}, y_hat_i = argmax_c z_t,i,c,
     R = rows whose teacher confidence max_c softmax(z_t,i)_c >= min_confidence (all rows at 0).
 

@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._taps import Projection, ProjectedPair, TapTermParams
+from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
 from pipeline.losses.ce import cross_entropy
 from pipeline.losses.crd import info_nce
 from pipeline.losses.feature import feature_mse
@@ -57,8 +57,11 @@ class VanillaLoss(nn.Module):
         self.params = params
         self.with_crd = isinstance(params, CombinedParams)
         self.pairs = nn.ModuleList(
-            ProjectedPair(pair, shapes, params.project, f"{params.kind} term, taps {pair.student}/{pair.teacher}")
-            for pair in params.pairs())
+            ProjectedPair(
+                pair, shapes, params.project, f"{params.kind} term, taps {pair.student}/{pair.teacher}"
+            )
+            for pair in params.pairs()
+        )
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         p = self.params

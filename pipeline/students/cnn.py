@@ -59,8 +59,11 @@ class CNNStudent(nn.Module):
             layers = []
             for _ in range(params.convs_per_block):
                 # batch norm keeps the small student trainable at AdamW lr 1e-2 (without it, ReLUs die)
-                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                           nn.BatchNorm2d(out_channels), nn.ReLU()]
+                layers += [
+                    nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(),
+                ]
                 in_channels = out_channels
             self.blocks.append(nn.Sequential(*layers))
             self.tap_shapes[f"block{index + 1}"] = (out_channels, height, width)

@@ -22,9 +22,11 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
 }
 """kind -> (params model, module class)."""
 
-ArchParams = Annotated[Union[tuple(params for params, _ in ARCHITECTURES.values())], Field(discriminator="kind")]
+ArchParams = Annotated[
+    Union[tuple(params for params, _ in ARCHITECTURES.values())],  # noqa: UP007 (a runtime tuple)
+    Field(discriminator="kind"),
+]
 """The pydantic field type of `arch:` (discriminated on `kind`)."""
-
 
 
 class _ArchHolder(StrictModel):

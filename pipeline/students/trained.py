@@ -8,8 +8,9 @@ weights are safetensors and everything else JSON, so loading a checkpoint never 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -44,8 +45,10 @@ def read_student_config(seed_dir: str | Path) -> dict[str, Any]:
     """The parsed `student.json` of a seed directory."""
     path = Path(seed_dir) / CONFIG_FILE
     if not path.exists():
-        raise TrainedStudentError(f"{path}: no such file; is {seed_dir} a trained seed directory "
-                                  "(data/train/<student>/seed_<k>)? Run `dvc repro train@<student>`")
+        raise TrainedStudentError(
+            f"{path}: no such file; is {seed_dir} a trained seed directory "
+            "(data/train/<student>/seed_<k>)? Run `dvc repro train@<student>`"
+        )
     return json.loads(path.read_text())
 
 
@@ -56,13 +59,18 @@ def load_weights_into(model: torch.nn.Module, weights: Mapping[str, torch.Tensor
     found = {name: tuple(t.shape) for name, t in weights.items()}
     problems = [f"missing {n} {list(s)}" for n, s in expected.items() if n not in found]
     problems += [f"unexpected {n} {list(s)}" for n, s in found.items() if n not in expected]
-    problems += [f"{n}: checkpoint has {list(found[n])}, model expects {list(s)}"
-                 for n, s in expected.items() if n in found and found[n] != s]
+    problems += [
+        f"{n}: checkpoint has {list(found[n])}, model expects {list(s)}"
+        for n, s in expected.items()
+        if n in found and found[n] != s
+    ]
     if problems:
         raise TrainedStudentError(
-            f"{source} does not fit this architecture ({len(problems)} problems): " + "; ".join(problems[:8])
+            f"{source} does not fit this architecture ({len(problems)} problems): "
+            + "; ".join(problems[:8])
             + ("; ..." if len(problems) > 8 else "")
-            + ". Was it trained with another `arch:`? Re-train it or point at the right directory")
+            + ". Was it trained with another `arch:`? Re-train it or point at the right directory"
+        )
     model.load_state_dict(dict(weights))
 
 
@@ -73,15 +81,21 @@ def load_trained_student(seed_dir: str | Path) -> torch.nn.Module:
     """
     seed_dir = Path(seed_dir)
     config = read_student_config(seed_dir)
-    model = build_student(parse_arch(config["arch"]), tuple(config["input_shape"]), int(config["num_classes"]))
+    model = build_student(
+        parse_arch(config["arch"]), tuple(config["input_shape"]), int(config["num_classes"])
+    )
     weights_path = seed_dir / WEIGHTS_FILE
     if not weights_path.exists():
-        raise TrainedStudentError(f"{weights_path}: no such file; the seed directory is incomplete, re-train it")
+        raise TrainedStudentError(
+            f"{weights_path}: no such file; the seed directory is incomplete, re-train it"
+        )
     try:
         weights = load_file(str(weights_path))
     except SafetensorError as error:  # e.g. a torch.save pickle renamed: it is never unpickled
-        raise TrainedStudentError(f"{weights_path}: not a readable safetensors file ({error}); weights are only "
-                                  "loaded from safetensors, never unpickled: re-train the student") from None
+        raise TrainedStudentError(
+            f"{weights_path}: not a readable safetensors file ({error}); weights are only "
+            "loaded from safetensors, never unpickled: re-train the student"
+        ) from None
     load_weights_into(model, weights, str(weights_path))
     return model.eval()
 

@@ -9,15 +9,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.prepare import TEACHER_TRAIN_DIR
 from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.data.prepare import TEACHER_TRAIN_DIR
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.io import atomic_copy
 from pipeline.teacher.builtin import parameter_count, parity_batches, train_builtin_teacher
 from pipeline.teacher.export import check_onnx_parity, export_onnx
 from pipeline.teacher.params import TeacherParams
-from pipeline.teacher.session import (TeacherModelError, TeacherSession, onnx_parameter_count, open_teacher,
-                                      teacher_sha256)
+from pipeline.teacher.session import (
+    TeacherModelError,
+    TeacherSession,
+    onnx_parameter_count,
+    open_teacher,
+    teacher_sha256,
+)
 
 
 def teacher_training_data(prepared_dir: str | Path, data: PreparedData, train_on: str) -> PreparedData:
@@ -32,12 +37,16 @@ def teacher_training_data(prepared_dir: str | Path, data: PreparedData, train_on
 
 def teacher_logits(session: TeacherSession, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """(N, *input_shape) -> (N, C) float32 raw logits, run in batches of `batch_size`."""
-    parts = [session.run(inputs[begin:begin + batch_size])[session.logits_name]
-             for begin in range(0, len(inputs), batch_size)]
+    parts = [
+        session.run(inputs[begin : begin + batch_size])[session.logits_name]
+        for begin in range(0, len(inputs), batch_size)
+    ]
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
 
 
-def accuracy_per_split(session: TeacherSession, data: PreparedData, batch_size: int = 512) -> dict[str, float]:
+def accuracy_per_split(
+    session: TeacherSession, data: PreparedData, batch_size: int = 512
+) -> dict[str, float]:
     """Split name -> top-1 accuracy of the teacher on that split's labelled rows (splits without
     labelled rows are left out)."""
     logits = teacher_logits(session, data.inputs, batch_size)
@@ -51,14 +60,22 @@ def accuracy_per_split(session: TeacherSession, data: PreparedData, batch_size: 
 
 
 def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSession:
-    session = open_teacher(path, params.input_name, params.logits_name, params.tap_names,
-                           params.provider, params.intra_op_threads)
+    session = open_teacher(
+        path,
+        params.input_name,
+        params.logits_name,
+        params.tap_names,
+        params.provider,
+        params.intra_op_threads,
+    )
     session.check_input(data.input_shape)
     classes = session.run(data.inputs[:1])[session.logits_name].shape[1]
     if classes != data.num_classes:
-        raise TeacherModelError(f"{path}: output {session.logits_name!r} has {classes} classes but the dataset has "
-                                f"{data.num_classes}; use a teacher trained on these classes, or set "
-                                f"prepare.dataset.num_classes to {classes} if the dataset has classes its labels do not show")
+        raise TeacherModelError(
+            f"{path}: output {session.logits_name!r} has {classes} classes but the dataset has "
+            f"{data.num_classes}; use a teacher trained on these classes, or set "
+            f"prepare.dataset.num_classes to {classes} if the dataset has classes its labels do not show"
+        )
     return session
 
 
@@ -76,17 +93,27 @@ def _summary(session: TeacherSession, path: Path, data: PreparedData) -> dict:
     }
 
 
-def build_builtin_teacher(data: PreparedData, teacher_train: PreparedData, params: TeacherParams,
-                          out_path: str | Path, progress: bool = True) -> dict:
+def build_builtin_teacher(
+    data: PreparedData,
+    teacher_train: PreparedData,
+    params: TeacherParams,
+    out_path: str | Path,
+    progress: bool = True,
+) -> dict:
     """Train the built-in CNN on `teacher_train`'s labelled train rows, export it to `out_path`
     (atomic), gate it on ORT-vs-torch parity, and return its metrics measured on `data`."""
     out_path = Path(out_path)
     trained = train_builtin_teacher(teacher_train, params.builtin, progress=progress)
     example = torch.from_numpy(np.array(data.inputs[:2]))
     export_onnx(trained.module, example, out_path, trained.module.output_names, params.input_name)
-    parity = check_onnx_parity(trained.module, out_path,
-                               parity_batches(data, params.parity.batch_sizes, params.builtin.seed),
-                               rtol=params.parity.rtol, atol=params.parity.atol, input_name=params.input_name)
+    parity = check_onnx_parity(
+        trained.module,
+        out_path,
+        parity_batches(data, params.parity.batch_sizes, params.builtin.seed),
+        rtol=params.parity.rtol,
+        atol=params.parity.atol,
+        input_name=params.input_name,
+    )
     session = _open(out_path, params, data)
     metrics = {"source": "builtin", **_summary(session, out_path, data)}
     metrics |= {
@@ -100,7 +127,9 @@ def build_builtin_teacher(data: PreparedData, teacher_train: PreparedData, param
     return metrics
 
 
-def adopt_user_teacher(source: str | Path, data: PreparedData, params: TeacherParams, out_path: str | Path) -> dict:
+def adopt_user_teacher(
+    source: str | Path, data: PreparedData, params: TeacherParams, out_path: str | Path
+) -> dict:
     """Validate the user's ONNX teacher against the prepared data, copy it to `out_path` (atomic)
     and return its metrics (no torch model, so no parity numbers)."""
     source, out_path = Path(source), Path(out_path)

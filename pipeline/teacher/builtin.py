@@ -31,14 +31,19 @@ class BuiltinTeacherError(DistilleryError):
 class BuiltinTeacher(nn.Module):
     """forward(x: (B, *input_shape)) -> (logits (B, C), embed (B, D)[, conv (B, C', H', W')])."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: list[int], embed_dim: int) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, channels: list[int], embed_dim: int
+    ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         if len(self.input_shape) == 3:
             blocks, in_channels, height, width = [], self.input_shape[0], *self.input_shape[1:]
             for out_channels in channels:
-                blocks += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                           nn.BatchNorm2d(out_channels), nn.ReLU()]
+                blocks += [
+                    nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(),
+                ]
                 if min(height, width) > 4:
                     blocks.append(nn.MaxPool2d(2))
                     height, width = height // 2, width // 2
@@ -82,13 +87,17 @@ class TrainedTeacher:
     final_train_loss: float
 
 
-def train_builtin_teacher(data: PreparedData, params: BuiltinTeacherParams, progress: bool = True) -> TrainedTeacher:
+def train_builtin_teacher(
+    data: PreparedData, params: BuiltinTeacherParams, progress: bool = True
+) -> TrainedTeacher:
     """Train the CNN on the labelled rows of `data`'s train split (cross-entropy, AdamW with a
     cosine learning rate, mini-batches shuffled by a generator seeded with params.seed)."""
     rows = data.rows("train", labelled_only=True)
     if not len(rows):
-        raise BuiltinTeacherError("the prepared train split has no labelled rows to train the teacher on; "
-                                  "check prepare.label_budget or give labels")
+        raise BuiltinTeacherError(
+            "the prepared train split has no labelled rows to train the teacher on; "
+            "check prepare.label_budget or give labels"
+        )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(params.torch_threads)
     torch.manual_seed(params.seed)
@@ -96,17 +105,20 @@ def train_builtin_teacher(data: PreparedData, params: BuiltinTeacherParams, prog
         module = BuiltinTeacher(data.input_shape, data.num_classes, params.channels, params.embed_dim)
         inputs = torch.from_numpy(data.inputs[rows])
         labels = torch.from_numpy(data.label[rows])
-        optimiser = torch.optim.AdamW(module.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+        optimiser = torch.optim.AdamW(
+            module.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+        )
         steps_per_epoch = math.ceil(len(rows) / params.batch_size)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=params.learning_rate, total_steps=params.epochs * steps_per_epoch)
+            optimiser, max_lr=params.learning_rate, total_steps=params.epochs * steps_per_epoch
+        )
         generator = torch.Generator().manual_seed(params.seed)
         start, loss = time.perf_counter(), torch.tensor(float("nan"))
         module.train()
         for _ in tqdm(range(params.epochs), desc="teacher", unit="epoch", disable=not progress, leave=False):
             order = torch.randperm(len(rows), generator=generator)
             for begin in range(0, len(rows), params.batch_size):
-                batch = order[begin:begin + params.batch_size]
+                batch = order[begin : begin + params.batch_size]
                 logits = module(inputs[batch])[0]
                 loss = nn.functional.cross_entropy(logits, labels[batch])
                 optimiser.zero_grad(set_to_none=True)

@@ -14,8 +14,9 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -57,8 +58,13 @@ def _as_tuple(values: Any) -> tuple[torch.Tensor, ...]:
     return tuple(values)
 
 
-def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path,
-                output_names: Sequence[str], input_name: str = "input") -> Path:
+def export_onnx(
+    module: nn.Module,
+    example_input: torch.Tensor,
+    path: str | Path,
+    output_names: Sequence[str],
+    input_name: str = "input",
+) -> Path:
     """Export `module` (eval mode; forward(x) -> logits, or a tuple (logits, tap...), or an object
     with `.logits` and `.features` such as StudentOutput) to the single ONNX file `path`, atomically.
 
@@ -88,9 +94,15 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
         with warnings.catch_warnings(), _QuietExporter():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (example_input,), tmp, dynamo=True, external_data=False,
-                input_names=[input_name], output_names=list(output_names),
-                dynamic_shapes=({0: batch},), verbose=False,
+                module,
+                (example_input,),
+                tmp,
+                dynamo=True,
+                external_data=False,
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_shapes=({0: batch},),
+                verbose=False,
             )
         os.replace(tmp, path)
     except Exception as error:
@@ -115,9 +127,15 @@ class _QuietExporter:
             logging.getLogger(name).setLevel(level)
 
 
-def check_onnx_parity(module: nn.Module, path: str | Path, inputs_list: Iterable[np.ndarray | torch.Tensor],
-                      rtol: float = 1e-4, atol: float = 1e-5, input_name: str = "input",
-                      raise_on_mismatch: bool = True) -> dict:
+def check_onnx_parity(
+    module: nn.Module,
+    path: str | Path,
+    inputs_list: Iterable[np.ndarray | torch.Tensor],
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    input_name: str = "input",
+    raise_on_mismatch: bool = True,
+) -> dict:
     """Run `module` (torch, eval, no grad) and the ONNX file (ORT CPU provider, fp32) on each
     batch of `inputs_list` ((B, *input_shape) float32; use several sizes, e.g. 1, 7, 64) and compare
     every output elementwise: |onnx - torch| <= atol + rtol * |torch|.
@@ -140,8 +158,10 @@ def check_onnx_parity(module: nn.Module, path: str | Path, inputs_list: Iterable
         actual = session.run(names, {input_name: tensor.numpy()})
         for name, want, got in zip(names, expected, actual):
             if want.shape != got.shape:
-                raise OnnxParityError(f"{path}: output {name!r} has shape {got.shape} in ONNX Runtime but "
-                                      f"{want.shape} in torch; re-export the model")
+                raise OnnxParityError(
+                    f"{path}: output {name!r} has shape {got.shape} in ONNX Runtime but "
+                    f"{want.shape} in torch; re-export the model"
+                )
             abs_diff = np.abs(got.astype(np.float64) - want)
             rel_diff = abs_diff / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
             stats[name]["max_abs_diff"] = max(stats[name]["max_abs_diff"], float(abs_diff.max(initial=0.0)))

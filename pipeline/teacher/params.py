@@ -37,7 +37,9 @@ class BuiltinTeacherParams(StrictModel):
     batch_size: int = Field(default=64, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
-    torch_threads: int = Field(default=1, ge=1)  # 1: no thread contention on shared cores; digits needs no more
+    torch_threads: int = Field(
+        default=1, ge=1
+    )  # 1: no thread contention on shared cores; digits needs no more
     train_on: Literal["full_train", "transfer_set"] = "full_train"
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -83,8 +84,9 @@ def _load_graph(path: Path) -> onnx.ModelProto:
         ) from None
 
 
-def _check_names(model: onnx.ModelProto, path: Path, input_name: str, logits_name: str,
-                 tap_names: Sequence[str] | None) -> tuple[onnx.ValueInfoProto, tuple[str, ...]]:
+def _check_names(
+    model: onnx.ModelProto, path: Path, input_name: str, logits_name: str, tap_names: Sequence[str] | None
+) -> tuple[onnx.ValueInfoProto, tuple[str, ...]]:
     initializers = {init.name for init in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
     outputs = [o.name for o in model.graph.output]
@@ -120,7 +122,8 @@ def _check_names(model: onnx.ModelProto, path: Path, input_name: str, logits_nam
         raise TeacherInputError(
             f"{path}: input {input_name!r} has a fixed batch size of {dims[0]} (shape {dims}); "
             f"re-export with a dynamic batch axis: torch.onnx.export(..., dynamo=True, "
-            f"dynamic_shapes=({{0: torch.export.Dim('batch')}},)) or dynamic_axes={{{input_name!r}: {{0: 'batch'}}}}"
+            f"dynamic_shapes=({{0: torch.export.Dim('batch')}},)) "
+            f"or dynamic_axes={{{input_name!r}: {{0: 'batch'}}}}"
         )
     return value, taps
 
@@ -225,7 +228,8 @@ class TeacherSession:
         model's input (same rank; fixed sizes equal, symbolic ones accept anything)."""
         declared = self.input_dims[1:]
         wrong = len(declared) != len(input_shape) or any(
-            isinstance(d, int) and d != s for d, s in zip(declared, input_shape))
+            isinstance(d, int) and d != s for d, s in zip(declared, input_shape)
+        )
         if wrong:
             raise TeacherInputError(
                 f"{self.path}: input {self.input_name!r} has shape {self.input_dims} (batch first) but "
@@ -256,14 +260,20 @@ class TeacherSession:
             import torch  # only reached with a torch tensor in hand
 
             torch.cuda.current_stream(keep_alive.device).synchronize()  # ORT runs on its own stream
-            binding.bind_input(self.input_name, device_type="cuda", device_id=keep_alive.device.index or 0,
-                               element_type=np.float32, shape=tuple(keep_alive.shape),
-                               buffer_ptr=keep_alive.data_ptr())
+            binding.bind_input(
+                self.input_name,
+                device_type="cuda",
+                device_id=keep_alive.device.index or 0,
+                element_type=np.float32,
+                shape=tuple(keep_alive.shape),
+                buffer_ptr=keep_alive.data_ptr(),
+            )
         else:
             if type(inputs).__module__.startswith("torch"):
                 inputs = inputs.detach().cpu().numpy()
             keep_alive = ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(inputs, dtype=np.float32), device_type, 0)
+                np.ascontiguousarray(inputs, dtype=np.float32), device_type, 0
+            )
             binding.bind_ortvalue_input(self.input_name, keep_alive)
         for name in self.output_names:
             binding.bind_output(name, "cpu")
@@ -274,9 +284,14 @@ class TeacherSession:
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self.output_names, values)}
 
 
-def open_teacher(path, input_name: str = "input", logits_name: str = "logits",
-                 tap_names: Sequence[str] | None = None, provider: str = "auto",
-                 intra_op_threads: int | None = None) -> TeacherSession:
+def open_teacher(
+    path,
+    input_name: str = "input",
+    logits_name: str = "logits",
+    tap_names: Sequence[str] | None = None,
+    provider: str = "auto",
+    intra_op_threads: int | None = None,
+) -> TeacherSession:
     """Validate the ONNX file at `path` and open it on `provider` ("auto": CUDA when it really
     loads, else CPU, with one log line saying which; "cpu"/"cuda": that one or an error).
     tap_names None = every output except `logits_name`. Raises TeacherModelError/TeacherInputError

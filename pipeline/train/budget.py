@@ -126,16 +126,22 @@ def known_labels(reader: Any, label_pool: tuple[np.ndarray, np.ndarray] | None =
     found = (pool_ids[position] == ids) if len(pool_ids) else np.zeros(len(ids), bool)
     clash = found & (label != UNLABELLED) & (pool_labels[position] != label)
     if clash.any():
-        raise LabelPoolError(f"{int(clash.sum())} held-back labels differ from the cache's for the same sample ids "
-                             f"(first: {ids[clash][:5].tolist()}); data/prepared/teacher_train is from other data: "
-                             "re-run `dvc repro prepare cache`")
+        raise LabelPoolError(
+            f"{int(clash.sum())} held-back labels differ from the cache's for the same sample ids "
+            f"(first: {ids[clash][:5].tolist()}); data/prepared/teacher_train is from other data: "
+            "re-run `dvc repro prepare cache`"
+        )
     fill = found & (label == UNLABELLED)
     label[fill] = pool_labels[position[fill]]
     return label
 
 
-def apply_budget(reader: Any, prepared: Any, budget: StudentLabelBudget,
-                 label_pool: tuple[np.ndarray, np.ndarray] | None = None) -> BudgetedData:
+def apply_budget(
+    reader: Any,
+    prepared: Any,
+    budget: StudentLabelBudget,
+    label_pool: tuple[np.ndarray, np.ndarray] | None = None,
+) -> BudgetedData:
     """Relabel the cache's train and unlabelled rows by `budget` (module docstring).
 
     prepared: the PreparedData the cache was built from (joined by sample id). label_pool: labels
@@ -150,14 +156,26 @@ def apply_budget(reader: Any, prepared: Any, budget: StudentLabelBudget,
     new_split, new_label = split.copy(), np.asarray(reader.label, np.int64).copy()
     new_split[candidates], new_label[candidates] = UNLABELLED_SPLIT, UNLABELLED
     new_split[kept], new_label[kept] = TRAIN, label[kept]
-    available = {int(c): int(n) for c, n in zip(*np.unique(label[candidates][label[candidates] >= 0], return_counts=True))}
+    available = {
+        int(c): int(n)
+        for c, n in zip(*np.unique(label[candidates][label[candidates] >= 0], return_counts=True))
+    }
     counts = {int(c): int(n) for c, n in zip(*np.unique(new_label[kept], return_counts=True))}
     clipped = sorted(c for c, n in available.items() if budget.per_class is not None and n < budget.per_class)
-    report = {"per_class": budget.per_class, "seed": budget.seed, "held_back": budget.held_back,
-              "labelled_rows": int(len(kept)), "available_rows": int(sum(available.values())),
-              "clipped": clipped, "class_counts": {str(c): n for c, n in counts.items()}}
-    return BudgetedData(RelabelledReader(reader, new_split, new_label),
-                        _relabel_prepared(prepared, reader, new_split, new_label), report)
+    report = {
+        "per_class": budget.per_class,
+        "seed": budget.seed,
+        "held_back": budget.held_back,
+        "labelled_rows": int(len(kept)),
+        "available_rows": int(sum(available.values())),
+        "clipped": clipped,
+        "class_counts": {str(c): n for c, n in counts.items()},
+    }
+    return BudgetedData(
+        RelabelledReader(reader, new_split, new_label),
+        _relabel_prepared(prepared, reader, new_split, new_label),
+        report,
+    )
 
 
 def _relabel_prepared(prepared: Any, reader: Any, split: np.ndarray, label: np.ndarray) -> Any:
@@ -165,8 +183,11 @@ def _relabel_prepared(prepared: Any, reader: Any, split: np.ndarray, label: np.n
     from pipeline.cache.open import check_alignment
 
     cache_row = check_alignment(reader, prepared.sample_id, exact=True)  # (N,) cache row of each dataset row
-    return replace(prepared, split=split[cache_row].astype(prepared.split.dtype),
-                   label=label[cache_row].astype(prepared.label.dtype))
+    return replace(
+        prepared,
+        split=split[cache_row].astype(prepared.split.dtype),
+        label=label[cache_row].astype(prepared.label.dtype),
+    )
 
 
 def held_back_labels(prepared_dir: Any) -> tuple[np.ndarray, np.ndarray] | None:

@@ -62,8 +62,11 @@ def _split_optimizer(prefix: str, optimizer: torch.optim.Optimizer, tensors: dic
                 tensors[f"{prefix}/{index}/{key}"] = value.detach().cpu().contiguous().clone()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    return {"param_groups": state_dict["param_groups"], "scalars": scalars,
-            "indices": [str(i) for i in state_dict["state"]]}
+    return {
+        "param_groups": state_dict["param_groups"],
+        "scalars": scalars,
+        "indices": [str(i) for i in state_dict["state"]],
+    }
 
 
 def _join_optimizer(prefix: str, saved: dict[str, Any], tensors: dict) -> dict[str, Any]:
@@ -92,8 +95,12 @@ def save_checkpoint(directory: Path, state: TrainingState, members: list, rng_st
         optimizers[key] = _split_optimizer(f"{key}/optim", member.optimizer, tensors)
     weights_file = f"state-{state.global_step:09d}.safetensors"
     atomic_write_bytes(directory / weights_file, save(tensors))
-    payload = {"format_version": FORMAT_VERSION, "weights_file": weights_file, **state.__dict__,
-               "optimizers": optimizers}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "weights_file": weights_file,
+        **state.__dict__,
+        "optimizers": optimizers,
+    }
     atomic_write_json(directory / CHECKPOINT_FILE, payload)
     for old in directory.glob("state-*.safetensors"):
         if old.name != weights_file:
@@ -116,8 +123,10 @@ def load_checkpoint(directory: Path, config_hash: str) -> tuple[TrainingState, d
     try:
         payload["tensors"] = load_file(str(weights_path))
     except SafetensorError as error:  # written atomically, so damaged after the fact (disk, a copy)
-        raise CheckpointError(f"{weights_path}: the training checkpoint is unreadable ({error}); delete "
-                              f"{directory} to train this seed again from the start") from None
+        raise CheckpointError(
+            f"{weights_path}: the training checkpoint is unreadable ({error}); delete "
+            f"{directory} to train this seed again from the start"
+        ) from None
     return state, payload
 
 
@@ -128,7 +137,7 @@ def restore_members(payload: dict, members: list) -> torch.Tensor:
         key = _member_key(member.name)
         for part in ("model", "recipe"):
             prefix = f"{key}/{part}/"
-            weights = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
+            weights = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
             getattr(member, part).load_state_dict(weights)
         member.optimizer.load_state_dict(_join_optimizer(f"{key}/optim", payload["optimizers"][key], tensors))
     return tensors["rng/torch"]

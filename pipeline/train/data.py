@@ -26,7 +26,9 @@ def _ids(values: np.ndarray, limit: int = 10) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def align_inputs(reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray) -> np.ndarray:
+def align_inputs(
+    reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray
+) -> np.ndarray:
     """(N_cache,) int64 position in the dataset of each cache row's sample id.
 
     sample_id, split, label: (N,) arrays of the prepared dataset. The dataset and the cache must
@@ -42,7 +44,8 @@ def align_inputs(reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, 
         if len(differ):
             raise MisalignedCacheError(
                 f"{len(differ)} cache rows disagree with the prepared dataset on {name}, sample ids "
-                f"{_ids(cache_ids[differ])}; the cache was built on other data: re-run `dvc repro cache`")
+                f"{_ids(cache_ids[differ])}; the cache was built on other data: re-run `dvc repro cache`"
+            )
     return position
 
 
@@ -86,10 +89,17 @@ def join_training_data(reader: CacheReader, prepared, train_rows: str) -> Traini
     if reader.schema.num_classes != prepared.num_classes:
         raise MisalignedCacheError(
             f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "
-            "classes; re-run `dvc repro cache`")
+            "classes; re-run `dvc repro cache`"
+        )
     rows = training_rows(reader, train_rows)
     if len(rows) == 0:
-        raise MisalignedCacheError(f"no rows to train on (train_rows: {train_rows}); the cache has no "
-                                   f"rows of split {SPLITS[0]!r}")
-    return TrainingData(reader, np.ascontiguousarray(prepared.inputs[position], np.float32), rows,
-                        rows_of_split(reader, "val"), int(prepared.num_classes))
+        raise MisalignedCacheError(
+            f"no rows to train on (train_rows: {train_rows}); the cache has no rows of split {SPLITS[0]!r}"
+        )
+    return TrainingData(
+        reader,
+        np.ascontiguousarray(prepared.inputs[position], np.float32),
+        rows,
+        rows_of_split(reader, "val"),
+        int(prepared.num_classes),
+    )

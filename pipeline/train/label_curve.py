@@ -24,8 +24,9 @@ import io
 import math
 import shutil
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -59,11 +60,15 @@ class LabelCurveParams(StrictModel):
         return values
 
 
-def point_params(params: StudentParams, per_class: int | None, curve: LabelCurveParams, train_rows: int) -> StudentParams:
+def point_params(
+    params: StudentParams, per_class: int | None, curve: LabelCurveParams, train_rows: int
+) -> StudentParams:
     """The recipe `params` at one budget: its label budget, the curve's seeds and, with
     `curve.steps`, the epochs that give that many optimiser steps on `train_rows` rows."""
     update: dict[str, Any] = {
-        "label_budget": StudentLabelBudget(per_class=per_class, seed=curve.label_seed, held_back=curve.held_back),
+        "label_budget": StudentLabelBudget(
+            per_class=per_class, seed=curve.label_seed, held_back=curve.held_back
+        ),
         "seeds": tuple(curve.seeds),
     }
     if curve.steps is not None:
@@ -79,8 +84,15 @@ def _test_accuracy(out_dir: Path, test) -> list[float]:
 
     (seed_dirs,) = list_trained(out_dir).values()
     labelled = test.labelled
-    return [float((predict_logits(load_trained_student(d), test.inputs)[labelled].argmax(1) == test.labels[labelled]).mean())
-            for d in seed_dirs]
+    return [
+        float(
+            (
+                predict_logits(load_trained_student(d), test.inputs)[labelled].argmax(1)
+                == test.labels[labelled]
+            ).mean()
+        )
+        for d in seed_dirs
+    ]
 
 
 def run_label_curve(
@@ -101,8 +113,10 @@ def run_label_curve(
 
     missing = [name for name in curve.students if name not in students]
     if missing:
-        raise LabelCurveError(f"label_curve.students: no student named {', '.join(missing)} in `students:`; "
-                              f"valid: {', '.join(sorted(students))}")
+        raise LabelCurveError(
+            f"label_curve.students: no student named {', '.join(missing)} in `students:`; "
+            f"valid: {', '.join(sorted(students))}"
+        )
     cohorts = [name for name in curve.students if students[name].cohort is not None]
     if cohorts:
         raise LabelCurveError(f"label_curve.students: {', '.join(cohorts)} is a cohort; name single students")
@@ -113,34 +127,59 @@ def run_label_curve(
         for asked in curve.per_class:
             per_class = None if asked == "all" else int(asked)
             base = students[name]
-            probe = apply_budget(reader, prepared, StudentLabelBudget(per_class=per_class, seed=curve.label_seed,
-                                                                      held_back=curve.held_back), label_pool)
+            probe = apply_budget(
+                reader,
+                prepared,
+                StudentLabelBudget(per_class=per_class, seed=curve.label_seed, held_back=curve.held_back),
+                label_pool,
+            )
             candidates = int(np.isin(probe.reader.split, [TRAIN, UNLABELLED_SPLIT]).sum())
             train_rows = probe.report["labelled_rows"] if base.train_rows == "labelled" else candidates
             params = point_params(base, per_class, curve, train_rows)
             tag = f"{name}/per_class_{asked}"
             out = scratch_dir / "models" / tag
-            train_from_reader(name, params, reader, prepared, out, scratch_dir / "runs" / tag,
-                              progress=progress, label_pool=label_pool)
+            train_from_reader(
+                name,
+                params,
+                reader,
+                prepared,
+                out,
+                scratch_dir / "runs" / tag,
+                progress=progress,
+                label_pool=label_pool,
+            )
             for seed, accuracy in zip(params.seeds, _test_accuracy(out, test)):
-                rows.append({"student": name, "per_class": asked, "labels": probe.report["labelled_rows"],
-                             "clipped": bool(probe.report["clipped"]), "seed": seed, "epochs": params.epochs,
-                             "accuracy": accuracy})
+                rows.append(
+                    {
+                        "student": name,
+                        "per_class": asked,
+                        "labels": probe.report["labelled_rows"],
+                        "clipped": bool(probe.report["clipped"]),
+                        "seed": seed,
+                        "epochs": params.epochs,
+                        "accuracy": accuracy,
+                    }
+                )
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """student -> labels (str) -> {"mean", "std" (sample, 0 for one seed), "per_class", "clipped", "seeds"}."""
+    """student -> labels (str) -> {"mean", "std" (sample, 0 for one seed), "per_class", "clipped",
+    "seeds"}."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
-        point = summary.setdefault(row["student"], {}).setdefault(str(row["labels"]), {
-            "per_class": row["per_class"], "clipped": row["clipped"], "values": []})
+        point = summary.setdefault(row["student"], {}).setdefault(
+            str(row["labels"]), {"per_class": row["per_class"], "clipped": row["clipped"], "values": []}
+        )
         point["values"].append(row["accuracy"])
     for points in summary.values():
         for point in points.values():
             values = point.pop("values")
-            point.update(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
-                         seeds=len(values))
+            point.update(
+                mean=statistics.fmean(values),
+                std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                seeds=len(values),
+            )
     return summary
 
 
@@ -158,12 +197,18 @@ def write_curve(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Pa
     out_dir = Path(out_dir)
     summary = summarise(rows)
     columns = ["student", "per_class", "labels", "clipped", "seed", "epochs", "accuracy"]
-    paths = {"csv": atomic_write_text(out_dir / "curve.csv", _csv(columns, [[r[c] for c in columns] for r in rows])),
-             "json": atomic_write_json(out_dir / "curve.json", summary)}
+    paths = {
+        "csv": atomic_write_text(
+            out_dir / "curve.csv", _csv(columns, [[r[c] for c in columns] for r in rows])
+        ),
+        "json": atomic_write_json(out_dir / "curve.json", summary),
+    }
     students = list(summary)
     labels = sorted({int(k) for points in summary.values() for k in points})
-    plot_rows = [[n, *(round(summary[s][str(n)]["mean"], 6) if str(n) in summary[s] else "" for s in students)]
-                 for n in labels]
+    plot_rows = [
+        [n, *(round(summary[s][str(n)]["mean"], 6) if str(n) in summary[s] else "" for s in students)]
+        for n in labels
+    ]
     paths["plot"] = atomic_write_text(out_dir / "plot.csv", _csv(["labels", *students], plot_rows))
     paths["png"] = plot_curve(summary, out_dir / "curve.png")
     return paths

@@ -12,9 +12,9 @@ the torch RNG state (dropout, negative sampling) is saved in every checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -56,7 +56,9 @@ def default_recipe_builder():
     return build_recipe
 
 
-def build_members(params: StudentParams, data: TrainingData, seed: int, recipe_builder=None, device="cpu") -> list[Member]:
+def build_members(
+    params: StudentParams, data: TrainingData, seed: int, recipe_builder=None, device="cpu"
+) -> list[Member]:
     """Seed torch, then build each member's student, recipe (sized from the taps) and optimiser."""
     recipe_builder = recipe_builder or default_recipe_builder()
     torch.manual_seed(seed)
@@ -67,8 +69,10 @@ def build_members(params: StudentParams, data: TrainingData, seed: int, recipe_b
         shapes = TapShapes(data.num_classes, dict(model.tap_shapes), dict(data.reader.schema.feature_shapes))
         recipe = recipe_builder(loss, shapes)
         if getattr(recipe, "needs_peers", False) and len(member_params) < 2:
-            raise CohortError("the recipe has a `mutual` term, which needs cohort peers; train this student "
-                              "in a `cohort:` with at least two members, or drop the term")
+            raise CohortError(
+                "the recipe has a `mutual` term, which needs cohort peers; train this student "
+                "in a `cohort:` with at least two members, or drop the term"
+            )
         model.to(device)
         recipe.to(device)
         optimizer = build_optimizer([*model.parameters(), *recipe.parameters()], params.optimizer)
@@ -98,8 +102,11 @@ def feature_bank(data: TrainingData, device, taps: set[str] | None = None) -> di
         arrays = reader.features
     else:  # a reader without whole arrays: read every row once
         arrays = reader.batch(np.arange(len(reader), dtype=np.int64)).features
-    return {tap: torch.as_tensor(np.asarray(values, np.float32)).to(device)
-            for tap, values in arrays.items() if taps is None or tap in taps}
+    return {
+        tap: torch.as_tensor(np.asarray(values, np.float32)).to(device)
+        for tap, values in arrays.items()
+        if taps is None or tap in taps
+    }
 
 
 def steps_per_epoch(num_rows: int, batch_size: int) -> int:
@@ -158,9 +165,11 @@ class EpochSums:
         for member, values in self._read_back.items():
             if not all(math.isfinite(v) for v in values.values()):
                 raise DivergedError(
-                    f"member {member or '(student)'}: the loss became {values.get('loss')} during epoch {epoch} "
-                    f"(sums since the last checkpoint: {', '.join(f'{k}={v:.4g}' for k, v in values.items())}); "
-                    "lower `optimizer.lr` or the weight of the term that exploded")
+                    f"member {member or '(student)'}: the loss became {values.get('loss')} during epoch "
+                    f"{epoch} (sums since the last checkpoint: "
+                    f"{', '.join(f'{k}={v:.4g}' for k, v in values.items())}); "
+                    "lower `optimizer.lr` or the weight of the term that exploded"
+                )
         for member, values in self._read_back.items():
             sums = running.setdefault(member, {})
             for key, value in {**values, "lr": self._lr_sum}.items():
@@ -168,8 +177,9 @@ class EpochSums:
         self._read_back, self._lr_sum = {}, 0.0
 
 
-def _train_step(members: list[Member], batch, inputs: torch.Tensor, rows: torch.Tensor, epoch: int, bank,
-                sums: EpochSums) -> None:
+def _train_step(
+    members: list[Member], batch, inputs: torch.Tensor, rows: torch.Tensor, epoch: int, bank, sums: EpochSums
+) -> None:
     """One optimiser step of every member on one batch.
 
     All members' losses are built first, then one backward of their sum: the members' graphs
@@ -180,11 +190,20 @@ def _train_step(members: list[Member], batch, inputs: torch.Tensor, rows: torch.
     totals = []
     for index, (member, output) in enumerate(zip(members, outputs)):
         peers = [o.logits.detach() for j, o in enumerate(outputs) if j != index] if len(members) > 1 else []
-        total, terms = member.recipe(LossInputs(
-            student_logits=output.logits, teacher_logits=batch.logits, labels=batch.label,
-            student_features=output.features, teacher_features=batch.features,
-            teacher_sparse=batch.sparse, peer_logits=peers, teacher_feature_bank=bank,
-            rows=rows, epoch=epoch))
+        total, terms = member.recipe(
+            LossInputs(
+                student_logits=output.logits,
+                teacher_logits=batch.logits,
+                labels=batch.label,
+                student_features=output.features,
+                teacher_features=batch.features,
+                teacher_sparse=batch.sparse,
+                peer_logits=peers,
+                teacher_feature_bank=bank,
+                rows=rows,
+                epoch=epoch,
+            )
+        )
         sums.add(member.name, total, terms)
         totals.append(total)
         member.optimizer.zero_grad(set_to_none=True)
@@ -194,7 +213,9 @@ def _train_step(members: list[Member], batch, inputs: torch.Tensor, rows: torch.
 
 
 @torch.no_grad()
-def evaluate_members(members: list[Member], data: TrainingData, batch_size: int, device) -> list[dict[str, float]]:
+def evaluate_members(
+    members: list[Member], data: TrainingData, batch_size: int, device
+) -> list[dict[str, float]]:
     """Per member: `val/acc` (against the labels) and `val/teacher_agreement` (top-1 match with the
     cached teacher) over the labelled val rows; an empty mapping when there are none."""
     rows = data.val_rows[np.asarray(data.reader.label)[data.val_rows] >= 0]
@@ -214,19 +235,23 @@ def evaluate_members(members: list[Member], data: TrainingData, batch_size: int,
             agree[index] += (predicted == teacher_top1).sum().item()
     for member in members:
         member.model.train()
-    return [{"val/acc": float(c / len(rows)), "val/teacher_agreement": float(a / len(rows))}
-            for c, a in zip(correct, agree)]
+    return [
+        {"val/acc": float(c / len(rows)), "val/teacher_agreement": float(a / len(rows))}
+        for c, a in zip(correct, agree)
+    ]
 
 
-def _close_epoch(members: list[Member], state: TrainingState, data: TrainingData, params: StudentParams,
-                 device) -> dict[str, dict[str, float]]:
+def _close_epoch(
+    members: list[Member], state: TrainingState, data: TrainingData, params: StudentParams, device
+) -> dict[str, dict[str, float]]:
     """Validate, turn the epoch's running sums into means, append to the history, advance the state
     (`state.running` must already hold the whole epoch: see `EpochSums.flush_into`)."""
     metrics = {}
     for member, evaluated in zip(members, evaluate_members(members, data, params.eval_batch_size, device)):
         sums = state.running.get(member.name, {})
-        metrics[member.name] = {("lr" if k == "lr" else f"train/{k}"): v / state.step_in_epoch
-                                for k, v in sums.items()} | evaluated
+        metrics[member.name] = {
+            ("lr" if k == "lr" else f"train/{k}"): v / state.step_in_epoch for k, v in sums.items()
+        } | evaluated
     state.history.append(metrics)
     state.epoch += 1
     state.step_in_epoch = 0
@@ -276,15 +301,23 @@ def run_seed(
         sums.flush_into(state.running, state.epoch)
         save_checkpoint(scratch_dir, state, members, torch.get_rng_state())
 
-    bar = tqdm(total=total_steps, initial=state.global_step, disable=not progress, leave=False,
-               desc=f"seed {seed}", unit="step")
+    bar = tqdm(
+        total=total_steps,
+        initial=state.global_step,
+        disable=not progress,
+        leave=False,
+        desc=f"seed {seed}",
+        unit="step",
+    )
     for member in members:
         member.model.train()
         member.recipe.train()
     while state.epoch < params.epochs:
         rows = _epoch_rows(data, seed, state.epoch, params.batch_size, state.step_in_epoch)
         for batch in iter_batches(data.reader, min(params.batch_size, len(data.train_rows)), rows=rows):
-            lr = learning_rate(state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule)
+            lr = learning_rate(
+                state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule
+            )
             for member in members:
                 set_learning_rate(member.optimizer, lr)
             batch_rows = torch.from_numpy(np.asarray(batch.rows, np.int64))
@@ -302,7 +335,9 @@ def run_seed(
                 on_step(state.global_step)
         sums.flush_into(state.running, state.epoch)
         metrics = _close_epoch(members, state, data, params, device)
-        bar.set_postfix({f"{m or 'val'}_acc": f"{v.get('val/acc', math.nan):.3f}" for m, v in metrics.items()})
+        bar.set_postfix(
+            {f"{m or 'val'}_acc": f"{v.get('val/acc', math.nan):.3f}" for m, v in metrics.items()}
+        )
         checkpoint()
         if on_epoch:
             on_epoch(state.epoch - 1, metrics)

@@ -14,7 +14,7 @@ students:
     seeds: [0]
     cache: data/cache/store                         # another cache for a teacher chain
     train_rows: all                                 # labelled | all (+ the unlabelled split)
-    label_budget: null                              # {per_class: 15, seed: 0, held_back: false}: pipeline/train/budget.py
+    label_budget: null                              # {per_class: 15, seed: 0, held_back: false}
   cohort4:                                          # M students, one pass over the cache
     cohort:
       members:
@@ -86,8 +86,10 @@ class CohortParams(StrictModel):
     def _names_are_directory_names(cls, members: dict[str, CohortMember]) -> dict[str, CohortMember]:
         for name in members:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.startswith("seed_"):
-                raise ValueError(f"member name {name!r} must be letters, digits, '_', '-' or '.' "
-                                 "(it names a directory), and not start with 'seed_'")
+                raise ValueError(
+                    f"member name {name!r} must be letters, digits, '_', '-' or '.' "
+                    "(it names a directory), and not start with 'seed_'"
+                )
         return members
 
 
@@ -108,12 +110,16 @@ class StudentParams(StrictModel):
     label_budget: StudentLabelBudget | None = None  # labels masked at train time; the cache stays as it is
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    torch_threads: int | None = Field(default=1, ge=1)  # small students run fastest on one thread; null = torch's default
+    torch_threads: int | None = Field(
+        default=1, ge=1
+    )  # small students run fastest on one thread; null = torch's default
 
     @model_validator(mode="after")
-    def _one_of_arch_or_cohort(self) -> "StudentParams":
+    def _one_of_arch_or_cohort(self) -> StudentParams:
         if (self.arch is None) == (self.cohort is None):
-            raise ValueError("give exactly one of `arch` (one student) and `cohort` (members trained together)")
+            raise ValueError(
+                "give exactly one of `arch` (one student) and `cohort` (members trained together)"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds repeat: {list(self.seeds)}")
         return self
@@ -122,8 +128,10 @@ class StudentParams(StrictModel):
         """member name -> (arch params, recipe params); a single student is the one member named ''."""
         if self.cohort is None:
             return {"": (self.arch, self.loss)}
-        return {name: (m.arch, m.loss if m.loss is not None else self.loss)
-                for name, m in self.cohort.members.items()}
+        return {
+            name: (m.arch, m.loss if m.loss is not None else self.loss)
+            for name, m in self.cohort.members.items()
+        }
 
 
 class StudentsSection(RootModel[dict[str, StudentParams]]):
@@ -144,5 +152,6 @@ def select_student(students: dict[str, StudentParams], name: str) -> StudentPara
     if name not in students:
         raise UnknownStudentError(
             f"no student named {name!r} in the `students:` section of params.yaml; "
-            f"valid: {', '.join(sorted(students)) or '(none)'}")
+            f"valid: {', '.join(sorted(students)) or '(none)'}"
+        )
     return students[name]

@@ -18,8 +18,9 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ from pipeline.train.params import StudentParams
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu"/"cuda" unchanged."""
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu"/"cuda" unchanged."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -49,9 +50,13 @@ def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str
     identity = {
         "params": params.model_dump(mode="json", exclude={"seeds", "cache", "torch_threads"}),
         "dataset": prepared_fingerprint,
-        "cache": [len(reader), schema.num_classes, schema.logits_dtype,
-                  {k: list(v) for k, v in schema.feature_shapes.items()},
-                  getattr(getattr(reader, "metadata", None), "build_fingerprint", None)],
+        "cache": [
+            len(reader),
+            schema.num_classes,
+            schema.logits_dtype,
+            {k: list(v) for k, v in schema.feature_shapes.items()},
+            getattr(getattr(reader, "metadata", None), "build_fingerprint", None),
+        ],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -60,7 +65,9 @@ def _model_dir(root: Path, member: str, seed: int) -> Path:
     return root / member / f"seed_{seed}" if member else root / f"seed_{seed}"
 
 
-def _summarise(name: str, params: StudentParams, per_seed: dict[int, dict[str, dict]], sizes: dict[str, int]) -> dict:
+def _summarise(
+    name: str, params: StudentParams, per_seed: dict[int, dict[str, dict]], sizes: dict[str, int]
+) -> dict:
     models = {}
     for member in params.members():
         model_name = f"{name}/{member}" if member else name
@@ -72,8 +79,13 @@ def _summarise(name: str, params: StudentParams, per_seed: dict[int, dict[str, d
             "val_acc_mean": statistics.fmean(values) if values else None,
             "val_acc_std": statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
         }
-    return {"student": name, "cohort": params.cohort is not None, "seeds": sorted(per_seed),
-            "epochs": params.epochs, "models": models}
+    return {
+        "student": name,
+        "cohort": params.cohort is not None,
+        "seeds": sorted(per_seed),
+        "epochs": params.epochs,
+        "models": models,
+    }
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
@@ -88,13 +100,24 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
         replace_dir(sibling, out_dir)
 
 
-def _write_seed_output(target: Path, name: str, params: StudentParams, member, seed: int, data, state, live_dir: Path) -> None:
+def _write_seed_output(
+    target: Path, name: str, params: StudentParams, member, seed: int, data, state, live_dir: Path
+) -> None:
     """model.safetensors + student.json + the dvclive directory of one trained member and seed."""
-    save_trained_student(target, member.model.cpu(), {
-        "student": name, "member": member.name or None, "seed": seed,
-        "arch": params.members()[member.name][0].model_dump(mode="json"),
-        "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-        "epochs": state.epoch, "val_acc": state.history[-1][member.name].get("val/acc")})
+    save_trained_student(
+        target,
+        member.model.cpu(),
+        {
+            "student": name,
+            "member": member.name or None,
+            "seed": seed,
+            "arch": params.members()[member.name][0].model_dump(mode="json"),
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "epochs": state.epoch,
+            "val_acc": state.history[-1][member.name].get("val/acc"),
+        },
+    )
     shutil.copytree(live_dir, target / "live")
 
 
@@ -134,16 +157,36 @@ def train_from_reader(
     per_seed, sizes = {}, {}
     for seed in seeds:
         seed_scratch = scratch_dir / f"seed_{seed}"
-        logger = EpochLogger({m: seed_scratch / "live" / m if m else seed_scratch / "live" for m in params.members()})
+        logger = EpochLogger(
+            {m: seed_scratch / "live" / m if m else seed_scratch / "live" for m in params.members()}
+        )
         try:
-            members, state = run_seed(params, data, seed, seed_scratch, digest, recipe_builder,
-                                      progress, on_epoch=logger, on_step=on_step, device=device)
+            members, state = run_seed(
+                params,
+                data,
+                seed,
+                seed_scratch,
+                digest,
+                recipe_builder,
+                progress,
+                on_epoch=logger,
+                on_step=on_step,
+                device=device,
+            )
         finally:
             logger.close()
         per_seed[seed] = state.history[-1]
         for member in members:
-            _write_seed_output(_model_dir(staging, member.name, seed), name, params, member, seed, data, state,
-                               Path(logger.lives[member.name].dir))
+            _write_seed_output(
+                _model_dir(staging, member.name, seed),
+                name,
+                params,
+                member,
+                seed,
+                data,
+                state,
+                Path(logger.lives[member.name].dir),
+            )
             sizes[member.name] = count_parameters(member.model)
     summary = _summarise(name, params, per_seed, sizes)
     if budget_report is not None:
@@ -175,13 +218,23 @@ def train_student(
     joined to the prepared data in `prepared_dir`; write `out_dir` (see the module docstring).
 
     A small JSON-able summary comes back: per model the val accuracy per seed, mean, std and size.
-    `threads` sets torch's intra-op threads (Dask workers pass 1); default `params.torch_threads`. Safe to re-run after a kill: the
-    seeds resume from their last checkpoint in `scratch_dir`.
+    `threads` sets torch's intra-op threads (Dask workers pass 1); default `params.torch_threads`. Safe
+    to re-run after a kill: the seeds resume from their last checkpoint in `scratch_dir`.
     """
     from pipeline.data.prepared import load_prepared
 
     prepared = load_prepared(prepared_dir)
     reader = open_student_cache(params.cache, prepared.fingerprint)
     held_back = params.label_budget is not None and params.label_budget.held_back
-    return train_from_reader(name, params, reader, prepared, out_dir, scratch_dir, seeds, progress, threads,
-                             label_pool=held_back_labels(prepared_dir) if held_back else None)
+    return train_from_reader(
+        name,
+        params,
+        reader,
+        prepared,
+        out_dir,
+        scratch_dir,
+        seeds,
+        progress,
+        threads,
+        label_pool=held_back_labels(prepared_dir) if held_back else None,
+    )

@@ -7,23 +7,28 @@ step counter to continue on the same curve.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 from pipeline.train.params import OptimizerParams, ScheduleParams
 
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], params: OptimizerParams) -> torch.optim.Optimizer:
+def build_optimizer(
+    parameters: Iterable[torch.nn.Parameter], params: OptimizerParams
+) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum, Nesterov off) over `parameters` at the peak learning rate."""
     parameters = list(parameters)
     if params.kind == "adamw":
         return torch.optim.AdamW(parameters, lr=params.lr, weight_decay=params.weight_decay, foreach=False)
-    return torch.optim.SGD(parameters, lr=params.lr, momentum=params.momentum,
-                           weight_decay=params.weight_decay, foreach=False)
+    return torch.optim.SGD(
+        parameters, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay, foreach=False
+    )
 
 
-def learning_rate(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedule: ScheduleParams) -> float:
+def learning_rate(
+    step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedule: ScheduleParams
+) -> float:
     """lr at 0-based `step` of `total_steps`: linear warm-up to `peak_lr` over `warmup_steps`
     (reaching it at step `warmup_steps - 1`), then a cosine from `peak_lr` at step `warmup_steps`
     down to `min_lr_ratio * peak_lr` at step `total_steps` (one past the last, so no step is

@@ -11,8 +11,13 @@ import pytest
 from pipeline.cache.format import CacheCorruptError, IncompleteCacheError, StaleCacheError
 from pipeline.cache.open import CacheAlignmentError, check_alignment, open_cache
 from pipeline.cache.parquet_store import ParquetStore
-from pipeline.cache.writer import (CacheDiskFullError, CacheInputError, TeacherOutputError, completed_shards,
-                                   open_build)
+from pipeline.cache.writer import (
+    CacheDiskFullError,
+    CacheInputError,
+    TeacherOutputError,
+    completed_shards,
+    open_build,
+)
 from pipeline.cache.zarr_store import ZarrStore
 from tests.cache.helpers import FakeTeacher, build, make_rows, small_params, tree_bytes
 
@@ -44,7 +49,9 @@ def test_half_written_cache_is_never_opened(tmp_path):
 
 def test_nan_rows_are_named_and_completed_shards_kept(tmp_path):
     rows = make_rows()
-    with pytest.raises(TeacherOutputError, match=r"'logits' is NaN/Inf for 1 row\(s\): sample_id 1300 \(rows 100\)"):
+    with pytest.raises(
+        TeacherOutputError, match=r"'logits' is NaN/Inf for 1 row\(s\): sample_id 1300 \(rows 100\)"
+    ):
         build(tmp_path, rows, FakeTeacher(nan_at=rows.inputs[100, 0]))
     done = completed_shards(open_build(tmp_path / "cache" / "scratch", rows))
     assert done == {0, 1, 2}  # shard 3 holds row 100
@@ -69,8 +76,11 @@ def test_disk_full_then_rerun_completes(tmp_path, monkeypatch):
         return real_write(self, name, shard_rows, values)
 
     monkeypatch.setattr(ZarrStore, "write_array", write_array)
-    with pytest.raises(CacheDiskFullError, match=r"disk full while writing shard 2 \(rows 64\.\.95\) of 5.*free space and re-run "
-                                                 r"`dvc repro cache`; completed shards are kept \(2 of 5\)"):
+    with pytest.raises(
+        CacheDiskFullError,
+        match=r"disk full while writing shard 2 \(rows 64\.\.95\) of 5.*free space and re-run "
+        r"`dvc repro cache`; completed shards are kept \(2 of 5\)",
+    ):
         build(tmp_path, rows)
     assert completed_shards(open_build(tmp_path / "cache" / "scratch", rows)) == {0, 1}
     result = build(tmp_path, rows)
@@ -127,8 +137,11 @@ def test_corrupted_parquet_page_is_detected_naming_array_and_rows(tmp_path):
     store_dir = build(tmp_path, params=small_params(store="parquet")).store_dir
     path = store_dir / "part-000001.parquet"
     meta = __import__("pyarrow.parquet", fromlist=["x"]).ParquetFile(path).metadata
-    column = [meta.row_group(0).column(i) for i in range(meta.num_columns)
-              if meta.row_group(0).column(i).path_in_schema.startswith("logits")][0]
+    column = [
+        meta.row_group(0).column(i)
+        for i in range(meta.num_columns)
+        if meta.row_group(0).column(i).path_in_schema.startswith("logits")
+    ][0]
     _flip_byte(path, column.data_page_offset + column.total_compressed_size - 3)
     with pytest.raises(CacheCorruptError, match=r"'logits' rows 32\.\.63"):
         open_cache(store_dir)
@@ -143,7 +156,9 @@ def test_misaligned_ids_are_refused_naming_them(tmp_path):
         check_alignment(cache, np.array([1000, 5, 99999]))
     with pytest.raises(CacheAlignmentError, match=r"148 cache row\(s\) have ids the dataset lacks: 1006"):
         check_alignment(cache, rows.sample_id[:2], exact=True)
-    np.testing.assert_array_equal(check_alignment(cache, rows.sample_id[::-1], exact=True), np.arange(150)[::-1])
+    np.testing.assert_array_equal(
+        check_alignment(cache, rows.sample_id[::-1], exact=True), np.arange(150)[::-1]
+    )
 
 
 def test_scratch_from_another_teacher_is_started_over(tmp_path, caplog):

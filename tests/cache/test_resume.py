@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tests.cache._build_subprocess", str(tmp), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.cache._build_subprocess", str(tmp), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +31,9 @@ def reference(tmp_path_factory) -> dict[str, bytes]:
     return tree_bytes(build(tmp_path_factory.mktemp("reference")).store_dir)
 
 
-@pytest.mark.parametrize("kill_point, shard", [("after_record", 1), ("mid_shard", 2), ("in_teacher", 3),
-                                               ("in_finalize", 0)])
+@pytest.mark.parametrize(
+    "kill_point, shard", [("after_record", 1), ("mid_shard", 2), ("in_teacher", 3), ("in_finalize", 0)]
+)
 def test_cache_resumes_after_sigkill_byte_identical(tmp_path, reference, kill_point, shard):
     killed = _run(tmp_path, "build", kill_point, str(shard))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -40,8 +46,15 @@ def test_cache_resumes_after_sigkill_byte_identical(tmp_path, reference, kill_po
 
 def test_two_processes_writing_alternate_shards_match_one_process(tmp_path, reference):
     assert _run(tmp_path, "create").returncode == 0
-    workers = [subprocess.Popen([sys.executable, "-m", "tests.cache._build_subprocess", str(tmp_path), "shards", shards],
-                                cwd=ROOT, stderr=subprocess.PIPE, text=True) for shards in ("0,2,4", "1,3")]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.cache._build_subprocess", str(tmp_path), "shards", shards],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for shards in ("0,2,4", "1,3")
+    ]
     for worker in workers:
         assert worker.wait(timeout=120) == 0, worker.stderr.read()
     finalized = _run(tmp_path, "finalize")

@@ -41,11 +41,17 @@ def test_cache_round_trips_every_array_and_metadata(tmp_path, store, dtype):
 
     meta = cache.metadata.to_json()
     assert meta["format_version"] == FORMAT_VERSION and meta["complete"] is True and meta["store"] == store
-    assert meta["teacher"] == {"sha256": "t" * 64, "input_name": "input", "logits_name": "logits",
-                               "tap_names": ["embed", "conv"]}
+    assert meta["teacher"] == {
+        "sha256": "t" * 64,
+        "input_name": "input",
+        "logits_name": "logits",
+        "tap_names": ["embed", "conv"],
+    }
     assert meta["dataset_fingerprint"] == rows.fingerprint
     assert meta["arrays"]["features/conv"] == {"row_shape": [2, 2, 2], "dtype": dtype}
-    assert [(m["start"], m["stop"]) for m in meta["manifest"]] == [(s.start, s.stop) for s in plan_shards(150, 32)]
+    assert [(m["start"], m["stop"]) for m in meta["manifest"]] == [
+        (s.start, s.stop) for s in plan_shards(150, 32)
+    ]
     assert cache.schema.feature_shapes == {"embed": (5,), "conv": (2, 2, 2)}
 
 
@@ -95,4 +101,4 @@ def test_block_shuffle_visits_every_row_once_and_keeps_batches_local():
     assert not np.array_equal(order, rows)
     np.testing.assert_array_equal(order, block_shuffle(rows, 16, 4, seed=3))
     for start in range(0, 1000, 64):
-        assert len(np.unique(order[start:start + 64] // 16)) <= 8
+        assert len(np.unique(order[start : start + 64] // 16)) <= 8

@@ -9,8 +9,9 @@ from hypothesis.extra.numpy import arrays
 
 from pipeline.cache.sparse import densify_top_k, kl_per_row, top_k_form
 
-logit_rows = arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(2, 12)),
-                    elements=st.floats(-30, 30, width=32))
+logit_rows = arrays(
+    np.float32, st.tuples(st.integers(1, 6), st.integers(2, 12)), elements=st.floats(-30, 30, width=32)
+)
 
 
 def _softmax(z, t=1.0):
@@ -24,7 +25,9 @@ def test_top_k_probabilities_are_exact_on_the_stored_support(logits, k):
     values, indices, lse = top_k_form(logits, k)
     p = _softmax(logits.astype(np.float64))
     stored_p = np.exp(values.astype(np.float64) - lse[:, None].astype(np.float64))
-    np.testing.assert_allclose(stored_p, np.take_along_axis(p, indices.astype(np.int64), 1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        stored_p, np.take_along_axis(p, indices.astype(np.int64), 1), rtol=1e-5, atol=1e-7
+    )
     assert (np.diff(values, axis=1) <= 0).all()  # descending
     dense_p = _softmax(densify_top_k(values, indices, lse, logits.shape[1]))
     np.testing.assert_allclose(dense_p.sum(axis=1), 1.0, rtol=1e-9)
@@ -44,6 +47,9 @@ def test_top_k_with_k_equal_to_classes_is_lossless_at_every_temperature():
 
 
 def test_kl_per_row_matches_the_closed_form():
-    p_logits, q_logits = np.array([[0.0, np.log(3.0)]]), np.array([[0.0, 0.0]])  # p = (1/4, 3/4), q = (1/2, 1/2)
+    p_logits, q_logits = (
+        np.array([[0.0, np.log(3.0)]]),
+        np.array([[0.0, 0.0]]),
+    )  # p = (1/4, 3/4), q = (1/2, 1/2)
     expected = 0.25 * np.log(0.5) + 0.75 * np.log(1.5)
     np.testing.assert_allclose(kl_per_row(p_logits, q_logits, 1.0), [expected], rtol=1e-12)

@@ -7,7 +7,6 @@ import json
 import logging
 import warnings
 
-import numpy as np
 import pytest
 import yaml
 
@@ -35,9 +34,17 @@ def _export(path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
-        torch.onnx.export(_TinyTeacher().eval(), (torch.zeros(2, 8),), str(path), dynamo=True, external_data=False,
-                          input_names=["input"], output_names=["logits", "embed"],
-                          dynamic_shapes=({0: batch},), verbose=False)
+        torch.onnx.export(
+            _TinyTeacher().eval(),
+            (torch.zeros(2, 8),),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=["input"],
+            output_names=["logits", "embed"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +55,24 @@ def project(tmp_path_factory):
     rows = make_rows(200)
     write_prepared(make_prepared(rows.sample_id, rows.split, rows.label, rows.inputs, 5), root / "prepared")
     _export(root / "model.onnx")
-    params = {"cache": {"rows_per_chunk": 16, "chunks_per_shard": 4, "batch_size": 32,
-                        "sparse_top_k": 2},
-              "teacher": {"provider": "cpu"}}
+    params = {
+        "cache": {"rows_per_chunk": 16, "chunks_per_shard": 4, "batch_size": 32, "sparse_top_k": 2},
+        "teacher": {"provider": "cpu"},
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
 def _args(root, **extra):
-    return argparse.Namespace(params=str(root / "params.yaml"), prepared=str(root / "prepared"),
-                              teacher=str(root / "model.onnx"), out=str(root / "cache"),
-                              scratch=str(root / "scratch"), no_progress=True, **extra)
+    return argparse.Namespace(
+        params=str(root / "params.yaml"),
+        prepared=str(root / "prepared"),
+        teacher=str(root / "model.onnx"),
+        out=str(root / "cache"),
+        scratch=str(root / "scratch"),
+        no_progress=True,
+        **extra,
+    )
 
 
 def test_cache_stage_writes_store_report_and_plots(project, caplog):
@@ -74,7 +88,10 @@ def test_cache_stage_writes_store_report_and_plots(project, caplog):
     assert report["stored_kl_goal_met"] and report["stored_kl_vs_fp32"]["T1"]["p99"] <= 1e-5
     assert report["sparse"]["top_k"] == 2
     assert sorted(p.name for p in (project / "cache" / "plots").iterdir()) == [
-        "entropy_vs_temperature.png", "kl_error.png", "reliability.png"]
+        "entropy_vs_temperature.png",
+        "kl_error.png",
+        "reliability.png",
+    ]
     data = load_prepared(project / "prepared")
     cache = open_cache(project / "cache" / "store", data.fingerprint, teacher_sha256(project / "model.onnx"))
     assert cache.schema.feature_shapes == {"embed": (4,)}
@@ -87,9 +104,13 @@ def test_inspect_recomputes_the_fp32_reference(project, capsys):
 
     if not (project / "cache" / "store").exists():
         pytest.skip("needs the cache stage test's output")
-    args = argparse.Namespace(cache=str(project / "cache" / "store"), out=str(project / "inspect"),
-                              teacher=str(project / "model.onnx"), prepared=str(project / "prepared"),
-                              sample_rows=50)
+    args = argparse.Namespace(
+        cache=str(project / "cache" / "store"),
+        out=str(project / "inspect"),
+        teacher=str(project / "model.onnx"),
+        prepared=str(project / "prepared"),
+        sample_rows=50,
+    )
     assert inspect_stage.run(args) == 0
     report = json.loads((project / "inspect" / "report.json").read_text())
     stage_report = json.loads((project / "cache" / "report.json").read_text())

@@ -32,26 +32,42 @@ def chain_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     prepared_dir, cache_dir = write_project(root)
     assistant = students(cache_dir, names=("kd",))["kd"]
-    train_student("assistant", assistant, prepared_dir, root / "train" / "assistant",
-                  root / "scratch" / "assistant", progress=False)
+    train_student(
+        "assistant",
+        assistant,
+        prepared_dir,
+        root / "train" / "assistant",
+        root / "scratch" / "assistant",
+        progress=False,
+    )
     export_student_dir(root / "train" / "assistant", root / "export", ExportParams())
     return root, prepared_dir, cache_dir, root / "export" / "assistant" / "model.onnx"
 
 
 def _write_params(path, **cluster):
-    path.write_text(yaml.safe_dump({
-        "cache": {"rows_per_chunk": 32, "chunks_per_shard": 2, "batch_size": 48},
-        "teacher": {"provider": "cpu", "intra_op_threads": 1},
-        "cluster": {"kind": "local", "threads_per_worker": 1, "memory": "2GB", **cluster},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "cache": {"rows_per_chunk": 32, "chunks_per_shard": 2, "batch_size": 48},
+                "teacher": {"provider": "cpu", "intra_op_threads": 1},
+                "cluster": {"kind": "local", "threads_per_worker": 1, "memory": "2GB", **cluster},
+            }
+        )
+    )
     return path
 
 
 def _run_cache_stage(root, prepared_dir, teacher, out, params):
     from stages import cache as cache_stage
 
-    args = argparse.Namespace(params=str(params), prepared=str(prepared_dir), teacher=str(teacher),
-                              out=str(out), scratch=str(out.parent / f"{out.name}-scratch"), no_progress=True)
+    args = argparse.Namespace(
+        params=str(params),
+        prepared=str(prepared_dir),
+        teacher=str(teacher),
+        out=str(out),
+        scratch=str(out.parent / f"{out.name}-scratch"),
+        no_progress=True,
+    )
     assert cache_stage.run(args) == 0
     return out
 
@@ -62,8 +78,9 @@ def test_an_exported_student_is_the_teacher_of_a_chain_cache(chain_project, tmp_
     from pipeline.teacher.session import teacher_sha256
 
     root, prepared_dir, _, assistant_onnx = chain_project
-    out = _run_cache_stage(root, prepared_dir, assistant_onnx, tmp_path / "chain",
-                           _write_params(tmp_path / "params.yaml"))
+    out = _run_cache_stage(
+        root, prepared_dir, assistant_onnx, tmp_path / "chain", _write_params(tmp_path / "params.yaml")
+    )
     prepared = load_prepared(prepared_dir)
     cache = open_cache(out / "store", prepared.fingerprint, teacher_sha256(assistant_onnx))
     assert len(cache) == len(prepared)
@@ -86,20 +103,28 @@ def test_a_student_trains_from_the_chain_cache(chain_project, tmp_path):
     from tests.cluster.student_project import students
 
     root, prepared_dir, _, assistant_onnx = chain_project
-    out = _run_cache_stage(root, prepared_dir, assistant_onnx, tmp_path / "chain",
-                           _write_params(tmp_path / "params.yaml"))
+    out = _run_cache_stage(
+        root, prepared_dir, assistant_onnx, tmp_path / "chain", _write_params(tmp_path / "params.yaml")
+    )
     params = students(out / "store", names=("kd",))["kd"]
-    summary = train_student("ta_student", params, prepared_dir, tmp_path / "train", tmp_path / "scratch",
-                            progress=False)
+    summary = train_student(
+        "ta_student", params, prepared_dir, tmp_path / "train", tmp_path / "scratch", progress=False
+    )
     assert 0.0 < summary["models"]["ta_student"]["val_acc_mean"] <= 1.0
 
 
 def test_the_sharded_cache_stage_writes_the_bytes_of_the_single_process_stage(chain_project, tmp_path):
     root, prepared_dir, _, assistant_onnx = chain_project
-    single = _run_cache_stage(root, prepared_dir, assistant_onnx, tmp_path / "single",
-                              _write_params(tmp_path / "single.yaml"))
-    sharded = _run_cache_stage(root, prepared_dir, assistant_onnx, tmp_path / "sharded",
-                               _write_params(tmp_path / "sharded.yaml", workers=2, shard_cache=True))
+    single = _run_cache_stage(
+        root, prepared_dir, assistant_onnx, tmp_path / "single", _write_params(tmp_path / "single.yaml")
+    )
+    sharded = _run_cache_stage(
+        root,
+        prepared_dir,
+        assistant_onnx,
+        tmp_path / "sharded",
+        _write_params(tmp_path / "sharded.yaml", workers=2, shard_cache=True),
+    )
     assert tree_bytes(sharded / "store") == tree_bytes(single / "store")
     single_report = json.loads((single / "report.json").read_text())
     sharded_report = json.loads((sharded / "report.json").read_text())
@@ -116,17 +141,31 @@ def test_a_chain_student_is_scored_against_its_own_teacher_and_the_root_teacher(
     from tests.cluster.student_project import students
 
     root, prepared_dir, root_cache, assistant_onnx = chain_project
-    chain = _run_cache_stage(root, prepared_dir, assistant_onnx, tmp_path / "chain",
-                             _write_params(tmp_path / "params.yaml"))
+    chain = _run_cache_stage(
+        root, prepared_dir, assistant_onnx, tmp_path / "chain", _write_params(tmp_path / "params.yaml")
+    )
     params = students(chain / "store", names=("kd",))["kd"]
-    train_student("ta_student", params, prepared_dir, tmp_path / "train" / "ta_student", tmp_path / "scratch",
-                  progress=False)
+    train_student(
+        "ta_student",
+        params,
+        prepared_dir,
+        tmp_path / "train" / "ta_student",
+        tmp_path / "scratch",
+        progress=False,
+    )
     prepared = load_prepared(prepared_dir)
     own = join_split(prepared, open_cache(chain / "store"), "test")
     reference = join_split(prepared, open_cache(root_cache), "test")
-    report = evaluate_student_dir(tmp_path / "train" / "ta_student", own, EvaluateParams(),
-                                  params.model_dump(mode="json"), None, tmp_path / "evaluate",
-                                  root=reference, teacher="assistant")["ta_student"]
+    report = evaluate_student_dir(
+        tmp_path / "train" / "ta_student",
+        own,
+        EvaluateParams(),
+        params.model_dump(mode="json"),
+        None,
+        tmp_path / "evaluate",
+        root=reference,
+        teacher="assistant",
+    )["ta_student"]
     assert report["teacher"] == "assistant"
     student = load_trained_student(tmp_path / "train" / "ta_student" / "seed_0")
     with torch.no_grad():

@@ -170,9 +170,18 @@ def start_slurm(timeout_s: float = 30.0) -> SingleNodeSlurm:
         key = directory / "munge" / "munge.key"
         _check_call(["mungekey", "--create", f"--keyfile={key}"], "mungekey")
         key.chmod(0o600)
-        _check_call(["munged", "--force", f"--key-file={key}", f"--socket={directory}/munge/munge.sock",
-                     f"--pid-file={directory}/run/munged.pid", f"--log-file={directory}/log/munged.log",
-                     f"--seed-file={directory}/munge/munged.seed"], "munged")
+        _check_call(
+            [
+                "munged",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={directory}/munge/munge.sock",
+                f"--pid-file={directory}/run/munged.pid",
+                f"--log-file={directory}/log/munged.log",
+                f"--seed-file={directory}/munge/munged.seed",
+            ],
+            "munged",
+        )
         _check_call(["slurmctld", "-f", str(conf)], "slurmctld", env=cluster.env)
         _check_call(["slurmd", "-f", str(conf)], "slurmd", env=cluster.env)
         deadline = time.monotonic() + timeout_s
@@ -185,8 +194,10 @@ def start_slurm(timeout_s: float = 30.0) -> SingleNodeSlurm:
             if state == "idle":
                 return cluster
             time.sleep(0.3)
-        raise SlurmUnavailable(f"the node did not become idle within {timeout_s:.0f} s "
-                               f"(sinfo: {state or 'no answer'})\n{cluster.log_tail()}")
+        raise SlurmUnavailable(
+            f"the node did not become idle within {timeout_s:.0f} s "
+            f"(sinfo: {state or 'no answer'})\n{cluster.log_tail()}"
+        )
     except SlurmUnavailable as error:
         tails = cluster.log_tail()
         cluster.stop()

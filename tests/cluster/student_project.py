@@ -32,24 +32,38 @@ class LinearTeacher:
 def write_project(root: Path) -> tuple[Path, Path]:
     """Write root/prepared and root/cache/store; return (prepared_dir, cache_store_dir)."""
     synthetic = train_helpers.make_prepared()
-    prepared = make_prepared(synthetic.sample_id, synthetic.split, synthetic.label, synthetic.inputs,
-                             synthetic.num_classes)
+    prepared = make_prepared(
+        synthetic.sample_id, synthetic.split, synthetic.label, synthetic.inputs, synthetic.num_classes
+    )
     write_prepared(prepared, root / "prepared")
     prepared = load_prepared(root / "prepared")
     params = CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64, logits_dtype="float32")
-    result = build_cache(prepared, LinearTeacher(), "a" * 64, prepared.fingerprint, params,
-                         root / "cache" / "store", root / "cache" / "scratch", progress=False)
+    result = build_cache(
+        prepared,
+        LinearTeacher(),
+        "a" * 64,
+        prepared.fingerprint,
+        params,
+        root / "cache" / "store",
+        root / "cache" / "scratch",
+        progress=False,
+    )
     return root / "prepared", result.store_dir
 
 
 def students(cache_dir: Path, names=("kd", "ce"), **overrides) -> dict[str, StudentParams]:
     """Cheap students (an MLP, 2 epochs, one seed) reading `cache_dir`: `kd` (CE + Hinton), `ce`."""
     recipes = {
-        "kd": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0}},
+        "kd": {
+            "ce": {"kind": "ce", "weight": 0.5},
+            "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0},
+        },
         "ce": {"ce": {"kind": "ce", "weight": 1.0}},
     }
-    return {name: train_helpers.student_params(loss=recipes[name], cache=str(cache_dir), **overrides)
-            for name in names}
+    return {
+        name: train_helpers.student_params(loss=recipes[name], cache=str(cache_dir), **overrides)
+        for name in names
+    }
 
 
 def export_linear_teacher(path: Path) -> Path:

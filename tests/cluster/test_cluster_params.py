@@ -32,7 +32,9 @@ def test_unknown_key_is_named_with_a_suggestion():
 
 
 def test_unknown_kind_lists_the_valid_ones():
-    with pytest.raises(ParamsError, match=r"cluster: kind 'sge' is not known; valid: local, slurm, pbs, address"):
+    with pytest.raises(
+        ParamsError, match=r"cluster: kind 'sge' is not known; valid: local, slurm, pbs, address"
+    ):
         parse_cluster_params({"kind": "sge"})
 
 
@@ -42,8 +44,16 @@ def test_slurm_needs_memory():
 
 
 def test_slurm_gpus_add_gres_and_worker_resources():
-    params = parse_cluster_params({"kind": "slurm", "memory": "8GB", "cores": 4, "gpus_per_worker": 1,
-                                   "queue": "gpu", "worker_extra_args": ["--lifetime", "55m"]})
+    params = parse_cluster_params(
+        {
+            "kind": "slurm",
+            "memory": "8GB",
+            "cores": 4,
+            "gpus_per_worker": 1,
+            "queue": "gpu",
+            "worker_extra_args": ["--lifetime", "55m"],
+        }
+    )
     kwargs = jobqueue_kwargs(params)
     assert kwargs["job_extra_directives"] == ["--gres=gpu:1"]
     assert kwargs["worker_extra_args"] == ["--lifetime", "55m", "--resources", "GPU=1"]
@@ -52,19 +62,33 @@ def test_slurm_gpus_add_gres_and_worker_resources():
 
 
 def test_slurm_gpu_directive_written_by_the_user_is_kept_alone():
-    params = parse_cluster_params({"kind": "slurm", "memory": "8GB", "gpus_per_worker": 1,
-                                   "job_extra_directives": ["--gpus=a100:1"]})
+    params = parse_cluster_params(
+        {"kind": "slurm", "memory": "8GB", "gpus_per_worker": 1, "job_extra_directives": ["--gpus=a100:1"]}
+    )
     assert jobqueue_kwargs(params)["job_extra_directives"] == ["--gpus=a100:1"]
 
 
 def test_slurm_job_script_carries_the_params():
     from dask_jobqueue import SLURMCluster
 
-    params = parse_cluster_params({"kind": "slurm", "memory": "2GB", "walltime": "00:10:00", "queue": "debug",
-                                   "account": "proj", "job_script_prologue": ["source .venv/bin/activate"],
-                                   "interface": "lo"})
+    params = parse_cluster_params(
+        {
+            "kind": "slurm",
+            "memory": "2GB",
+            "walltime": "00:10:00",
+            "queue": "debug",
+            "account": "proj",
+            "job_script_prologue": ["source .venv/bin/activate"],
+            "interface": "lo",
+        }
+    )
     with SLURMCluster(**jobqueue_kwargs(params)) as cluster:
         script = cluster.job_script()
-    for line in ("#SBATCH -p debug", "#SBATCH -A proj", "#SBATCH --mem=2G", "#SBATCH -t 00:10:00",
-                 "source .venv/bin/activate"):
+    for line in (
+        "#SBATCH -p debug",
+        "#SBATCH -A proj",
+        "#SBATCH --mem=2G",
+        "#SBATCH -t 00:10:00",
+        "source .venv/bin/activate",
+    ):
         assert line in script

@@ -35,8 +35,11 @@ def test_a_task_that_raises_does_not_lose_the_others(local_client, tmp_path, cap
 
 
 def test_a_worker_that_dies_is_reported_and_the_others_finish(local_client):
-    results = run_tasks(local_client, {"dies": cluster_tasks.exit_worker_process,
-                                       "fine": (cluster_tasks.square, (5,), {})}, progress=False)
+    results = run_tasks(
+        local_client,
+        {"dies": cluster_tasks.exit_worker_process, "fine": (cluster_tasks.square, (5,), {})},
+        progress=False,
+    )
     assert results["fine"].value == 25
     assert not results["dies"].ok and "KilledWorker" in results["dies"].error
 
@@ -68,5 +71,7 @@ def test_an_existing_scheduler_is_used_by_address_and_left_running(local_client)
 
 def test_an_address_where_no_scheduler_answers_says_how_to_fix_it():
     params = AddressParams(kind="address", address="tcp://127.0.0.1:9", start_timeout_s=1)
-    with pytest.raises(ClusterStartError, match=r"cluster.address 'tcp://127.0.0.1:9': no Dask scheduler answered"):
+    with pytest.raises(
+        ClusterStartError, match=r"cluster.address 'tcp://127.0.0.1:9': no Dask scheduler answered"
+    ):
         run_tasks(params, {"t": cluster_tasks.worker_pid}, progress=False)

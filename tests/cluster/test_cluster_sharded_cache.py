@@ -15,8 +15,16 @@ TEACHER_SHA = "t" * 64
 
 def sharded(client, tmp_path, params, teacher=FakeTeacher, name="sharded", rows=150):
     return build_cache_sharded(
-        client, functools.partial(make_rows, rows), teacher, TEACHER_SHA, make_rows(rows).fingerprint,
-        params, tmp_path / name / "store", tmp_path / name / "scratch", progress=False)
+        client,
+        functools.partial(make_rows, rows),
+        teacher,
+        TEACHER_SHA,
+        make_rows(rows).fingerprint,
+        params,
+        tmp_path / name / "store",
+        tmp_path / name / "scratch",
+        progress=False,
+    )
 
 
 def test_shard_groups_are_contiguous_whole_shards_covering_each_once():
@@ -41,7 +49,10 @@ def test_a_failing_shard_group_keeps_the_others_and_a_rerun_resumes_to_the_same_
     params = small_params()
     rows = make_rows(150)
     poisoned = functools.partial(FakeTeacher, nan_at=float(rows.inputs[140, 0]))  # row 140: the last shard
-    with pytest.raises(ShardedCacheError, match=r"1 of 4 shard groups failed \(shards-4-4\).*First failure: .*TeacherOutputError.*NaN"):
+    with pytest.raises(
+        ShardedCacheError,
+        match=r"1 of 4 shard groups failed \(shards-4-4\).*First failure: .*TeacherOutputError.*NaN",
+    ):
         sharded(local_client, tmp_path, params, teacher=poisoned)
     result = sharded(local_client, tmp_path, params)
     assert (result.shards_written, result.shards_resumed) == (1, 4)
@@ -61,12 +72,28 @@ def test_onnx_teacher_on_workers_gives_the_bytes_of_the_single_process_stage(loc
     onnx_path = export_linear_teacher(tmp_path / "teacher.onnx")
     prepared = load_prepared(prepared_dir)
     params = small_params(rows_per_chunk=32, chunks_per_shard=2, batch_size=48)
-    single = build_cache(prepared, open_teacher(onnx_path, provider="cpu", intra_op_threads=1), TEACHER_SHA,
-                         prepared.fingerprint, params, tmp_path / "single" / "store", tmp_path / "single" / "scratch",
-                         progress=False)
-    result = build_cache_on_cluster(local_client, prepared_dir, onnx_path, TEACHER_SHA,
-                                    prepared.fingerprint, params, tmp_path / "sharded" / "store",
-                                    tmp_path / "sharded" / "scratch", provider="cpu", intra_op_threads=1,
-                                    progress=False)
+    single = build_cache(
+        prepared,
+        open_teacher(onnx_path, provider="cpu", intra_op_threads=1),
+        TEACHER_SHA,
+        prepared.fingerprint,
+        params,
+        tmp_path / "single" / "store",
+        tmp_path / "single" / "scratch",
+        progress=False,
+    )
+    result = build_cache_on_cluster(
+        local_client,
+        prepared_dir,
+        onnx_path,
+        TEACHER_SHA,
+        prepared.fingerprint,
+        params,
+        tmp_path / "sharded" / "store",
+        tmp_path / "sharded" / "scratch",
+        provider="cpu",
+        intra_op_threads=1,
+        progress=False,
+    )
     assert result.shards_written == 5 and result.provider == "CPUExecutionProvider"
     assert tree_bytes(result.store_dir) == tree_bytes(single.store_dir)

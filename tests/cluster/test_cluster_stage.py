@@ -13,19 +13,36 @@ from tests.cluster.student_project import students
 def write_params(path, cache_dir, sweep_students):
     grid = {name: params.model_dump(mode="json") for name, params in students(cache_dir).items()}
     grid["broken"] = {**grid["kd"], "cache": str(path.parent / "missing-cache")}
-    path.write_text(yaml.safe_dump({
-        "students": grid,
-        "sweep": {"students": sweep_students},
-        "cluster": {"kind": "local", "workers": 2, "threads_per_worker": 1, "memory": "2GB"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "students": grid,
+                "sweep": {"students": sweep_students},
+                "cluster": {"kind": "local", "workers": 2, "threads_per_worker": 1, "memory": "2GB"},
+            }
+        )
+    )
 
 
 def test_sweep_command_trains_the_selected_students_and_reports_the_failed_one(project, tmp_path, capsys):
     prepared_dir, cache_dir = project
     write_params(tmp_path / "params.yaml", cache_dir, ["ce", "broken"])
-    code = main(["sweep", "--params", str(tmp_path / "params.yaml"), "--prepared", str(prepared_dir),
-                 "--out", str(tmp_path / "train"), "--scratch", str(tmp_path / "scratch"),
-                 "--report", str(tmp_path / "report.json"), "--no-progress"])
+    code = main(
+        [
+            "sweep",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--prepared",
+            str(prepared_dir),
+            "--out",
+            str(tmp_path / "train"),
+            "--scratch",
+            str(tmp_path / "scratch"),
+            "--report",
+            str(tmp_path / "report.json"),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     report = json.loads((tmp_path / "report.json").read_text())
     assert (report["ok"], report["failed"]) == (["ce"], ["broken"])
@@ -47,5 +64,7 @@ def test_sweep_with_no_students_selected_is_a_quick_no_op(project, tmp_path, cap
 def test_an_unknown_student_name_exits_1_listing_the_valid_ones(project, tmp_path, capsys):
     prepared_dir, cache_dir = project
     write_params(tmp_path / "params.yaml", cache_dir, ["kdd"])
-    assert main(["sweep", "--params", str(tmp_path / "params.yaml"), "--report", str(tmp_path / "r.json")]) == 1
+    assert (
+        main(["sweep", "--params", str(tmp_path / "params.yaml"), "--report", str(tmp_path / "r.json")]) == 1
+    )
     assert "no student named 'kdd'" in capsys.readouterr().err

@@ -10,8 +10,14 @@ from tests.cluster.student_project import students
 
 def test_sweep_trains_every_student_on_a_local_cluster(local_client, project, tmp_path):
     prepared_dir, cache_dir = project
-    results = sweep_students(local_client, students(cache_dir), prepared_dir, tmp_path / "train",
-                             tmp_path / "scratch", progress=False)
+    results = sweep_students(
+        local_client,
+        students(cache_dir),
+        prepared_dir,
+        tmp_path / "train",
+        tmp_path / "scratch",
+        progress=False,
+    )
     assert [name for name, r in results.items() if r.ok] == ["kd", "ce"]
     for name in ("kd", "ce"):
         assert (tmp_path / "train" / name / "seed_0" / "model.safetensors").exists()
@@ -24,8 +30,9 @@ def test_a_student_that_raises_does_not_lose_the_others(local_client, project, t
     prepared_dir, cache_dir = project
     grid = students(cache_dir)
     grid["broken"] = grid["kd"].model_copy(update={"cache": str(tmp_path / "no-such-cache")})
-    results = sweep_students(local_client, grid, prepared_dir, tmp_path / "train", tmp_path / "scratch",
-                             progress=False)
+    results = sweep_students(
+        local_client, grid, prepared_dir, tmp_path / "train", tmp_path / "scratch", progress=False
+    )
     assert results["kd"].ok and results["ce"].ok
     assert (tmp_path / "train" / "ce" / "summary.json").exists()
     assert not results["broken"].ok and "no-such-cache" in results["broken"].error

@@ -22,8 +22,17 @@ def save_student(seed_dir: Path, seed: int = 0, arch: dict = ARCH, name: str = "
     """A randomly initialised student saved like a trained one."""
     torch.manual_seed(seed)
     model = build_student(arch, INPUT_SHAPE, NUM_CLASSES)
-    return save_trained_student(seed_dir, model, {"student": name, "seed": seed, "arch": arch,
-                                                  "input_shape": list(INPUT_SHAPE), "num_classes": NUM_CLASSES})
+    return save_trained_student(
+        seed_dir,
+        model,
+        {
+            "student": name,
+            "seed": seed,
+            "arch": arch,
+            "input_shape": list(INPUT_SHAPE),
+            "num_classes": NUM_CLASSES,
+        },
+    )
 
 
 @pytest.fixture
@@ -38,9 +47,13 @@ def prepared_and_cache():
     inputs = rng.standard_normal((n, *INPUT_SHAPE)).astype(np.float32)
     prepared = make_prepared(sample_id, split, label, inputs, NUM_CLASSES)
     order = rng.permutation(n)
-    teacher_logits = (3 * np.eye(NUM_CLASSES)[np.maximum(label, 0)] + rng.standard_normal((n, NUM_CLASSES)))
-    cache = MemoryCache(prepared.sample_id[order], prepared.split[order], prepared.label[order],
-                        teacher_logits[order].astype(np.float16))
+    teacher_logits = 3 * np.eye(NUM_CLASSES)[np.maximum(label, 0)] + rng.standard_normal((n, NUM_CLASSES))
+    cache = MemoryCache(
+        prepared.sample_id[order],
+        prepared.split[order],
+        prepared.label[order],
+        teacher_logits[order].astype(np.float16),
+    )
     return prepared, cache
 
 

@@ -20,9 +20,8 @@ from pipeline.evaluate.metrics import accuracy, mean_kl
 from pipeline.evaluate.params import EvaluateParams, LatencyParams
 from pipeline.evaluate.plots import reliability_diagram
 from pipeline.evaluate.run import MissingExportError, evaluate_student_dir
-from pipeline.export.run import export_student_dir
 from pipeline.export.params import ExportParams
-from pipeline.export.run import export_seed
+from pipeline.export.run import export_seed, export_student_dir
 from pipeline.students.trained import load_trained_student
 
 from .conftest import NUM_CLASSES, save_student
@@ -91,17 +90,29 @@ def test_evaluate_writes_metrics_with_onnx_latency_and_the_int8_change(tmp_path,
     data = join_split(prepared, cache, "test")
     seeds = [save_student(tmp_path / "train" / "kd" / f"seed_{k}", k) for k in range(2)]
     labelled = data.labelled
-    export_seed(seeds[0], tmp_path / "export" / "kd", ExportParams(int8=True),
-                (data.inputs[labelled], data.labels[labelled]))
+    export_seed(
+        seeds[0],
+        tmp_path / "export" / "kd",
+        ExportParams(int8=True),
+        (data.inputs[labelled], data.labels[labelled]),
+    )
     params = EvaluateParams(latency=LatencyParams(warmup=1, repeats=2))
-    recipe = {"arch": {"kind": "mlp", "hidden": [16]},
-              "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4}}}
-    report = evaluate_student_dir(tmp_path / "train" / "kd", data, params, recipe, tmp_path / "export",
-                                  tmp_path / "eval" / "kd")["kd"]
+    recipe = {
+        "arch": {"kind": "mlp", "hidden": [16]},
+        "loss": {
+            "ce": {"kind": "ce", "weight": 0.5},
+            "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4},
+        },
+    }
+    report = evaluate_student_dir(
+        tmp_path / "train" / "kd", data, params, recipe, tmp_path / "export", tmp_path / "eval" / "kd"
+    )["kd"]
     written = json.loads((tmp_path / "eval" / "kd" / "metrics.json").read_text())
     assert written == report
     assert written["recipe"] == "mlp hidden=16 | 0.5 ce + 0.5 hinton(T=4)" and written["temperature"] == 4.0
-    assert isinstance(written["latency_ms"]["cpu_b1"], float) and isinstance(written["latency_ms"]["cpu_b64"], float)
+    assert isinstance(written["latency_ms"]["cpu_b1"], float) and isinstance(
+        written["latency_ms"]["cpu_b64"], float
+    )
     assert written["latency_ms"]["cuda_b1"] == "n/a" or isinstance(written["latency_ms"]["cuda_b1"], float)
     assert "accuracy_change" in written["int8"]
     assert set(written["per_seed"]) == {"seed_0", "seed_1"}
@@ -114,7 +125,9 @@ def test_evaluate_without_the_export_says_to_run_it(tmp_path, prepared_and_cache
     data = join_split(prepared, cache, "test")
     save_student(tmp_path / "train" / "kd" / "seed_0")
     with pytest.raises(MissingExportError, match="dvc repro export"):
-        evaluate_student_dir(tmp_path / "train" / "kd", data, EvaluateParams(), {}, tmp_path / "export", tmp_path / "eval")
+        evaluate_student_dir(
+            tmp_path / "train" / "kd", data, EvaluateParams(), {}, tmp_path / "export", tmp_path / "eval"
+        )
     assert not (tmp_path / "eval").exists()
 
 
@@ -126,14 +139,25 @@ def test_a_cohort_is_evaluated_member_by_member_into_the_student_files(tmp_path,
     save_student(tmp_path / "train" / "pair" / "wide" / "seed_0", 1, arch=wide)
     export_student_dir(tmp_path / "train" / "pair", tmp_path / "export", ExportParams())
     assert (tmp_path / "export" / "pair" / "wide" / "model.onnx").exists()
-    recipe = {"loss": {"kd": {"kind": "hinton", "weight": 1.0, "temperature": 2.0}},
-              "cohort": {"members": {"small": {"arch": {"kind": "mlp", "hidden": [16]}},
-                                     "wide": {"arch": wide, "loss": {"ce": {"kind": "ce", "weight": 1.0}}}}}}
+    recipe = {
+        "loss": {"kd": {"kind": "hinton", "weight": 1.0, "temperature": 2.0}},
+        "cohort": {
+            "members": {
+                "small": {"arch": {"kind": "mlp", "hidden": [16]}},
+                "wide": {"arch": wide, "loss": {"ce": {"kind": "ce", "weight": 1.0}}},
+            }
+        },
+    }
     params = EvaluateParams(latency=LatencyParams(warmup=0, repeats=1, batch_sizes=(1,)))
-    evaluate_student_dir(tmp_path / "train" / "pair", data, params, recipe, tmp_path / "export", tmp_path / "eval" / "pair")
+    evaluate_student_dir(
+        tmp_path / "train" / "pair", data, params, recipe, tmp_path / "export", tmp_path / "eval" / "pair"
+    )
     written = json.loads((tmp_path / "eval" / "pair" / "metrics.json").read_text())
     assert set(written["members"]) == {"pair/small", "pair/wide"}
     assert written["members"]["pair/small"]["temperature"] == 2.0
-    assert written["members"]["pair/wide"]["recipe"] == "mlp hidden=32 | 1 ce" and "temperature" not in written["members"]["pair/wide"]
+    assert (
+        written["members"]["pair/wide"]["recipe"] == "mlp hidden=32 | 1 ce"
+        and "temperature" not in written["members"]["pair/wide"]
+    )
     labels = read_calibration_tsv((tmp_path / "eval" / "pair" / "calibration.tsv").read_text())
     assert list(labels) == ["small/seed_0", "wide/seed_0"]

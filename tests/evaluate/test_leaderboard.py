@@ -26,19 +26,38 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def fake_metrics(model: str, acc: float, std: float, params: int, **extra) -> dict:
     spread = lambda v: {"mean": v, "std": 0.0}  # noqa: E731
-    return {"model": model, "recipe": f"{model} recipe", "params": params, "seeds": 3,
-            "accuracy": {"mean": acc, "std": std}, "top5": spread(0.99), "nll": spread(0.3), "ece": spread(0.02),
-            "agreement": spread(0.95), "kl_T1": spread(0.1),
-            "latency_ms": {"cpu_b1": 0.05, "cpu_b64": 0.4, "cuda_b1": "n/a", "cuda_b64": "n/a"}, **extra}
+    return {
+        "model": model,
+        "recipe": f"{model} recipe",
+        "params": params,
+        "seeds": 3,
+        "accuracy": {"mean": acc, "std": std},
+        "top5": spread(0.99),
+        "nll": spread(0.3),
+        "ece": spread(0.02),
+        "agreement": spread(0.95),
+        "kl_T1": spread(0.1),
+        "latency_ms": {"cpu_b1": 0.05, "cpu_b64": 0.4, "cuda_b1": "n/a", "cuda_b64": "n/a"},
+        **extra,
+    }
 
 
 @pytest.fixture
 def evaluate_dir(tmp_path):
     root = tmp_path / "evaluate"
-    entries = {"small": fake_metrics("small", 0.81, 0.01, 900),
-               "kd": fake_metrics("kd", 0.93, 0.004, 5000, temperature=4.0, kl_T={"mean": 0.2, "std": 0.01},
-                                  int8={"accuracy_change": -0.0125}),
-               "cohort": {"members": {"cohort/a": fake_metrics("cohort/a", 0.90, 0.0, 3000)}}}
+    entries = {
+        "small": fake_metrics("small", 0.81, 0.01, 900),
+        "kd": fake_metrics(
+            "kd",
+            0.93,
+            0.004,
+            5000,
+            temperature=4.0,
+            kl_T={"mean": 0.2, "std": 0.01},
+            int8={"accuracy_change": -0.0125},
+        ),
+        "cohort": {"members": {"cohort/a": fake_metrics("cohort/a", 0.90, 0.0, 3000)}},
+    }
     for name, payload in entries.items():
         (root / name).mkdir(parents=True)
         (root / name / "metrics.json").write_text(json.dumps(payload))
@@ -94,8 +113,14 @@ def test_teacher_reference_row_scores_the_cached_logits_on_the_labelled_test_row
 
 
 def test_accuracy_vs_parameters_plot_is_written(tmp_path):
-    path = accuracy_vs_params(["a", "b"], [100, 1000], [0.8, 0.9], [0.01, 0.0], tmp_path / "acc.png",
-                              reference=("teacher", 10000, 0.95))
+    path = accuracy_vs_params(
+        ["a", "b"],
+        [100, 1000],
+        [0.8, 0.9],
+        [0.01, 0.0],
+        tmp_path / "acc.png",
+        reference=("teacher", 10000, 0.95),
+    )
     assert path.read_bytes().startswith(PNG_MAGIC)
 
 

@@ -70,7 +70,9 @@ def test_top5_counts_a_label_among_the_five_highest_logits():
     logits = np.tile(np.arange(10, dtype=float), (3, 1))  # class 9 highest, class 0 lowest
     labels = np.array([9, 5, 4])  # ranks 0, 4 (in top 5), 5 (not)
     assert top_k_accuracy(logits, labels, k=5) == pytest.approx(2 / 3)
-    assert top_k_accuracy(logits, labels, k=1) == pytest.approx(accuracy(logits, labels)) == pytest.approx(1 / 3)
+    assert (
+        top_k_accuracy(logits, labels, k=1) == pytest.approx(accuracy(logits, labels)) == pytest.approx(1 / 3)
+    )
     assert top_k_accuracy(logits[:, :3], np.array([0, 1, 2]), k=5) == 1.0
 
 
@@ -99,7 +101,12 @@ def test_teacher_metrics_report_kl_at_the_student_temperature_only_when_it_has_o
 
 def test_classification_metrics_names_the_top_k_key():
     metrics = classification_metrics(np.eye(6), np.arange(6), top_k=5)
-    assert metrics == {"accuracy": 1.0, "top5": 1.0, "nll": pytest.approx(metrics["nll"]), "ece": pytest.approx(metrics["ece"])}
+    assert metrics == {
+        "accuracy": 1.0,
+        "top5": 1.0,
+        "nll": pytest.approx(metrics["nll"]),
+        "ece": pytest.approx(metrics["ece"]),
+    }
 
 
 @pytest.mark.parametrize(
@@ -118,7 +125,8 @@ def test_bad_inputs_are_refused_with_the_reason(logits, labels, message):
 
 
 finite_logits = arrays(
-    np.float64, st.tuples(st.integers(1, 12), st.integers(2, 8)),
+    np.float64,
+    st.tuples(st.integers(1, 12), st.integers(2, 8)),
     elements=st.floats(-20, 20, allow_nan=False, allow_infinity=False),
 )
 
@@ -126,8 +134,9 @@ finite_logits = arrays(
 @settings(max_examples=60, deadline=None)
 @given(finite_logits, st.data())
 def test_laws_kl_nonnegative_ece_bounded_topk_at_least_accuracy(logits, data):
-    labels = np.array(data.draw(st.lists(st.integers(0, logits.shape[1] - 1),
-                                         min_size=len(logits), max_size=len(logits))))
+    labels = np.array(
+        data.draw(st.lists(st.integers(0, logits.shape[1] - 1), min_size=len(logits), max_size=len(logits)))
+    )
     other = logits[::-1].copy()
     assert mean_kl(logits, other) >= 0.0
     assert mean_kl(logits, logits) == pytest.approx(0.0, abs=1e-9)

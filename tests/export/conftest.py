@@ -22,8 +22,13 @@ def save_student(seed_dir: Path, arch: dict, seed: int = 0, name: str = "tiny") 
     """A randomly initialised student saved like a trained one."""
     torch.manual_seed(seed)
     model = build_student(arch, INPUT_SHAPE, NUM_CLASSES)
-    config = {"student": name, "seed": seed, "arch": arch, "input_shape": list(INPUT_SHAPE),
-              "num_classes": NUM_CLASSES}
+    config = {
+        "student": name,
+        "seed": seed,
+        "arch": arch,
+        "input_shape": list(INPUT_SHAPE),
+        "num_classes": NUM_CLASSES,
+    }
     return save_trained_student(seed_dir, model, config)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.export.params import ExportParams
-from pipeline.export.run import ExportError, export_seed, export_student_dir, pick_seed
 from pipeline.export.quantize import onnx_logits
+from pipeline.export.run import ExportError, export_seed, export_student_dir, pick_seed
 from pipeline.teacher.export import OnnxExportError
 
 from .conftest import ARCHS, INPUT_SHAPE, NUM_CLASSES, save_student

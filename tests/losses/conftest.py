@@ -20,15 +20,19 @@ SHAPES = TapShapes(
 EXAMPLES = {
     "ce": {"kind": "ce"},
     "hinton": {"kind": "hinton", "hard_weight": 0.5, "soft_weight": 0.5},
-    "feature": {"kind": "feature", "taps": [{"student": "embed", "teacher": "embed"},
-                                            {"student": "conv", "teacher": "conv"}]},
+    "feature": {
+        "kind": "feature",
+        "taps": [{"student": "embed", "teacher": "embed"}, {"student": "conv", "teacher": "conv"}],
+    },
     "vanilla": {"kind": "vanilla", "student_tap": "embed", "teacher_tap": "embed"},
     "combined": {"kind": "combined", "student_tap": "embed", "teacher_tap": "embed"},
     "crd": {"kind": "crd", "student_tap": "embed", "teacher_tap": "embed"},
     "rkd": {"kind": "rkd", "student_tap": "embed", "teacher_tap": "embed"},
     "mmd": {"kind": "mmd", "student_tap": "embed", "teacher_tap": "embed"},
-    "hidden": {"kind": "hidden", "layers": [{"student": "embed", "teacher": "embed"},
-                                            {"student": "tokens", "teacher": "tokens"}]},
+    "hidden": {
+        "kind": "hidden",
+        "layers": [{"student": "embed", "teacher": "embed"}, {"student": "tokens", "teacher": "tokens"}],
+    },
     "attention": {"kind": "attention", "layers": [{"student": "attn", "teacher": "attn"}]},
     "gram": {"kind": "gram", "student_tap": "embed", "teacher_tap": "embed"},
     "smoothing": {"kind": "smoothing"},
@@ -42,8 +46,15 @@ def _leaf(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(array, dtype=dtype).requires_grad_(True)
 
 
-def make_inputs(rows: int = 8, seed: int = 0, labels: list[int] | None = None, dtype=torch.float32,
-                logit_scale: float = 2.0, peers: int = 1, sparse_k: int | None = None) -> LossInputs:
+def make_inputs(
+    rows: int = 8,
+    seed: int = 0,
+    labels: list[int] | None = None,
+    dtype=torch.float32,
+    logit_scale: float = 2.0,
+    peers: int = 1,
+    sparse_k: int | None = None,
+) -> LossInputs:
     """Random inputs matching SHAPES; every tensor (teacher too) is a leaf that requires grad, so
     a test can check which ones receive gradients."""
     rng = np.random.default_rng(seed)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.losses import FAMILIES
-from pipeline.losses.catalogue import END_MARKER, START_MARKER, family_entries, render_markdown, with_catalogue
+from pipeline.losses.catalogue import (
+    END_MARKER,
+    START_MARKER,
+    family_entries,
+    render_markdown,
+    with_catalogue,
+)
 from stages.cli import main
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "losses.md"
@@ -31,7 +37,8 @@ def test_one_family_can_be_shown_and_an_unknown_one_is_named(capsys):
 def test_docs_hold_the_current_catalogue():
     text = DOCS.read_text()
     assert with_catalogue(text, render_markdown(family_entries())) == text, (
-        "docs/losses.md is stale: run `distillery losses --update-docs docs/losses.md`")
+        "docs/losses.md is stale: run `distillery losses --update-docs docs/losses.md`"
+    )
 
 
 def test_update_docs_replaces_only_the_generated_section(tmp_path, capsys):

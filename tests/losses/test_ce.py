@@ -45,5 +45,7 @@ def test_logits_of_magnitude_1e4_give_finite_loss_and_gradient():
 def test_ce_equals_torch_cross_entropy_when_every_row_is_labelled():
     inputs = make_inputs(seed=7)
     expected = torch.nn.functional.cross_entropy(inputs.student_logits.double(), inputs.labels)
-    assert cross_entropy(inputs.student_logits, inputs.labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert cross_entropy(inputs.student_logits, inputs.labels).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
     assert np.isfinite(expected.item())

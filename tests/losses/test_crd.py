@@ -9,8 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.losses.crd import (CRDLoss, CRDParams, MissingFeatureBankError, bank_info_nce, info_nce,
-                                 symmetric_info_nce)
+from pipeline.losses.crd import (
+    CRDLoss,
+    CRDParams,
+    MissingFeatureBankError,
+    bank_info_nce,
+    info_nce,
+    symmetric_info_nce,
+)
 from pipeline.losses.recipe import build_recipe
 from tests.losses.conftest import SHAPES, make_inputs
 
@@ -19,14 +25,20 @@ def numpy_info_nce(student, teacher, tau):
     s = student / np.linalg.norm(student, axis=1, keepdims=True)
     t = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
     logits = s @ t.T / tau
-    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    log_softmax = (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+        - logits.max(1, keepdims=True)
+    )
     return -np.mean(np.diag(log_softmax))
 
 
 def test_info_nce_matches_numpy():
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(9, 5)), rng.normal(size=(9, 5))
-    assert info_nce(torch.tensor(s), torch.tensor(t), 0.1).item() == pytest.approx(numpy_info_nce(s, t, 0.1), rel=1e-5)
+    assert info_nce(torch.tensor(s), torch.tensor(t), 0.1).item() == pytest.approx(
+        numpy_info_nce(s, t, 0.1), rel=1e-5
+    )
     both = (numpy_info_nce(s, t, 0.5) + numpy_info_nce(t, s, 0.5)) / 2
     assert symmetric_info_nce(torch.tensor(s), torch.tensor(t), 0.5).item() == pytest.approx(both, rel=1e-5)
 
@@ -39,8 +51,11 @@ def test_info_nce_is_log_b_when_every_similarity_is_equal(rows, tau):
 
 
 @settings(max_examples=30, deadline=None)
-@given(s=arrays(np.float64, (6, 4), elements=st.floats(-5, 5)), t=arrays(np.float64, (6, 4), elements=st.floats(-5, 5)),
-       scale=st.floats(0.1, 10.0))
+@given(
+    s=arrays(np.float64, (6, 4), elements=st.floats(-5, 5)),
+    t=arrays(np.float64, (6, 4), elements=st.floats(-5, 5)),
+    scale=st.floats(0.1, 10.0),
+)
 def test_info_nce_is_non_negative_and_invariant_to_feature_scale(s, t, scale):
     s, t = torch.tensor(s) + 0.01, torch.tensor(t) + 0.01  # no all-zero rows
     value = info_nce(s, t, 0.1).item()
@@ -62,8 +77,18 @@ def test_bank_negatives_add_to_the_denominator_and_skip_batch_rows():
 
 
 def test_bank_term_draws_negatives_from_the_cache_and_flags_the_recipe():
-    recipe = build_recipe({"crd": {"kind": "crd", "student_tap": "embed", "teacher_tap": "embed",
-                                   "negatives": "bank", "num_negatives": 16}}, SHAPES)
+    recipe = build_recipe(
+        {
+            "crd": {
+                "kind": "crd",
+                "student_tap": "embed",
+                "teacher_tap": "embed",
+                "negatives": "bank",
+                "num_negatives": 16,
+            }
+        },
+        SHAPES,
+    )
     assert recipe.needs_feature_bank and not recipe.needs_peers
     inputs = make_inputs(seed=2)
     bank = {"embed": torch.randn(100, 8)}
@@ -76,7 +101,9 @@ def test_bank_term_draws_negatives_from_the_cache_and_flags_the_recipe():
 
 
 def test_crd_averages_over_taps():
-    params = CRDParams(taps=[{"student": "embed", "teacher": "embed"}, {"student": "conv", "teacher": "conv"}])
+    params = CRDParams(
+        taps=[{"student": "embed", "teacher": "embed"}, {"student": "conv", "teacher": "conv"}]
+    )
     loss, inputs = CRDLoss(params, SHAPES), make_inputs(seed=3)
     parts = [info_nce(*pair(inputs), 0.1) for pair in loss.pairs]
     assert loss(inputs)["crd"].item() == pytest.approx(sum(parts).item() / 2)

@@ -31,8 +31,9 @@ def test_tckd_and_nckd_match_numpy():
     inputs = make_inputs(seed=1)
     target = inputs.labels
     tckd, nckd = dkd_rows(inputs.student_logits, inputs.teacher_logits, target, 4.0)
-    expected_t, expected_n, _ = numpy_dkd(inputs.student_logits.detach().numpy(), inputs.teacher_logits.detach().numpy(),
-                                          target.numpy(), 4.0)
+    expected_t, expected_n, _ = numpy_dkd(
+        inputs.student_logits.detach().numpy(), inputs.teacher_logits.detach().numpy(), target.numpy(), 4.0
+    )
     np.testing.assert_allclose(tckd.detach().numpy(), expected_t, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(nckd.detach().numpy(), expected_n, rtol=1e-4, atol=1e-7)
 
@@ -44,7 +45,9 @@ def test_kd_decomposes_into_tckd_plus_weighted_nckd():
     tckd, nckd = dkd_rows(inputs.student_logits, inputs.teacher_logits, inputs.labels, T)
     p_target = F.softmax(inputs.teacher_logits / T, 1).gather(1, inputs.labels[:, None]).squeeze(1)
     decomposed = (tckd + (1 - p_target) * nckd).mean()
-    assert decomposed.item() == pytest.approx(distillation_kl(inputs.student_logits, inputs.teacher_logits, T).item(), rel=1e-5)
+    assert decomposed.item() == pytest.approx(
+        distillation_kl(inputs.student_logits, inputs.teacher_logits, T).item(), rel=1e-5
+    )
 
 
 def test_matches_mdistiller_reference_for_moderate_logits():
@@ -53,9 +56,13 @@ def test_matches_mdistiller_reference_for_moderate_logits():
         ps, pt = F.softmax(zs / T, 1), F.softmax(zt / T, 1)
         cat = lambda p: torch.stack([(p * gt).sum(1), (p * (1 - gt)).sum(1)], 1)  # noqa: E731
         tckd = F.kl_div(torch.log(cat(ps)), cat(pt), reduction="sum") * T**2 / len(target)
-        nckd = F.kl_div(F.log_softmax(zs / T - 1000 * gt, 1), F.softmax(zt / T - 1000 * gt, 1),
-                        reduction="sum") * T**2 / len(target)
+        nckd = (
+            F.kl_div(F.log_softmax(zs / T - 1000 * gt, 1), F.softmax(zt / T - 1000 * gt, 1), reduction="sum")
+            * T**2
+            / len(target)
+        )
         return alpha * tckd + beta * nckd
+
     inputs = make_inputs(seed=3)
     terms = DKDLoss(DKDParams(), SHAPES)(inputs)
     ours = 1.0 * terms["target"] + 8.0 * terms["non_target"]

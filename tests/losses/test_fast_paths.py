@@ -7,12 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.losses._probs import (hard_ce_rows, kl_batch_mean, kl_rows, log_softmax_at, soft_ce_batch_mean,
-                                    soft_ce_rows)
+from pipeline.losses._probs import (
+    hard_ce_rows,
+    kl_batch_mean,
+    kl_rows,
+    log_softmax_at,
+    soft_ce_batch_mean,
+    soft_ce_rows,
+)
 from tests.losses.conftest import numpy_log_softmax
 
 
-def _logits(seed: int, rows: int = 7, classes: int = 6, scale: float = 3.0, dtype=torch.float32) -> torch.Tensor:
+def _logits(
+    seed: int, rows: int = 7, classes: int = 6, scale: float = 3.0, dtype=torch.float32
+) -> torch.Tensor:
     values = scale * np.random.default_rng(seed).normal(size=(rows, classes))
     return torch.tensor(values, dtype=dtype).requires_grad_(True)
 
@@ -31,9 +39,11 @@ def test_fused_kl_and_soft_ce_equal_the_masked_row_forms(fast, plain, temperatur
     student, teacher = _logits(0, scale=scale), _logits(1, scale=scale).detach()
     target = log_softmax_at(teacher, temperature)
     fast_value, fast_grad = _value_and_grad(
-        lambda z: fast(target, log_softmax_at(z, temperature), scale=temperature**2), student)
+        lambda z: fast(target, log_softmax_at(z, temperature), scale=temperature**2), student
+    )
     plain_value, plain_grad = _value_and_grad(
-        lambda z: temperature**2 * plain(target, log_softmax_at(z, temperature)).mean(), student)
+        lambda z: temperature**2 * plain(target, log_softmax_at(z, temperature)).mean(), student
+    )
     assert np.isfinite(fast_value) and np.isfinite(fast_grad).all()
     assert fast_value == pytest.approx(plain_value, rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(fast_grad, plain_grad, rtol=1e-5, atol=1e-7)
@@ -101,7 +111,9 @@ class _ExplodingRecipe(torch.nn.Module):
         return total, {"ce": ce}
 
 
-def test_the_loop_sums_terms_on_device_and_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(tmp_path):
+def test_the_loop_sums_terms_on_device_and_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(
+    tmp_path,
+):
     from pipeline.train.checkpoint import load_checkpoint
     from pipeline.train.data import join_training_data
     from pipeline.train.loop import DivergedError, run_seed
@@ -111,8 +123,15 @@ def test_the_loop_sums_terms_on_device_and_a_nan_loss_stops_the_run_keeping_the_
     data = join_training_data(make_cache(prepared), prepared, "labelled")
     params = student_params(epochs=3, checkpoint_every_steps=2)
     with pytest.raises(DivergedError, match="epoch 1.*optimizer.lr"):
-        run_seed(params, data, 0, tmp_path, "hash", recipe_builder=lambda loss, shapes: _ExplodingRecipe(1),
-                 progress=False)
+        run_seed(
+            params,
+            data,
+            0,
+            tmp_path,
+            "hash",
+            recipe_builder=lambda loss, shapes: _ExplodingRecipe(1),
+            progress=False,
+        )
     state, _ = load_checkpoint(tmp_path, "hash")
     assert state.epoch == 1 and state.step_in_epoch == 0  # written at the end of epoch 0, never after
     (metrics,) = state.history[0].values()

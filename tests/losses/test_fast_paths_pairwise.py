@@ -14,6 +14,7 @@ from pipeline.losses.rkd import _PairwiseRKD, rkd_pairwise
 
 def _autograd_rkd(student, teacher, normalize=True):
     """Plain autograd reference: the formulas of seeds/000 §4 and seeds/001 as written."""
+
     def distances(x):
         gram = x @ x.T
         squared = gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram
@@ -25,8 +26,10 @@ def _autograd_rkd(student, teacher, normalize=True):
         unit = F.normalize(x, dim=1)
         return unit @ unit.T
 
-    return (F.smooth_l1_loss(distances(student), distances(teacher)),
-            F.smooth_l1_loss(cosines(student), cosines(teacher)))
+    return (
+        F.smooth_l1_loss(distances(student), distances(teacher)),
+        F.smooth_l1_loss(cosines(student), cosines(teacher)),
+    )
 
 
 def _features(seed, rows=9, dim=5, dtype=torch.float64):
@@ -39,10 +42,13 @@ def test_pairwise_rkd_backward_passes_float64_gradcheck(normalize):
     student = _features(0).requires_grad_(True)
     teacher = 2 * _features(1, dim=7)
     for output in (0, 1):
-        assert torch.autograd.gradcheck(lambda x: _PairwiseRKD.apply(x, teacher, normalize)[output], (student,))
+        assert torch.autograd.gradcheck(
+            lambda x, output=output: _PairwiseRKD.apply(x, teacher, normalize)[output], (student,)
+        )
     weights = torch.tensor([0.3, -1.7], dtype=torch.float64)  # both outputs at once
     assert torch.autograd.gradcheck(
-        lambda x: torch.stack(_PairwiseRKD.apply(x, teacher, normalize)) @ weights, (student,))
+        lambda x: torch.stack(_PairwiseRKD.apply(x, teacher, normalize)) @ weights, (student,)
+    )
 
 
 def _compare(student, teacher, normalize=True, rtol=1e-5, atol=1e-7):
@@ -61,14 +67,19 @@ def _compare(student, teacher, normalize=True, rtol=1e-5, atol=1e-7):
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("rows, dim", [(2, 3), (16, 8), (64, 32)])
 def test_pairwise_rkd_equals_autograd_of_the_formulas(rows, dim, normalize):
-    _compare(_features(rows, rows, dim, torch.float32), 3 * _features(rows + 1, rows, dim + 2, torch.float32),
-             normalize, rtol=2e-4, atol=1e-6)
+    _compare(
+        _features(rows, rows, dim, torch.float32),
+        3 * _features(rows + 1, rows, dim + 2, torch.float32),
+        normalize,
+        rtol=2e-4,
+        atol=1e-6,
+    )
 
 
 def test_pairwise_rkd_handles_duplicate_and_zero_rows_like_autograd():
     student = _features(5, rows=8)
-    student[3] = student[1]            # a clamped (zero) distance
-    student[6] = 0.0                   # a clamped (zero) norm
+    student[3] = student[1]  # a clamped (zero) distance
+    student[6] = 0.0  # a clamped (zero) norm
     teacher = _features(6, rows=8, dim=4)
     teacher[2] = 0.0
     _compare(student, teacher, rtol=1e-4, atol=1e-6)  # float32 vs float64; the zero row's gradient is ~1e9
@@ -100,6 +111,7 @@ def test_pairwise_rkd_of_one_row_is_zero_without_nan():
 
 def _autograd_mmd(student, teacher, bandwidths, unbiased):
     """Plain autograd reference of seeds/000 §5 (the kernel stack, clamped at exp(-50))."""
+
     def kernel_mean(x, y, leave_out_diagonal):
         squared = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
         factors = torch.tensor([-0.5 / (s * s) for s in bandwidths], dtype=x.dtype)
@@ -109,8 +121,11 @@ def _autograd_mmd(student, teacher, bandwidths, unbiased):
         rows = len(x)
         return (stack.sum() - stack.diagonal(dim1=1, dim2=2).sum()) / (len(bandwidths) * rows * (rows - 1))
 
-    return (kernel_mean(student, student, unbiased) + kernel_mean(teacher, teacher, unbiased)
-            - 2 * kernel_mean(student, teacher, False))
+    return (
+        kernel_mean(student, student, unbiased)
+        + kernel_mean(teacher, teacher, unbiased)
+        - 2 * kernel_mean(student, teacher, False)
+    )
 
 
 BANDWIDTHS = (0.2, 0.5, 1.0, 2.0, 5.0)

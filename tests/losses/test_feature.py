@@ -25,32 +25,46 @@ def test_feature_mse_matches_numpy_one_over_2d():
 
 
 def test_teacher_to_student_projection_is_phi_of_the_teacher_summed_over_taps():
-    params = FeatureParams(taps=[{"student": "embed", "teacher": "embed"}, {"student": "conv", "teacher": "conv"}])
+    params = FeatureParams(
+        taps=[{"student": "embed", "teacher": "embed"}, {"student": "conv", "teacher": "conv"}]
+    )
     loss = FeatureLoss(params, SHAPES)
     inputs = make_inputs(seed=1)
     linear, conv = loss.pairs[0].projection, loss.pairs[1].projection
     assert isinstance(linear, torch.nn.Linear) and (linear.in_features, linear.out_features) == (8, 6)
     assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (1, 1)
     w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
-    embed = numpy_feature_mse(inputs.student_features["embed"].detach().numpy(),
-                              inputs.teacher_features["embed"].detach().numpy() @ w.T + b)
+    embed = numpy_feature_mse(
+        inputs.student_features["embed"].detach().numpy(),
+        inputs.teacher_features["embed"].detach().numpy() @ w.T + b,
+    )
     cw, cb = conv.weight.detach().numpy()[:, :, 0, 0], conv.bias.detach().numpy()
-    projected = np.einsum("oc,bchw->bohw", cw, inputs.teacher_features["conv"].detach().numpy()) + cb[None, :, None, None]
+    projected = (
+        np.einsum("oc,bchw->bohw", cw, inputs.teacher_features["conv"].detach().numpy())
+        + cb[None, :, None, None]
+    )
     maps = numpy_feature_mse(inputs.student_features["conv"].detach().numpy(), projected)
     assert loss(inputs)["feature"].item() == pytest.approx(embed + maps, rel=1e-5)
 
 
 def test_student_to_teacher_projection_maps_the_student_as_fitnets():
-    loss = FeatureLoss(FeatureParams(student_tap="embed", teacher_tap="embed", project="student_to_teacher"), SHAPES)
+    loss = FeatureLoss(
+        FeatureParams(student_tap="embed", teacher_tap="embed", project="student_to_teacher"), SHAPES
+    )
     inputs = make_inputs(seed=2)
     w, b = (p.detach().numpy() for p in (loss.pairs[0].projection.weight, loss.pairs[0].projection.bias))
-    expected = numpy_feature_mse(inputs.student_features["embed"].detach().numpy() @ w.T + b,
-                                 inputs.teacher_features["embed"].detach().numpy())
+    expected = numpy_feature_mse(
+        inputs.student_features["embed"].detach().numpy() @ w.T + b,
+        inputs.teacher_features["embed"].detach().numpy(),
+    )
     assert loss(inputs)["feature"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_unknown_tap_lists_the_valid_ones():
-    with pytest.raises(MissingTapError, match="teacher tap 'img' does not exist; valid teacher taps: attn, conv, embed, tokens"):
+    with pytest.raises(
+        MissingTapError,
+        match="teacher tap 'img' does not exist; valid teacher taps: attn, conv, embed, tokens",
+    ):
         FeatureLoss(FeatureParams(student_tap="embed", teacher_tap="img"), SHAPES)
 
 

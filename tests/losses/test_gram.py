@@ -31,11 +31,16 @@ def test_gram_is_zero_for_equal_relations_and_unchanged_by_rotation():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(7, 4))
     q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
-    assert gram_distance(torch.tensor(x @ q), torch.tensor(x), False, "sum").item() == pytest.approx(0.0, abs=1e-5)
+    assert gram_distance(torch.tensor(x @ q), torch.tensor(x), False, "sum").item() == pytest.approx(
+        0.0, abs=1e-5
+    )
 
 
 def test_adapter_reads_taps_of_different_sizes():
     inputs = make_inputs()
     value = GramLoss(GramParams(student_tap="embed", teacher_tap="embed"), SHAPES)(inputs)["gram"]
-    s, t = (inputs.student_features["embed"].detach().numpy(), inputs.teacher_features["embed"].detach().numpy())
+    s, t = (
+        inputs.student_features["embed"].detach().numpy(),
+        inputs.teacher_features["embed"].detach().numpy(),
+    )
     assert value.item() == pytest.approx(numpy_gram_distance(s, t, True, "mean"), rel=1e-5)

@@ -12,13 +12,15 @@ from tests.losses.conftest import SHAPES, make_inputs
 
 
 def test_layer_map_sums_frobenius_distances_of_projected_teacher_layers():
-    params = HiddenParams(layers=[{"student": "embed", "teacher": "embed"}, {"student": "tokens", "teacher": "tokens"}])
+    params = HiddenParams(
+        layers=[{"student": "embed", "teacher": "embed"}, {"student": "tokens", "teacher": "tokens"}]
+    )
     loss, inputs = HiddenLoss(params, SHAPES), make_inputs(seed=1)
     expected = 0.0
     for pair, (s_tap, t_tap) in zip(loss.pairs, [("embed", "embed"), ("tokens", "tokens")]):
         w, b = pair.projection.weight.detach().numpy(), pair.projection.bias.detach().numpy()
         s = inputs.student_features[s_tap].detach().numpy().astype(np.float64)
-        t = inputs.teacher_features[t_tap].detach().numpy() @ w.T + b   # phi on the last axis (tokens too)
+        t = inputs.teacher_features[t_tap].detach().numpy() @ w.T + b  # phi on the last axis (tokens too)
         expected += ((s - t) ** 2).sum() / len(s)
     assert loss(inputs)["hidden"].item() == pytest.approx(expected, rel=1e-5)
 
@@ -26,12 +28,16 @@ def test_layer_map_sums_frobenius_distances_of_projected_teacher_layers():
 def test_closed_form_projection_is_the_least_squares_residual():
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(40, 3)), rng.normal(size=(40, 5))
-    w, *_ = np.linalg.lstsq(t, s, rcond=None)     # W*^T of seeds/001 §2
+    w, *_ = np.linalg.lstsq(t, s, rcond=None)  # W*^T of seeds/001 §2
     expected = ((s - t @ w) ** 2).sum() / len(s)
-    assert closed_form_residual(torch.tensor(s), torch.tensor(t), ridge=0.0).item() == pytest.approx(expected, rel=1e-4)
+    assert closed_form_residual(torch.tensor(s), torch.tensor(t), ridge=0.0).item() == pytest.approx(
+        expected, rel=1e-4
+    )
     # A student that is an exact linear map of the teacher has nothing left to match.
     m = rng.normal(size=(5, 3))
-    assert closed_form_residual(torch.tensor(t @ m), torch.tensor(t), ridge=0.0).item() == pytest.approx(0.0, abs=1e-4)
+    assert closed_form_residual(torch.tensor(t @ m), torch.tensor(t), ridge=0.0).item() == pytest.approx(
+        0.0, abs=1e-4
+    )
 
 
 def test_closed_form_term_has_no_parameters_and_grads_reach_the_student():
@@ -39,7 +45,10 @@ def test_closed_form_term_has_no_parameters_and_grads_reach_the_student():
     loss, inputs = HiddenLoss(params, SHAPES), make_inputs(rows=16)
     assert not list(loss.parameters())
     loss(inputs)["hidden"].backward()
-    assert inputs.student_features["embed"].grad.abs().sum() > 0 and inputs.teacher_features["embed"].grad is None
+    assert (
+        inputs.student_features["embed"].grad.abs().sum() > 0
+        and inputs.teacher_features["embed"].grad is None
+    )
 
 
 def test_hidden_distance_is_frobenius_over_batch():

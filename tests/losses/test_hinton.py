@@ -13,8 +13,15 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from pipeline.cache.batch import SparseLogits
-from pipeline.losses.hinton import (HintonLoss, HintonParams, MissingSparseLogitsError, distillation_kl,
-                                    distillation_soft_ce, soft_targets, sparse_distillation_kl)
+from pipeline.losses.hinton import (
+    HintonLoss,
+    HintonParams,
+    MissingSparseLogitsError,
+    distillation_kl,
+    distillation_soft_ce,
+    soft_targets,
+    sparse_distillation_kl,
+)
 from pipeline.losses.smoothing import kd_equivalent_epsilon, label_smoothing_ce
 from tests.losses.conftest import SHAPES, make_inputs, numpy_log_softmax
 
@@ -48,10 +55,12 @@ def test_soft_cross_entropy_form_is_kl_plus_teacher_entropy():
     zs, zt, T = inputs.student_logits, inputs.teacher_logits, 3.0
     log_pt = numpy_log_softmax(zt.detach().numpy(), T)
     log_ps = numpy_log_softmax(zs.detach().numpy(), T)
-    expected = -T**2 * (np.exp(log_pt) * log_ps).sum(-1).mean()
+    expected = -(T**2) * (np.exp(log_pt) * log_ps).sum(-1).mean()
     assert distillation_soft_ce(zs, zt, T).item() == pytest.approx(expected, rel=1e-5)
-    entropy = -T**2 * (np.exp(log_pt) * log_pt).sum(-1).mean()
-    assert distillation_soft_ce(zs, zt, T).item() - distillation_kl(zs, zt, T).item() == pytest.approx(entropy, rel=1e-4)
+    entropy = -(T**2) * (np.exp(log_pt) * log_pt).sum(-1).mean()
+    assert distillation_soft_ce(zs, zt, T).item() - distillation_kl(zs, zt, T).item() == pytest.approx(
+        entropy, rel=1e-4
+    )
 
 
 logit_rows = arrays(np.float64, (4, 6), elements=st.floats(-20, 20, allow_nan=False))
@@ -109,11 +118,14 @@ def test_alpha_weighs_the_loss_its_convention_names(convention, expected):
     assert params.sub_weights(0) == pytest.approx({"hard": expected[0], "soft": expected[1]})
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"alpha": 0.5}, "alpha needs alpha_weights"),
-    ({"alpha": 0.5, "alpha_weights": "hard", "hard_weight": 1.0}, "not both"),
-    ({"alpha_weights": "soft"}, "without alpha"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"alpha": 0.5}, "alpha needs alpha_weights"),
+        ({"alpha": 0.5, "alpha_weights": "hard", "hard_weight": 1.0}, "not both"),
+        ({"alpha_weights": "soft"}, "without alpha"),
+    ],
+)
 def test_ambiguous_alpha_is_refused(bad, message):
     with pytest.raises(ValidationError, match=message):
         HintonParams(**bad)
@@ -140,8 +152,13 @@ def numpy_bucket_kl(student_logits, values, indices, logsumexp, num_classes):
 def test_sparse_top_k_is_exact_at_t1_on_support_plus_tail_bucket():
     inputs = make_inputs(seed=5, sparse_k=3)
     sparse = inputs.teacher_sparse
-    expected = numpy_bucket_kl(inputs.student_logits.detach().numpy().astype(np.float64), sparse.values.numpy(),
-                               sparse.indices.numpy(), sparse.logsumexp.numpy(), 5)
+    expected = numpy_bucket_kl(
+        inputs.student_logits.detach().numpy().astype(np.float64),
+        sparse.values.numpy(),
+        sparse.indices.numpy(),
+        sparse.logsumexp.numpy(),
+        5,
+    )
     value = sparse_distillation_kl(inputs.student_logits, sparse, 1.0)
     assert value.item() == pytest.approx(expected, rel=1e-4)
 
@@ -150,24 +167,32 @@ def test_sparse_with_every_class_stored_equals_dense_at_any_temperature():
     inputs = make_inputs(seed=6, sparse_k=5)
     for T in (1.0, 4.0):
         dense = distillation_kl(inputs.student_logits, inputs.teacher_logits, T)
-        assert sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, T).item() == pytest.approx(dense.item(), rel=1e-5)
+        assert sparse_distillation_kl(
+            inputs.student_logits, inputs.teacher_sparse, T
+        ).item() == pytest.approx(dense.item(), rel=1e-5)
 
 
 def test_dense_is_the_default_auto_uses_sparse_and_sparse_without_it_is_refused():
     inputs = make_inputs(seed=7, sparse_k=2)
     dense = HintonLoss(HintonParams(temperature=1.0), SHAPES)(inputs)["soft"]
-    assert dense.item() == pytest.approx(distillation_kl(inputs.student_logits, inputs.teacher_logits, 1.0).item())
+    assert dense.item() == pytest.approx(
+        distillation_kl(inputs.student_logits, inputs.teacher_logits, 1.0).item()
+    )
     auto = HintonLoss(HintonParams(temperature=1.0, teacher_source="auto"), SHAPES)(inputs)["soft"]
-    assert auto.item() == pytest.approx(sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, 1.0).item())
+    assert auto.item() == pytest.approx(
+        sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, 1.0).item()
+    )
     with pytest.raises(MissingSparseLogitsError, match="top-k"):
         HintonLoss(HintonParams(teacher_source="sparse"), SHAPES)(make_inputs())
 
 
 def test_logits_of_magnitude_1e4_stay_finite_dense_and_sparse():
     inputs = make_inputs(seed=8, logit_scale=1e4, sparse_k=2)
-    for loss in (distillation_kl(inputs.student_logits, inputs.teacher_logits, 4.0),
-                 distillation_soft_ce(inputs.student_logits, inputs.teacher_logits, 4.0),
-                 sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, 4.0)):
+    for loss in (
+        distillation_kl(inputs.student_logits, inputs.teacher_logits, 4.0),
+        distillation_soft_ce(inputs.student_logits, inputs.teacher_logits, 4.0),
+        sparse_distillation_kl(inputs.student_logits, inputs.teacher_sparse, 4.0),
+    ):
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(inputs.student_logits.grad).all()
 

@@ -39,8 +39,9 @@ def test_mmd_matches_numpy(unbiased):
 def test_kernel_matches_numpy():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
-    np.testing.assert_allclose(gaussian_kernel(torch.tensor(x), torch.tensor(y), BANDWIDTHS).numpy(),
-                               numpy_kernel(x, y), rtol=1e-5)
+    np.testing.assert_allclose(
+        gaussian_kernel(torch.tensor(x), torch.tensor(y), BANDWIDTHS).numpy(), numpy_kernel(x, y), rtol=1e-5
+    )
 
 
 @settings(max_examples=20, deadline=None)
@@ -62,4 +63,6 @@ def test_adapter_defaults_are_the_documents_bandwidths_and_biased_estimator():
     assert params.bandwidths == BANDWIDTHS and params.estimator == "biased"
     loss, inputs = MMDLoss(params, SHAPES), make_inputs()
     s, t = loss.pairs[0](inputs)
-    assert loss(inputs)["mmd"].item() == pytest.approx(numpy_mmd(s.detach().numpy(), t.detach().numpy(), False), rel=1e-4)
+    assert loss(inputs)["mmd"].item() == pytest.approx(
+        numpy_mmd(s.detach().numpy(), t.detach().numpy(), False), rel=1e-4
+    )

@@ -32,11 +32,17 @@ def test_an_unknown_family_lists_the_valid_ones():
 
 def test_build_recipe_validates_raw_mappings_too():
     with pytest.raises(ParamsError, match="loss.rkd.angle_wieght: unknown key; did you mean 'angle_weight'"):
-        build_recipe({"rkd": {"kind": "rkd", "student_tap": "embed", "teacher_tap": "embed", "angle_wieght": 1}}, SHAPES)
+        build_recipe(
+            {"rkd": {"kind": "rkd", "student_tap": "embed", "teacher_tap": "embed", "angle_wieght": 1}},
+            SHAPES,
+        )
 
 
 def test_a_missing_tap_lists_the_valid_taps():
-    with pytest.raises(MissingTapError, match="student tap 'img' does not exist; valid student taps: attn, conv, embed, tokens"):
+    with pytest.raises(
+        MissingTapError,
+        match="student tap 'img' does not exist; valid student taps: attn, conv, embed, tokens",
+    ):
         build_recipe({"feat": {"kind": "feature", "student_tap": "img", "teacher_tap": "embed"}}, SHAPES)
 
 
@@ -47,16 +53,24 @@ def test_empty_recipes_and_unloggable_term_names_are_refused(bad):
 
 
 def test_total_is_the_weighted_sum_and_terms_are_unweighted_with_log_names():
-    recipe = build_recipe({
-        "ce": {"kind": "ce", "weight": 0.5},
-        "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0},
-        "rkd": {"kind": "rkd", "weight": 2.0, "student_tap": "embed", "teacher_tap": "embed"},
-        "mix": {"kind": "hinton", "alpha": 0.25, "alpha_weights": "hard"},
-    }, SHAPES)
+    recipe = build_recipe(
+        {
+            "ce": {"kind": "ce", "weight": 0.5},
+            "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0},
+            "rkd": {"kind": "rkd", "weight": 2.0, "student_tap": "embed", "teacher_tap": "embed"},
+            "mix": {"kind": "hinton", "alpha": 0.25, "alpha_weights": "hard"},
+        },
+        SHAPES,
+    )
     total, terms = recipe(make_inputs())
     assert list(terms) == ["ce", "kd", "rkd/distance", "rkd/angle", "mix/soft", "mix/hard"]
-    expected = (0.5 * terms["ce"] + 0.5 * terms["kd"] + 2.0 * (25 * terms["rkd/distance"] + 50 * terms["rkd/angle"])
-                + 0.75 * terms["mix/soft"] + 0.25 * terms["mix/hard"])
+    expected = (
+        0.5 * terms["ce"]
+        + 0.5 * terms["kd"]
+        + 2.0 * (25 * terms["rkd/distance"] + 50 * terms["rkd/angle"])
+        + 0.75 * terms["mix/soft"]
+        + 0.25 * terms["mix/hard"]
+    )
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -87,5 +101,6 @@ def test_unlabelled_rows_get_only_the_soft_gradient_and_all_unlabelled_is_finite
 def test_already_validated_params_are_accepted():
     from pipeline.losses.ce import CEParams
     from pipeline.losses.hinton import HintonParams
+
     recipe = build_recipe({"ce": CEParams(weight=0.3), "kd": HintonParams(temperature=2.0)}, SHAPES)
     assert recipe.params["kd"].temperature == 2.0 and list(recipe(make_inputs())[1]) == ["ce", "kd"]

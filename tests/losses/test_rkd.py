@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.losses.rkd import (RKDLoss, RKDParams, rkd_angle_pairwise, rkd_angle_triplet, rkd_distance)
+from pipeline.losses.rkd import RKDLoss, RKDParams, rkd_angle_pairwise, rkd_angle_triplet, rkd_distance
 from tests.losses.conftest import SHAPES, make_inputs
 
 
@@ -24,6 +24,7 @@ def numpy_distance(student, teacher, normalize=True):
         d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
         off = ~np.eye(len(x), dtype=bool)
         return d / d[off].mean() if normalize else d
+
     return smooth_l1(dist(student), dist(teacher))
 
 
@@ -34,10 +35,11 @@ def numpy_pairwise_angle(student, teacher):
 
 def numpy_triplet_angle(student, teacher):
     def cosines(x):
-        diff = x[None, :, :] - x[:, None, :]                      # [i, j] = x_j - x_i
+        diff = x[None, :, :] - x[:, None, :]  # [i, j] = x_j - x_i
         norm = np.linalg.norm(diff, axis=2, keepdims=True)
         unit = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 0)
-        return np.einsum("ijd,ikd->ijk", unit, unit)              # angle at vertex i
+        return np.einsum("ijd,ikd->ijk", unit, unit)  # angle at vertex i
+
     return smooth_l1(cosines(student), cosines(teacher))
 
 
@@ -56,7 +58,9 @@ def test_distance_matches_numpy(pair, normalize):
 
 def test_pairwise_angle_matches_numpy(pair):
     s, t = pair
-    assert rkd_angle_pairwise(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(numpy_pairwise_angle(s, t), rel=1e-5)
+    assert rkd_angle_pairwise(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(
+        numpy_pairwise_angle(s, t), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 4, 11])
@@ -72,7 +76,9 @@ def test_triplet_gradient_equals_the_rkd_reference_code():
         def angles(x):
             unit = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
             return torch.bmm(unit, unit.transpose(1, 2)).view(-1)
+
         return F.smooth_l1_loss(angles(student), angles(teacher))
+
     rng = np.random.default_rng(1)
     s = torch.tensor(rng.normal(size=(13, 5)), requires_grad=True)
     t = torch.tensor(rng.normal(size=(13, 6)))
@@ -101,7 +107,9 @@ def test_rkd_is_unchanged_by_a_common_rotation_and_distance_by_scaling(seed, sca
     assert scaled == pytest.approx(base, rel=1e-3, abs=1e-6)
     # the triplet angle does not see scale either
     triplet = rkd_angle_triplet(torch.tensor(s), torch.tensor(t)).item()
-    assert rkd_angle_triplet(torch.tensor(scale * s), torch.tensor(t)).item() == pytest.approx(triplet, rel=1e-3, abs=1e-6)
+    assert rkd_angle_triplet(torch.tensor(scale * s), torch.tensor(t)).item() == pytest.approx(
+        triplet, rel=1e-3, abs=1e-6
+    )
 
 
 def test_rkd_is_zero_when_student_relations_equal_teachers():
@@ -138,7 +146,10 @@ def test_adapter_returns_distance_and_angle_with_the_documents_weights():
     loss = RKDLoss(RKDParams(student_tap="embed", teacher_tap="embed", angle="pairwise"), SHAPES)
     inputs = make_inputs()
     terms = loss(inputs)
-    s, t = (inputs.student_features["embed"].detach().numpy(), inputs.teacher_features["embed"].detach().numpy())
+    s, t = (
+        inputs.student_features["embed"].detach().numpy(),
+        inputs.teacher_features["embed"].detach().numpy(),
+    )
     assert terms["distance"].item() == pytest.approx(numpy_distance(s, t), rel=1e-4)
     assert terms["angle"].item() == pytest.approx(numpy_pairwise_angle(s, t), rel=1e-4)
     assert loss.params.sub_weights(0) == {"distance": 25.0, "angle": 50.0}

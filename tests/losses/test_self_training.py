@@ -15,7 +15,9 @@ def test_matches_numpy_on_every_row_even_unlabelled():
     zt = inputs.teacher_logits.detach().numpy()
     log_p = numpy_log_softmax(inputs.student_logits.detach().numpy())
     expected = -log_p[np.arange(8), zt.argmax(1)].mean()
-    assert SelfTrainingLoss(SelfTrainingParams(), SHAPES)(inputs)["self_training"].item() == pytest.approx(expected, rel=1e-5)
+    assert SelfTrainingLoss(SelfTrainingParams(), SHAPES)(inputs)["self_training"].item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_confidence_threshold_keeps_only_confident_rows():
@@ -25,6 +27,8 @@ def test_confidence_threshold_keeps_only_confident_rows():
     keep = p_t.max(1) >= 0.6
     log_p = numpy_log_softmax(inputs.student_logits.detach().numpy())
     expected = -log_p[np.arange(8), zt.argmax(1)][keep].mean()
-    assert self_training_ce(inputs.student_logits, inputs.teacher_logits, 0.6).item() == pytest.approx(expected, rel=1e-5)
+    assert self_training_ce(inputs.student_logits, inputs.teacher_logits, 0.6).item() == pytest.approx(
+        expected, rel=1e-5
+    )
     nothing = self_training_ce(inputs.student_logits, inputs.teacher_logits, 1.0)
     assert nothing.item() == 0.0 and torch.isfinite(nothing)

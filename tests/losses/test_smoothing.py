@@ -7,7 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses.smoothing import SmoothingLoss, SmoothingParams, kd_equivalent_epsilon, label_smoothing_ce
+from pipeline.losses.smoothing import (
+    SmoothingLoss,
+    SmoothingParams,
+    kd_equivalent_epsilon,
+    label_smoothing_ce,
+)
 from tests.losses.conftest import SHAPES, make_inputs, numpy_log_softmax
 
 
@@ -19,7 +24,9 @@ def test_label_smoothing_matches_numpy_over_labelled_rows():
     target = np.full((8, 5), eps / 5)
     target[np.arange(8), np.clip(labels, 0, None)] += 1 - eps
     expected = -(target * log_p).sum(1)[keep].mean()
-    assert label_smoothing_ce(inputs.student_logits, inputs.labels, eps).item() == pytest.approx(expected, rel=1e-5)
+    assert label_smoothing_ce(inputs.student_logits, inputs.labels, eps).item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_equals_torch_label_smoothing_when_all_labelled():

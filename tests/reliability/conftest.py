@@ -49,10 +49,10 @@ def refused(capsys, argv: list[str]) -> str:
     prefix = f"distillery {argv[0]}: "
     lines = [line for line in captured.err.splitlines() if line.startswith(prefix)]
     assert len(lines) == 1, captured.err
-    head = lines[0][len(prefix):]
+    head = lines[0][len(prefix) :]
     assert head.split(": ", 1)[0].endswith("Error"), lines[0]
     # the error is the last thing printed, and a multi-line message only where the error lists key paths
-    tail = captured.err[captured.err.index(lines[0]):].rstrip("\n")
+    tail = captured.err[captured.err.index(lines[0]) :].rstrip("\n")
     assert tail == lines[0], captured.err
     return lines[0]
 

@@ -24,20 +24,38 @@ ROOT = Path(__file__).resolve().parents[2]
 # Library-level tests of the other areas that cover a fault the reliability suite also drives through
 # the command line: (test id, fault, what it shows)
 LIBRARY_TESTS = [
-    ("tests/cache/test_resume.py::test_cache_resumes_after_sigkill_byte_identical",
-     "cache build SIGKILLed at 4 points, one per run (after a shard's record, mid-shard, in the teacher, in finalize)",
-     "no error: each re-run resumes and the store is byte-identical to an uninterrupted build; no store/ before"),
-    ("tests/cache/test_resume.py::test_two_processes_writing_alternate_shards_match_one_process",
-     "cache shards written by two processes", "no error: byte-identical to one process"),
-    ("tests/cache/test_refusals.py::test_parquet_disk_full_then_rerun_is_byte_identical",
-     "full disk during a Parquet cache write", "CacheDiskFullError naming the shard; the re-run is byte-identical"),
-    ("tests/train/test_resume.py::test_training_killed_mid_epoch_resumes_to_identical_weights",
-     "training SIGKILLed mid-epoch (dropout, CRD bank negatives, a learned projection)",
-     "no error: identical final weights"),
-    ("tests/export/test_run.py::test_killed_export_leaves_no_partial_onnx_and_no_report",
-     "export interrupted while torch writes the ONNX", "no model.onnx and no parity.json left"),
-    ("tests/export/test_run.py::test_killed_quantisation_leaves_the_checked_model_but_no_int8_file_and_no_report",
-     "export interrupted while quantising to int8", "no model.int8.onnx and no parity.json left"),
+    (
+        "tests/cache/test_resume.py::test_cache_resumes_after_sigkill_byte_identical",
+        "cache build SIGKILLed at 4 points, one per run (after a shard's record, mid-shard, in the "
+        "teacher, in finalize)",
+        "no error: each re-run resumes and the store is byte-identical to an uninterrupted build; no "
+        "store/ before",
+    ),
+    (
+        "tests/cache/test_resume.py::test_two_processes_writing_alternate_shards_match_one_process",
+        "cache shards written by two processes",
+        "no error: byte-identical to one process",
+    ),
+    (
+        "tests/cache/test_refusals.py::test_parquet_disk_full_then_rerun_is_byte_identical",
+        "full disk during a Parquet cache write",
+        "CacheDiskFullError naming the shard; the re-run is byte-identical",
+    ),
+    (
+        "tests/train/test_resume.py::test_training_killed_mid_epoch_resumes_to_identical_weights",
+        "training SIGKILLed mid-epoch (dropout, CRD bank negatives, a learned projection)",
+        "no error: identical final weights",
+    ),
+    (
+        "tests/export/test_run.py::test_killed_export_leaves_no_partial_onnx_and_no_report",
+        "export interrupted while torch writes the ONNX",
+        "no model.onnx and no parity.json left",
+    ),
+    (
+        "tests/export/test_run.py::test_killed_quantisation_leaves_the_checked_model_but_no_int8_file_and_no_report",
+        "export interrupted while quantising to int8",
+        "no model.int8.onnx and no parity.json left",
+    ),
 ]
 
 
@@ -99,18 +117,25 @@ README_ITEMS = [
     "a checkpoint from a different architecture, at `distillery export`",
     "a checkpoint that is a torch.save pickle",
 ]
-README_START, README_END = "<!-- reliability table: tests/reliability/make_table.py -->", "<!-- end of reliability table -->"
+README_START, README_END = (
+    "<!-- reliability table: tests/reliability/make_table.py -->",
+    "<!-- end of reliability table -->",
+)
 
 
 def readme_section(rows: list[dict[str, str]]) -> str:
     """The README's Reliability section body: a few sentences and the rows of README_ITEMS."""
-    lines = [README_START,
-             "Every stage survives SIGKILL and refuses bad input with one line, `distillery <stage>: <Error>: "
-             "<message>`, and exit code 1, without a traceback and without touching what was already written. "
-             "Tried by `tests/reliability/` through the real command line; the messages below are verbatim "
-             "(`<tmp>` is the test's temporary directory). All of them, with the test of each and the decisions "
-             "behind them: [docs/reliability.md](docs/reliability.md).",
-             "", "| fault or bad input | what the user sees |", "| --- | --- |"]
+    lines = [
+        README_START,
+        "Every stage survives SIGKILL and refuses bad input with one line, `distillery <stage>: <Error>: "
+        "<message>`, and exit code 1, without a traceback and without touching what was already written. "
+        "Tried by `tests/reliability/` through the real command line; the messages below are verbatim "
+        "(`<tmp>` is the test's temporary directory). All of them, with the test of each and the decisions "
+        "behind them: [docs/reliability.md](docs/reliability.md).",
+        "",
+        "| fault or bad input | what the user sees |",
+        "| --- | --- |",
+    ]
     for prefix in README_ITEMS:
         match = next((row for row in rows if row["item"].startswith(prefix)), None)
         if match is not None:
@@ -146,16 +171,29 @@ def _outcomes(junit: Path) -> dict[str, str]:
         path = case.get("classname", "").replace(".", "/") + ".py"
         name = f"{path}::{case.get('name')}"
         states = {child.tag for child in case}
-        outcomes[name] = "failed" if states & {"failure", "error"} else "skipped" if "skipped" in states else "passed"
+        outcomes[name] = (
+            "failed" if states & {"failure", "error"} else "skipped" if "skipped" in states else "passed"
+        )
     return outcomes
 
 
 def run(out: Path, readme: Path | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         records, junit = Path(tmp) / "records.json", Path(tmp) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                   "tests/reliability", *[test for test, _, _ in LIBRARY_TESTS]]
-        result = subprocess.run(command, cwd=ROOT, env={**os.environ, "DISTILLERY_RELIABILITY_RECORD": str(records)})
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            "tests/reliability",
+            *[test for test, _, _ in LIBRARY_TESTS],
+        ]
+        result = subprocess.run(
+            command, cwd=ROOT, env={**os.environ, "DISTILLERY_RELIABILITY_RECORD": str(records)}
+        )
         rows = json.loads(records.read_text())
         outcomes = _outcomes(junit)
     failed = sorted(name for name, state in outcomes.items() if state == "failed")
@@ -166,8 +204,10 @@ def run(out: Path, readme: Path | None = None) -> int:
         "<Error>: <message>`, exit code 1 and no traceback, leaving what was already written intact.",
         f"This table is written by `.venv/bin/python -m tests.reliability.make_table` from a real run "
         f"({sum(s == 'passed' for s in outcomes.values())} tests passed, {len(failed)} failed); the messages "
-        "are verbatim, with the pytest temporary directory shown as `<tmp>`. What each test checks beyond the "
-        "message (nothing written, the old file intact, byte-identical re-runs) is in its docstring and asserts.",
+        "are verbatim, with the pytest temporary directory shown as `<tmp>`. What each test checks "
+        "beyond the "
+        "message (nothing written, the old file intact, byte-identical re-runs) is in its docstring and "
+        "asserts.",
         "",
         "## Through the command line (tests/reliability)",
         "",
@@ -181,8 +221,13 @@ def run(out: Path, readme: Path | None = None) -> int:
             continue
         seen.add(key)
         lines.append(f"| {_readable(row['item'])} | `{row['test']}` | {_readable(row['message'])} |")
-    lines += ["", "## Library-level tests of the same faults (other areas)", "",
-              "| fault | test | outcome |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        "## Library-level tests of the same faults (other areas)",
+        "",
+        "| fault | test | outcome |",
+        "| --- | --- | --- |",
+    ]
     for test, fault, outcome in LIBRARY_TESTS:
         state = [s for name, s in outcomes.items() if name.startswith(test)]
         status = "passed" if state and all(s == "passed" for s in state) else "NOT PASSING"
@@ -200,7 +245,9 @@ def run(out: Path, readme: Path | None = None) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="also fill its Reliability section")
+    parser.add_argument(
+        "--readme", type=Path, default=ROOT / "README.md", help="also fill its Reliability section"
+    )
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
     args = parser.parse_args()
     sys.exit(run(args.out, None if args.no_readme else args.readme))

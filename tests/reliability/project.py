@@ -24,9 +24,15 @@ NUM_ROWS = 96
 NAN_ROWS = (5, 9)  # rows whose first input is negative: the `nan` teacher takes its square root
 
 
-def teacher_onnx(path: Path, batch: Any = "batch", input_shape=INPUT_SHAPE, elem_type=TensorProto.FLOAT,
-                 output_names=("logits", "embed", "conv"), nan_on_negative_input: bool = False,
-                 num_classes: int = NUM_CLASSES) -> Path:
+def teacher_onnx(
+    path: Path,
+    batch: Any = "batch",
+    input_shape=INPUT_SHAPE,
+    elem_type=TensorProto.FLOAT,
+    output_names=("logits", "embed", "conv"),
+    nan_on_negative_input: bool = False,
+    num_classes: int = NUM_CLASSES,
+) -> Path:
     """Write a tiny teacher: flat = Flatten(x); logits = flat W; embed = tanh(flat V); conv = relu(x).
 
     `output_names` renames the three outputs (in that order); `nan_on_negative_input` computes the
@@ -34,8 +40,10 @@ def teacher_onnx(path: Path, batch: Any = "batch", input_shape=INPUT_SHAPE, elem
     """
     rng = np.random.default_rng(0)
     size = int(np.prod(input_shape))
-    initializers = [numpy_helper.from_array(rng.normal(size=(size, NUM_CLASSES)).astype(np.float32), "W"),
-                    numpy_helper.from_array(rng.normal(size=(size, 8)).astype(np.float32), "V")]
+    initializers = [
+        numpy_helper.from_array(rng.normal(size=(size, NUM_CLASSES)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.normal(size=(size, 8)).astype(np.float32), "V"),
+    ]
     x = "input"
     nodes = []
     if elem_type != TensorProto.FLOAT:
@@ -48,16 +56,24 @@ def teacher_onnx(path: Path, batch: Any = "batch", input_shape=INPUT_SHAPE, elem
         source = "root"
     logits, embed, conv = output_names
     initializers[0] = numpy_helper.from_array(rng.normal(size=(size, num_classes)).astype(np.float32), "W")
-    nodes += [helper.make_node("MatMul", [source, "W"], [logits]),
-              helper.make_node("MatMul", ["flat", "V"], ["embed_pre"]),
-              helper.make_node("Tanh", ["embed_pre"], [embed]),
-              helper.make_node("Relu", [x], [conv])]
-    outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [batch, num_classes]),
-               helper.make_tensor_value_info(embed, TensorProto.FLOAT, [batch, 8]),
-               helper.make_tensor_value_info(conv, TensorProto.FLOAT, [batch, *input_shape])]
-    graph = helper.make_graph(nodes, "tiny_teacher",
-                              [helper.make_tensor_value_info("input", elem_type, [batch, *input_shape])],
-                              outputs, initializers)
+    nodes += [
+        helper.make_node("MatMul", [source, "W"], [logits]),
+        helper.make_node("MatMul", ["flat", "V"], ["embed_pre"]),
+        helper.make_node("Tanh", ["embed_pre"], [embed]),
+        helper.make_node("Relu", [x], [conv]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(logits, TensorProto.FLOAT, [batch, num_classes]),
+        helper.make_tensor_value_info(embed, TensorProto.FLOAT, [batch, 8]),
+        helper.make_tensor_value_info(conv, TensorProto.FLOAT, [batch, *input_shape]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_teacher",
+        [helper.make_tensor_value_info("input", elem_type, [batch, *input_shape])],
+        outputs,
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10  # onnx 1.23 writes IR 14, which ONNX Runtime 1.31 refuses (ecosystem.md §3.5)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,10 +101,18 @@ def write_dataset(directory: Path, seed: int = 0, negative_rows=()) -> Path:
 
 def student_recipe(root: Path, **overrides) -> dict[str, Any]:
     """A cheap student: MLP [8], one epoch, CE + Hinton KD + a feature term on `embed`."""
-    recipe = {"arch": {"kind": "mlp", "hidden": [8]}, "epochs": 1, "seeds": [0], "batch_size": 16,
-              "cache": str(root / "cache" / "store"),
-              "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5},
-                       "hint": {"kind": "feature", "weight": 1.0, "student_tap": "embed", "teacher_tap": "embed"}}}
+    recipe = {
+        "arch": {"kind": "mlp", "hidden": [8]},
+        "epochs": 1,
+        "seeds": [0],
+        "batch_size": 16,
+        "cache": str(root / "cache" / "store"),
+        "loss": {
+            "ce": {"kind": "ce", "weight": 0.5},
+            "kd": {"kind": "hinton", "weight": 0.5},
+            "hint": {"kind": "feature", "weight": 1.0, "student_tap": "embed", "teacher_tap": "embed"},
+        },
+    }
     recipe.update(overrides)
     return recipe
 
@@ -99,8 +123,9 @@ def base_params(root: Path) -> dict[str, Any]:
         "teacher": {"provider": "cpu"},
         "cache": {"rows_per_chunk": 16, "chunks_per_shard": 2, "batch_size": 16, "kl_sample_rows": 64},
         "students": {"kd": student_recipe(root)},
-        "evaluate": {"latency": {"batch_sizes": [1], "providers": ["CPUExecutionProvider"], "warmup": 1,
-                                 "repeats": 2}},
+        "evaluate": {
+            "latency": {"batch_sizes": [1], "providers": ["CPUExecutionProvider"], "warmup": 1, "repeats": 2}
+        },
         "export": {"parity_batch_sizes": [1, 7]},
     }
 
@@ -116,27 +141,84 @@ def stage_argv(root: Path, stage: str, params: Path | None = None, student: str 
     """The command line of `stage` on the project at `root` (every path under `root`)."""
     params = str(params or root / "params.yaml")
     if stage == "cache":
-        return ["cache", "--params", params, "--prepared", str(root / "prepared"), "--teacher",
-                str(root / "teacher" / "model.onnx"), "--out", str(root / "cache"), "--scratch",
-                str(root / "scratch" / "cache"), "--no-progress"]
+        return [
+            "cache",
+            "--params",
+            params,
+            "--prepared",
+            str(root / "prepared"),
+            "--teacher",
+            str(root / "teacher" / "model.onnx"),
+            "--out",
+            str(root / "cache"),
+            "--scratch",
+            str(root / "scratch" / "cache"),
+            "--no-progress",
+        ]
     if stage == "train":
-        return ["train", "--student", student, "--params", params, "--prepared", str(root / "prepared"),
-                "--out", str(root / "train" / student), "--scratch", str(root / "scratch" / "train" / student),
-                "--no-progress"]
+        return [
+            "train",
+            "--student",
+            student,
+            "--params",
+            params,
+            "--prepared",
+            str(root / "prepared"),
+            "--out",
+            str(root / "train" / student),
+            "--scratch",
+            str(root / "scratch" / "train" / student),
+            "--no-progress",
+        ]
     if stage == "export":
-        return ["export", "--student", student, "--params", params, "--train-dir", str(root / "train"),
-                "--prepared", str(root / "prepared"), "--out", str(root / "export")]
+        return [
+            "export",
+            "--student",
+            student,
+            "--params",
+            params,
+            "--train-dir",
+            str(root / "train"),
+            "--prepared",
+            str(root / "prepared"),
+            "--out",
+            str(root / "export"),
+        ]
     if stage == "evaluate":
-        argv = ["evaluate", "--student", student, "--params", params, "--train-dir", str(root / "train"),
-                "--prepared", str(root / "prepared"), "--export-dir", str(root / "export"),
-                "--out", str(root / "evaluate" / student)]
+        argv = [
+            "evaluate",
+            "--student",
+            student,
+            "--params",
+            params,
+            "--train-dir",
+            str(root / "train"),
+            "--prepared",
+            str(root / "prepared"),
+            "--export-dir",
+            str(root / "export"),
+            "--out",
+            str(root / "evaluate" / student),
+        ]
         if _accepts("evaluate", "--root-cache"):  # chains: the root teacher's cache
             argv += ["--root-cache", str(root / "cache" / "store")]
         return argv
     if stage == "leaderboard":
-        return ["leaderboard", "--params", params, "--evaluate-dir", str(root / "evaluate"), "--train-dir",
-                str(root / "train"), "--cache", str(root / "cache" / "store"), "--teacher",
-                str(root / "teacher" / "model.onnx"), "--out", str(root / "leaderboard")]
+        return [
+            "leaderboard",
+            "--params",
+            params,
+            "--evaluate-dir",
+            str(root / "evaluate"),
+            "--train-dir",
+            str(root / "train"),
+            "--cache",
+            str(root / "cache" / "store"),
+            "--teacher",
+            str(root / "teacher" / "model.onnx"),
+            "--out",
+            str(root / "leaderboard"),
+        ]
     raise ValueError(f"no command line for stage {stage!r}")
 
 

@@ -16,19 +16,36 @@ from onnx import TensorProto
 
 from stages.cli import main
 from tests.reliability.conftest import refused
-from tests.reliability.project import (INPUT_SHAPE, NAN_ROWS, NUM_CLASSES, base_params, copy_project,
-                                       prepared_arrays, stage_argv, student_recipe, teacher_onnx, write_dataset,
-                                       write_params)
+from tests.reliability.project import (
+    NAN_ROWS,
+    NUM_CLASSES,
+    base_params,
+    copy_project,
+    prepared_arrays,
+    stage_argv,
+    student_recipe,
+    teacher_onnx,
+    write_dataset,
+    write_params,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- the teacher ONNX (`distillery teacher` with `teacher.onnx: <your file>`) ---------------------
 
+
 def _teacher_stage(tmp_path, built_project, onnx_path) -> list[str]:
     params = write_params(tmp_path / "params.yaml", {"teacher": {"onnx": str(onnx_path), "provider": "cpu"}})
-    return ["teacher", "--params", str(params), "--prepared", str(built_project / "prepared"),
-            "--out", str(tmp_path / "teacher")]
+    return [
+        "teacher",
+        "--params",
+        str(params),
+        "--prepared",
+        str(built_project / "prepared"),
+        "--out",
+        str(tmp_path / "teacher"),
+    ]
 
 
 def _garbage(path: Path) -> Path:
@@ -39,17 +56,36 @@ def _garbage(path: Path) -> Path:
 TEACHER_CASES = {
     "teacher ONNX missing": lambda p: p / "nowhere.onnx",
     "teacher ONNX unreadable (not an ONNX file)": lambda p: _garbage(p / "garbage.onnx"),
-    "teacher ONNX without the named outputs": lambda p: teacher_onnx(p / "t.onnx", output_names=("scores", "emb", "map")),
+    "teacher ONNX without the named outputs": lambda p: teacher_onnx(
+        p / "t.onnx", output_names=("scores", "emb", "map")
+    ),
     "teacher ONNX with a fixed batch size of 1": lambda p: teacher_onnx(p / "t.onnx", batch=1),
     "teacher ONNX with a wrong input shape": lambda p: teacher_onnx(p / "t.onnx", input_shape=(1, 5, 5)),
-    "teacher ONNX with a wrong input dtype (float64)": lambda p: teacher_onnx(p / "t.onnx", elem_type=TensorProto.DOUBLE),
-    "teacher ONNX with another number of classes than the dataset": lambda p: teacher_onnx(p / "t.onnx", num_classes=5),
+    "teacher ONNX with a wrong input dtype (float64)": lambda p: teacher_onnx(
+        p / "t.onnx", elem_type=TensorProto.DOUBLE
+    ),
+    "teacher ONNX with another number of classes than the dataset": lambda p: teacher_onnx(
+        p / "t.onnx", num_classes=5
+    ),
 }
 
 
-@pytest.mark.parametrize("item", list(TEACHER_CASES), ids=["missing", "unreadable", "no-named-outputs", "fixed-batch-1",
-                                                       "wrong-input-shape", "wrong-input-dtype", "other-class-count"])
-def test_a_bad_teacher_onnx_is_refused_naming_the_file_and_the_fix(item, tmp_path, built_project, capsys, record):
+@pytest.mark.parametrize(
+    "item",
+    list(TEACHER_CASES),
+    ids=[
+        "missing",
+        "unreadable",
+        "no-named-outputs",
+        "fixed-batch-1",
+        "wrong-input-shape",
+        "wrong-input-dtype",
+        "other-class-count",
+    ],
+)
+def test_a_bad_teacher_onnx_is_refused_naming_the_file_and_the_fix(
+    item, tmp_path, built_project, capsys, record
+):
     onnx_path = TEACHER_CASES[item](tmp_path)
     line = refused(capsys, _teacher_stage(tmp_path, built_project, onnx_path))
     assert "TeacherModelError" in line or "TeacherInputError" in line
@@ -72,7 +108,9 @@ def test_a_bad_teacher_onnx_is_refused_by_the_cache_stage_too(tmp_path, built_pr
     record("teacher ONNX with a wrong input shape, at `distillery cache`", line)
 
 
-def test_a_teacher_with_another_class_count_is_refused_by_the_cache_stage(tmp_path, built_project, capsys, record):
+def test_a_teacher_with_another_class_count_is_refused_by_the_cache_stage(
+    tmp_path, built_project, capsys, record
+):
     project = copy_project(built_project, tmp_path / "p")
     teacher_onnx(project / "teacher" / "model.onnx", num_classes=5)
     line = refused(capsys, stage_argv(project, "cache"))
@@ -94,11 +132,18 @@ def test_nan_teacher_outputs_name_the_rows(tmp_path, capsys, record):
 
 # --- the dataset (`distillery prepare` on your own npz) -------------------------------------------
 
+
 def _prepare_npz(tmp_path, ids, labels) -> list[str]:
     _, _, _, inputs = prepared_arrays()
     np.savez(tmp_path / "data.npz", x=inputs, y=labels, ids=ids)
-    params = write_params(tmp_path / "params.yaml", {"prepare": {"dataset": {
-        "kind": "npz", "path": str(tmp_path / "data.npz"), "num_classes": NUM_CLASSES}}})
+    params = write_params(
+        tmp_path / "params.yaml",
+        {
+            "prepare": {
+                "dataset": {"kind": "npz", "path": str(tmp_path / "data.npz"), "num_classes": NUM_CLASSES}
+            }
+        },
+    )
     return ["prepare", "--params", str(params), "--out", str(tmp_path / "prepared")]
 
 
@@ -123,6 +168,7 @@ def test_duplicate_sample_ids_are_refused_naming_them(tmp_path, capsys, record):
 
 # --- the cache against the dataset and the teacher -----------------------------------------------
 
+
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
 def test_a_cache_built_on_other_data_is_refused(stage, tmp_path, built_project, capsys, record):
     project = copy_project(built_project, tmp_path / "p")
@@ -131,20 +177,32 @@ def test_a_cache_built_on_other_data_is_refused(stage, tmp_path, built_project, 
     before = (project / stage / "kd").exists() and sorted(p.name for p in (project / stage / "kd").rglob("*"))
     line = refused(capsys, stage_argv(project, stage))
     assert "StaleCacheError" in line and "dvc repro cache" in line
-    assert ((project / stage / "kd").exists() and sorted(p.name for p in (project / stage / "kd").rglob("*"))) == before
+    assert (
+        (project / stage / "kd").exists() and sorted(p.name for p in (project / stage / "kd").rglob("*"))
+    ) == before
     record(f"stale cache (data changed), at `distillery {stage}`", line)
 
 
-def test_a_cache_from_another_teacher_is_refused_where_the_teacher_file_is_used(tmp_path, built_project, capsys,
-                                                                                 record):
+def test_a_cache_from_another_teacher_is_refused_where_the_teacher_file_is_used(
+    tmp_path, built_project, capsys, record
+):
     project = copy_project(built_project, tmp_path / "p")
     teacher_onnx(project / "teacher" / "model.onnx", output_names=("logits", "embed", "feature_map"))
     for stage in ("leaderboard",):
         line = refused(capsys, stage_argv(project, stage))
         assert "StaleCacheError" in line and "teacher" in line and "dvc repro cache" in line
         record(f"stale cache (teacher changed), at `distillery {stage}`", line)
-    line = refused(capsys, ["inspect", str(project / "cache" / "store"), "--teacher",
-                            str(project / "teacher" / "model.onnx"), "--prepared", str(project / "prepared")])
+    line = refused(
+        capsys,
+        [
+            "inspect",
+            str(project / "cache" / "store"),
+            "--teacher",
+            str(project / "teacher" / "model.onnx"),
+            "--prepared",
+            str(project / "prepared"),
+        ],
+    )
     assert "StaleCacheError" in line
     record("stale cache (teacher changed), at `distillery inspect --teacher`", line)
 
@@ -159,12 +217,24 @@ def test_dataset_ids_that_do_not_match_the_cache_are_named(tmp_path, built_proje
     project = copy_project(built_project, tmp_path / "p")
     prepared = load_prepared(project / "prepared")
     keep = np.arange(len(prepared)) != 10  # a cache missing one row, carrying the dataset's fingerprint
-    rows = Rows(prepared.sample_id[keep], prepared.split[keep], prepared.label[keep], prepared.inputs[keep],
-                prepared.fingerprint)
+    rows = Rows(
+        prepared.sample_id[keep],
+        prepared.split[keep],
+        prepared.label[keep],
+        prepared.inputs[keep],
+        prepared.fingerprint,
+    )
     shutil.rmtree(project / "cache" / "store")
-    build_cache(rows, open_teacher(project / "teacher" / "model.onnx", provider="cpu"), "a" * 64, prepared.fingerprint,
-                CacheParams(rows_per_chunk=16, chunks_per_shard=2, batch_size=16, kl_sample_rows=64),
-                project / "cache" / "store", project / "scratch" / "ids", progress=False)
+    build_cache(
+        rows,
+        open_teacher(project / "teacher" / "model.onnx", provider="cpu"),
+        "a" * 64,
+        prepared.fingerprint,
+        CacheParams(rows_per_chunk=16, chunks_per_shard=2, batch_size=16, kl_sample_rows=64),
+        project / "cache" / "store",
+        project / "scratch" / "ids",
+        progress=False,
+    )
     line = refused(capsys, stage_argv(project, "train"))
     assert "Error" in line and str(prepared.sample_id[10]) in line
     record("dataset ids that do not match the cache", line)
@@ -186,7 +256,9 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 
 @pytest.mark.parametrize("how", ["flipped byte", "truncated"])
-def test_a_corrupted_cache_chunk_is_detected_naming_array_and_rows(how, tmp_path, built_project, capsys, record):
+def test_a_corrupted_cache_chunk_is_detected_naming_array_and_rows(
+    how, tmp_path, built_project, capsys, record
+):
     project = copy_project(built_project, tmp_path / "p")
     shard = project / "cache" / "store" / "logits" / "c" / "1" / "0"  # rows 32..63
     if how == "flipped byte":
@@ -202,23 +274,48 @@ def test_a_corrupted_cache_chunk_is_detected_naming_array_and_rows(how, tmp_path
 
 # --- params ----------------------------------------------------------------------------------------
 
+
 def _train_argv(project: Path, params: Path, tmp_path: Path, student: str = "kd") -> list[str]:
     """`distillery train` on the built project's data with `params`, writing under `tmp_path`."""
-    return ["train", "--student", student, "--params", str(params), "--prepared", str(project / "prepared"),
-            "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--no-progress"]
+    return [
+        "train",
+        "--student",
+        student,
+        "--params",
+        str(params),
+        "--prepared",
+        str(project / "prepared"),
+        "--out",
+        str(tmp_path / "out"),
+        "--scratch",
+        str(tmp_path / "scratch"),
+        "--no-progress",
+    ]
 
 
 PARAMS_CASES = {
-    "params: unknown key": (lambda r: student_recipe(r, epocs=3), r"students\.kd\.epocs: unknown key; did you mean 'epochs'"),
-    "params: wrong type": (lambda r: student_recipe(r, epochs="many"), r"students\.kd\.epochs: expected an integer"),
+    "params: unknown key": (
+        lambda r: student_recipe(r, epocs=3),
+        r"students\.kd\.epocs: unknown key; did you mean 'epochs'",
+    ),
+    "params: wrong type": (
+        lambda r: student_recipe(r, epochs="many"),
+        r"students\.kd\.epochs: expected an integer",
+    ),
     "params: unknown loss kind": (
-        lambda r: student_recipe(r, loss={"kd": {"kind": "hintonn", "weight": 1.0}}), r"students\.kd\.loss\.kd.*hintonn.*hinton"),
+        lambda r: student_recipe(r, loss={"kd": {"kind": "hintonn", "weight": 1.0}}),
+        r"students\.kd\.loss\.kd.*hintonn.*hinton",
+    ),
     "params: unknown student architecture": (
-        lambda r: student_recipe(r, arch={"kind": "transformer"}), r"students\.kd\.arch.*transformer.*mlp"),
+        lambda r: student_recipe(r, arch={"kind": "transformer"}),
+        r"students\.kd\.arch.*transformer.*mlp",
+    ),
 }
 
 
-@pytest.mark.parametrize("item", list(PARAMS_CASES), ids=["unknown-key", "wrong-type", "unknown-loss", "unknown-arch"])
+@pytest.mark.parametrize(
+    "item", list(PARAMS_CASES), ids=["unknown-key", "wrong-type", "unknown-loss", "unknown-arch"]
+)
 def test_a_params_typo_names_its_key_path(item, tmp_path, built_project, capsys, record):
     import re
 
@@ -240,7 +337,8 @@ def test_an_unknown_student_name_lists_the_valid_ones(tmp_path, built_project, c
 
 @pytest.mark.parametrize("side", ["student", "teacher"])
 def test_a_feature_tap_that_does_not_exist_is_refused_before_training_naming_the_valid_taps(
-        side, tmp_path, built_project, capsys, record):
+    side, tmp_path, built_project, capsys, record
+):
     params = base_params(built_project)
     params["students"]["kd"]["loss"]["hint"][f"{side}_tap"] = "nope"
     path = write_params(tmp_path / "params.yaml", params)
@@ -254,6 +352,7 @@ def test_a_feature_tap_that_does_not_exist_is_refused_before_training_naming_the
 
 # --- checkpoints -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stage", ["export", "evaluate"])
 def test_a_checkpoint_of_another_architecture_is_refused(stage, tmp_path, built_project, capsys, record):
     import json
@@ -266,21 +365,40 @@ def test_a_checkpoint_of_another_architecture_is_refused(stage, tmp_path, built_
     old = {p.name: p.read_bytes() for p in (project / stage / "kd").iterdir() if p.is_file()}
     line = refused(capsys, stage_argv(project, stage))
     assert "TrainedStudentError" in line and "does not fit this architecture" in line
-    assert {p.name: p.read_bytes() for p in (project / stage / "kd").iterdir() if p.is_file()
-            and p.name != "parity.json"} == {k: v for k, v in old.items() if k != "parity.json"}
+    assert {
+        p.name: p.read_bytes()
+        for p in (project / stage / "kd").iterdir()
+        if p.is_file() and p.name != "parity.json"
+    } == {k: v for k, v in old.items() if k != "parity.json"}
     record(f"a checkpoint from a different architecture, at `distillery {stage}`", line)
 
 
 # --- the real executable ----------------------------------------------------------------------------
+
 
 def test_the_installed_command_prints_one_line_and_exits_1(tmp_path, built_project, record):
     params = base_params(built_project)
     params["students"]["kd"]["batch_sise"] = 8
     path = write_params(tmp_path / "params.yaml", params)
     command = Path(sys.executable).with_name("distillery")
-    result = subprocess.run([str(command), "train", "--student", "kd", "--params", str(path), "--prepared",
-                             str(built_project / "prepared"), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [
+            str(command),
+            "train",
+            "--student",
+            "kd",
+            "--params",
+            str(path),
+            "--prepared",
+            str(built_project / "prepared"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == result.stderr.strip()
     assert result.stderr.startswith("distillery train: ParamsError: students.kd.batch_sise: unknown key")
@@ -299,9 +417,14 @@ def test_a_misspelt_section_name_is_refused(tmp_path, built_project, capsys, rec
     record("params: a misspelt section name (`evalute:`)", line)
 
 
-@pytest.mark.parametrize("text", ["students:\n  kd:\n    epochs: 1\n   seeds: [0]\n",
-                                  "students: !!python/object/apply:os.system ['echo pwned']\n"],
-                         ids=["bad-indentation", "python-tag"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "students:\n  kd:\n    epochs: 1\n   seeds: [0]\n",
+        "students: !!python/object/apply:os.system ['echo pwned']\n",
+    ],
+    ids=["bad-indentation", "python-tag"],
+)
 def test_params_that_are_not_plain_yaml_are_refused(text, tmp_path, built_project, capsys, record):
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -356,7 +479,9 @@ def test_a_corrupted_parquet_page_is_detected_naming_array_and_rows(tmp_path, bu
     assert main(stage_argv(project, "cache")) == 0
     path = project / "cache" / "store" / "part-000001.parquet"  # rows 32..63
     meta = pq.ParquetFile(path).metadata.row_group(0)
-    column = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("logits"))
+    column = next(
+        meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("logits")
+    )
     _flip_byte(path, column.data_page_offset + column.total_compressed_size - 3)
     line = refused(capsys, stage_argv(project, "train"))
     assert "CacheCorruptError" in line and "'logits'" in line and "32..63" in line

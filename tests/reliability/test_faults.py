@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
 from pipeline.cache.writer import completed_shards, open_build
@@ -28,9 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _killed(kill_point: str, argv: list[str]) -> subprocess.CompletedProcess:
     """`distillery <argv>` in a subprocess that SIGKILLs itself at `kill_point` (see _killed_stage)."""
-    result = subprocess.run([sys.executable, "-m", "tests.reliability._killed_stage", kill_point, *argv],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.reliability._killed_stage", kill_point, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     return result
 
@@ -55,14 +59,17 @@ def test_cache_killed_at_three_points_then_rerun_is_byte_identical(tmp_path, bui
     assert main(argv) == 0
     assert "0 shards written, 3 resumed" in capsys.readouterr().out  # finalize was the last kill
     assert tree_bytes(project / "cache" / "store") == tree_bytes(built_project / "cache" / "store")
-    record("the cache stage SIGKILLed at three points (after shard 0's record, inside the teacher in shard 2, "
-           "before the finished store is moved), then re-run",
-           "no error: the re-run printed `0 shards written, 3 resumed`; the store is byte-identical to an "
-           "uninterrupted run; `data/cache/store` never existed in between")
+    record(
+        "the cache stage SIGKILLed at three points (after shard 0's record, inside the teacher in shard 2, "
+        "before the finished store is moved), then re-run",
+        "no error: the re-run printed `0 shards written, 3 resumed`; the store is byte-identical to an "
+        "uninterrupted run; `data/cache/store` never existed in between",
+    )
 
 
-def test_disk_full_during_the_cache_write_keeps_progress_and_a_rerun_completes(tmp_path, built_project, capsys,
-                                                                               monkeypatch, record):
+def test_disk_full_during_the_cache_write_keeps_progress_and_a_rerun_completes(
+    tmp_path, built_project, capsys, monkeypatch, record
+):
     project = _fresh_cache_project(built_project, tmp_path / "p")
     real_write, calls = ZarrStore.write_array, [0]
 
@@ -74,7 +81,9 @@ def test_disk_full_during_the_cache_write_keeps_progress_and_a_rerun_completes(t
 
     monkeypatch.setattr(ZarrStore, "write_array", write_array)
     line = refused(capsys, stage_argv(project, "cache"))
-    assert "CacheDiskFullError" in line and "free space" in line and "completed shards are kept (1 of 3)" in line
+    assert (
+        "CacheDiskFullError" in line and "free space" in line and "completed shards are kept (1 of 3)" in line
+    )
     record("a full disk during the cache write", line)
     prepared = load_prepared(project / "prepared")
     assert completed_shards(open_build(project / "scratch" / "cache", prepared)) == {0}
@@ -89,8 +98,20 @@ def test_training_killed_mid_epoch_resumes_to_the_same_final_weights(tmp_path, b
     path = write_params(tmp_path / "params.yaml", params)
 
     def argv(name):
-        return ["train", "--student", "kd", "--params", str(path), "--prepared", str(built_project / "prepared"),
-                "--out", str(tmp_path / name / "out"), "--scratch", str(tmp_path / name / "scratch"), "--no-progress"]
+        return [
+            "train",
+            "--student",
+            "kd",
+            "--params",
+            str(path),
+            "--prepared",
+            str(built_project / "prepared"),
+            "--out",
+            str(tmp_path / name / "out"),
+            "--scratch",
+            str(tmp_path / name / "scratch"),
+            "--no-progress",
+        ]
 
     assert main(argv("straight")) == 0
     _killed("step:7", argv("killed"))  # epoch 2, step 3 of 4; the last checkpoint is at step 6
@@ -102,11 +123,16 @@ def test_training_killed_mid_epoch_resumes_to_the_same_final_weights(tmp_path, b
     resumed = load_file(str(tmp_path / "killed/out/seed_0/model.safetensors"))
     assert straight.keys() == resumed.keys()
     assert all((straight[k] == resumed[k]).all() for k in straight)
-    record("training SIGKILLed mid-epoch (epoch 2, before step 7 of 8), then re-run",
-           "no error: resumed from the step-6 checkpoint; model.safetensors tensors equal to an uninterrupted run")
+    record(
+        "training SIGKILLed mid-epoch (epoch 2, before step 7 of 8), then re-run",
+        "no error: resumed from the step-6 checkpoint; model.safetensors tensors equal to an "
+        "uninterrupted run",
+    )
 
 
-def test_evaluate_killed_while_writing_metrics_leaves_the_old_file_intact(tmp_path, built_project, capsys, record):
+def test_evaluate_killed_while_writing_metrics_leaves_the_old_file_intact(
+    tmp_path, built_project, capsys, record
+):
     project = copy_project(built_project, tmp_path / "p")
     metrics = project / "evaluate" / "kd" / "metrics.json"
     old = metrics.read_bytes()
@@ -118,9 +144,11 @@ def test_evaluate_killed_while_writing_metrics_leaves_the_old_file_intact(tmp_pa
     metrics.unlink()
     _killed("replace:metrics.json", stage_argv(project, "evaluate"))
     assert not metrics.exists()
-    record("evaluate SIGKILLed with metrics.json complete in its temporary file, not yet renamed",
-           "no error: the earlier metrics.json is byte-identical (or, with none before, there is none); "
-           "at most a `.tmp-metrics.json.*` file that no reader opens")
+    record(
+        "evaluate SIGKILLed with metrics.json complete in its temporary file, not yet renamed",
+        "no error: the earlier metrics.json is byte-identical (or, with none before, there is none); "
+        "at most a `.tmp-metrics.json.*` file that no reader opens",
+    )
 
 
 def test_export_killed_leaves_no_onnx_that_evaluate_would_take(tmp_path, built_project, capsys, record):
@@ -128,7 +156,9 @@ def test_export_killed_leaves_no_onnx_that_evaluate_would_take(tmp_path, built_p
     export = project / "export" / "kd"
     old_model = (export / "model.onnx").read_bytes()
     _killed("replace:model.onnx", stage_argv(project, "export"))
-    assert (export / "model.onnx").read_bytes() == old_model  # the old model, but no parity.json vouches for it
+    assert (
+        export / "model.onnx"
+    ).read_bytes() == old_model  # the old model, but no parity.json vouches for it
     assert not (export / "parity.json").exists()
     line = refused(capsys, stage_argv(project, "evaluate"))
     assert "MissingExportError" in line
@@ -136,20 +166,36 @@ def test_export_killed_leaves_no_onnx_that_evaluate_would_take(tmp_path, built_p
     _killed("replace:parity.json", stage_argv(project, "export"))
     assert not (export / "parity.json").exists()
     assert "MissingExportError" in refused(capsys, stage_argv(project, "evaluate"))
-    record("export SIGKILLed after the parity check, before parity.json is renamed, then `distillery evaluate`", line)
+    record(
+        "export SIGKILLed after the parity check, before parity.json is renamed, then `distillery evaluate`",
+        line,
+    )
     assert main(stage_argv(project, "export")) == 0
     assert json.loads((export / "parity.json").read_text())["parity"]["passed"]
 
 
-def test_a_full_disk_while_training_is_one_line_and_the_checkpoint_is_kept(tmp_path, built_project, capsys,
-                                                                          monkeypatch, record):
+def test_a_full_disk_while_training_is_one_line_and_the_checkpoint_is_kept(
+    tmp_path, built_project, capsys, monkeypatch, record
+):
     import pipeline.train.checkpoint as checkpoint
 
     params = base_params(built_project)
     params["students"]["kd"].update(epochs=2, checkpoint_every_steps=3)
     path = write_params(tmp_path / "params.yaml", params)
-    argv = ["train", "--student", "kd", "--params", str(path), "--prepared", str(built_project / "prepared"),
-            "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--no-progress"]
+    argv = [
+        "train",
+        "--student",
+        "kd",
+        "--params",
+        str(path),
+        "--prepared",
+        str(built_project / "prepared"),
+        "--out",
+        str(tmp_path / "out"),
+        "--scratch",
+        str(tmp_path / "scratch"),
+        "--no-progress",
+    ]
     real_write, calls = checkpoint.atomic_write_bytes, [0]
 
     def write(target, data):

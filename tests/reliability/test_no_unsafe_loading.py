@@ -43,12 +43,18 @@ def unsafe_uses(source: str, filename: str = "<source>") -> list[str]:
     for node in ast.walk(ast.parse(source, filename)):
         where = f"{filename}:{getattr(node, 'lineno', 0)}"
         if isinstance(node, ast.Import):
-            problems += [f"{where}: imports {a.name}" for a in node.names if a.name.split(".")[0] in PICKLING_MODULES]
+            problems += [
+                f"{where}: imports {a.name}" for a in node.names if a.name.split(".")[0] in PICKLING_MODULES
+            ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PICKLING_MODULES:
             problems.append(f"{where}: imports from {node.module}")
         elif isinstance(node, ast.ImportFrom) and node.module in ("torch", "yaml"):
-            problems += [f"{where}: imports {node.module}.{a.name} (call it as {node.module}.{a.name} so it is checked)"
-                         for a in node.names if a.name in ("load", "unsafe_load", "full_load", "load_all")]
+            problems += [
+                f"{where}: imports {node.module}.{a.name} (call it as {node.module}.{a.name} so it is "
+                f"checked)"
+                for a in node.names
+                if a.name in ("load", "unsafe_load", "full_load", "load_all")
+            ]
         elif isinstance(node, ast.Call):
             name = _dotted(node.func)
             if name in ("eval", "exec"):
@@ -75,20 +81,34 @@ def test_pipeline_and_stages_never_load_pickles_or_unsafe_yaml():
     assert problems == []
 
 
-@pytest.mark.parametrize("snippet", [
-    "import pickle", "from joblib import load", "import torch\ntorch.load('m.pt')",
-    "import torch\ntorch.load('m.pt', weights_only=False)", "import yaml\nyaml.load(text)",
-    "import yaml\nyaml.load(text, Loader=yaml.FullLoader)", "import yaml\nyaml.unsafe_load(text)",
-    "import numpy as np\nnp.load('a.npz', allow_pickle=True)", "eval('1 + 1')", "from torch import load",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import pickle",
+        "from joblib import load",
+        "import torch\ntorch.load('m.pt')",
+        "import torch\ntorch.load('m.pt', weights_only=False)",
+        "import yaml\nyaml.load(text)",
+        "import yaml\nyaml.load(text, Loader=yaml.FullLoader)",
+        "import yaml\nyaml.unsafe_load(text)",
+        "import numpy as np\nnp.load('a.npz', allow_pickle=True)",
+        "eval('1 + 1')",
+        "from torch import load",
+    ],
+)
 def test_the_check_catches_each_unsafe_form(snippet):
     assert unsafe_uses(snippet)
 
 
-@pytest.mark.parametrize("snippet", [
-    "import torch\ntorch.load('m.pt', weights_only=True)", "import yaml\nyaml.safe_load(text)",
-    "import yaml\nyaml.load(text, Loader=yaml.SafeLoader)", "import numpy as np\nnp.load('a.npz')",
-    "model.eval()",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import torch\ntorch.load('m.pt', weights_only=True)",
+        "import yaml\nyaml.safe_load(text)",
+        "import yaml\nyaml.load(text, Loader=yaml.SafeLoader)",
+        "import numpy as np\nnp.load('a.npz')",
+        "model.eval()",
+    ],
+)
 def test_the_check_accepts_the_safe_forms(snippet):
     assert unsafe_uses(snippet) == []

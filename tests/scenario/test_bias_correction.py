@@ -1,16 +1,25 @@
-"""Hinton's bias correction: finds a known bias on synthetic logits, reports before/after, is wired into evaluate."""
+"""Hinton's bias correction: finds a known bias on synthetic logits, reports before/after, is wired
+into evaluate."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.evaluate.bias_correction import (BiasCorrectionError, BiasCorrectionParams, BiasGrid, bias_classes,
-                                               bias_correction, search_bias)
+from pipeline.evaluate.bias_correction import (
+    BiasCorrectionError,
+    BiasCorrectionParams,
+    BiasGrid,
+    bias_classes,
+    bias_correction,
+    search_bias,
+)
 from pipeline.evaluate.leaderboard import leaderboard_rows, to_csv, to_markdown
 
 
-def _logits_with_a_suppressed_class(seed: int, rows: int = 600, classes: int = 5, cls: int = 2, shift: float = 4.0):
+def _logits_with_a_suppressed_class(
+    seed: int, rows: int = 600, classes: int = 5, cls: int = 2, shift: float = 4.0
+):
     """Clean logits (the true class +3 over noise) with column `cls` lowered by `shift`."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, rows)
@@ -55,9 +64,19 @@ def test_classes_default_to_the_omitted_ones():
 def test_the_leaderboard_carries_the_correction_and_adds_its_columns_only_when_present():
     spread = lambda m: {"mean": m, "std": 0.01}  # noqa: E731
     plain = {"model": "ce", "accuracy": spread(0.9), "seeds": 3}
-    fixed = {"model": "soft", "accuracy": spread(0.95), "seeds": 3, "bias_correction": {
-        "classes": [3], "accuracy_before": spread(0.95), "accuracy_after": spread(0.97),
-        "class_3_before": spread(0.6), "class_3_after": spread(0.9), "biases": {}}}
+    fixed = {
+        "model": "soft",
+        "accuracy": spread(0.95),
+        "seeds": 3,
+        "bias_correction": {
+            "classes": [3],
+            "accuracy_before": spread(0.95),
+            "accuracy_after": spread(0.97),
+            "class_3_before": spread(0.6),
+            "class_3_after": spread(0.9),
+            "biases": {},
+        },
+    }
     assert "bias fixed" not in to_markdown(leaderboard_rows([plain]))
     rows = leaderboard_rows([plain, fixed])
     assert "0.9700" in to_markdown(rows) and "0.6000" in to_markdown(rows)

@@ -87,14 +87,19 @@ def test_held_back_labels_extend_the_pool_and_contradictions_are_refused(prepare
     pool = (ids, np.arange(len(ids)) % 10)
     report = apply_budget(cache, prepared, StudentLabelBudget(held_back=True), pool).report
     assert report["available_rows"] == 340
-    assert apply_budget(cache, prepared, StudentLabelBudget(held_back=False), pool).report["available_rows"] == 300
+    assert (
+        apply_budget(cache, prepared, StudentLabelBudget(held_back=False), pool).report["available_rows"]
+        == 300
+    )
     train = prepared.split == TRAIN
     wrong = (prepared.sample_id[train][:3], (prepared.label[train][:3] + 1) % 10)
     with pytest.raises(LabelPoolError, match="teacher_train"):
         apply_budget(cache, prepared, StudentLabelBudget(held_back=True), wrong)
 
 
-def test_a_masked_row_gives_no_hard_label_gradient_and_an_all_masked_batch_trains_on_soft_terms(prepared, cache):
+def test_a_masked_row_gives_no_hard_label_gradient_and_an_all_masked_batch_trains_on_soft_terms(
+    prepared, cache
+):
     budgeted = apply_budget(cache, prepared, StudentLabelBudget(per_class=1))
     data = join_training_data(budgeted.reader, budgeted.prepared, "all")
     masked = data.train_rows[budgeted.reader.label[data.train_rows] == UNLABELLED][:32]
@@ -103,16 +108,18 @@ def test_a_masked_row_gives_no_hard_label_gradient_and_an_all_masked_batch_train
     (member,) = build_members(params, data, seed=0)
     inputs = torch.from_numpy(data.inputs[batch.rows])
     output = member.model(inputs)
-    total, terms = member.recipe(LossInputs(student_logits=output.logits, teacher_logits=batch.logits,
-                                            labels=batch.label))
+    total, terms = member.recipe(
+        LossInputs(student_logits=output.logits, teacher_logits=batch.logits, labels=batch.label)
+    )
     total.backward()
     assert total.item() == 0.0
     assert all(p.grad is None or torch.all(p.grad == 0) for p in member.model.parameters())
     kd = student_params(loss={"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5}})
     (member,) = build_members(kd, data, seed=0)
     output = member.model(inputs)
-    total, terms = member.recipe(LossInputs(student_logits=output.logits, teacher_logits=batch.logits,
-                                            labels=batch.label))
+    total, terms = member.recipe(
+        LossInputs(student_logits=output.logits, teacher_logits=batch.logits, labels=batch.label)
+    )
     total.backward()
     grads = [p.grad for p in member.model.parameters()]
     assert torch.isfinite(total) and total.item() > 0 and terms["ce"].item() == 0.0
@@ -123,8 +130,9 @@ def test_a_masked_row_gives_no_hard_label_gradient_and_an_all_masked_batch_train
 
 def test_training_with_a_budget_writes_its_report_of_labels_kept_per_class(tmp_path, prepared, cache):
     params = student_params(label_budget={"per_class": 2, "seed": 0}, train_rows="labelled", epochs=1)
-    summary = train_from_reader("b", params, cache, prepared, tmp_path / "out", tmp_path / "scratch",
-                                progress=False, threads=1)
+    summary = train_from_reader(
+        "b", params, cache, prepared, tmp_path / "out", tmp_path / "scratch", progress=False, threads=1
+    )
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert written["label_budget"]["labelled_rows"] == 20 == summary["label_budget"]["labelled_rows"]
     assert written["label_budget"]["class_counts"] == {str(c): 2 for c in range(10)}

@@ -1,4 +1,5 @@
-"""The accuracy-vs-labels curve: every (recipe, budget, seed) from one on-disk cache, its files, clipping, held-back labels."""
+"""The accuracy-vs-labels curve: every (recipe, budget, seed) from one on-disk cache, its files,
+clipping, held-back labels."""
 
 from __future__ import annotations
 
@@ -24,17 +25,27 @@ TRAIN, UNLABELLED = SPLITS.index("train"), SPLITS.index("unlabelled")
 
 
 STUDENTS = {
-    "ce_only": {"arch": {"kind": "mlp", "hidden": [8]}, "epochs": 1, "seeds": [0], "train_rows": "labelled",
-                "loss": {"ce": {"kind": "ce", "weight": 1.0}}},
-    "kd": {"arch": {"kind": "mlp", "hidden": [8]}, "epochs": 1, "seeds": [0],
-           "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5}}},
+    "ce_only": {
+        "arch": {"kind": "mlp", "hidden": [8]},
+        "epochs": 1,
+        "seeds": [0],
+        "train_rows": "labelled",
+        "loss": {"ce": {"kind": "ce", "weight": 1.0}},
+    },
+    "kd": {
+        "arch": {"kind": "mlp", "hidden": [8]},
+        "epochs": 1,
+        "seeds": [0],
+        "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5}},
+    },
 }
 CURVE = {"per_class": [2, 5, "all"], "students": ["ce_only", "kd"], "seeds": [0, 1], "steps": 6}
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """Prepared data whose budget held back the labels of 100 train rows (kept in teacher_train), and its cache."""
+    """Prepared data whose budget held back the labels of 100 train rows (kept in teacher_train), and
+    its cache."""
     root = tmp_path_factory.mktemp("curve")
     data = synthetic_prepared({"train": 160, "val": 40, "test": 30, "unlabelled": 0})
     train = np.flatnonzero(data.split == TRAIN)
@@ -42,21 +53,46 @@ def project(tmp_path_factory):
     split, label = data.split.copy(), data.label.copy()
     split[held], label[held] = UNLABELLED, -1
     write_prepared(make_prepared(data.sample_id, split, label, data.inputs, 10), root / "prepared")
-    write_prepared(make_prepared(data.sample_id[train], data.split[train], data.label[train], data.inputs[train], 10),
-                   root / "prepared" / TEACHER_TRAIN_DIR)
+    write_prepared(
+        make_prepared(data.sample_id[train], data.split[train], data.label[train], data.inputs[train], 10),
+        root / "prepared" / TEACHER_TRAIN_DIR,
+    )
     prepared = load_prepared(root / "prepared")
-    build_cache(prepared, LinearTeacher(), "a" * 64, prepared.fingerprint,
-                CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64),
-                root / "cache/store", root / "cache/scratch", progress=False)
+    build_cache(
+        prepared,
+        LinearTeacher(),
+        "a" * 64,
+        prepared.fingerprint,
+        CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64),
+        root / "cache/store",
+        root / "cache/scratch",
+        progress=False,
+    )
     (root / "params.yaml").write_text(yaml.safe_dump({"students": STUDENTS, "label_curve": CURVE}))
     return root
 
 
 def test_the_stage_writes_every_run_the_means_the_dvc_plot_and_the_png_from_one_cache(project, capsys):
     out = project / "label_curve"
-    assert main(["label-curve", "--params", str(project / "params.yaml"), "--prepared", str(project / "prepared"),
-                 "--cache", str(project / "cache/store"), "--out", str(out),
-                 "--scratch", str(project / "scratch"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "label-curve",
+                "--params",
+                str(project / "params.yaml"),
+                "--prepared",
+                str(project / "prepared"),
+                "--cache",
+                str(project / "cache/store"),
+                "--out",
+                str(out),
+                "--scratch",
+                str(project / "scratch"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "label-curve: kd:" in capsys.readouterr().out
     runs = list(csv.DictReader((out / "curve.csv").open()))
     assert len(runs) == 2 * 3 * 2 and {r["student"] for r in runs} == {"ce_only", "kd"}
@@ -83,8 +119,8 @@ def test_without_held_back_labels_a_large_budget_clips_to_the_cache_labels(tmp_p
 def test_every_run_gets_the_same_number_of_steps_and_unknown_students_are_named():
     base = validate_students({"ce": STUDENTS["ce_only"]})["ce"]
     curve = LabelCurveParams(steps=360)
-    assert point_params(base, 5, curve, train_rows=50).epochs == 360          # 1 step per epoch
-    assert point_params(base, None, curve, train_rows=1169).epochs == 20      # 18 steps per epoch
+    assert point_params(base, 5, curve, train_rows=50).epochs == 360  # 1 step per epoch
+    assert point_params(base, None, curve, train_rows=1169).epochs == 20  # 18 steps per epoch
     assert point_params(base, 5, curve, 50).label_budget.per_class == 5
     with pytest.raises(LabelCurveError, match="no student named nope"):
         run_label_curve(LabelCurveParams(students=["nope"]), {"ce": base}, None, None, "unused")

@@ -73,8 +73,17 @@ def _save(tmp_path, arch, seed=0, name="kd"):
     torch.manual_seed(seed)
     model = build_student(arch, (1, 8, 8), 10)
     seed_dir = tmp_path / name / f"seed_{seed}"
-    save_trained_student(seed_dir, model, {"student": name, "seed": seed, "arch": parse_arch(arch).model_dump(mode="json"),
-                                           "input_shape": [1, 8, 8], "num_classes": 10})
+    save_trained_student(
+        seed_dir,
+        model,
+        {
+            "student": name,
+            "seed": seed,
+            "arch": parse_arch(arch).model_dump(mode="json"),
+            "input_shape": [1, 8, 8],
+            "num_classes": 10,
+        },
+    )
     return model, seed_dir
 
 
@@ -96,7 +105,9 @@ def test_checkpoint_of_another_architecture_is_refused_naming_the_shapes(tmp_pat
     config = json.loads((seed_dir / "student.json").read_text())
     config["arch"] = {"kind": "mlp", "hidden": [48]}
     (seed_dir / "student.json").write_text(json.dumps(config))
-    with pytest.raises(TrainedStudentError, match=r"hidden.0.weight: checkpoint has \[32, 64\], model expects \[48, 64\]"):
+    with pytest.raises(
+        TrainedStudentError, match=r"hidden.0.weight: checkpoint has \[32, 64\], model expects \[48, 64\]"
+    ):
         load_trained_student(seed_dir)
 
 
@@ -120,5 +131,6 @@ def test_list_trained_finds_single_students_and_cohort_members(tmp_path):
     _save(tmp_path / "train" / "cohort", ARCHS["mlp"], 0, name="a")
     _save(tmp_path / "train" / "cohort", ARCHS["mlp"], 0, name="b")
     assert {k: [p.name for p in v] for k, v in list_trained(tmp_path / "train" / "kd").items()} == {
-        "kd": ["seed_0", "seed_2", "seed_10"]}
+        "kd": ["seed_0", "seed_2", "seed_10"]
+    }
     assert sorted(list_trained(tmp_path / "train" / "cohort")) == ["cohort/a", "cohort/b"]

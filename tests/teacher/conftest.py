@@ -10,23 +10,39 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.data.prepared import make_prepared
 
 
-def tiny_onnx(path, batch="batch", input_shape=(1, 4, 4), input_name="input", elem_type=TensorProto.FLOAT,
-              classes=3, outputs=("logits", "embed")):
+def tiny_onnx(
+    path,
+    batch="batch",
+    input_shape=(1, 4, 4),
+    input_name="input",
+    elem_type=TensorProto.FLOAT,
+    classes=3,
+    outputs=("logits", "embed"),
+):
     """input (batch, *input_shape) -> Flatten = `embed` -> MatMul = `logits`; `outputs` picks which
     of the two are graph outputs (and under which names, in that order)."""
     size = int(np.prod(input_shape))
-    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(size, classes)).astype(np.float32), "W")
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(size, classes)).astype(np.float32), "W"
+    )
     cast = elem_type != TensorProto.FLOAT
-    nodes = ([helper.make_node("Cast", [input_name], ["x32"], to=TensorProto.FLOAT)] if cast else [])
-    nodes += [helper.make_node("Flatten", ["x32" if cast else input_name], ["flat"], axis=1),
-              helper.make_node("MatMul", ["flat", "W"], ["scores"])]
+    nodes = [helper.make_node("Cast", [input_name], ["x32"], to=TensorProto.FLOAT)] if cast else []
+    nodes += [
+        helper.make_node("Flatten", ["x32" if cast else input_name], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["scores"]),
+    ]
     produced = {"flat": [batch, size], "scores": [batch, classes]}
     graph_outputs = []
     for name, source in zip(outputs, ("scores", "flat")):
         nodes.append(helper.make_node("Identity", [source], [name]))
         graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, produced[source]))
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info(input_name, elem_type, [batch, *input_shape])],
-                              graph_outputs, [weight])
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info(input_name, elem_type, [batch, *input_shape])],
+        graph_outputs,
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10  # onnx 1.23 writes IR 14, which ONNX Runtime 1.31 refuses (ecosystem.md §3.5)
     onnx.save(model, str(path))

@@ -53,14 +53,18 @@ def test_training_is_deterministic_for_a_seed(digits_subset):
 
 
 def test_training_needs_labelled_train_rows(digits_subset):
-    data = make_prepared(np.arange(4), ["train", "unlabelled", "val", "test"], [-1, -1, 0, 1], np.zeros((4, 1, 8, 8)), 2)
+    data = make_prepared(
+        np.arange(4), ["train", "unlabelled", "val", "test"], [-1, -1, 0, 1], np.zeros((4, 1, 8, 8)), 2
+    )
     with pytest.raises(BuiltinTeacherError, match="no labelled rows"):
         train_builtin_teacher(data, BuiltinTeacherParams(**SMALL), progress=False)
 
 
 def test_built_teacher_is_exported_checked_and_measured(tmp_path, digits_subset):
     params = TeacherParams(builtin=BuiltinTeacherParams(**{**SMALL, "epochs": 10}), provider="cpu")
-    metrics = build_builtin_teacher(digits_subset, digits_subset, params, tmp_path / "model.onnx", progress=False)
+    metrics = build_builtin_teacher(
+        digits_subset, digits_subset, params, tmp_path / "model.onnx", progress=False
+    )
     assert metrics["source"] == "builtin" and metrics["provider"] == "CPUExecutionProvider"
     assert set(metrics["accuracy"]) == {"train", "val", "test"} and metrics["test_accuracy"] > 0.7
     assert metrics["parity"]["passed"] and metrics["parity"]["batch_sizes"] == [1, 7, 64]
@@ -74,7 +78,9 @@ def test_built_teacher_is_exported_checked_and_measured(tmp_path, digits_subset)
 
 def test_user_teacher_is_validated_copied_and_measured(tmp_path, tiny_data):
     source = tiny_onnx(tmp_path / "mine.onnx")
-    metrics = adopt_user_teacher(source, tiny_data, TeacherParams(provider="cpu"), tmp_path / "out" / "model.onnx")
+    metrics = adopt_user_teacher(
+        source, tiny_data, TeacherParams(provider="cpu"), tmp_path / "out" / "model.onnx"
+    )
     assert (tmp_path / "out" / "model.onnx").read_bytes() == source.read_bytes()
     assert metrics["source"] == "user" and metrics["parameters"] == 16 * 3
     assert set(metrics["accuracy"]) == {"train", "val", "test"} and metrics["parity_max_abs_diff"] is None
@@ -91,8 +97,11 @@ def test_teacher_stage_with_a_user_onnx_writes_model_and_metrics(tmp_path, tiny_
     write_prepared(tiny_data, tmp_path / "prepared")
     source = tiny_onnx(tmp_path / "mine.onnx")
     (tmp_path / "params.yaml").write_text(f"teacher:\n  onnx: {source}\n  provider: cpu\n")
-    args = argparse.Namespace(params=str(tmp_path / "params.yaml"), prepared=str(tmp_path / "prepared"),
-                              out=str(tmp_path / "teacher"))
+    args = argparse.Namespace(
+        params=str(tmp_path / "params.yaml"),
+        prepared=str(tmp_path / "prepared"),
+        out=str(tmp_path / "teacher"),
+    )
     assert teacher_stage.run(args) == 0
     metrics = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
     assert metrics["source"] == "user" and (tmp_path / "teacher" / "model.onnx").exists()

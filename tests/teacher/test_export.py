@@ -78,4 +78,6 @@ def test_parity_failure_names_the_worst_output(tmp_path, batches):
     with pytest.raises(OnnxParityError, match="output 'logits'"):
         check_onnx_parity(module, path, batches)
     report = check_onnx_parity(module, path, batches, raise_on_mismatch=False)
-    assert not report["passed"] and report["outputs"]["logits"]["max_abs_diff"] == pytest.approx(1.0, abs=1e-5)
+    assert not report["passed"] and report["outputs"]["logits"]["max_abs_diff"] == pytest.approx(
+        1.0, abs=1e-5
+    )

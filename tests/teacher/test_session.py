@@ -98,11 +98,15 @@ def test_auto_without_a_gpu_logs_one_clean_line(tiny_teacher, caplog, capfd):
         teacher = open_teacher(tiny_teacher, provider="auto")
     assert teacher.provider == "CPUExecutionProvider"
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and lines[0].startswith("teacher runs on CPUExecutionProvider (CUDA provider unavailable:")
+    assert len(lines) == 1 and lines[0].startswith(
+        "teacher runs on CPUExecutionProvider (CUDA provider unavailable:"
+    )
     assert "onnxruntime" not in capfd.readouterr().err
 
 
-def test_auto_falls_back_quietly_when_the_cuda_provider_fails_to_load(tiny_teacher, caplog, capfd, monkeypatch):
+def test_auto_falls_back_quietly_when_the_cuda_provider_fails_to_load(
+    tiny_teacher, caplog, capfd, monkeypatch
+):
     # as on a GPU machine without the CUDA 13 / cuDNN 9 libraries: the probe session falls back
     monkeypatch.setattr(session_module, "_cuda_plausible", lambda: (True, ""))
     with caplog.at_level(logging.INFO, logger="pipeline.teacher.session"):

@@ -6,6 +6,7 @@ No disk, no teacher: the "teacher" is a fixed random linear map of the inputs, s
 from __future__ import annotations
 
 import numpy as np
+
 from pipeline.cache.batch import SPLITS
 from pipeline.cache.reader import MemoryCache
 from pipeline.data.prepared import PreparedData
@@ -37,18 +38,28 @@ def make_cache(prepared: PreparedData, seed: int = 1, order=None) -> MemoryCache
     logits = (flat @ rng.normal(size=(flat.shape[1], NUM_CLASSES)) * 0.3).astype(np.float16)
     embed = np.tanh(flat @ rng.normal(size=(flat.shape[1], 16)) * 0.1).astype(np.float32)
     conv = rng.normal(size=(len(prepared), 8, 4, 4)).astype(np.float16)
-    return MemoryCache(prepared.sample_id[order], prepared.split[order], prepared.label[order],
-                       logits[order], {"embed": embed[order], "conv": conv[order]})
+    return MemoryCache(
+        prepared.sample_id[order],
+        prepared.split[order],
+        prepared.label[order],
+        logits[order],
+        {"embed": embed[order], "conv": conv[order]},
+    )
 
 
 def student_params(**overrides) -> StudentParams:
     """Cheap params: an MLP, CE + KD, 2 epochs of batch 32, one seed."""
     base = {
         "arch": {"kind": "mlp", "hidden": [32, 16]},
-        "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0}},
+        "loss": {
+            "ce": {"kind": "ce", "weight": 0.5},
+            "kd": {"kind": "hinton", "weight": 0.5, "temperature": 4.0},
+        },
         "optimizer": {"kind": "adamw", "lr": 0.01},
         "schedule": {"kind": "cosine", "warmup_epochs": 0.5},
-        "epochs": 2, "batch_size": 32, "seeds": [0],
+        "epochs": 2,
+        "batch_size": 32,
+        "seeds": [0],
     }
     base.update(overrides)
     return StudentParams.model_validate(base)

@@ -27,14 +27,19 @@ def test_cache_ids_missing_from_the_dataset_are_refused_and_named():
     ids = prepared.sample_id.copy()
     ids[ids == cache.sample_id[3]] = 99
     other = PreparedData(ids, prepared.split, prepared.label, prepared.inputs, 10, "other")
-    with pytest.raises(CacheAlignmentError, match=rf"cache row\(s\) have ids the dataset lacks: {cache.sample_id[3]}.*dvc repro cache"):
+    with pytest.raises(
+        CacheAlignmentError,
+        match=rf"cache row\(s\) have ids the dataset lacks: {cache.sample_id[3]}.*dvc repro cache",
+    ):
         join_training_data(cache, other, "all")
 
 
 def test_dataset_samples_without_a_cache_row_are_refused():
     prepared = make_prepared()
     cache = make_cache(prepared, order=np.arange(len(prepared) - 1))
-    with pytest.raises(CacheAlignmentError, match=rf"1 sample id\(s\) are not in the cache: {prepared.sample_id[-1]}"):
+    with pytest.raises(
+        CacheAlignmentError, match=rf"1 sample id\(s\) are not in the cache: {prepared.sample_id[-1]}"
+    ):
         join_training_data(cache, prepared, "all")
 
 

@@ -28,8 +28,17 @@ def cache(prepared):
 
 
 def _train(tmp_path, prepared, cache, params, tag="run", **kwargs):
-    return train_from_reader("kd", params, cache, prepared, tmp_path / tag / "out", tmp_path / tag / "scratch",
-                             progress=False, threads=1, **kwargs)
+    return train_from_reader(
+        "kd",
+        params,
+        cache,
+        prepared,
+        tmp_path / tag / "out",
+        tmp_path / tag / "scratch",
+        progress=False,
+        threads=1,
+        **kwargs,
+    )
 
 
 def _weights(path):
@@ -87,13 +96,17 @@ class _CountingCache:
 
 
 def test_a_cohort_trains_every_member_in_one_pass_over_the_cache(tmp_path, prepared, cache):
-    members = {"a": {"arch": {"kind": "mlp", "hidden": [16]}}, "b": {"arch": {"kind": "mlp", "hidden": [48]}},
-               "c": {"arch": {"kind": "cnn", "channels": [4], "embed": 8}}}
+    members = {
+        "a": {"arch": {"kind": "mlp", "hidden": [16]}},
+        "b": {"arch": {"kind": "mlp", "hidden": [48]}},
+        "c": {"arch": {"kind": "cnn", "channels": [4], "embed": 8}},
+    }
     loss = {"ce": {"kind": "ce", "weight": 0.5}, "mutual": {"kind": "mutual", "weight": 0.5}}
     params = student_params(arch=None, cohort={"members": members}, loss=loss, eval_batch_size=1000)
     counting = _CountingCache(cache)
-    result = train_from_reader("trio", params, counting, prepared, tmp_path / "out", tmp_path / "scratch",
-                               progress=False)
+    result = train_from_reader(
+        "trio", params, counting, prepared, tmp_path / "out", tmp_path / "scratch", progress=False
+    )
     steps = params.epochs * (200 // params.batch_size)
     val_batches = params.epochs  # one eval batch per epoch
     assert counting.calls == steps + val_batches
@@ -123,7 +136,9 @@ def test_unlabelled_rows_contribute_soft_terms_only(prepared, cache):
     def gradient(weights):
         model.zero_grad()
         output = model(torch.from_numpy(data.inputs[batch.rows]))
-        _, terms = recipe(LossInputs(output.logits, batch.logits, batch.label, output.features, batch.features))
+        _, terms = recipe(
+            LossInputs(output.logits, batch.logits, batch.label, output.features, batch.features)
+        )
         sum(weights[k] * v for k, v in terms.items() if k in weights).backward()
         return terms, model.classifier.weight.grad.clone()
 
@@ -156,9 +171,14 @@ def test_a_checkpoint_for_other_params_is_not_resumed(tmp_path, prepared, cache)
 def test_a_student_tap_that_does_not_exist_is_refused_when_the_recipe_is_built(prepared, cache):
     from pipeline.losses._taps import MissingTapError
 
-    params = student_params(loss={"feature": {"kind": "feature", "student_tap": "conv", "teacher_tap": "conv"}})
+    params = student_params(
+        loss={"feature": {"kind": "feature", "student_tap": "conv", "teacher_tap": "conv"}}
+    )
     data = join_training_data(cache, prepared, "all")
-    with pytest.raises(MissingTapError, match="student tap 'conv' does not exist; valid student taps: embed, hidden1, hidden2"):
+    with pytest.raises(
+        MissingTapError,
+        match="student tap 'conv' does not exist; valid student taps: embed, hidden1, hidden2",
+    ):
         build_members(params, data, 0)
 
 

@@ -13,8 +13,9 @@ LOSS = {"ce": {"kind": "ce", "weight": 1.0}}
 
 
 def test_unknown_student_name_lists_the_valid_ones():
-    students = validate_students({"kd": {"arch": {"kind": "mlp"}, "loss": LOSS},
-                                  "ce_only": {"arch": {"kind": "mlp"}, "loss": LOSS}})
+    students = validate_students(
+        {"kd": {"arch": {"kind": "mlp"}, "loss": LOSS}, "ce_only": {"arch": {"kind": "mlp"}, "loss": LOSS}}
+    )
     with pytest.raises(UnknownStudentError, match="no student named 'nope'.*valid: ce_only, kd"):
         select_student(students, "nope")
 
@@ -28,14 +29,23 @@ def test_a_student_needs_exactly_one_of_arch_and_cohort():
     with pytest.raises(ParamsError, match="exactly one of `arch`"):
         validate_students({"kd": {"loss": LOSS}})
     with pytest.raises(ParamsError, match="exactly one of `arch`"):
-        validate_students({"kd": {"arch": {"kind": "mlp"}, "loss": LOSS,
-                                  "cohort": {"members": {"a": {"arch": {"kind": "mlp"}}}}}})
+        validate_students(
+            {
+                "kd": {
+                    "arch": {"kind": "mlp"},
+                    "loss": LOSS,
+                    "cohort": {"members": {"a": {"arch": {"kind": "mlp"}}}},
+                }
+            }
+        )
 
 
 def test_cohort_members_share_the_recipe_unless_they_override_it():
     other = {"kd": {"kind": "hinton", "weight": 1.0}}
-    params = student_params(arch=None, cohort={"members": {"a": {"arch": {"kind": "mlp"}},
-                                                           "b": {"arch": {"kind": "cnn"}, "loss": other}}})
+    params = student_params(
+        arch=None,
+        cohort={"members": {"a": {"arch": {"kind": "mlp"}}, "b": {"arch": {"kind": "cnn"}, "loss": other}}},
+    )
     members = params.members()
     assert list(members) == ["a", "b"]
     assert members["a"][1] == params.loss
@@ -45,7 +55,9 @@ def test_cohort_members_share_the_recipe_unless_they_override_it():
 def test_unknown_student_on_the_command_line_exits_1_listing_the_valid_ones(tmp_path, monkeypatch, capsys):
     from stages.cli import main
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"students": {"kd": {"arch": {"kind": "mlp"}, "loss": LOSS}}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"students": {"kd": {"arch": {"kind": "mlp"}, "loss": LOSS}}})
+    )
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--student", "nope"]) == 1
     assert "valid: kd" in capsys.readouterr().err
@@ -54,7 +66,9 @@ def test_unknown_student_on_the_command_line_exits_1_listing_the_valid_ones(tmp_
 def test_unknown_loss_kind_lists_the_valid_families():
     pytest.importorskip("pipeline.losses.recipe")
     with pytest.raises(ParamsError, match="students.kd.loss.kd.*'hintonn' is not known; valid: .*hinton"):
-        validate_students({"kd": {"arch": {"kind": "mlp"}, "loss": {"kd": {"kind": "hintonn", "weight": 1.0}}}})
+        validate_students(
+            {"kd": {"arch": {"kind": "mlp"}, "loss": {"kd": {"kind": "hintonn", "weight": 1.0}}}}
+        )
 
 
 def test_cohort_member_names_must_be_directory_names():

@@ -13,18 +13,32 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.helpers import make_cache, make_prepared, student_params
 from pipeline.train.run import train_from_reader
+from tests.train.helpers import make_cache, make_prepared, student_params
 
 ROOT = Path(__file__).resolve().parents[2]
 # Dropout and CRD's bank negatives draw from the torch RNG every step, so its state must be restored;
 # the feature term's projection lives in the recipe, so the recipe's weights must be restored too.
-PARAMS = {"arch": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.2}, "epochs": 3, "checkpoint_every_steps": 2,
-          "seeds": [0], "optimizer": {"kind": "adamw", "lr": 0.01},
-          "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5},
-                   "feature": {"kind": "feature", "weight": 1.0, "student_tap": "embed", "teacher_tap": "embed"},
-                   "crd": {"kind": "crd", "weight": 0.1, "student_tap": "hidden1", "teacher_tap": "embed",
-                           "negatives": "bank", "num_negatives": 64}}}
+PARAMS = {
+    "arch": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.2},
+    "epochs": 3,
+    "checkpoint_every_steps": 2,
+    "seeds": [0],
+    "optimizer": {"kind": "adamw", "lr": 0.01},
+    "loss": {
+        "ce": {"kind": "ce", "weight": 0.5},
+        "kd": {"kind": "hinton", "weight": 0.5},
+        "feature": {"kind": "feature", "weight": 1.0, "student_tap": "embed", "teacher_tap": "embed"},
+        "crd": {
+            "kind": "crd",
+            "weight": 0.1,
+            "student_tap": "hidden1",
+            "teacher_tap": "embed",
+            "negatives": "bank",
+            "num_negatives": 64,
+        },
+    },
+}
 
 CHILD = """
 import os, signal
@@ -41,9 +55,16 @@ train_from_reader("kd", params, make_cache(prepared), prepared, "{out}", "{scrat
 
 
 def _killed_run(tmp_path, kill_step):
-    code = CHILD.format(params=repr(PARAMS), kill_step=kill_step, out=tmp_path / "out", scratch=tmp_path / "scratch")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = CHILD.format(
+        params=repr(PARAMS), kill_step=kill_step, out=tmp_path / "out", scratch=tmp_path / "scratch"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
 
 
@@ -51,24 +72,33 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
     prepared = make_prepared()
     cache = make_cache(prepared)
     params = student_params(**PARAMS)
-    train_from_reader("kd", params, cache, prepared, tmp_path / "straight/out", tmp_path / "straight/scratch",
-                      progress=False)
+    train_from_reader(
+        "kd",
+        params,
+        cache,
+        prepared,
+        tmp_path / "straight/out",
+        tmp_path / "straight/scratch",
+        progress=False,
+    )
 
     killed = tmp_path / "killed"
-    _killed_run(killed, kill_step=9)     # epoch 1, step 3 of 6; last checkpoint at step 8
+    _killed_run(killed, kill_step=9)  # epoch 1, step 3 of 6; last checkpoint at step 8
     checkpoint = json.loads((killed / "scratch/seed_0/checkpoint.json").read_text())
     assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 2)
-    _killed_run(killed, kill_step=13)    # resumed, then killed again early in epoch 2
-    assert not (killed / "out").exists()                     # nothing half-written in the declared output
+    _killed_run(killed, kill_step=13)  # resumed, then killed again early in epoch 2
+    assert not (killed / "out").exists()  # nothing half-written in the declared output
 
-    train_from_reader("kd", params, cache, prepared, killed / "out", killed / "scratch",
-                      progress=False)
+    train_from_reader("kd", params, cache, prepared, killed / "out", killed / "scratch", progress=False)
     for seed in ("seed_0",):
         straight = load_file(str(tmp_path / f"straight/out/{seed}/model.safetensors"))
         resumed = load_file(str(killed / f"out/{seed}/model.safetensors"))
         for name in straight:
             assert torch.equal(straight[name], resumed[name]), (seed, name)
-    curves = [json.loads((root / "out/seed_0/live/metrics.json").read_text()) for root in (tmp_path / "straight", killed)]
+    curves = [
+        json.loads((root / "out/seed_0/live/metrics.json").read_text())
+        for root in (tmp_path / "straight", killed)
+    ]
     assert curves[0] == curves[1]
     rows = (killed / "out/seed_0/live/plots/metrics/val/acc.tsv").read_text().strip().splitlines()
     assert len(rows) == 1 + PARAMS["epochs"]  # each epoch logged once despite two kills
@@ -86,22 +116,44 @@ def _crash_at(step):
     return hook
 
 
-@pytest.mark.parametrize("overrides", [
-    {"optimizer": {"kind": "sgd", "lr": 0.05, "momentum": 0.9}, "checkpoint_every_steps": 4},
-    {"arch": None, "loss": {"ce": {"kind": "ce", "weight": 1.0}, "mutual": {"kind": "mutual", "weight": 1.0}},
-     "cohort": {"members": {"a": {"arch": {"kind": "mlp", "hidden": [16]}},
-                            "b": {"arch": {"kind": "cnn", "channels": [4], "embed": 8}}}}},
-], ids=["sgd-momentum", "cohort-mutual"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer": {"kind": "sgd", "lr": 0.05, "momentum": 0.9}, "checkpoint_every_steps": 4},
+        {
+            "arch": None,
+            "loss": {"ce": {"kind": "ce", "weight": 1.0}, "mutual": {"kind": "mutual", "weight": 1.0}},
+            "cohort": {
+                "members": {
+                    "a": {"arch": {"kind": "mlp", "hidden": [16]}},
+                    "b": {"arch": {"kind": "cnn", "channels": [4], "embed": 8}},
+                }
+            },
+        },
+    ],
+    ids=["sgd-momentum", "cohort-mutual"],
+)
 def test_a_crashed_run_resumes_to_identical_weights(tmp_path, overrides):
     prepared = make_prepared()
     cache = make_cache(prepared)
     params = student_params(**{"epochs": 2, "checkpoint_every_steps": 3, **overrides})
-    straight = train_from_reader("s", params, cache, prepared, tmp_path / "a/out", tmp_path / "a/scratch", progress=False,
-                                 threads=1)
+    straight = train_from_reader(
+        "s", params, cache, prepared, tmp_path / "a/out", tmp_path / "a/scratch", progress=False, threads=1
+    )
     with pytest.raises(_Crash):
-        train_from_reader("s", params, cache, prepared, tmp_path / "b/out", tmp_path / "b/scratch",
-                          progress=False, on_step=_crash_at(8))
-    resumed = train_from_reader("s", params, cache, prepared, tmp_path / "b/out", tmp_path / "b/scratch", progress=False)
+        train_from_reader(
+            "s",
+            params,
+            cache,
+            prepared,
+            tmp_path / "b/out",
+            tmp_path / "b/scratch",
+            progress=False,
+            on_step=_crash_at(8),
+        )
+    resumed = train_from_reader(
+        "s", params, cache, prepared, tmp_path / "b/out", tmp_path / "b/scratch", progress=False
+    )
     assert straight["models"] == resumed["models"]
     for weights in (tmp_path / "a/out").rglob("model.safetensors"):
         other = load_file(str(tmp_path / "b/out" / weights.relative_to(tmp_path / "a/out")))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,20 +24,47 @@ def project(tmp_path_factory):
     write_prepared(make_prepared(data.sample_id, data.split, data.label, data.inputs, 10), root / "prepared")
     prepared = load_prepared(root / "prepared")
     params = CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64)
-    build_cache(prepared, LinearTeacher(), "a" * 64, prepared.fingerprint, params,
-                root / "cache/store", root / "cache/scratch", progress=False)
+    build_cache(
+        prepared,
+        LinearTeacher(),
+        "a" * 64,
+        prepared.fingerprint,
+        params,
+        root / "cache/store",
+        root / "cache/scratch",
+        progress=False,
+    )
     students = {
-        "kd": {"arch": {"kind": "mlp", "hidden": [16]}, "epochs": 2, "seeds": [0, 1],
-               "cache": str(root / "cache/store"),
-               "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5}}},
+        "kd": {
+            "arch": {"kind": "mlp", "hidden": [16]},
+            "epochs": 2,
+            "seeds": [0, 1],
+            "cache": str(root / "cache/store"),
+            "loss": {"ce": {"kind": "ce", "weight": 0.5}, "kd": {"kind": "hinton", "weight": 0.5}},
+        },
     }
     (root / "params.yaml").write_text(yaml.safe_dump({"students": students}))
     return root
 
 
 def _train(root, *extra):
-    return main(["train", "--student", "kd", "--params", str(root / "params.yaml"), "--prepared", str(root / "prepared"),
-                 "--out", str(root / "train/kd"), "--scratch", str(root / "scratch/kd"), "--no-progress", *extra])
+    return main(
+        [
+            "train",
+            "--student",
+            "kd",
+            "--params",
+            str(root / "params.yaml"),
+            "--prepared",
+            str(root / "prepared"),
+            "--out",
+            str(root / "train/kd"),
+            "--scratch",
+            str(root / "scratch/kd"),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_train_stage_writes_every_seed_and_a_summary_from_an_on_disk_cache(project, capsys):
@@ -52,14 +78,29 @@ def test_train_stage_writes_every_seed_and_a_summary_from_an_on_disk_cache(proje
     val = prepared.rows("val", labelled_only=True)
     with torch.no_grad():
         predicted = student(torch.from_numpy(prepared.inputs[val])).logits.argmax(1).numpy()
-    assert summary["models"]["kd"]["val_acc"]["1"] == pytest.approx(float((predicted == prepared.label[val]).mean()))
+    assert summary["models"]["kd"]["val_acc"]["1"] == pytest.approx(
+        float((predicted == prepared.label[val]).mean())
+    )
 
 
 def test_train_stage_refuses_a_cache_built_on_other_data(project, tmp_path, capsys):
     data = synthetic_prepared(seed=7)
     write_prepared(make_prepared(data.sample_id, data.split, data.label, data.inputs, 10), tmp_path / "other")
-    code = main(["train", "--student", "kd", "--params", str(project / "params.yaml"), "--prepared",
-                 str(tmp_path / "other"), "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch")])
+    code = main(
+        [
+            "train",
+            "--student",
+            "kd",
+            "--params",
+            str(project / "params.yaml"),
+            "--prepared",
+            str(tmp_path / "other"),
+            "--out",
+            str(tmp_path / "out"),
+            "--scratch",
+            str(tmp_path / "scratch"),
+        ]
+    )
     assert code == 1
     assert "dvc repro cache" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

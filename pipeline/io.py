@@ -8,12 +8,18 @@ looks at.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import filelock
+
+from pipeline.errors import DistilleryError
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -79,3 +85,32 @@ def replace_dir(scratch: str | Path, target: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+class OutputBusyError(DistilleryError):
+    """Another process is writing the same output directory right now."""
+
+
+@contextlib.contextmanager
+def output_lock(directory: str | Path, command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on `directory` (a `.lock-<name>` file beside it) while writing it.
+
+    A second writer of the same output fails at once with `OutputBusyError` naming the directory,
+    instead of both writing and destroying each other's work. The lock is an OS file lock
+    (`filelock`), released when the process exits, even by SIGKILL, so a killed run never leaves a
+    stale lock behind. command: what the user ran, for the message (e.g. "distillery cache").
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(directory.parent / f".lock-{directory.name}")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise OutputBusyError(
+            f"{directory} is being written by another `{command}` right now; wait for it to finish "
+            "(or stop it), then re-run"
+        ) from None
+    try:
+        yield directory
+    finally:
+        lock.release()

@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/bench_transforms.py [--views 2000] [--repeats 3]
 
 1. draw: microseconds per view (a ViewDrawer reused, as a cache worker would).
-2. apply: microseconds per sample of pipeline.transforms.apply (fixed-point, bit-reproducible) and
-   the ratio to Pillow doing the same geometric step on the same image (Pillow's output is not part of
-   any contract; it is the usual speed reference). Best of --repeats, since the machine may be shared.
+2. apply: microseconds per sample of pipeline.transforms.apply on one sample, and of apply_batch on
+   --samples at once (the same code, vectorised over the batch: what a DataLoader worker calls), and
+   the ratio of apply_batch to Pillow doing the same geometric steps one image at a time (Pillow's
+   output is not part of any contract; it is the usual speed reference). Best of --repeats, since
+   the machine may be shared.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.transforms import PartnerPool, ViewDrawer, apply  # noqa: E402
+from pipeline.transforms import PartnerPool, ViewDrawer, apply, apply_batch, stack_views  # noqa: E402
 
 CASES = {
     "digits (1,8,8) f32: shift+rotate+mixup": (
@@ -90,12 +92,14 @@ def measure(shape: tuple[int, ...], dtype, spec: list[dict], args: argparse.Name
             apply(spec, view, image, images[index - 1] if mixes else None)
 
     apply_s = best_seconds(replay, args.repeats) / args.samples
-    row = f"{draw_s / args.views * 1e6:13.1f} {apply_s * 1e6:10.0f}"
+    table, partners = stack_views(views), np.roll(images, 1, axis=0) if mixes else None
+    batch_s = best_seconds(lambda: apply_batch(spec, table, images, partners), args.repeats) / args.samples
+    row = f"{draw_s / args.views * 1e6:13.1f} {apply_s * 1e6:10.0f} {batch_s * 1e6:10.0f}"
     if mixes:
         return row
     pillow_s = best_seconds(lambda: [pillow_step(spec, i, v) for i, v in zip(images, views)], args.repeats)
     pillow_s /= args.samples
-    return f"{row} {pillow_s * 1e6:10.0f} {apply_s / pillow_s:13.1f}"
+    return f"{row} {pillow_s * 1e6:10.0f} {batch_s / pillow_s:13.1f}"
 
 
 def main() -> None:
@@ -103,10 +107,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--views", type=int, default=2000, help="views drawn per case")
-    parser.add_argument("--samples", type=int, default=40, help="samples applied per case")
+    parser.add_argument("--samples", type=int, default=64, help="samples applied per case (the batch)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"{'case':48} {'draw us/view':>13} {'apply us':>10} {'pillow us':>10} {'apply/pillow':>13}")
+    columns = ("draw us/view", "apply us", "batch us", "pillow us", "batch/pillow")
+    print(
+        f"{'case':48} "
+        + " ".join(f"{column:>13}" if "/" in column else f"{column:>10}" for column in columns)
+    )
     for name, (shape, dtype, spec) in CASES.items():
         print(f"{name:48} {measure(shape, dtype, spec, args)}")
 

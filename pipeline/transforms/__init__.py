@@ -6,7 +6,6 @@ randomness) and augmentations (crop, resized_crop, flip, shift, rotate, mixup, c
 `apply` replays a record on an array, bit for bit.
 """
 
-from pipeline.transforms.apply import apply, apply_batch, image_to_chw
 from pipeline.transforms.params import (
     AUGMENTATION_KINDS,
     READ_TIME_KINDS,
@@ -20,6 +19,7 @@ from pipeline.transforms.params import (
     spec_fingerprint,
     without_augmentations,
 )
+from pipeline.transforms.replay import apply, apply_batch, image_to_chw
 from pipeline.transforms.shapes import step_shapes
 from pipeline.transforms.views import (
     VIEW_COLUMNS,

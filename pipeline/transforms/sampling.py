@@ -58,57 +58,74 @@ def round_to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(np.rint(values), low, high).astype(dtype)
 
 
-def resample(
-    image: np.ndarray, rows: np.ndarray, cols: np.ndarray, interpolation: str, fill: np.generic, what: str
-) -> np.ndarray:
-    """Sample `image` (..., H, W) at fixed-point source positions -> (..., h, w), same dtype.
+def gather(images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """images (B, ..., H, W), index (B, h, w) int64 flat positions (row * W + col) into each row's
+    H x W planes -> (B, ..., h, w): one np.take over the whole batch, a copy of the values."""
+    batch, (height, width) = images.shape[0], images.shape[-2:]
+    planes = math.prod(images.shape[1:-2])
+    base = (np.arange(batch * planes, dtype=np.int64) * (height * width)).reshape(batch, planes, 1)
+    picked = np.take(np.ascontiguousarray(images).reshape(-1), base + index.reshape(batch, 1, -1))
+    return picked.reshape(*images.shape[:-2], *index.shape[1:])
 
-    rows, cols: (h, w) int64, the source row/column of each output pixel in units of 1/65536 pixel,
-    pixel centres at integers. Positions outside the image read `fill` (bilinear blends it in over
-    the one-pixel border). `nearest` rounds half up and copies values (any dtype, no arithmetic);
-    `bilinear` computes in float64 and rounds back (integer dtypes round half to even). `what`
-    names the step in errors.
+
+def _per_row(values: np.ndarray, lead: int) -> np.ndarray:
+    """(B, h, w) -> (B, 1 x lead, h, w): one row's values, broadcast over its channels."""
+    return values.reshape(values.shape[0], *(1,) * lead, *values.shape[1:])
+
+
+def resample(
+    images: np.ndarray, rows: np.ndarray, cols: np.ndarray, interpolation: str, fill: np.generic, what: str
+) -> np.ndarray:
+    """Sample each image of `images` (B, ..., H, W) at its fixed-point source positions -> (B, ..., h, w),
+    same dtype.
+
+    rows, cols: int64, broadcastable to (B, h, w): the source row/column of each output pixel in units
+    of 1/65536 pixel, pixel centres at integers. Positions outside the image read `fill` (bilinear
+    blends it in over the one-pixel border). `nearest` rounds half up and copies values (any dtype, no
+    arithmetic); `bilinear` computes in float64 and rounds back (integer dtypes round half to even;
+    inputs must be finite, as 0 * inf is NaN). `what` names the step in errors.
     """
-    height, width = image.shape[-2:]
+    lead, (height, width) = images.ndim - 3, images.shape[-2:]
+    rows, cols = np.broadcast_arrays(rows, cols)
     if interpolation == "nearest":
-        row = (rows + HALF) >> FRACTION_BITS
-        col = (cols + HALF) >> FRACTION_BITS
+        row, col = (rows + HALF) >> FRACTION_BITS, (cols + HALF) >> FRACTION_BITS
         inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
-        picked = image[..., np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)]
-        return np.where(inside, picked, fill).astype(image.dtype, copy=False)
-    if image.dtype.itemsize == 8 and image.dtype.kind in "iu":
+        picked = gather(images, np.clip(row, 0, height - 1) * width + np.clip(col, 0, width - 1))
+        return np.where(_per_row(inside, lead), picked, fill).astype(images.dtype, copy=False)
+    if images.dtype.itemsize == 8 and images.dtype.kind in "iu":
         raise TransformError(
-            f"{what}: bilinear interpolation of {image.dtype.name} data is not exact in float64; "
+            f"{what}: bilinear interpolation of {images.dtype.name} data is not exact in float64; "
             "use interpolation: nearest, or cast to a narrower dtype first"
         )
-    flat = padded(image, 1, fill).reshape(*image.shape[:-2], -1)
+    bordered = padded(images, 1, fill)
     # +1: index into the padded image, whose one-pixel border is `fill`; far outside, clipping
     # sends both neighbours to the border.
     row, col = (rows >> FRACTION_BITS) + 1, (cols >> FRACTION_BITS) + 1
     row0, row1 = np.clip(row, 0, height + 1) * (width + 2), np.clip(row + 1, 0, height + 1) * (width + 2)
     col0, col1 = np.clip(col, 0, width + 1), np.clip(col + 1, 0, width + 1)
 
-    def read(flat_index: np.ndarray) -> np.ndarray:
-        return np.take(flat, flat_index, axis=-1).astype(np.float64)
+    def read(index: np.ndarray) -> np.ndarray:
+        return gather(bordered, index).astype(np.float64)
 
     # Fractions k/65536 and 1 - k/65536 are exact in float64.
-    below = (rows & (ONE - 1)) / ONE
-    right = (cols & (ONE - 1)) / ONE
+    below = _per_row((rows & (ONE - 1)) / ONE, lead)
+    right = _per_row((cols & (ONE - 1)) / ONE, lead)
     above, left = 1.0 - below, 1.0 - right
     top_row = read(row0 + col0) * left + read(row0 + col1) * right
     bottom_row = read(row1 + col0) * left + read(row1 + col1) * right
-    return round_to_dtype(top_row * above + bottom_row * below, image.dtype)
+    return round_to_dtype(top_row * above + bottom_row * below, images.dtype)
 
 
-def rotation_grid(height: int, width: int, degrees: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-point source (rows, cols), each (H, W) int64, of a counter-clockwise rotation by
-    `degrees` about the centre ((H-1)/2, (W-1)/2). A multiple of 90 degrees gives integer positions
-    (on a square image: np.rot90 exactly)."""
-    radians = math.radians(degrees)
-    cos_q, sin_q = round(math.cos(radians) * ONE), round(math.sin(radians) * ONE)
+def rotation_grid(height: int, width: int, degrees: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point source (rows, cols), each (B, H, W) int64, of counter-clockwise rotations by
+    `degrees` (B,) about the centre ((H-1)/2, (W-1)/2). A multiple of 90 degrees gives integer
+    positions (on a square image: np.rot90 exactly)."""
+    radians = [math.radians(float(angle)) for angle in np.ravel(degrees)]
+    cos_q = np.array([round(math.cos(angle) * ONE) for angle in radians], dtype=np.int64)[:, None, None]
+    sin_q = np.array([round(math.sin(angle) * ONE) for angle in radians], dtype=np.int64)[:, None, None]
     centre_row, centre_col = (height - 1) * HALF, (width - 1) * HALF
-    out_row = np.arange(height, dtype=np.int64)[:, None] * ONE - centre_row
-    out_col = np.arange(width, dtype=np.int64)[None, :] * ONE - centre_col
+    out_row = np.arange(height, dtype=np.int64)[None, :, None] * ONE - centre_row
+    out_col = np.arange(width, dtype=np.int64)[None, None, :] * ONE - centre_col
     # Inverse rotation (rows point down): source = R(-angle) applied to the output offset.
     source_col = (out_col * cos_q - out_row * sin_q + HALF) >> FRACTION_BITS
     source_row = (out_col * sin_q + out_row * cos_q + HALF) >> FRACTION_BITS
@@ -116,19 +133,23 @@ def rotation_grid(height: int, width: int, degrees: float) -> tuple[np.ndarray, 
 
 
 def resize_grid(
-    top: int, left: int, box_height: int, box_width: int, height: int, width: int
+    tops: np.ndarray,
+    lefts: np.ndarray,
+    box_heights: np.ndarray,
+    box_widths: np.ndarray,
+    height: int,
+    width: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-point source (rows, cols), each (height, width) int64, that map the box (top, left,
-    box_height, box_width) onto a height x width output (pixel centres aligned, half-pixel
-    convention), clamped to the box so upsampling repeats the box's edge instead of reading past it.
-    An output the size of the box gives the box's own integer positions."""
+    """Fixed-point source rows (B, height, 1) and cols (B, 1, width), int64, that map each box (tops,
+    lefts, box_heights, box_widths: (B,) each) onto a height x width output (pixel centres aligned,
+    half-pixel convention), clamped to the box so upsampling repeats the box's edge instead of
+    reading past it. An output the size of the box gives the box's own integer positions."""
 
-    def axis(start: int, box: int, size: int) -> np.ndarray:
-        index = np.arange(size, dtype=np.int64)
+    def axis(starts: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+        start, box = np.asarray(starts, np.int64)[:, None], np.asarray(boxes, np.int64)[:, None]
+        index = np.arange(size, dtype=np.int64)[None, :]
         # start + (i + 1/2) * box / size - 1/2, rounded to 1/65536 with integer division.
         position = start * ONE + ((2 * index + 1) * box * ONE + size) // (2 * size) - HALF
         return np.clip(position, start * ONE, (start + box - 1) * ONE)
 
-    rows = axis(top, box_height, height)[:, None]
-    cols = axis(left, box_width, width)[None, :]
-    return np.broadcast_to(rows, (height, width)), np.broadcast_to(cols, (height, width))
+    return axis(tops, box_heights, height)[:, :, None], axis(lefts, box_widths, width)[:, None, :]

@@ -92,6 +92,29 @@ def stack_views(views: Iterable[ViewParams]) -> np.ndarray:
     return np.array([view.values() for view in views], dtype=VIEW_DTYPE)
 
 
+def as_view_table(views: Any) -> np.ndarray:
+    """(B,) array of VIEW_DTYPE from one ViewParams or record (B = 1), a sequence of ViewParams or
+    records, or a structured array holding VIEW_DTYPE's columns (matched by name, any byte order)."""
+    if isinstance(views, ViewParams):
+        return views.to_array().reshape(1)
+    if isinstance(views, (np.ndarray, np.void)) and views.dtype.names is not None:
+        records = np.asarray(views).reshape(-1)
+        if records.dtype == VIEW_DTYPE:
+            return records
+        missing = [name for name in VIEW_DTYPE.names if name not in records.dtype.names]
+        if missing:
+            raise TransformError(f"view records lack the column(s) {', '.join(missing)} of VIEW_DTYPE")
+        table = np.zeros(len(records), dtype=VIEW_DTYPE)
+        for name in VIEW_DTYPE.names:
+            table[name] = records[name]
+        return table
+    if isinstance(views, dict):
+        return ViewParams.from_array(views).to_array().reshape(1)
+    return stack_views(
+        view if isinstance(view, ViewParams) else ViewParams.from_array(view) for view in views
+    )
+
+
 def _float32(value: float) -> float:
     """`value` rounded to the nearest float32 (so the f4 column stores it exactly)."""
     return float(np.float32(value))

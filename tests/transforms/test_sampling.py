@@ -9,7 +9,7 @@ from pipeline.transforms.sampling import ONE, fill_value, resample, resize_grid,
 
 
 def test_a_quarter_turn_of_a_square_lands_on_integer_positions():
-    rows, cols = rotation_grid(5, 5, 90.0)
+    rows, cols = (grid[0] for grid in rotation_grid(5, 5, np.array([90.0])))
     assert ((rows % ONE) == 0).all() and ((cols % ONE) == 0).all()
     output_rows, output_cols = np.indices((5, 5))
     np.testing.assert_array_equal(rows // ONE, output_cols)  # out[y, x] = in[x, n - 1 - y]
@@ -17,23 +17,24 @@ def test_a_quarter_turn_of_a_square_lands_on_integer_positions():
 
 
 def test_a_box_resized_to_its_own_size_reads_its_own_pixels():
-    rows, cols = resize_grid(2, 3, 4, 5, 4, 5)
-    np.testing.assert_array_equal(rows, (np.arange(2, 6)[:, None] * ONE).repeat(5, axis=1))
-    np.testing.assert_array_equal(cols, (np.arange(3, 8)[None, :] * ONE).repeat(4, axis=0))
+    rows, cols = resize_grid(np.array([2, 0]), np.array([3, 0]), np.array([4, 8]), np.array([5, 10]), 4, 5)
+    np.testing.assert_array_equal(rows[0, :, 0], np.arange(2, 6) * ONE)
+    np.testing.assert_array_equal(cols[0, 0, :], np.arange(3, 8) * ONE)
+    np.testing.assert_array_equal(rows[1, :, 0], [ONE // 2, 5 * ONE // 2, 9 * ONE // 2, 13 * ONE // 2])
 
 
 def test_halving_reads_between_pixel_pairs():
-    rows, _ = resize_grid(0, 0, 4, 4, 2, 2)
-    np.testing.assert_array_equal(rows[:, 0], [ONE // 2, 5 * ONE // 2])  # centres 0.5 and 2.5
+    rows, _ = resize_grid(np.array([0]), np.array([0]), np.array([4]), np.array([4]), 2, 2)
+    np.testing.assert_array_equal(rows[0, :, 0], [ONE // 2, 5 * ONE // 2])  # centres 0.5 and 2.5
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
 def test_positions_outside_the_image_read_the_fill(interpolation):
-    image = np.ones((2, 3, 3), np.float32)
-    rows = np.array([[-3 * ONE, ONE, 5 * ONE]])
-    cols = np.array([[ONE, ONE, ONE]])
-    out = resample(image, rows, cols, interpolation, np.float32(7), "test")
-    np.testing.assert_array_equal(out[:, 0], [[7, 1, 7], [7, 1, 7]])
+    images = np.ones((1, 2, 3, 3), np.float32)
+    rows = np.array([[[-3 * ONE, ONE, 5 * ONE]]])
+    cols = np.array([[[ONE, ONE, ONE]]])
+    out = resample(images, rows, cols, interpolation, np.float32(7), "test")
+    np.testing.assert_array_equal(out[0, :, 0], [[7, 1, 7], [7, 1, 7]])
 
 
 def test_rounding_to_an_integer_dtype_is_half_to_even_and_saturating():

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import pipeline.transforms.replay as replay_module
 from pipeline.transforms import (
     PartnerPool,
     ViewParams,
@@ -233,6 +234,31 @@ def test_the_digits_default_takes_shift_rotation_and_mixup_and_replays_bit_for_b
     flat = digits.reshape(40, 64)  # digits as feature vectors: mixup applies, geometry does not
     mixed = apply([spec[2]], ViewParams.from_array(table[0, 0]), flat[0], flat[1])
     assert mixed.shape == (64,)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        [{"kind": "crop", "size": [6, 7], "padding": 2, "fill": 3}, {"kind": "flip"}, {"kind": "cutmix"}],
+        [{"kind": "resized_crop", "size": 5, "interpolation": "nearest"}, {"kind": "shift", "pixels": 2}],
+        [{"kind": "resized_crop", "size": [9, 6]}, {"kind": "rotate", "degrees": 40}, {"kind": "mixup"}],
+        [
+            {"kind": "scale", "factor": 0.5},
+            {"kind": "rotate", "degrees": [-90, 90], "interpolation": "nearest"},
+        ],
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_a_batch_gives_each_row_the_bytes_it_gets_alone(spec, dtype, monkeypatch):
+    monkeypatch.setattr(replay_module, "CHUNK_VALUES", 5 * 3 * 8 * 10)  # chunks of 5 rows, then 2
+    images, partners = _image(dtype, (12, 3, 8, 10)), _image(dtype, (12, 3, 8, 10), seed=5)
+    table = draw_table(spec, 4, np.arange(12), 1, PartnerPool(np.arange(12)), input_shape=(3, 8, 10))[:, 0]
+    table["angle"][::3] = 0.0  # rows left untouched beside rotated ones
+    mixes = spec[-1]["kind"] in ("mixup", "cutmix")
+    batch = apply_batch(spec, table, images, partners if mixes else None)
+    for row in range(12):
+        alone = apply(spec, table[row], images[row], partners[row] if mixes else None)
+        assert alone.tobytes() == batch[row].tobytes() and alone.dtype == batch.dtype
 
 
 def test_apply_never_modifies_its_inputs_and_returns_a_new_array():

@@ -212,7 +212,7 @@ def test_a_decoded_pillow_image_becomes_channels_first_uint8():
     assert image_to_chw(image_module.fromarray(rgb[:, :, 0])).shape == (1, 5, 7)
 
 
-def test_the_digits_default_takes_shift_rotation_and_mixup_and_replays_bit_for_bit():
+def test_the_digits_default_takes_every_augmentation_and_replays_bit_for_bit():
     rng = np.random.default_rng(0)
     digits = rng.integers(0, 17, size=(40, 1, 8, 8)).astype(np.float32)  # (1, 8, 8) in [0, 16]
     spec = [
@@ -231,6 +231,10 @@ def test_the_digits_default_takes_shift_rotation_and_mixup_and_replays_bit_for_b
             replayed = ViewParams.from_array(views[row].copy())
             alone = apply(spec, replayed, digits[row], digits[views["partner_id"][row]])
             assert alone.tobytes() == out[row].tobytes()
+    cropped = [{"kind": "crop", "size": 8, "padding": 1}, {"kind": "flip"}, {"kind": "cutmix"}]
+    crop_views = draw_table(cropped, 0, np.arange(40), 2, pool, input_shape=(1, 8, 8))[:, 1]
+    out = apply_batch(cropped, crop_views, digits, digits[crop_views["partner_id"]])
+    assert out.shape == digits.shape and out.dtype == np.float32 and out.max() <= 16.0
     flat = digits.reshape(40, 64)  # digits as feature vectors: mixup applies, geometry does not
     mixed = apply([spec[2]], ViewParams.from_array(table[0, 0]), flat[0], flat[1])
     assert mixed.shape == (64,)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,8 +83,9 @@ def test_draws_are_pinned_so_a_changed_stream_is_noticed():
 def test_a_fresh_process_draws_and_applies_the_same_bytes():
     code = "from tests.transforms.test_views import image_digest\nprint(image_digest())\n"
     environment = {**os.environ, "PYTHONHASHSEED": "12345"}
+    root = Path(__file__).resolve().parents[2]
     child = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment, cwd=root
     )
     assert child.stdout.strip() == image_digest()
 

@@ -1,12 +1,15 @@
 """Students made by name: `arch: {kind: <name>, ...}` -> an nn.Module returning StudentOutput.
 
-Adding an architecture is one file (a params model with `kind: Literal["<name>"]` and a module
-whose forward returns `StudentOutput` and which exposes `tap_shapes`) and one line in
-`ARCHITECTURES` (docs/training.md).
+The built-in `mlp` and `cnn`, and any torch module: a user factory (`python`), a timm model, a
+Hugging Face model (pipeline/students/external.py), all entries of one registry. Adding an
+architecture is one file (a params model with `kind: Literal["<name>"]` and a builder
+`(params, input_shape, num_classes) -> module` whose forward returns `StudentOutput` and which
+exposes `tap_shapes`) and one line in `ARCHITECTURES` (docs/training.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Union
 
 from pydantic import Field
@@ -14,13 +17,17 @@ from torch import nn
 
 from pipeline.config import StrictModel, validate_section
 from pipeline.students.cnn import CNNParams, CNNStudent
+from pipeline.students.external import HFArchParams, PythonArchParams, TimmArchParams, tapped_student
 from pipeline.students.mlp import MLPParams, MLPStudent
 
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
+ARCHITECTURES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "mlp": (MLPParams, MLPStudent),
     "cnn": (CNNParams, CNNStudent),
+    "python": (PythonArchParams, tapped_student),
+    "timm": (TimmArchParams, tapped_student),
+    "hf": (HFArchParams, tapped_student),
 }
-"""kind -> (params model, module class)."""
+"""kind -> (params model, builder called as builder(params, input_shape, num_classes))."""
 
 ArchParams = Annotated[
     Union[tuple(params for params, _ in ARCHITECTURES.values())],  # noqa: UP007 (a runtime tuple)
@@ -35,7 +42,7 @@ class _ArchHolder(StrictModel):
 
 def parse_arch(data: Any) -> Any:
     """Validate a raw `arch:` mapping (e.g. read from student.json) into its params model, or raise
-    ParamsError naming the bad key (`arch.kind: 'rnn' is not known; valid: mlp, cnn`)."""
+    ParamsError naming the bad key (`arch.kind: 'rnn' is not known; valid: mlp, cnn, ...`)."""
     return validate_section(_ArchHolder, {"arch": data}, "").arch
 
 
@@ -47,8 +54,8 @@ def build_student(arch_params: Any, input_shape: tuple[int, ...], num_classes: i
     """
     if isinstance(arch_params, dict):
         arch_params = parse_arch(arch_params)
-    _, module_class = ARCHITECTURES[arch_params.kind]
-    return module_class(arch_params, tuple(int(n) for n in input_shape), int(num_classes))
+    _, builder = ARCHITECTURES[arch_params.kind]
+    return builder(arch_params, tuple(int(n) for n in input_shape), int(num_classes))
 
 
 def count_parameters(module: nn.Module) -> int:

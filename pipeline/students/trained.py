@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save
 
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_bytes, atomic_write_json
+from pipeline.students.factory import FactoryImportError
 from pipeline.students.registry import build_student, count_parameters, parse_arch
 
 WEIGHTS_FILE = "model.safetensors"
@@ -30,11 +31,15 @@ class TrainedStudentError(DistilleryError):
 
 def save_trained_student(seed_dir: str | Path, model: torch.nn.Module, config: Mapping[str, Any]) -> Path:
     """Write `model`'s weights and `config` (student, seed, arch, input_shape, num_classes, ...) into
-    `seed_dir`, atomically per file; `tap_shapes` and `num_parameters` are filled in from the model."""
+    `seed_dir`, atomically per file; `tap_shapes` and `num_parameters` are filled in from the model,
+    and `arch` is replaced by the model's `rebuild_arch` when it has one (a pretrained timm or
+    Hugging Face student is rebuilt from its config, without downloading its weights again)."""
     seed_dir = Path(seed_dir)
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     atomic_write_bytes(seed_dir / WEIGHTS_FILE, save(weights))
     payload = dict(config)
+    if getattr(model, "rebuild_arch", None) is not None:
+        payload["arch"] = model.rebuild_arch
     payload["tap_shapes"] = {tap: list(shape) for tap, shape in model.tap_shapes.items()}
     payload["num_parameters"] = count_parameters(model)
     atomic_write_json(seed_dir / CONFIG_FILE, payload)
@@ -81,9 +86,14 @@ def load_trained_student(seed_dir: str | Path) -> torch.nn.Module:
     """
     seed_dir = Path(seed_dir)
     config = read_student_config(seed_dir)
-    model = build_student(
-        parse_arch(config["arch"]), tuple(config["input_shape"]), int(config["num_classes"])
-    )
+    try:
+        model = build_student(
+            parse_arch(config["arch"]), tuple(config["input_shape"]), int(config["num_classes"])
+        )
+    except FactoryImportError as error:
+        raise TrainedStudentError(
+            f"{seed_dir / CONFIG_FILE}: the student cannot be rebuilt: {error}"
+        ) from None
     weights_path = seed_dir / WEIGHTS_FILE
     if not weights_path.exists():
         raise TrainedStudentError(

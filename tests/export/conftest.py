@@ -15,6 +15,13 @@ NUM_CLASSES = 5
 ARCHS = {
     "mlp": {"kind": "mlp", "hidden": [16, 8]},
     "cnn": {"kind": "cnn", "channels": [4, 8], "embed": 8},
+    # any module: the example ResNet, its taps read by forward hooks (pipeline/students/taps.py)
+    "python": {
+        "kind": "python",
+        "factory": "examples.resnet_student:make_student",
+        "kwargs": {"width": 4},
+        "taps": {"conv": "layer2", "embed": "pool"},
+    },
 }
 
 

@@ -1,0 +1,1 @@
+"""Example models for `arch: {kind: python, factory: "examples.<module>:<function>"}` (docs/training.md)."""

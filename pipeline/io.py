@@ -35,14 +35,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[Any]:
+    """A binary handle on a temp file beside `path`, fsynced and renamed onto `path` when the block
+    ends without an error (removed when it raises)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -50,6 +51,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
+    with _atomic_file(path) as handle:
+        handle.write(data)
     return path
 
 
@@ -64,8 +72,11 @@ def atomic_write_json(path: str | Path, payload: Any) -> Path:
 
 
 def atomic_copy(source: str | Path, path: str | Path) -> Path:
-    """Copy the file `source` to `path` atomically."""
-    return atomic_write_bytes(path, Path(source).read_bytes())
+    """Copy the file `source` to `path` atomically, streamed (a teacher's weights file can be GBs)."""
+    path = Path(path)
+    with _atomic_file(path) as handle, Path(source).open("rb") as reader:
+        shutil.copyfileobj(reader, handle, 1 << 20)
+    return path
 
 
 def replace_dir(scratch: str | Path, target: str | Path) -> Path:

@@ -16,6 +16,10 @@ from pipeline.errors import DistilleryError
 SUBCOMMANDS = {
     "prepare": ("stages.prepare", "split the dataset into train/val/test with stable sample ids"),
     "teacher": ("stages.teacher", "train and export the built-in teacher, or validate yours"),
+    "export-teacher": (
+        "stages.export_teacher",
+        "export any torch module (factory, timm, Hugging Face) as the ONNX teacher, taps as outputs",
+    ),
     "cache": ("stages.cache", "run the teacher once over every split and write the cache"),
     "inspect": ("stages.inspect", "report on a finished cache: accuracy, entropy at T, calibration"),
     "train": ("stages.train", "train one student (all its seeds) from the cache"),

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
@@ -15,6 +16,7 @@ from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.io import atomic_copy
 from pipeline.teacher.builtin import parameter_count, parity_batches, train_builtin_teacher
 from pipeline.teacher.export import check_onnx_parity, export_onnx
+from pipeline.teacher.external_data import external_data_files
 from pipeline.teacher.params import TeacherParams
 from pipeline.teacher.session import (
     TeacherModelError,
@@ -130,10 +132,13 @@ def build_builtin_teacher(
 def adopt_user_teacher(
     source: str | Path, data: PreparedData, params: TeacherParams, out_path: str | Path
 ) -> dict:
-    """Validate the user's ONNX teacher against the prepared data, copy it to `out_path` (atomic)
-    and return its metrics (no torch model, so no parity numbers)."""
+    """Validate the user's ONNX teacher against the prepared data, copy it to `out_path` (atomic;
+    its external weight data files first, to the same locations beside it) and return its metrics
+    (no torch model, so no parity numbers)."""
     source, out_path = Path(source), Path(out_path)
     _open(source, params, data)  # every validation error names the user's file, not the copy
+    for data_file in external_data_files(onnx.load(str(source), load_external_data=False), source):
+        atomic_copy(data_file, out_path.parent / data_file.relative_to(source.parent))
     atomic_copy(source, out_path)
     session = _open(out_path, params, data)
     metrics = {"source": "user", "source_path": str(source), **_summary(session, out_path, data)}

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,9 @@ def check_onnx_parity(
     raise_on_mismatch: bool = True,
 ) -> dict:
     """Run `module` (torch, eval, no grad) and the ONNX file (ORT CPU provider, fp32) on each
-    batch of `inputs_list` ((B, *input_shape) float32; use several sizes, e.g. 1, 7, 64) and compare
+    batch of `inputs_list` ((B, *input_shape) float32; use several sizes, e.g. 1, 7, 64; or, for a
+    model of several inputs, a mapping input name -> array, passed to `module` positionally in
+    that order) and compare
     every output elementwise: |onnx - torch| <= atol + rtol * |torch|.
 
     Returns {"batch_sizes": [...], "passed": bool, "rtol", "atol",
@@ -151,11 +153,12 @@ def check_onnx_parity(
     stats = {name: {"max_abs_diff": 0.0, "max_rel_diff": 0.0} for name in names}
     passed, batch_sizes = True, []
     for batch in inputs_list:
-        tensor = torch.as_tensor(np.asarray(batch, dtype=np.float32))
-        batch_sizes.append(int(tensor.shape[0]))
+        feeds = _feeds(batch, input_name)
+        tensors = [torch.as_tensor(value) for value in feeds.values()]
+        batch_sizes.append(int(tensors[0].shape[0]))
         with torch.no_grad():
-            expected = [t.detach().float().numpy() for t in _as_tuple(_torch_outputs(module, tensor, names))]
-        actual = session.run(names, {input_name: tensor.numpy()})
+            expected = [t.detach().float().numpy() for t in _as_tuple(_torch_outputs(module, tensors, names))]
+        actual = session.run(names, feeds)
         for name, want, got in zip(names, expected, actual):
             if want.shape != got.shape:
                 raise OnnxParityError(
@@ -178,8 +181,16 @@ def check_onnx_parity(
     return report
 
 
-def _torch_outputs(module: nn.Module, tensor: torch.Tensor, names: Sequence[str]):
-    output = module(tensor)
+def _feeds(batch: Any, input_name: str) -> dict[str, np.ndarray]:
+    """One batch as ONNX Runtime feeds: an array (float32) under `input_name`, or a mapping of every
+    input name to its array (dtypes kept: int64 token ids beside float masks), in the module's order."""
+    if isinstance(batch, Mapping):
+        return {name: np.ascontiguousarray(value) for name, value in batch.items()}
+    return {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def _torch_outputs(module: nn.Module, tensors: Sequence[torch.Tensor], names: Sequence[str]):
+    output = module(*tensors)
     if hasattr(output, "logits") and hasattr(output, "features"):
         return (output.logits, *(output.features[name] for name in names[1:]))
     return output

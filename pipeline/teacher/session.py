@@ -23,6 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from pipeline.errors import DistilleryError
+from pipeline.teacher.external_data import external_data_files, external_data_locations
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,26 @@ class TeacherProviderError(DistilleryError):
     """The requested execution provider (e.g. cuda) cannot run here."""
 
 
-def teacher_sha256(path: str | Path) -> str:
-    """sha256 hex of the teacher ONNX file's bytes (what the cache records and compares)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
+def _hash_file(digest: Any, path: Path) -> None:
+    with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+
+
+def teacher_sha256(path: str | Path) -> str:
+    """sha256 hex of the teacher (what the cache records and compares): the ONNX file's bytes, then,
+    for a model with external weight data, each data file's location and bytes (so new weights
+    under an unchanged .onnx are a new teacher). A single-file model hashes as its bytes alone."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    try:
+        locations = external_data_locations(onnx.load(str(path), load_external_data=False))
+    except Exception:  # not a readable ONNX file: its bytes are all there is to hash
+        locations = []
+    for location in locations:
+        digest.update(f"\0{location}\0".encode())
+        _hash_file(digest, path.parent / location)
     return digest.hexdigest()
 
 
@@ -76,12 +91,14 @@ def _load_graph(path: Path) -> onnx.ModelProto:
             f"model, or leave it null and run `dvc repro teacher` to build the built-in teacher"
         )
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf DecodeError and friends
         raise TeacherModelError(
             f"{path}: not a readable ONNX model ({type(error).__name__}: {error}); re-export it, "
             f"e.g. torch.onnx.export(model, (x,), path, dynamo=True, external_data=False)"
         ) from None
+    external_data_files(model, path)  # a missing or escaping weights file: its own message, before ORT
+    return model
 
 
 def _check_names(

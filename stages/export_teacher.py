@@ -1,0 +1,92 @@
+"""`distillery export-teacher`: any torch module (a factory, a timm name, a Hugging Face class) to
+the ONNX teacher the `teacher` stage takes (`teacher.onnx` in params.yaml), its taps named outputs.
+
+    distillery export-teacher --factory mypkg.models:make_teacher --kwargs '{"width": 64}' \\
+        --taps embed=pool conv=layer2 --prepared data/prepared --out data/teacher_export/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.io import atomic_write_json, output_lock
+from pipeline.teacher.params import ParityParams
+
+REPORT_FILE = "export.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--factory", help="pkg.module:function returning the nn.Module (runs your code)")
+    source.add_argument("--timm", metavar="NAME", help="a timm model name (pip install 'distillery[timm]')")
+    source.add_argument("--hf", metavar="CLASS", help="a transformers class (pip install 'distillery[hf]')")
+    parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments (factory, timm)")
+    parser.add_argument("--pretrained", action="store_true", help="timm: load its pretrained weights")
+    parser.add_argument("--hf-config", help="hf: config as JSON text or a config.json path (random init)")
+    parser.add_argument("--hf-pretrained", metavar="DIR", help="hf: from_pretrained directory or hub name")
+    parser.add_argument("--taps", nargs="*", default=[], metavar="NAME=PATH", help="taps: name=module.path")
+    parser.add_argument("--logits", help="key or index of the model output holding the logits")
+    parser.add_argument("--input-keyword", help="pass the single input under this keyword (pixel_values)")
+    parser.add_argument(
+        "--input",
+        action="append",
+        metavar="NAME:DTYPE:SHAPE",
+        help="a graph input, per-row shape with -1 or a name for dynamic axes (input_ids:int64:seq); "
+        "repeat for several; default input:float32:<the prepared rows' shape>",
+    )
+    parser.add_argument("--prepared", help="prepared data directory: real rows for the parity check")
+    parser.add_argument("--out", default="data/teacher_export/model.onnx", help="the ONNX file to write")
+    parser.add_argument("--logits-name", default="logits", help="name of the logits output")
+    parser.add_argument("--external-data", choices=("auto", "always", "never"), default="auto")
+    defaults = ParityParams()
+    parser.add_argument("--parity-batch-sizes", type=int, nargs="+", default=list(defaults.batch_sizes))
+    parser.add_argument("--rtol", type=float, default=defaults.rtol)
+    parser.add_argument("--atol", type=float, default=defaults.atol)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.teacher.from_torch import arch_from_options, export_teacher, parse_input
+
+    arch = arch_from_options(
+        factory=args.factory,
+        timm=args.timm,
+        hf=args.hf,
+        kwargs=args.kwargs,
+        pretrained=args.pretrained,
+        hf_config=args.hf_config,
+        hf_pretrained=args.hf_pretrained,
+        taps=args.taps,
+        logits=args.logits,
+        input_keyword=args.input_keyword,
+    )
+    inputs = None if args.input is None else [parse_input(text) for text in args.input]
+    prepared = None
+    if args.prepared is not None:
+        from pipeline.data.prepared import load_prepared
+
+        prepared = load_prepared(args.prepared)
+    out = Path(args.out)
+    with output_lock(out.parent, "distillery export-teacher"):
+        report = export_teacher(
+            arch,
+            out,
+            inputs,
+            prepared,
+            logits_name=args.logits_name,
+            external_data=args.external_data,
+            parity_batch_sizes=args.parity_batch_sizes,
+            rtol=args.rtol,
+            atol=args.atol,
+        )
+        atomic_write_json(out.parent / REPORT_FILE, report)
+    worst = max(stats["max_abs_diff"] for stats in report["parity"]["outputs"].values())
+    rows = f"rows of {args.prepared}" if report["parity"]["rows"] == "prepared" else "seeded inputs"
+    data = f" + {', '.join(report['external_data'])}" if report["external_data"] else ""
+    print(
+        f"export-teacher: wrote {out}{data}: outputs {json.dumps(report['output_names'])}, parity passed on "
+        f"{rows} at batches {report['parity']['batch_sizes']}, max abs diff {worst:.2e}; "
+        f"set teacher.onnx: {out} in params.yaml"
+    )
+    return 0

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.teacher.from_torch import arch_from_options, export_teacher, parse_input
+    from pipeline.teacher.export_options import arch_from_options, parse_input
+    from pipeline.teacher.from_torch import export_teacher
 
     arch = arch_from_options(
         factory=args.factory,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 from onnx import TensorProto
@@ -96,6 +97,38 @@ def test_a_bad_teacher_onnx_is_refused_naming_the_file_and_the_fix(
         assert "batch" in line
     assert not (tmp_path / "teacher" / "model.onnx").exists()  # nothing copied
     record(item, line)
+
+
+def _external_teacher(directory: Path, location: str) -> Path:
+    """The tiny teacher with its weights moved to the external data file `location`, which is then
+    not where the model says (removed, or outside the model's directory)."""
+    path = teacher_onnx(directory / "t.onnx")
+    onnx.save(
+        onnx.load(str(path)), str(path), save_as_external_data=True, location="t.onnx.data", size_threshold=0
+    )
+    (directory / "t.onnx.data").unlink()
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("location", ["t.onnx.data", "../outside.data"], ids=["missing", "outside"])
+def test_a_teacher_whose_external_weights_are_not_beside_it_is_refused_with_the_fix(
+    location, tmp_path, built_project, capsys, record
+):
+    onnx_path = _external_teacher(tmp_path, location)
+    line = refused(capsys, _teacher_stage(tmp_path, built_project, onnx_path))
+    assert "ExternalDataError" in line and str(onnx_path) in line and repr(location) in line
+    assert (
+        "copy it beside t.onnx" if location == "t.onnx.data" else "keep the data beside the .onnx"
+    ) in line
+    assert not (tmp_path / "teacher" / "model.onnx").exists()  # nothing copied
+    what = "missing" if location == "t.onnx.data" else "outside the model's directory"
+    record(f"teacher ONNX whose external weight data file is {what}", line)
 
 
 def test_a_bad_teacher_onnx_is_refused_by_the_cache_stage_too(tmp_path, built_project, capsys, record):

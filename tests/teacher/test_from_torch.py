@@ -15,15 +15,11 @@ from pipeline.config import ParamsError
 from pipeline.data.prepared import make_prepared
 from pipeline.students.factory import FactoryImportError
 from pipeline.teacher.export import OnnxExportError
+from pipeline.teacher.export_options import InputSpec, TeacherExportError, arch_from_options, parse_input
 from pipeline.teacher.external_data import ExternalDataError, external_data_files
-from pipeline.teacher.from_torch import (
-    InputSpec,
-    TeacherExportError,
-    arch_from_options,
-    export_teacher,
-    parse_input,
-)
+from pipeline.teacher.from_torch import export_teacher
 from pipeline.teacher.session import open_teacher, teacher_sha256
+from stages.cli import main
 from tests.export.conftest import _one_thread  # noqa: F401 (autouse: one torch thread per test)
 from tests.reliability.project import prepared_arrays
 from tests.students.test_own_modules import HF_MISSING
@@ -143,6 +139,7 @@ def test_a_teacher_whose_data_file_is_missing_or_outside_its_directory_is_refuse
         open_teacher(tmp_path / "sub" / "model.onnx", provider="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HF_MISSING is not None, reason=f"transformers not importable here: {HF_MISSING}")
 def test_a_hugging_face_text_teacher_exports_with_int64_inputs_and_a_dynamic_sequence_axis(tmp_path):
     config = {
@@ -192,3 +189,15 @@ class _Unexportable(torch.nn.Module):
 def make_unexportable():
     """A module whose forward branches on its data."""
     return _Unexportable()
+
+
+def test_the_command_line_refuses_a_wrong_tap_path_in_one_line_naming_the_closest(tmp_path, capsys):
+    argv = ["export-teacher", "--factory", "examples.resnet_student:make_student", "--taps", "embed=layer9"]
+    argv += ["--input", "input:float32:1,4,4", "--out", str(tmp_path / "model.onnx")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "distillery export-teacher: TapPathError: tap 'embed': SmallResNet has no module at 'layer9'"
+    )
+    assert "closest: layer2, layer1" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "model.onnx").exists()

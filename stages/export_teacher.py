@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.config import validate_section
 from pipeline.io import atomic_write_json, output_lock
 from pipeline.teacher.params import ParityParams
 
@@ -62,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         logits=args.logits,
         input_keyword=args.input_keyword,
     )
+    parity = validate_section(
+        ParityParams,
+        {"rtol": args.rtol, "atol": args.atol, "batch_sizes": args.parity_batch_sizes},
+        "export-teacher parity",
+    )  # the teacher stage's rules (sizes >= 1, tolerances > 0)
     inputs = None if args.input is None else [parse_input(text) for text in args.input]
     prepared = None
     if args.prepared is not None:
@@ -77,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
             prepared,
             logits_name=args.logits_name,
             external_data=args.external_data,
-            parity_batch_sizes=args.parity_batch_sizes,
-            rtol=args.rtol,
-            atol=args.atol,
+            parity_batch_sizes=parity.batch_sizes,
+            rtol=parity.rtol,
+            atol=parity.atol,
         )
         atomic_write_json(out.parent / REPORT_FILE, report)
     worst = max(stats["max_abs_diff"] for stats in report["parity"]["outputs"].values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
@@ -49,9 +49,11 @@ def child_path(root: str | Path, name: str, what: str = "name") -> Path:
     return path
 
 
-def _validated(name: str) -> str:
-    return check_name(name)
+def safe_name(what: str = "name") -> Any:
+    """The pydantic field type of a user-written name (a dict key or a value) that applies
+    `check_name(name, what)`, so the message says what the name is (`student name 'a b' ...`)."""
+    return Annotated[str, AfterValidator(lambda name: check_name(name, what))]
 
 
-SafeName = Annotated[str, AfterValidator(_validated)]
+SafeName = safe_name()
 """The pydantic field type of a user-written name (a dict key or a value)."""

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
-from pipeline.config import StrictModel
+from pipeline.config import Seed, StrictModel
 
 
 class DigitsSource(StrictModel):
@@ -41,7 +41,7 @@ class ParquetSource(StrictModel):
     label_column: str | None = "label"
     input_column: str = "input"
     split_column: str | None = None
-    input_shape: list[int] | None = None
+    input_shape: list[PositiveInt] | None = Field(default=None, min_length=1)
     num_classes: int | None = Field(default=None, ge=1)
 
 
@@ -92,7 +92,7 @@ class PrepareParams(StrictModel):
     """The whole `prepare:` section."""
 
     dataset: DatasetSource = Field(default_factory=DigitsSource)
-    seed: int = 0
+    seed: Seed = 0
     val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     label_budget: LabelBudget | None = None

@@ -10,13 +10,13 @@ module reads (besides the student's own recipe).
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import RootModel, field_validator
 
 from pipeline.config import StrictModel, validate_section
+from pipeline.names import NAME_RULE, check_name, safe_name
 
 ROOT_CACHE = "data/cache/store"
 """The root teacher's cache (the `cache` stage's output): every student's default `cache`."""
@@ -30,19 +30,24 @@ class ChainParams(StrictModel):
 
     teacher: str
 
-
-class ChainsSection(RootModel[dict[str, ChainParams]]):
-    """The `chains:` section: chain name (a directory name under data/chains/) -> ChainParams."""
-
-    @field_validator("root")
+    @field_validator("teacher")
     @classmethod
-    def _names_are_directory_names(cls, chains: dict[str, ChainParams]) -> dict[str, ChainParams]:
-        for name in chains:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-                raise ValueError(
-                    f"chain name {name!r} must be letters, digits, '_', '-' or '.' (it names a directory)"
-                )
-        return chains
+    def _a_student_or_a_member(cls, teacher: str) -> str:
+        # `data/export/<teacher>/model.onnx` in dvc.yaml: a student, or `<cohort>/<member>`
+        parts = teacher.split("/")
+        if len(parts) > 2:
+            raise ValueError(
+                f"chain teacher name {teacher!r} is not allowed: use {NAME_RULE} (a student), or "
+                "<cohort>/<member>"
+            )
+        for part in parts:
+            check_name(part, "chain teacher")
+        return teacher
+
+
+class ChainsSection(RootModel[dict[safe_name("chain"), ChainParams]]):
+    """The `chains:` section: chain name (a directory name under data/chains/, a DVC stage key
+    `chain_cache@<chain>`) -> ChainParams."""
 
 
 def validate_chains(data: Any) -> dict[str, ChainParams]:

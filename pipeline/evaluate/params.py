@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from pipeline.config import StrictModel
 from pipeline.evaluate.bias_correction import BiasCorrectionParams
@@ -11,7 +11,7 @@ from pipeline.evaluate.bias_correction import BiasCorrectionParams
 class LatencyParams(StrictModel):
     """ONNX Runtime timing: median of `repeats` runs after `warmup`, per batch size and provider."""
 
-    batch_sizes: tuple[int, ...] = Field(default=(1, 64), min_length=1)
+    batch_sizes: tuple[PositiveInt, ...] = Field(default=(1, 64), min_length=1)  # 0 times nothing
     providers: tuple[str, ...] = ("CPUExecutionProvider", "CUDAExecutionProvider")
     warmup: int = Field(default=3, ge=0)
     repeats: int = Field(default=20, ge=1)

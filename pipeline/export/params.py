@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.config import StrictModel
+from pipeline.config import Seed, StrictModel
 
 
 class ExportParams(StrictModel):
@@ -15,9 +15,9 @@ class ExportParams(StrictModel):
     rtol, atol: ONNX Runtime vs torch parity, |onnx - torch| <= atol + rtol * |torch| elementwise.
     """
 
-    seed: int | None = None
+    seed: Seed | None = None
     int8: bool = False
     rtol: float = Field(default=1e-4, gt=0)
     atol: float = Field(default=1e-5, gt=0)
     parity_batch_sizes: tuple[int, ...] = Field(default=(1, 7, 64), min_length=1)
-    parity_seed: int = 0
+    parity_seed: Seed = 0

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
+from pipeline.config import StrictModel, Width
 from pipeline.errors import DistilleryError
 from pipeline.students.output import StudentOutput
 
@@ -29,9 +29,9 @@ class CNNParams(StrictModel):
     """`arch: {kind: cnn, channels: [16, 32], embed: 64}`: one block per width, then an embedding."""
 
     kind: Literal["cnn"] = "cnn"
-    channels: tuple[int, ...] = Field(default=(16, 32), min_length=1)
-    convs_per_block: int = Field(default=1, ge=1)
-    embed: int = Field(default=64, ge=1)
+    channels: tuple[Width, ...] = Field(default=(16, 32), min_length=1)
+    convs_per_block: int = Field(default=1, ge=1, le=64)
+    embed: Width = 64
 
 
 def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
+from pipeline.config import StrictModel, Width
 from pipeline.students.output import StudentOutput
 
 
@@ -21,7 +21,7 @@ class MLPParams(StrictModel):
     """`arch: {kind: mlp, hidden: [64, 32]}`: one ReLU layer per width, then a linear classifier."""
 
     kind: Literal["mlp"] = "mlp"
-    hidden: tuple[int, ...] = Field(default=(64,), min_length=1)
+    hidden: tuple[Width, ...] = Field(default=(64,), min_length=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 

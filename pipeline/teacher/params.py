@@ -19,7 +19,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config import StrictModel
+from pipeline.config import Seed, StrictModel, Width
+from pipeline.names import safe_name
 
 
 class BuiltinTeacherParams(StrictModel):
@@ -30,9 +31,9 @@ class BuiltinTeacherParams(StrictModel):
     "transfer_set" learns only from the labelled rows the students see.
     """
 
-    seed: int = 0
-    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
-    embed_dim: int = Field(default=128, ge=1)
+    seed: Seed = 0
+    channels: list[Width] = Field(default_factory=lambda: [32, 64], min_length=1)
+    embed_dim: Width = 128
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=64, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0)
@@ -57,7 +58,7 @@ class TeacherParams(StrictModel):
     onnx: str | None = None
     input_name: str = "input"
     logits_name: str = "logits"
-    tap_names: list[str] | None = None
+    tap_names: list[safe_name("teacher tap")] | None = None  # cache arrays features/<tap>
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int | None = Field(default=None, ge=1)
     builtin: BuiltinTeacherParams = Field(default_factory=BuiltinTeacherParams)

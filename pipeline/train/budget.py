@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
-from pipeline.config import StrictModel
+from pipeline.config import Seed, StrictModel
 from pipeline.errors import DistilleryError
 
 TRAIN, UNLABELLED_SPLIT = SPLITS.index("train"), SPLITS.index("unlabelled")
@@ -44,7 +44,7 @@ class StudentLabelBudget(StrictModel):
     """
 
     per_class: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     held_back: bool = False
 
 

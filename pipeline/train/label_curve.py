@@ -31,9 +31,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.config import StrictModel
+from pipeline.config import Seed, StrictModel
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.names import safe_name
 from pipeline.train.budget import TRAIN, UNLABELLED_SPLIT, StudentLabelBudget
 from pipeline.train.params import StudentParams
 
@@ -46,9 +47,11 @@ class LabelCurveParams(StrictModel):
     """The `label_curve:` section (module docstring)."""
 
     per_class: list[int | Literal["all"]] = Field(default_factory=lambda: [5, 15, 50, "all"], min_length=1)
-    students: list[str] = Field(default_factory=lambda: ["ce_baseline", "hinton"], min_length=1)
-    seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1)
-    label_seed: int = 0
+    students: list[safe_name("student")] = Field(
+        default_factory=lambda: ["ce_baseline", "hinton"], min_length=1
+    )
+    seeds: tuple[Seed, ...] = Field(default=(0, 1, 2), min_length=1)
+    label_seed: Seed = 0
     held_back: bool = True
     steps: int | None = Field(default=360, ge=1)
 

@@ -27,13 +27,13 @@ students:
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import Field, RootModel, field_validator, model_validator
 
-from pipeline.config import ParamsError, StrictModel, validate_section
+from pipeline.config import ParamsError, Seed, StrictModel, validate_section
 from pipeline.errors import DistilleryError
+from pipeline.names import safe_name
 from pipeline.students.registry import ArchParams
 from pipeline.train.budget import StudentLabelBudget
 
@@ -79,16 +79,15 @@ class CohortParams(StrictModel):
     """Students trained together in one pass over the cache, each batch shared by all members.
     Member names become directories (`data/train/<cohort>/<member>/seed_<k>/`)."""
 
-    members: dict[str, CohortMember] = Field(min_length=1)
+    members: dict[safe_name("cohort member"), CohortMember] = Field(min_length=1)
 
     @field_validator("members")
     @classmethod
-    def _names_are_directory_names(cls, members: dict[str, CohortMember]) -> dict[str, CohortMember]:
+    def _names_are_not_seed_directories(cls, members: dict[str, CohortMember]) -> dict[str, CohortMember]:
         for name in members:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.startswith("seed_"):
+            if name.startswith("seed_"):
                 raise ValueError(
-                    f"member name {name!r} must be letters, digits, '_', '-' or '.' "
-                    "(it names a directory), and not start with 'seed_'"
+                    f"cohort member name {name!r} must not start with 'seed_' (a seed's directory)"
                 )
         return members
 
@@ -104,7 +103,7 @@ class StudentParams(StrictModel):
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
-    seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1)
+    seeds: tuple[Seed, ...] = Field(default=(0, 1, 2), min_length=1)
     cache: str = "data/cache/store"
     train_rows: Literal["labelled", "all"] = "all"
     label_budget: StudentLabelBudget | None = None  # labels masked at train time; the cache stays as it is
@@ -113,6 +112,18 @@ class StudentParams(StrictModel):
     torch_threads: int | None = Field(
         default=1, ge=1
     )  # small students run fastest on one thread; null = torch's default
+
+    @model_validator(mode="after")
+    def _some_term_has_weight(self) -> StudentParams:
+        for member, (_, recipe) in self.members().items():
+            weights = [getattr(term, "weight", None) for term in (recipe or {}).values()]
+            if weights and all(weight == 0 for weight in weights):
+                where = f"cohort member {member!r}: " if member else ""
+                raise ValueError(
+                    f"{where}every loss term has weight 0, so the student would learn nothing; give at "
+                    "least one term a non-zero weight"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_of_arch_or_cohort(self) -> StudentParams:
@@ -134,8 +145,9 @@ class StudentParams(StrictModel):
         }
 
 
-class StudentsSection(RootModel[dict[str, StudentParams]]):
-    """The whole `students:` section: student name -> StudentParams."""
+class StudentsSection(RootModel[dict[safe_name("student"), StudentParams]]):
+    """The whole `students:` section: student name -> StudentParams. A name becomes a directory, a
+    DVC stage key (`train@<name>`) and a command word, so it is held to `pipeline.names`."""
 
     model_config = {"frozen": True}
 

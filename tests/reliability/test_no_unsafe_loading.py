@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
-SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader"}
+SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "ParamsLoader"}  # ParamsLoader: see below
 
 
 def _dotted(node: ast.AST) -> str:
@@ -112,3 +112,18 @@ def test_the_check_catches_each_unsafe_form(snippet):
 )
 def test_the_check_accepts_the_safe_forms(snippet):
     assert unsafe_uses(snippet) == []
+
+
+def test_the_params_loader_is_a_safe_loader():
+    """`ParamsLoader` (pipeline/config.py) is accepted above by name: it must build on the safe
+    constructor, which refuses Python tags."""
+    import yaml
+
+    from pipeline.config import ParamsLoader
+
+    assert issubclass(ParamsLoader, yaml.constructor.SafeConstructor)
+    assert not issubclass(
+        ParamsLoader, (yaml.constructor.FullConstructor, yaml.constructor.UnsafeConstructor)
+    )
+    with pytest.raises(yaml.YAMLError):
+        yaml.load("x: !!python/object/apply:os.system ['true']", Loader=ParamsLoader)

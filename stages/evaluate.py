@@ -13,10 +13,15 @@ from pipeline.evaluate.evaluation import join_split
 from pipeline.evaluate.lineage import is_root_cache, learned_from, validate_chains
 from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.run import evaluate_student_dir
+from pipeline.io import output_lock
+from pipeline.names import child_path
+from stages.cli import student_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--student", required=True, help="a name under `students:` in params.yaml")
+    parser.add_argument(
+        "--student", required=True, type=student_name, help="a name under `students:` in params.yaml"
+    )
     parser.add_argument(
         "--params", default="params.yaml", help="params file (sections `evaluate`, `students`)"
     )
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     teacher = learned_from(
         {**recipe, "cache": cache_path}, validate_chains(raw.get("chains")), args.root_cache
     )
-    out = Path(args.out or f"data/evaluate/{args.student}")
+    out = Path(args.out) if args.out else child_path("data/evaluate", args.student, "student")
     classes = bias_classes(params.bias_correction, (raw.get("prepare") or {}).get("omit_classes"))
     bias = (
         (
@@ -61,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
         if classes
         else None
     )
-    reports = evaluate_student_dir(
-        Path(args.train_dir) / args.student, data, params, recipe, args.export_dir, out, root, teacher, bias
-    )
+    student_dir = child_path(args.train_dir, args.student, "student")
+    with output_lock(out, f"distillery evaluate --student {args.student}"):
+        reports = evaluate_student_dir(
+            student_dir, data, params, recipe, args.export_dir, out, root, teacher, bias
+        )
     for model, report in reports.items():
         accuracy, latency = report["accuracy"], report["latency_ms"].get("cpu_b1")
         latency = f"{latency:.3f}" if isinstance(latency, float) else latency

@@ -17,6 +17,7 @@ from pipeline.cache.open import check_fingerprints, open_cache
 from pipeline.cache.report import cache_report, write_plots
 from pipeline.cache.writer import CacheBuild, reference_rows, shard_reference_logits
 from pipeline.io import atomic_write_json
+from stages.cli import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher", help="teacher ONNX: re-run it on a sample to measure the stored KL error"
     )
     parser.add_argument("--prepared", help="prepared dataset directory (needed with --teacher)")
-    parser.add_argument("--sample-rows", type=int, default=4096, help="rows re-run with --teacher")
+    parser.add_argument("--sample-rows", type=positive_int, default=4096, help="rows re-run with --teacher")
 
 
 def _reference(cache, args):
@@ -53,6 +54,8 @@ def _reference(cache, args):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:  # refused before the work, not after it (one line from stages/cli.py)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     cache = open_cache(args.cache)
     rows, logits = _reference(cache, args)
     report = cache_report(cache, rows, logits)

@@ -15,7 +15,9 @@ from pathlib import Path
 from pipeline.cluster.params import load_cluster_params, load_sweep_params
 from pipeline.cluster.sweep import sweep_students, write_sweep_report
 from pipeline.config import read_params_file
+from pipeline.io import output_lock
 from pipeline.train.params import select_student, validate_students
+from stages.cli import seed, student_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--students",
         nargs="+",
+        type=student_name,
         default=None,
         help="names under `students:`, or `all` (default: `sweep.students` in params)",
     )
@@ -34,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scratch", default="data/.scratch/sweep", help="resumable checkpoints, <student>/ each"
     )
     parser.add_argument("--report", default="data/sweep/report.json", help="per-student outcome (JSON)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override every student's seeds")
+    parser.add_argument("--seeds", type=seed, nargs="+", default=None, help="override every student's seeds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -49,19 +52,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep: {len(grid)} students on a {cluster.kind} cluster: {', '.join(grid)}")
     else:
         print("sweep: no students selected (sweep.students in params.yaml, or --students); nothing to train")
-    results = (
-        sweep_students(
-            cluster,
-            grid,
-            args.prepared,
-            args.out,
-            args.scratch,
-            seeds=args.seeds,
-            progress=not args.no_progress,
-        )
-        if grid
-        else {}
-    )
+    results = {}
+    if grid:
+        with output_lock(args.out, "distillery sweep"):
+            results = sweep_students(
+                cluster,
+                grid,
+                args.prepared,
+                args.out,
+                args.scratch,
+                seeds=args.seeds,
+                progress=not args.no_progress,
+            )
     report = write_sweep_report(results, args.report)
     for name, result in results.items():
         if result.ok:

@@ -8,22 +8,27 @@ import sys
 from pathlib import Path
 
 from pipeline.config import read_params_file
+from pipeline.io import output_lock
+from pipeline.names import child_path
 from pipeline.train.params import select_student, validate_students
 from pipeline.train.run import train_student
+from stages.cli import positive_int, seed, student_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--student", required=True, help="a name under `students:` in params.yaml")
+    parser.add_argument(
+        "--student", required=True, type=student_name, help="a name under `students:` in params.yaml"
+    )
     parser.add_argument("--params", default="params.yaml", help="params file (section `students`)")
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--out", default=None, help="output directory (default data/train/<student>)")
     parser.add_argument(
         "--scratch", default=None, help="resumable checkpoints (default data/.scratch/train/<student>)"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the student's seeds")
+    parser.add_argument("--seeds", type=seed, nargs="+", default=None, help="override the student's seeds")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch intra-op threads (default: the student's torch_threads)",
     )
@@ -33,16 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     students = validate_students(read_params_file(args.params).get("students"))
     params = select_student(students, args.student)
-    result = train_student(
-        args.student,
-        params,
-        args.prepared,
-        out_dir=Path(args.out or f"data/train/{args.student}"),
-        scratch_dir=Path(args.scratch or f"data/.scratch/train/{args.student}"),
-        seeds=args.seeds,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        threads=args.threads,
+    out_dir = Path(args.out) if args.out else child_path("data/train", args.student, "student")
+    scratch_dir = (
+        Path(args.scratch) if args.scratch else child_path("data/.scratch/train", args.student, "student")
     )
+    with output_lock(out_dir, f"distillery train --student {args.student}"):
+        result = train_student(
+            args.student,
+            params,
+            args.prepared,
+            out_dir=out_dir,
+            scratch_dir=scratch_dir,
+            seeds=args.seeds,
+            progress=not args.no_progress and sys.stderr.isatty(),
+            threads=args.threads,
+        )
     for model, figures in result["models"].items():
         print(
             f"train: {model}: val acc per seed {json.dumps(figures['val_acc'])}, mean "

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.cluster.runner import ClusterLike, TaskResult, run_tasks
 from pipeline.io import atomic_write_json
+from pipeline.names import child_path
 
 
 def _absolute(path: str | Path) -> str:
@@ -40,8 +41,8 @@ def student_tasks(
             train_student,
             (name, params, _absolute(prepared_dir)),
             {
-                "out_dir": _absolute(Path(out_root) / name),
-                "scratch_dir": _absolute(Path(scratch_root) / name),
+                "out_dir": _absolute(child_path(out_root, name, "student")),
+                "scratch_dir": _absolute(child_path(scratch_root, name, "student")),
                 "seeds": None if seeds is None else list(seeds),
                 "progress": False,
                 "threads": threads,

@@ -45,6 +45,36 @@ class SplitValueError(DatasetError):
     """A split column holds values other than train/val/test/unlabelled."""
 
 
+class DatasetFormatError(DatasetError):
+    """A dataset file that is not in the format params.yaml names (or is truncated)."""
+
+
+class EmptyDatasetError(DatasetError):
+    """The dataset has no rows."""
+
+
+class InputTypeError(DatasetError):
+    """Inputs that are not numbers (strings, objects)."""
+
+
+def check_rows(source: str, inputs: np.ndarray, **per_row) -> None:
+    """The dataset's shape before anything else: at least one row, numeric inputs, and one value per
+    row (shape (N,)) in each of `per_row` (ids=, labels=, split=; None = not given)."""
+    if len(inputs) == 0:
+        raise EmptyDatasetError(f"{source}: the dataset has no rows; point prepare.dataset at your data")
+    if inputs.dtype.kind not in "fiub":
+        raise InputTypeError(
+            f"{source}: inputs must be numbers, got dtype {inputs.dtype}; convert them to floats "
+            "(e.g. np.asarray(x, dtype=np.float32)) before saving"
+        )
+    for name, array in per_row.items():
+        if array is not None and np.ndim(array) != 1:
+            raise InputShapeError(
+                f"{source}: {name} must be one value per row, shape ({len(inputs)},), got shape "
+                f"{tuple(np.shape(array))}; flatten them (e.g. y.reshape(-1))"
+            )
+
+
 def _few(values, limit: int = 5) -> str:
     values = [int(v) if isinstance(v, (np.integer, int)) else v for v in list(values)]
     shown = ", ".join(str(v) for v in values[:limit])

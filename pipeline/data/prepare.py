@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.data.checks import DatasetError
 from pipeline.data.params import PrepareParams
 from pipeline.data.prepared import PreparedData, make_prepared, split_codes
 from pipeline.data.sources import load_source
@@ -21,6 +22,10 @@ TEACHER_TRAIN_DIR = "teacher_train"
 budget or omitted classes took rows away from the students' train split."""
 
 
+class UnknownClassError(DatasetError):
+    """`prepare.omit_classes` names a class the dataset does not have."""
+
+
 @dataclass(frozen=True)
 class PreparedOutputs:
     """dataset: what every student stage sees. teacher_train: the full labelled train split before
@@ -35,6 +40,12 @@ def prepare_dataset(params: PrepareParams) -> PreparedOutputs:
     """Load `params.dataset`, split it (or keep the user's split), then restrict the students'
     train split by `omit_classes` and `label_budget`."""
     raw = load_source(params.dataset)
+    unknown = sorted(set(params.omit_classes) - set(range(raw.num_classes)))
+    if unknown:
+        raise UnknownClassError(
+            f"prepare.omit_classes: {unknown} are not classes of this dataset (it has classes 0.."
+            f"{raw.num_classes - 1}); omit existing classes, or [] to omit none"
+        )
     if raw.split is None:
         split = stratified_split(raw.label, params.seed, params.val_fraction, params.test_fraction)
     else:

@@ -159,9 +159,19 @@ def load_prepared(directory: str | Path) -> PreparedData:
     for path in (meta_path, data_path):
         if not path.exists():
             raise PreparedDataError(f"{path}: missing; run `distillery prepare` (or `dvc repro prepare`)")
-    meta = json.loads(meta_path.read_text())
-    table = pq.read_table(data_path)
-    input_shape = tuple(meta["input_shape"])
+    rerun = "re-run `distillery prepare` (or `dvc repro prepare`)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        input_shape = tuple(int(n) for n in meta["input_shape"])
+        meta["num_classes"], meta["fingerprint"]  # noqa: B018 - present, or the file is damaged
+    except (ValueError, KeyError, TypeError) as error:
+        raise PreparedDataError(f"{meta_path}: damaged ({type(error).__name__}: {error}); {rerun}") from None
+    try:
+        table = pq.read_table(data_path)
+    except (pa.ArrowException, OSError) as error:  # truncated or overwritten after prepare wrote it
+        raise PreparedDataError(
+            f"{data_path}: not a readable Parquet file ({' '.join(str(error).split())[:200]}); {rerun}"
+        ) from None
     column = table.column("input").combine_chunks()
     flat = column.values.to_numpy(zero_copy_only=False) if len(column) else np.empty(0, np.float32)
     split_code = pc.index_in(table.column("split"), value_set=pa.array(SPLITS))

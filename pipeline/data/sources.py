@@ -14,12 +14,16 @@ import numpy as np
 from pipeline.cache.batch import SPLITS, UNLABELLED
 from pipeline.data.checks import (
     DatasetFileNotFoundError,
+    DatasetFormatError,
+    EmptyDatasetError,
+    InputTypeError,
     InputShapeError,
     MissingColumnError,
     SampleIdTypeError,
     SplitValueError,
     check_inputs_finite,
     check_labels,
+    check_rows,
     check_sample_ids,
     infer_num_classes,
     reshape_inputs,
@@ -83,6 +87,7 @@ def _require_file(path: str) -> Path:
 def _finish(source_name: str, sample_id, inputs, label, num_classes, split) -> RawDataset:
     """Common checks and canonical dtypes for every user source."""
     n = len(inputs)
+    check_rows(source_name, np.asarray(inputs), ids=sample_id, labels=label, split=split)
     sample_id = np.arange(n, dtype=np.int64) if sample_id is None else np.asarray(sample_id)
     label = np.full(n, UNLABELLED, dtype=np.int64) if label is None else label
     for name, array in (("ids", sample_id), ("labels", label), ("split", split)):
@@ -132,11 +137,12 @@ def _labels_with_missing(values: np.ndarray, source_name: str) -> np.ndarray:
 def load_parquet(source: ParquetSource) -> RawDataset:
     """Rows of a Parquet file: `id_column`, `label_column` (null = no label), `input_column` (a list of
     numbers per row, same length in every row), optional `split_column`."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     path = _require_file(source.path)
-    schema_names = pq.read_schema(path).names
+    schema_names = _read_parquet(pq.read_schema, path, source.path).names
     wanted = [c for c in (source.id_column, source.label_column, source.input_column, source.split_column) if c]
     missing = [c for c in wanted if c not in schema_names]
     if missing:
@@ -145,8 +151,16 @@ def load_parquet(source: ParquetSource) -> RawDataset:
             f"{schema_names}; set prepare.dataset.id_column / label_column / input_column / "
             f"split_column to the names you use (id_column or label_column may be null)"
         )
-    table = pq.read_table(path, columns=wanted)
+    table = _read_parquet(pq.read_table, path, source.path, columns=wanted)
+    if table.num_rows == 0:
+        raise EmptyDatasetError(f"{source.path}: the dataset has no rows; point prepare.dataset at your data")
     column = table.column(source.input_column).combine_chunks()
+    value_type = getattr(column.type, "value_type", None)
+    if value_type is None or not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+        raise InputTypeError(
+            f"{source.path}: column {source.input_column!r} must hold a list of numbers per row, got "
+            f"{column.type}; write the inputs as lists of floats"
+        )
     if column.null_count:
         rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
         raise InputShapeError(f"{source.path}: rows {rows[:5].tolist()} have no input; drop them")
@@ -159,6 +173,10 @@ def load_parquet(source: ParquetSource) -> RawDataset:
             f"every input must have the same shape"
         )
     width = int(lengths[0]) if len(lengths) else 0
+    if width == 0:
+        raise InputShapeError(
+            f"{source.path}: column {source.input_column!r} holds empty lists; every row needs its input"
+        )
     flat_values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
     inputs = reshape_inputs(flat_values.reshape(len(column), width), source.input_shape, source.path)
     ids = table.column(source.id_column).to_numpy() if source.id_column else None
@@ -169,6 +187,20 @@ def load_parquet(source: ParquetSource) -> RawDataset:
     split = (np.asarray(table.column(source.split_column).to_pylist(), dtype=object)
              if source.split_column else None)
     return _finish(source.path, ids, inputs, labels, source.num_classes, split)
+
+
+def _read_parquet(read, path: Path, shown: str, **kwargs):
+    """`read(path, **kwargs)` (pq.read_schema, pq.read_table), a file that is not Parquet (or is
+    truncated) refused as DatasetFormatError."""
+    import pyarrow as pa
+
+    try:
+        return read(path, **kwargs)
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetFormatError(
+            f"{shown}: not a readable Parquet file ({' '.join(str(error).split())[:200]}); point "
+            "prepare.dataset.path at a Parquet file, or set prepare.dataset.kind to your format"
+        ) from None
 
 
 def _open_arrays(source: ArraySource):

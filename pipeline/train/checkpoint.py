@@ -11,6 +11,7 @@ removed: a process killed at any instant leaves a JSON that names a complete ten
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,21 @@ def load_checkpoint(directory: Path, config_hash: str) -> tuple[TrainingState, d
     path = directory / CHECKPOINT_FILE
     if not path.exists():
         return None
-    payload = json.loads(path.read_text())
-    if payload.get("format_version") != FORMAT_VERSION or payload.get("config_hash") != config_hash:
-        return None
+    try:
+        payload = json.loads(path.read_text())
+        if payload.get("format_version") != FORMAT_VERSION or payload.get("config_hash") != config_hash:
+            return None
+        if not re.fullmatch(r"state-\d{9}\.safetensors", str(payload["weights_file"])):
+            raise ValueError(f"weights_file {str(payload['weights_file'])[:80]!r} is not a state file")
+        state = TrainingState(**{k: payload[k] for k in TrainingState.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON errors are ValueErrors
+        raise CheckpointError(
+            f"{path}: the training checkpoint is damaged ({type(error).__name__}: {error}); delete "
+            f"{directory} to train this seed again from the start"
+        ) from None
     weights_path = directory / payload["weights_file"]
     if not weights_path.exists():
         return None
-    state = TrainingState(**{k: payload[k] for k in TrainingState.__dataclass_fields__})
     try:
         payload["tensors"] = load_file(str(weights_path))
     except SafetensorError as error:  # written atomically, so damaged after the fact (disk, a copy)

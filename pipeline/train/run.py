@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json, replace_dir
 from pipeline.students.registry import count_parameters
 from pipeline.students.trained import save_trained_student
@@ -34,10 +35,20 @@ from pipeline.train.loop import run_seed
 from pipeline.train.params import StudentParams
 
 
-def resolve_device(device: str) -> str:
-    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu"/"cuda" unchanged."""
+class DeviceError(DistilleryError):
+    """`device: cuda` where torch sees no CUDA GPU."""
+
+
+def resolve_device(device: str, student: str = "<name>") -> str:
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu" unchanged; "cuda" checked."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise DeviceError(
+            f"students.{student}.device: cuda, but torch ({torch.__version__}, {build}) sees no CUDA "
+            "GPU here; set device: auto (the GPU where there is one) or cpu"
+        )
     return device
 
 
@@ -150,7 +161,7 @@ def train_from_reader(
         reader, prepared, budget_report = budgeted.reader, budgeted.prepared, budgeted.report
     data = join_training_data(reader, prepared, params.train_rows)
     digest = config_hash(params, prepared.fingerprint, reader)
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, name)
     seeds = list(params.seeds if seeds is None else seeds)
     staging = scratch_dir / "output"
     shutil.rmtree(staging, ignore_errors=True)

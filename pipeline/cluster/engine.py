@@ -1,7 +1,8 @@
 """Start (or connect to) the Dask engine that `cluster:` names, and hand back a Client.
 
 local   -> distributed.LocalCluster: worker processes, loopback only, no dashboard unless asked.
-slurm   -> dask_jobqueue.SLURMCluster, pbs -> dask_jobqueue.PBSCluster: one batch job per worker.
+slurm   -> dask_jobqueue.SLURMCluster, pbs -> dask_jobqueue.PBSCluster: one batch job per worker; the
+           scheduler listens on one address (never 0.0.0.0), its HTTP server on loopback, TLS on ask.
 address -> a Client on an existing scheduler; nothing is started or stopped.
 
 Everything the engine starts is stopped when the `with` block ends (batch jobs are cancelled).
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import uuid
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -53,8 +56,44 @@ def _local_cluster(params: LocalParams):
         return LocalCluster(**kwargs)
 
 
+def scheduler_options(params: SlurmParams | PBSParams) -> dict[str, Any]:
+    """Where the jobqueue scheduler listens: `scheduler_interface`, else `interface`, else the one
+    address this machine reaches other hosts on (the address dask-jobqueue gives the workers anyway),
+    never every interface; its HTTP server (dashboard, /health) only on 127.0.0.1."""
+    from distributed.utils import get_ip
+
+    options: dict[str, Any] = {
+        "dashboard": params.dashboard,
+        "dashboard_address": "127.0.0.1:8787" if params.dashboard else "127.0.0.1:0",
+    }
+    interface = params.scheduler_interface or params.interface
+    if interface:
+        options["interface"] = interface
+    else:
+        options["host"] = get_ip()
+    return options
+
+
+def cluster_security(params: SlurmParams | PBSParams) -> Any:
+    """The `distributed.Security` of `params.tls` (None when off): a throw-away certificate for
+    `tls: true`, else the given files; encryption required either way."""
+    if params.tls is False:
+        return None
+    from distributed.security import Security
+
+    if params.tls is True:
+        return Security.temporary()
+    files = params.tls
+    roles = {}
+    for role in ("scheduler", "worker", "client"):
+        roles[f"tls_{role}_cert"] = files.cert_file
+        roles[f"tls_{role}_key"] = files.key_file
+    return Security(tls_ca_file=files.ca_file, require_encryption=True, **roles)
+
+
 def jobqueue_kwargs(params: SlurmParams | PBSParams) -> dict[str, Any]:
-    """The dask-jobqueue constructor arguments for a slurm/pbs section (pure, for tests and docs)."""
+    """The dask-jobqueue constructor arguments for a slurm/pbs section (pure but for a throw-away
+    certificate with `tls: true`; for tests and docs)."""
     worker_args = list(params.worker_extra_args)
     if params.gpus_per_worker:
         worker_args += ["--resources", f"GPU={params.gpus_per_worker}"]
@@ -77,9 +116,13 @@ def jobqueue_kwargs(params: SlurmParams | PBSParams) -> dict[str, Any]:
         worker_extra_args=worker_args,
         job_script_prologue=list(params.job_script_prologue),
         python=params.python or sys.executable,
-        scheduler_options={"dashboard_address": None},
+        scheduler_options=scheduler_options(params),
         silence_logs="error",
     )
+    security = cluster_security(params)
+    if security is not None:
+        # the worker key of a throw-away certificate is written (mode 600) where the jobs can read it
+        kwargs.update(security=security, protocol="tls://", shared_temp_directory=os.getcwd())
     for key in ("interface", "log_directory", "local_directory"):
         if getattr(params, key):
             kwargs[key] = getattr(params, key)
@@ -110,7 +153,8 @@ def open_client(params: LocalParams | SlurmParams | PBSParams | AddressParams) -
     """A `distributed.Client` on the engine `params` describes, with at least one worker joined.
 
     Raises ClusterStartError when no worker joins within `params.start_timeout_s` seconds (a batch
-    queue that never starts the jobs, a wrong address), naming where to look.
+    queue that never starts the jobs, a wrong address), naming where to look, or when the workers
+    that joined run no task in that time (e.g. a memory limit below what a worker uses).
     """
     from distributed import Client
 
@@ -140,4 +184,29 @@ def open_client(params: LocalParams | SlurmParams | PBSParams | AddressParams) -
                 f"cluster.kind={params.kind}: no Dask worker joined within {params.start_timeout_s:.0f} s; "
                 f"{where}, or raise cluster.start_timeout_s"
             ) from None
+        _probe(client, params)
         yield client
+
+
+def _ready() -> bool:
+    return True
+
+
+def _probe(client: Any, params: LocalParams | SlurmParams | PBSParams | AddressParams) -> None:
+    """One trivial task must run: workers that join but never take work (paused, or restarted over
+    and over, because their memory limit is below what they use) would otherwise hang the run."""
+    from distributed import wait
+
+    future = client.submit(_ready, pure=False, key=f"distillery-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        wait([future], timeout=params.start_timeout_s)
+    except TimeoutError:
+        memory = getattr(params, "memory", "")
+        raise ClusterStartError(
+            f"cluster.kind={params.kind}: workers joined but none ran a task within "
+            f"{params.start_timeout_s:.0f} s: they are paused or restarting (usually a cluster.memory "
+            f"{memory!r} below what a worker uses) or busy with other work; raise cluster.memory or "
+            "cluster.start_timeout_s"
+        ) from None
+    finally:
+        future.release()

@@ -23,9 +23,44 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.config import StrictModel, read_params_file, validate_section
+from pipeline.names import check_name
+
+MIN_WORKER_MEMORY = 256 * 2**20
+"""The least `memory` accepted: a Dask worker holds ~100 MB before it runs anything; with less it is
+paused (no task ever starts) and restarted over and over, and the run hangs instead of failing."""
+
+
+def _check_memory(memory: str) -> str:
+    """`memory` as Dask reads it ("4GB", "512MiB"; "auto" and "0" for local clusters), refused when it
+    does not parse or is below MIN_WORKER_MEMORY."""
+    from dask.utils import parse_bytes
+
+    if memory in ("auto", "0"):
+        return memory
+    try:
+        size = parse_bytes(memory)
+    except (ValueError, TypeError):
+        raise ValueError(f"{memory!r} is not a size; write it like 4GB or 512MiB") from None
+    if size < MIN_WORKER_MEMORY:
+        raise ValueError(
+            f"{memory} is less than the {MIN_WORKER_MEMORY // 2**20} MiB a Dask worker needs to start (it "
+            "would be paused and restarted forever); give e.g. 4GB"
+        )
+    return memory
+
+
+class TLSFiles(StrictModel):
+    """Certificates for TLS between scheduler, workers and this client (PEM files all of them read)."""
+
+    ca_file: str
+    """The certificate authority that signed `cert_file`."""
+    cert_file: str
+    """The certificate scheduler, workers and client present."""
+    key_file: str | None = None
+    """Its private key (None: it is in `cert_file`)."""
 
 
 class _Common(StrictModel):
@@ -56,6 +91,8 @@ class LocalParams(_Common):
     """Threads per worker; tasks also use this many torch / ONNX Runtime threads."""
     memory: str = "auto"
     """Memory limit per worker ("4GB", "auto" = RAM split evenly, "0" = none)."""
+
+    _memory = field_validator("memory")(classmethod(lambda cls, value: _check_memory(value)))
     dashboard: bool = False
     """Serve the Dask dashboard on 127.0.0.1:8787 (off by default: tests and CI need no port)."""
     local_directory: str | None = None
@@ -74,6 +111,8 @@ class _JobQueue(_Common):
     """Worker processes per job."""
     memory: str
     """Memory per job, e.g. "16GB" (dask-jobqueue requires it)."""
+
+    _memory = field_validator("memory")(classmethod(lambda cls, value: _check_memory(value)))
     walltime: str = "01:00:00"
     queue: str | None = None
     account: str | None = None
@@ -89,6 +128,15 @@ class _JobQueue(_Common):
     """Python on the compute nodes (default: this interpreter, which must be reachable there)."""
     interface: str | None = None
     """Network interface of scheduler and workers (e.g. "ib0"; "lo" for a single-node test cluster)."""
+    scheduler_interface: str | None = None
+    """The scheduler's interface where it differs from the workers' (default: `interface`, else the
+    address this machine reaches other hosts on; never every interface)."""
+    dashboard: bool = False
+    """Serve the Dask dashboard on 127.0.0.1:8787 (reach it with `ssh -L 8787:localhost:8787`)."""
+    tls: bool | TLSFiles = False
+    """Encrypt and authenticate scheduler, worker and client traffic: true makes a throw-away
+    certificate for this run (its worker key is written, mode 600, to the project directory, which the
+    compute nodes must see anyway, and removed at the end); or give `{ca_file, cert_file, key_file}`."""
     log_directory: str | None = None
     """Where batch jobs write their stdout/stderr (default: the job's working directory)."""
     local_directory: str | None = None
@@ -120,7 +168,25 @@ class AddressParams(_Common):
 
     kind: Literal["address"]
     address: str
-    """The scheduler's address, e.g. "tcp://10.0.0.5:8786"."""
+    """The scheduler's address, e.g. "tcp://10.0.0.5:8786" (tls://... with TLS set in your Dask config)."""
+
+    @field_validator("address")
+    @classmethod
+    def _a_scheduler_address(cls, address: str) -> str:
+        from distributed.comm.addressing import parse_address, parse_host_port
+
+        try:
+            protocol, location = parse_address(address, strict=True)
+            host, _ = parse_host_port(location)
+            if protocol not in ("tcp", "tls", "ucx") or not host or any(c.isspace() for c in host):
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"{address!r} is not a Dask scheduler address; write it as tcp://<host>:<port>, e.g. "
+                "tcp://10.0.0.5:8786"
+            ) from None
+        return address
+
     threads_per_worker: int = Field(1, ge=1)
     """Threads each task gives torch / ONNX Runtime (match your `dask worker --nthreads`)."""
 
@@ -156,6 +222,13 @@ class SweepParams(StrictModel):
     """
 
     students: Literal["all"] | list[str] = []
+
+    @field_validator("students")
+    @classmethod
+    def _safe_names(cls, students: str | list[str]) -> str | list[str]:
+        for name in [] if students == "all" else students:
+            check_name(name, "student")
+        return students
 
 
 def load_sweep_params(path: str | Path = "params.yaml") -> SweepParams:

@@ -44,8 +44,16 @@ class MissingExportError(DistilleryError):
     """The model was not exported, so its ONNX latency cannot be measured."""
 
 
-def exported_model(export_dir: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(path of model.onnx, parsed parity.json) of one exported model, or MissingExportError."""
+class StaleExportError(DistilleryError):
+    """model.onnx was exported from other weights than the checkpoint being evaluated."""
+
+
+def exported_model(export_dir: str | Path, seed_dirs: Sequence[Path] = ()) -> tuple[Path, dict[str, Any]]:
+    """(path of model.onnx, parsed parity.json) of one exported model, or MissingExportError; with
+    `seed_dirs` (the trained seeds evaluated), StaleExportError unless the export was made from the
+    current weights of one of them (parity.json's `checkpoint_sha256`, written by export)."""
+    from pipeline.students.trained import weights_sha256
+
     export_dir = Path(export_dir)
     onnx_path, parity_path = export_dir / "model.onnx", export_dir / "parity.json"
     if not onnx_path.exists() or not parity_path.exists():
@@ -53,7 +61,15 @@ def exported_model(export_dir: str | Path) -> tuple[Path, dict[str, Any]]:
             f"{export_dir}: no model.onnx + parity.json; run `dvc repro export` first "
             "(evaluate times the exported model)"
         )
-    return onnx_path, json.loads(parity_path.read_text())
+    parity = json.loads(parity_path.read_text())
+    if seed_dirs and parity.get("checkpoint_sha256") not in {weights_sha256(d) for d in seed_dirs}:
+        student = parity.get("student") or export_dir.name
+        raise StaleExportError(
+            f"{onnx_path} was exported from other weights than those in {seed_dirs[0].parent} "
+            f"(trained again since); re-run `distillery export --student {student}` (or `dvc repro "
+            f"export@{student}`), then evaluate"
+        )
+    return onnx_path, parity
 
 
 def evaluate_trained_model(
@@ -82,7 +98,7 @@ def evaluate_trained_model(
     evaluation = evaluate_model(modules, data, temperature, params.ece_bins, params.top_k, params.batch_size)
     latency, int8 = None, None
     if export_dir is not None:
-        onnx_path, parity = exported_model(export_dir)
+        onnx_path, parity = exported_model(export_dir, seed_dirs)
         latency = onnx_latency_ms(
             onnx_path,
             params.latency.batch_sizes,

@@ -55,7 +55,7 @@ def export_seed(
     accuracy change on; required when params.int8 is true.
     """
     from pipeline.students.registry import count_parameters
-    from pipeline.students.trained import load_trained_student, read_student_config
+    from pipeline.students.trained import load_trained_student, read_student_config, weights_sha256
 
     seed_dir, out_dir = Path(seed_dir), Path(out_dir)
     if params.int8 and int8_data is None:
@@ -67,6 +67,7 @@ def export_seed(
         "student": config.get("student"),
         "seed": config.get("seed"),
         "source": seed_dir.as_posix(),
+        "checkpoint_sha256": weights_sha256(seed_dir),  # evaluate refuses a model.onnx of other weights
         "arch": config.get("arch"),
         "params": count_parameters(student),
         "file": MODEL_FILE,

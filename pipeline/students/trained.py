@@ -7,6 +7,7 @@ weights are safetensors and everything else JSON, so loading a checkpoint never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,15 @@ def save_trained_student(seed_dir: str | Path, model: torch.nn.Module, config: M
     payload["num_parameters"] = count_parameters(model)
     atomic_write_json(seed_dir / CONFIG_FILE, payload)
     return seed_dir
+
+
+def weights_sha256(seed_dir: str | Path) -> str:
+    """sha256 hex of a seed's `model.safetensors`: which checkpoint an export was made from."""
+    digest = hashlib.sha256()
+    with (Path(seed_dir) / WEIGHTS_FILE).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_student_config(seed_dir: str | Path) -> dict[str, Any]:

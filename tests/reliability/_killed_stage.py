@@ -8,6 +8,7 @@ Kill points (the process dies with SIGKILL, so no `finally` or `except` runs):
   record:K        right after the cache build recorded shard K as done
   teacher:N       inside the N-th teacher forward pass of the cache build
   step:N          before the N-th optimiser step of training
+  sigint:N        sends itself SIGINT (Ctrl-C) before the N-th optimiser step, and carries on
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _arm(kill_point: str) -> None:
             return real_run(self, inputs)
 
         TeacherSession.run = run
-    elif kind == "step":
+    elif kind in ("step", "sigint"):
         import torch
 
         real_step, calls = torch.optim.AdamW.step, [0]
@@ -66,7 +67,10 @@ def _arm(kill_point: str) -> None:
         def step(self, *args, **kwargs):
             calls[0] += 1
             if calls[0] == int(value):
-                _die()
+                if kind == "sigint":
+                    os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt right here
+                else:
+                    _die()
             return real_step(self, *args, **kwargs)
 
         torch.optim.AdamW.step = step

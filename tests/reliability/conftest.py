@@ -33,18 +33,24 @@ def record(request):
     """record(item, message): note the message a user saw for `item` under this test's name."""
 
     def _record(item: str, message: str) -> None:
-        _RECORDS.append({"item": item, "test": request.node.name, "message": message})
+        _RECORDS.append(
+            {"item": item, "test": request.node.name, "file": request.node.path.name, "message": message}
+        )
 
     return _record
 
 
-def refused(capsys, argv: list[str]) -> str:
-    """Run `distillery <argv>` in-process; assert exit code 1 and exactly one error line
-    `distillery <stage>: <Error>: <message>` and no traceback; return that line."""
+def refused(capsys, argv: list[str], code: int = 1) -> str:
+    """Run `distillery <argv>` in-process; assert exit code `code` (1: bad input or state, 2: a bad
+    command line) and exactly one error line `distillery <stage>: <Error>: <message>` and no
+    traceback; return that line."""
     capsys.readouterr()
-    code = main(argv)
+    try:
+        got = main(argv)
+    except SystemExit as exit_:  # argparse exits on a bad command line
+        got = exit_.code
     captured = capsys.readouterr()
-    assert code == 1, f"exit code {code}; stderr: {captured.err}"
+    assert got == code, f"exit code {got}; stderr: {captured.err}"
     assert "Traceback" not in captured.err + captured.out
     prefix = f"distillery {argv[0]}: "
     lines = [line for line in captured.err.splitlines() if line.startswith(prefix)]

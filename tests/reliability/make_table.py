@@ -83,6 +83,30 @@ NOTES = """
 - **Params**: `tests/test_params.py` validates every shipped params file through the model of each
   section and checks that a typo in each section (unknown key, wrong type) and a misspelt section name
   are refused naming the key path.
+- **Exit codes.** 1: bad input or state (one `distillery <stage>: <Error>: <message>` line; an OSError
+  the stage did not expect is one line too: `DiskFullError`, `ReadOnlyFileSystemError`,
+  `PermissionError`, `FileSystemError`; `DISTILLERY_TRACEBACK=1` re-raises it); 2: a bad command line
+  (`UsageError`, argparse's checks, e.g. `--threads -2`, `--student ../docs`); 130: Ctrl-C
+  (`interrupted; re-run to resume`: every output is atomic and training resumes from its checkpoint).
+- **Names are data.** Every name that becomes a path, a DVC stage key or a command word (students,
+  cohort members, chains and their teacher, teacher taps, `sweep.students`, `label_curve.students`,
+  `--student`) must match `[A-Za-z0-9_][A-Za-z0-9_-]{0,63}` (`pipeline/names.py`), checked when params
+  are loaded and by argparse; dvc.yaml quotes every name it puts into a `cmd:` as well, and a stage's
+  default path made from a name must resolve inside its stage directory (a symlink out is refused).
+- **One writer per output.** `train`, `export`, `evaluate` and `sweep` hold a lock on their output
+  directory (`.lock-<name>` beside it, an OS lock released even by SIGKILL); a second run of the same
+  student fails at once with `OutputBusyError`.
+- **Resource limits.** A params file over 1 MiB is refused before parsing; YAML aliases are fine (as
+  `yaml.safe_dump` writes them) but a file whose aliases expand past 1,000,000 values, a value that
+  contains itself, and merge keys are refused, as are duplicate keys (DVC refuses them too). Layer
+  widths are at most 65536; seeds are 0 .. 2**32-1; params numbers must be finite. A cluster
+  `memory` below 256 MiB is refused, and a cluster whose workers join but run no task within
+  `start_timeout_s` fails naming `cluster.memory`.
+- **A stale export.** `parity.json` records the sha256 of the checkpoint it was exported from;
+  `distillery evaluate` refuses (`StaleExportError`) a `model.onnx` of other weights than those it
+  evaluates, so a leaderboard never pairs one model's latency and size with another's accuracy.
+- **The Slurm/PBS scheduler** listens on one address (never 0.0.0.0) and serves HTTP on 127.0.0.1
+  only; `cluster.tls` turns on TLS (docs/cluster.md, "Network exposure and limits").
 """
 
 
@@ -116,6 +140,23 @@ README_ITEMS = [
     "stale cache (teacher changed), at `distillery leaderboard`",
     "a checkpoint from a different architecture, at `distillery export`",
     "a checkpoint that is a torch.save pickle",
+    "a student named `x;touch pwned` in params.yaml, run by `dvc repro`",
+    "`distillery train --student .`",
+    "data/train/<student> a symlink out of data/train",
+    "two `distillery train` of one student at once",
+    "Ctrl-C (SIGINT) while training",
+    "a read-only data/ (EROFS)",
+    "params: a YAML alias bomb",
+    "params: a 5 MB params file",
+    "params: a duplicate student key",
+    "params: a NaN loss weight",
+    "params: every loss weight 0",
+    "`cluster.memory: 1MB`",
+    "the Slurm/PBS scheduler's network exposure",
+    "a dataset with zero rows",
+    "a truncated data/prepared/dataset.parquet",
+    "`device: cuda` on a machine without CUDA",
+    "`distillery evaluate` by hand on a model.onnx exported before",
 ]
 README_START, README_END = (
     "<!-- reliability table: tests/reliability/make_table.py -->",
@@ -123,15 +164,28 @@ README_START, README_END = (
 )
 
 
+def counts(rows: list[dict[str, str]]) -> tuple[int, int]:
+    """(faults survived, bad inputs refused): distinct rows recorded by test_faults.py, and by the
+    other files of tests/reliability."""
+    faults = {row["item"] for row in rows if row.get("file") == "test_faults.py"}
+    inputs = {row["item"] for row in rows if row.get("file") != "test_faults.py"}
+    return len(faults), len(inputs)
+
+
 def readme_section(rows: list[dict[str, str]]) -> str:
     """The README's Reliability section body: a few sentences and the rows of README_ITEMS."""
+    faults, inputs = counts(rows)
     lines = [
         README_START,
         "Every stage survives SIGKILL and refuses bad input with one line, `distillery <stage>: <Error>: "
-        "<message>`, and exit code 1, without a traceback and without touching what was already written. "
-        "Tried by `tests/reliability/` through the real command line; the messages below are verbatim "
+        "<message>` (exit code 1; 2 for a bad command line, 130 for Ctrl-C), without a traceback and "
+        "without touching what was already written. Names from params or the command line are never "
+        "shell code or paths outside their stage's directory. "
+        f"Tried by `tests/reliability/` through the real command line: {faults + inputs} faults and bad "
+        f"inputs, every one handled ({faults} faults survived, {inputs} bad inputs refused with one "
+        "line); the messages below are verbatim "
         "(`<tmp>` is the test's temporary directory). All of them, with the test of each and the decisions "
-        "behind them: [docs/reliability.md](docs/reliability.md).",
+        "behind them: [docs/reliability.md](docs/reliability.md) (`python -m tests.reliability.make_table`).",
         "",
         "| fault or bad input | what the user sees |",
         "| --- | --- |",
@@ -197,11 +251,15 @@ def run(out: Path, readme: Path | None = None) -> int:
         rows = json.loads(records.read_text())
         outcomes = _outcomes(junit)
     failed = sorted(name for name, state in outcomes.items() if state == "failed")
+    faults, inputs = counts(rows)
     lines = [
         "# Reliability: faults and bad input, and what the user sees",
         "",
         "Every stage survives being killed and refuses bad input with one line, `distillery <stage>: "
-        "<Error>: <message>`, exit code 1 and no traceback, leaving what was already written intact.",
+        "<Error>: <message>`, exit code 1 (2 for a bad command line, 130 for Ctrl-C) and no traceback, "
+        "leaving what was already written intact.",
+        f"{faults + inputs} faults and bad inputs tried ({faults} faults survived, {inputs} bad inputs "
+        "refused), each one row below.",
         f"This table is written by `.venv/bin/python -m tests.reliability.make_table` from a real run "
         f"({sum(s == 'passed' for s in outcomes.values())} tests passed, {len(failed)} failed); the messages "
         "are verbatim, with the pytest temporary directory shown as `<tmp>`. What each test checks "

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from pipeline.cache.writer import completed_shards, open_build
@@ -25,8 +26,11 @@ from tests.reliability.project import base_params, copy_project, stage_argv, wri
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _killed(kill_point: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """`distillery <argv>` in a subprocess that SIGKILLs itself at `kill_point` (see _killed_stage)."""
+def _killed(
+    kill_point: str, argv: list[str], returncode: int = -signal.SIGKILL
+) -> subprocess.CompletedProcess:
+    """`distillery <argv>` in a subprocess that SIGKILLs (or interrupts) itself at `kill_point` (see
+    _killed_stage); asserts it ended with `returncode`."""
     result = subprocess.run(
         [sys.executable, "-m", "tests.reliability._killed_stage", kill_point, *argv],
         cwd=ROOT,
@@ -35,7 +39,7 @@ def _killed(kill_point: str, argv: list[str]) -> subprocess.CompletedProcess:
         timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
 
@@ -174,15 +178,12 @@ def test_export_killed_leaves_no_onnx_that_evaluate_would_take(tmp_path, built_p
     assert json.loads((export / "parity.json").read_text())["parity"]["passed"]
 
 
-def test_a_full_disk_while_training_is_one_line_and_the_checkpoint_is_kept(
-    tmp_path, built_project, capsys, monkeypatch, record
-):
-    import pipeline.train.checkpoint as checkpoint
-
+def _checkpointing_train(built_project: Path, tmp_path: Path) -> list[str]:
+    """`distillery train` of a 2-epoch student that checkpoints every 3 steps, writing under tmp_path."""
     params = base_params(built_project)
     params["students"]["kd"].update(epochs=2, checkpoint_every_steps=3)
     path = write_params(tmp_path / "params.yaml", params)
-    argv = [
+    return [
         "train",
         "--student",
         "kd",
@@ -196,19 +197,66 @@ def test_a_full_disk_while_training_is_one_line_and_the_checkpoint_is_kept(
         str(tmp_path / "scratch"),
         "--no-progress",
     ]
+
+
+@pytest.mark.parametrize(
+    "code, strerror, item",
+    [
+        (errno.ENOSPC, "No space left on device", "a full disk while training writes a checkpoint"),
+        (
+            errno.EROFS,
+            "Read-only file system",
+            "a read-only data/ (EROFS) while training writes a checkpoint",
+        ),
+    ],
+    ids=["disk-full", "read-only"],
+)
+def test_a_file_system_refusing_a_write_while_training_is_one_line_and_the_checkpoint_is_kept(
+    code, strerror, item, tmp_path, built_project, capsys, monkeypatch, record
+):
+    import pipeline.train.checkpoint as checkpoint
+
+    argv = _checkpointing_train(built_project, tmp_path)
     real_write, calls = checkpoint.atomic_write_bytes, [0]
 
     def write(target, data):
         calls[0] += 1
         if calls[0] == 2:  # the second checkpoint
-            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+            raise OSError(code, strerror, str(target))
         return real_write(target, data)
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
     line = refused(capsys, argv)
-    assert line.startswith("distillery train: DiskFullError: No space left on device writing ")
-    record("a full disk while training writes a checkpoint", line.replace(str(tmp_path), "<tmp>"))
+    kind = "DiskFullError" if code == errno.ENOSPC else "ReadOnlyFileSystemError"
+    assert line.startswith(f"distillery train: {kind}: {strerror} writing ")
+    assert "what was already written is intact" in line
+    record(item, line.replace(str(tmp_path), "<tmp>"))
     first = json.loads((tmp_path / "scratch" / "seed_0" / "checkpoint.json").read_text())
     assert first["global_step"] == 3  # the first checkpoint is intact
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", real_write)
     assert main(argv) == 0
+
+
+def test_ctrl_c_while_training_is_one_line_exit_130_and_a_rerun_resumes(tmp_path, built_project, record):
+    argv = _checkpointing_train(built_project, tmp_path)
+    result = _killed("sigint:6", argv, returncode=130)  # checkpoints of steps 3 and 4 (epoch end) on disk
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert line == (
+        "distillery train: interrupted; re-run to resume (every output is written atomically, so what "
+        "was already written is intact)"
+    )
+    record("Ctrl-C (SIGINT) while training, mid-epoch", f"exit code 130 and one line: {line}")
+    assert json.loads((tmp_path / "scratch" / "seed_0" / "checkpoint.json").read_text())["global_step"] == 4
+    assert main(argv) == 0
+
+
+def test_two_trainings_of_one_student_at_once_the_second_is_refused(tmp_path, built_project, capsys, record):
+    from pipeline.io import output_lock
+
+    argv = _checkpointing_train(built_project, tmp_path)
+    with output_lock(tmp_path / "out", "distillery train --student kd"):  # a first run holds the output
+        line = refused(capsys, argv)
+    assert "OutputBusyError" in line and "distillery train --student kd" in line
+    assert not (tmp_path / "scratch").exists() and not (tmp_path / "out").exists()
+    record("two `distillery train` of one student at once", line.replace(str(tmp_path), "<tmp>"))

@@ -139,3 +139,8 @@ def infer_num_classes(label: np.ndarray, num_classes: int | None, source: str) -
             f"set prepare.dataset.num_classes"
         )
     return int(labelled.max()) + 1
+
+
+def first_sentence(error: Exception) -> str:
+    """The first sentence of a library error's message, on one line (pyarrow's run on for several)."""
+    return " ".join(str(error).split()).split(". ")[0][:300]

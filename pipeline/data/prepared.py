@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.data.checks import first_sentence
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json, replace_dir
 
@@ -170,7 +171,7 @@ def load_prepared(directory: str | Path) -> PreparedData:
         table = pq.read_table(data_path)
     except (pa.ArrowException, OSError) as error:  # truncated or overwritten after prepare wrote it
         raise PreparedDataError(
-            f"{data_path}: not a readable Parquet file ({' '.join(str(error).split())[:200]}); {rerun}"
+            f"{data_path}: not a readable Parquet file ({first_sentence(error)}); {rerun}"
         ) from None
     column = table.column("input").combine_chunks()
     flat = column.values.to_numpy(zero_copy_only=False) if len(column) else np.empty(0, np.float32)

@@ -16,8 +16,8 @@ from pipeline.data.checks import (
     DatasetFileNotFoundError,
     DatasetFormatError,
     EmptyDatasetError,
-    InputTypeError,
     InputShapeError,
+    InputTypeError,
     MissingColumnError,
     SampleIdTypeError,
     SplitValueError,
@@ -25,6 +25,7 @@ from pipeline.data.checks import (
     check_labels,
     check_rows,
     check_sample_ids,
+    first_sentence,
     infer_num_classes,
     reshape_inputs,
 )
@@ -198,7 +199,7 @@ def _read_parquet(read, path: Path, shown: str, **kwargs):
         return read(path, **kwargs)
     except (pa.ArrowException, OSError) as error:
         raise DatasetFormatError(
-            f"{shown}: not a readable Parquet file ({' '.join(str(error).split())[:200]}); point "
+            f"{shown}: not a readable Parquet file ({first_sentence(error)}); point "
             "prepare.dataset.path at a Parquet file, or set prepare.dataset.kind to your format"
         ) from None
 

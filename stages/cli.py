@@ -96,17 +96,17 @@ _OS_ERRORS = {
     errno.EACCES: ("PermissionError", "fix the permissions (or write elsewhere) and re-run the stage"),
     errno.EPERM: ("PermissionError", "fix the permissions (or write elsewhere) and re-run the stage"),
 }
+_WRITE_ONLY = ("DiskFullError", "ReadOnlyFileSystemError")
 _INTACT = "every output is written atomically, so what was already written is intact"
 
 
 def os_error_line(error: OSError) -> str:
     """`<Error>: <what> writing <file>; <fix> (<intact>)` for an OSError a stage did not expect."""
     kind, fix = _OS_ERRORS.get(error.errno, ("FileSystemError", "fix the path and re-run the stage"))
-    strerror = error.strerror or str(error)
-    where = f" writing {error.filename}" if error.filename and kind != "FileSystemError" else ""
-    if kind == "FileSystemError" and error.filename:
-        where = f": {error.filename}"
-    return f"{kind}: {strerror}{where}; {fix} ({_INTACT})"
+    where = ""
+    if error.filename:  # disk full and read-only happen only on writes; the others on reads too
+        where = f" writing {error.filename}" if kind in _WRITE_ONLY else f": {error.filename}"
+    return f"{kind}: {error.strerror or error}{where}; {fix} ({_INTACT})"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,7 +86,7 @@ def test_plan_shards_covers_every_row_once():
 def test_lazy_reader_gives_the_same_batches_as_memory(tmp_path):
     store_dir = build(tmp_path).store_dir
     memory, lazy = open_cache(store_dir), open_cache(store_dir, mode="lazy")
-    assert type(lazy).__name__ == "LazyZarrCache"
+    assert type(lazy).__name__ == "LazyCache"
     rows = np.array([5, 140, 5, 77])
     a, b = memory.batch(rows), lazy.batch(rows)
     assert np.array_equal(a.logits.numpy(), b.logits.numpy())

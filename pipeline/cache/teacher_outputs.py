@@ -70,7 +70,8 @@ def run_teacher(teacher: Teacher, inputs: np.ndarray, rows: slice | None = None)
     except DistilleryError:
         raise
     except Exception as error:  # the teacher is foreign code (ONNX Runtime): one line, not its trace
-        message = (str(error).strip().splitlines() or [""])[0][:300]
+        message = " ".join(str(error).split())
+        message = message if len(message) <= 300 else f"{message[:120]} ... {message[-170:]}"
         where = f" ({_rows(rows)})" if rows is not None else ""
         raise TeacherOutputError(
             f"{_source(teacher)} failed on a batch of {len(inputs)} rows{where} ({type(error).__name__}: "

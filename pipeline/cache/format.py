@@ -114,10 +114,6 @@ class CacheLayout:
         start = shard_index * self.rows_per_shard
         return slice(start, min(start + self.rows_per_shard, self.num_rows))
 
-    def shards(self) -> list[slice]:
-        """Row range of every shard."""
-        return plan_shards(self.num_rows, self.rows_per_shard)
-
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Array name -> (per-row shape, stored dtype), in the fixed order of the format."""
         specs: dict[str, tuple[tuple[int, ...], str]] = {

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.cache.format import FORMAT_VERSION, plan_shards
+from pipeline.cache.format import FORMAT_VERSION, CacheLayout, plan_shards
 from pipeline.cache.open import StoredCache, open_cache
 from pipeline.cache.reader import block_shuffle, iter_batches, rows_of_split
 from pipeline.cache.sparse import top_k_form
@@ -75,6 +75,9 @@ def test_plan_shards_covers_every_row_once_in_whole_aligned_shards(num_rows, row
     np.testing.assert_array_equal(covered, np.arange(num_rows))
     assert all(s.start % rows_per_shard == 0 for s in shards)
     assert all(s.stop - s.start == rows_per_shard for s in shards[:-1])
+    layout = CacheLayout(num_rows, 3, "float16", "float16", {}, None, rows_per_shard, rows_per_shard)
+    assert layout.num_shards == len(shards)  # arithmetic, not a list: a lying cache.json costs nothing
+    assert [layout.shard_rows(k) for k in range(layout.num_shards)] == shards
 
 
 def test_plan_shards_covers_every_row_once():

@@ -9,8 +9,10 @@ looks at.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -109,7 +111,9 @@ def output_lock(directory: str | Path, command: str) -> Iterator[Path]:
     A second writer of the same output fails at once with `OutputBusyError` naming the directory,
     instead of both writing and destroying each other's work. The lock is an OS file lock
     (`filelock`), released when the process exits, even by SIGKILL, so a killed run never leaves a
-    stale lock behind. command: what the user ran, for the message (e.g. "distillery cache").
+    stale lock behind. Once it is held, what killed writers of `directory` left behind is deleted
+    (`remove_stale_temporaries`): no one else can be writing there. command: what the user ran,
+    for the message (e.g. "distillery cache").
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +126,35 @@ def output_lock(directory: str | Path, command: str) -> Iterator[Path]:
             "(or stop it), then re-run"
         ) from None
     try:
+        remove_stale_temporaries(directory)
         yield directory
     finally:
         lock.release()
+
+
+STALE_NAMES = re.compile(r"\.tmp-.+|\.old-.+\.\d+")
+"""What an interrupted writer leaves: `.tmp-*` (an atomic write or a staging directory that was
+never renamed into place) and `.old-<name>.<pid>` (a `replace_dir` killed between its two renames)."""
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete every file or directory named like `STALE_NAMES` below `directory`, and the
+    `.old-<name>.<pid>` of `directory` itself beside it. Only safe while holding `output_lock` on
+    `directory` (a live writer's temporary files look the same). Returns what was deleted."""
+    directory = Path(directory)
+    found = [
+        p
+        for p in directory.parent.glob(f".old-{glob.escape(directory.name)}.*")
+        if STALE_NAMES.fullmatch(p.name)
+    ]
+    for root, dirs, files in os.walk(directory):
+        for name in [*dirs, *files]:
+            if STALE_NAMES.fullmatch(name):
+                found.append(Path(root) / name)
+        dirs[:] = [name for name in dirs if not STALE_NAMES.fullmatch(name)]
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found

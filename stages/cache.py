@@ -21,7 +21,7 @@ from pipeline.cache.report import cache_report, write_plots
 from pipeline.cache.writer import BuildResult, build_cache
 from pipeline.config import load_section
 from pipeline.data.prepared import PreparedData, load_prepared
-from pipeline.io import atomic_write_json, replace_dir
+from pipeline.io import atomic_write_json, output_lock, replace_dir
 from pipeline.teacher.params import TeacherParams
 from pipeline.teacher.session import open_teacher, teacher_sha256
 
@@ -96,18 +96,21 @@ def run(args: argparse.Namespace) -> int:
     data = load_prepared(args.prepared)
     sha256 = teacher_sha256(args.teacher)
     out = Path(args.out)
-    result = _build(args, data, sha256, params, teacher_params, out / "store")
-    cache = open_cache(
-        result.store_dir, data.fingerprint, sha256, in_memory_max_bytes=params.in_memory_max_mb * 2**20
-    )
-    report = cache_report(cache, result.reference_rows, result.reference_logits)
-    report["teacher_provider"] = result.provider
-    report["teacher"] = str(args.teacher)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        write_plots(cache, report, Path(tmp) / "plots")
-        replace_dir(Path(tmp) / "plots", out / "plots")
-    atomic_write_json(out / "report.json", report)
+    # one writer per output and per scratch (a second run refuses at once); taking each lock
+    # deletes what killed runs left in it (.tmp-* files, .old-store.<pid>)
+    with output_lock(out, "distillery cache"), output_lock(args.scratch, "distillery cache"):
+        result = _build(args, data, sha256, params, teacher_params, out / "store")
+        cache = open_cache(
+            result.store_dir, data.fingerprint, sha256, in_memory_max_bytes=params.in_memory_max_mb * 2**20
+        )
+        report = cache_report(cache, result.reference_rows, result.reference_logits)
+        report["teacher_provider"] = result.provider
+        report["teacher"] = str(args.teacher)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-plots-") as tmp:
+            write_plots(cache, report, Path(tmp) / "plots")
+            replace_dir(Path(tmp) / "plots", out / "plots")
+        atomic_write_json(out / "report.json", report)
     print(
         f"cache: wrote {result.store_dir} ({len(cache)} rows, {result.shards_written} shards written, "
         f"{result.shards_resumed} resumed) from {args.teacher} and {out / 'report.json'}"

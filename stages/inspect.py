@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cache.build import CacheBuild
 from pipeline.cache.open import check_fingerprints, open_cache
+from pipeline.cache.reference import reference_rows, shard_reference_logits
 from pipeline.cache.report import cache_report, write_plots
-from pipeline.cache.writer import CacheBuild, reference_rows, shard_reference_logits
 from pipeline.io import atomic_write_json
 from stages.cli import positive_int
 
@@ -48,7 +49,7 @@ def _reference(cache, args):
         meta.teacher["tap_names"] or None,
     )
     build = CacheBuild(Path(args.cache), meta, data)
-    rows = reference_rows(len(cache), args.sample_rows)
+    rows = reference_rows(len(cache), args.sample_rows, meta.layout.num_classes)
     logits = [shard_reference_logits(build, k, teacher, rows) for k in range(meta.layout.num_shards)]
     return rows, np.concatenate(logits)
 

@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DistilleryError
+from pipeline.names import check_name, child_path
 
 FORMAT_NAME = "distillery-cache"
 FORMAT_VERSION = 1
 METADATA_FILE = "cache.json"
+STORED_FLOATS = ("float16", "float32")
+"""The dtypes logits and features may be stored in."""
 
 
 class StaleCacheError(DistilleryError):
@@ -82,6 +85,19 @@ class CacheLayout:
     rows_per_shard: int
 
     def __post_init__(self) -> None:
+        counts = {"num_rows": self.num_rows, "num_classes": self.num_classes}
+        counts |= {"rows_per_chunk": self.rows_per_chunk, "rows_per_shard": self.rows_per_shard}
+        for key, value in counts.items():
+            if type(value) is not int or value < (0 if key == "num_rows" else 1):
+                raise ValueError(f"layout.{key} is {value!r}, not a count")
+        dims = [d for shape in self.feature_shapes.values() for d in shape] + [self.sparse_top_k or 1]
+        if any(type(d) is not int or d < 0 for d in dims):
+            raise ValueError("a feature shape or sparse_top_k is not made of counts")
+        for tap in self.feature_shapes:
+            check_name(tap, "teacher output")  # it becomes a path in the store and the sidecar
+        for dtype in (self.logits_dtype, self.features_dtype):
+            if dtype not in STORED_FLOATS:
+                raise ValueError(f"stored dtype {dtype!r} is not one of {', '.join(STORED_FLOATS)}")
         if self.rows_per_shard % self.rows_per_chunk:
             raise ValueError(
                 f"rows_per_shard {self.rows_per_shard} is not a multiple of rows_per_chunk "
@@ -90,12 +106,13 @@ class CacheLayout:
 
     @property
     def num_shards(self) -> int:
-        """Number of shards (the last may be short)."""
-        return len(plan_shards(self.num_rows, self.rows_per_shard))
+        """Number of shards (the last may be short); arithmetic, so a damaged row count costs nothing."""
+        return -(-self.num_rows // self.rows_per_shard)
 
-    def shards(self) -> list[slice]:
-        """Row range of every shard."""
-        return plan_shards(self.num_rows, self.rows_per_shard)
+    def shard_rows(self, shard_index: int) -> slice:
+        """Row range of shard `shard_index`."""
+        start = shard_index * self.rows_per_shard
+        return slice(start, min(start + self.rows_per_shard, self.num_rows))
 
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Array name -> (per-row shape, stored dtype), in the fixed order of the format."""
@@ -215,6 +232,15 @@ def build_fingerprint(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def array_path(root: str | Path, name: str) -> Path:
+    """The path of cache array `name` ("logits", "features/<tap>", ...) under `root`, every part
+    checked by `pipeline.names.child_path` (so no array name leaves `root`)."""
+    path = Path(root)
+    for part in name.split("/"):
+        path = child_path(path, part, "cache array")
+    return path
+
+
 def array_digest(array: np.ndarray) -> str:
     """sha256 hex of an array's C-order bytes (the manifest's per-shard content check)."""
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
@@ -231,7 +257,13 @@ def read_metadata(store_dir: str | Path) -> CacheMetadata:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CacheCorruptError(f"{path} is not valid JSON ({error}); re-run `dvc repro cache`") from None
-    return CacheMetadata.from_json(data)
+    if not isinstance(data, dict):
+        raise CacheCorruptError(f"{path} is damaged (not a JSON object); re-run `dvc repro cache`")
+    try:
+        return CacheMetadata.from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        what = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise CacheCorruptError(f"{path} is damaged ({what}); re-run `dvc repro cache`") from None
 
 
 def short(digest: str) -> str:

@@ -7,7 +7,11 @@ is materialised once, shard by shard, each shard checked against the manifest's 
 `.npy` file per array (`numpy.lib.format.open_memmap`) in a sidecar directory outside the DVC-tracked
 store (default `<store>/../../.scratch/mmap/<key>/`, i.e. `data/.scratch/mmap/<key>/` for
 `data/cache/store`). `<key>` is a digest of the cache's build fingerprint and manifest, so a rebuilt
-cache gets a fresh sidecar.
+cache gets a fresh sidecar, and the marker names the store it copies (its path relative to the
+sidecars' directory, so moving a whole project keeps it): every open of a cache deletes the
+sidecars of that same store whose key is not its own (older builds of it), the sidecars of an
+older marker format, and the half-built copies of processes that are gone, so rebuilding a large
+cache again and again does not fill the disk.
 
 The build happens in `<key>.building-<pid>-<random>/`, the marker `complete.json` is written
 (atomically) last, and only then is the directory renamed onto `<key>/`: a killed build is never
@@ -27,14 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache.format import CacheCorruptError, CacheMetadata, array_digest
+from pipeline.cache.format import CacheCorruptError, CacheMetadata, array_digest, array_path
 from pipeline.cache.reader import MemoryCache
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json
 
 MARKER_FILE = "complete.json"
 MARKER_FORMAT = "distillery-cache-mmap"
-MARKER_VERSION = 1
+MARKER_VERSION = 2
 SMALL_ARRAYS = ("sample_id", "split", "label")
 
 
@@ -49,15 +53,6 @@ def sidecar_key(metadata: CacheMetadata) -> str:
 def default_mmap_dir(store_dir: Path, metadata: CacheMetadata) -> Path:
     """`<store>/../../.scratch/mmap/<key>`: data/.scratch/mmap/<key> for data/cache/store."""
     return Path(store_dir).resolve().parent.parent / ".scratch" / "mmap" / sidecar_key(metadata)
-
-
-def memory_cache_args(arrays: Mapping[str, np.ndarray]) -> tuple:
-    """(sample_id, split, label, logits, features, sparse) for MemoryCache from cache array names."""
-    features = {name.split("/", 1)[1]: a for name, a in arrays.items() if name.startswith("features/")}
-    sparse = None
-    if "sparse/values" in arrays:
-        sparse = (arrays["sparse/values"], arrays["sparse/indices"], arrays["sparse/logsumexp"])
-    return arrays["sample_id"], arrays["split"], arrays["label"], arrays["logits"], features, sparse
 
 
 def read_shard_verified(
@@ -91,19 +86,27 @@ class MmapCache(MemoryCache):
         arrays: Mapping[str, np.ndarray],
         built: bool,
     ) -> None:
-        super().__init__(*memory_cache_args(arrays))
+        self._hold(arrays)
         self.path, self.metadata, self.sidecar, self.built = path, metadata, sidecar, built
 
 
 def _npy_path(directory: Path, name: str) -> Path:
-    return directory / f"{name}.npy"  # "features/embed" -> features/embed.npy
+    path = array_path(directory, name)  # "features/embed" -> features/embed.npy, inside `directory`
+    return path.with_name(f"{path.name}.npy")
 
 
-def _marker(metadata: CacheMetadata) -> dict:
+def store_identity(store_dir: Path, sidecars: Path) -> str:
+    """The store `store_dir` as the sidecars in the directory `sidecars` name it: its path relative
+    to that directory (the same after moving the whole project)."""
+    return os.path.relpath(Path(store_dir).resolve(), Path(sidecars).resolve())
+
+
+def _marker(metadata: CacheMetadata, store: str) -> dict:
     return {
         "format": MARKER_FORMAT,
         "format_version": MARKER_VERSION,
         "key": sidecar_key(metadata),
+        "store": store,
         "build_fingerprint": metadata.build_fingerprint,
         "arrays": {
             name: {"row_shape": list(shape), "dtype": dtype}
@@ -113,10 +116,10 @@ def _marker(metadata: CacheMetadata) -> dict:
     }
 
 
-def _open_finished(directory: Path, metadata: CacheMetadata) -> dict[str, np.ndarray] | None:
+def _open_finished(directory: Path, metadata: CacheMetadata, store: str) -> dict[str, np.ndarray] | None:
     """The sidecar's arrays when `directory` holds a finished sidecar of this cache, else None."""
     try:
-        if json.loads((directory / MARKER_FILE).read_text()) != _marker(metadata):
+        if json.loads((directory / MARKER_FILE).read_text()) != _marker(metadata, store):
             return None
         arrays = {}
         for name, (shape, dtype) in metadata.layout.arrays().items():
@@ -129,7 +132,9 @@ def _open_finished(directory: Path, metadata: CacheMetadata) -> dict[str, np.nda
         return None
 
 
-def _build(directory: Path, store, metadata: CacheMetadata, verify: bool, progress: bool) -> None:
+def _build(
+    directory: Path, store, metadata: CacheMetadata, identity: str, verify: bool, progress: bool
+) -> None:
     """Write every array into `directory` shard by shard (verified), then the marker."""
     layout = metadata.layout
     maps = {}
@@ -150,7 +155,7 @@ def _build(directory: Path, store, metadata: CacheMetadata, verify: bool, progre
     for target in maps.values():
         target.flush()
     del maps
-    atomic_write_json(directory / MARKER_FILE, _marker(metadata))
+    atomic_write_json(directory / MARKER_FILE, _marker(metadata, identity))
 
 
 class MmapDirError(DistilleryError):
@@ -176,16 +181,57 @@ def _remove_stale(directory: Path) -> None:
     shutil.rmtree(directory)
 
 
-def _remove_dead_builds(parent: Path, key: str) -> None:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_dead_builds(parent: Path) -> None:
     """Delete `<key>.building-<pid>-*` directories whose process is gone (killed builds)."""
-    for debris in parent.glob(f"{key}.building-*"):
+    for debris in parent.glob("*.building-*"):
         try:
             pid = int(debris.name.split(".building-", 1)[1].split("-", 1)[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(debris, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
+        except (ValueError, IndexError):
             continue
+        if not _pid_alive(pid):
+            shutil.rmtree(debris, ignore_errors=True)
+
+
+def remove_stale_sidecars(
+    store_dir: Path, metadata: CacheMetadata, mmap_dir: str | Path | None = None
+) -> list[Path]:
+    """Delete, beside this cache's sidecar directory, the sidecars that can never be used again:
+    those of this same store with another key (older builds of it), those of an older marker
+    format, and half-built copies of dead processes. Sidecars of other stores, and directories that
+    are not sidecars, are left alone. Returns the directories deleted."""
+    directory = Path(mmap_dir) if mmap_dir is not None else default_mmap_dir(store_dir, metadata)
+    parent = directory.parent
+    if not parent.is_dir():
+        return []
+    _remove_dead_builds(parent)
+    identity, key, removed = store_identity(store_dir, parent), sidecar_key(metadata), []
+    for candidate in parent.iterdir():
+        if candidate == directory or ".building-" in candidate.name or not candidate.is_dir():
+            continue
+        try:
+            marker = json.loads((candidate / MARKER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not a finished sidecar: maybe another program's directory
+        if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+            continue
+        older_format = marker.get("format_version") != MARKER_VERSION
+        if older_format or (marker.get("store") == identity and marker.get("key") != key):
+            try:
+                _remove_stale(candidate)
+            except MmapDirError:
+                continue  # holds files of its own: never deleted
+            removed.append(candidate)
+    return removed
 
 
 def open_sidecar(
@@ -205,24 +251,25 @@ def open_sidecar(
     left behind. Disk: the cache's uncompressed size (see `layout_nbytes`).
     """
     directory = Path(mmap_dir) if mmap_dir is not None else default_mmap_dir(store_dir, metadata)
-    arrays = _open_finished(directory, metadata)
+    identity = store_identity(store_dir, directory.parent)
+    arrays = _open_finished(directory, metadata, identity)
     built = arrays is None
     if built:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_builds(directory.parent, directory.name)
+        _remove_dead_builds(directory.parent)
         building = Path(
             tempfile.mkdtemp(prefix=f"{directory.name}.building-{os.getpid()}-", dir=directory.parent)
         )
         try:
-            _build(building, store, metadata, verify, progress)
-            arrays = _open_finished(directory, metadata)  # another process may have finished first
+            _build(building, store, metadata, identity, verify, progress)
+            arrays = _open_finished(directory, metadata, identity)  # another process may have finished first
             if arrays is None:
                 _remove_stale(directory)  # half-built or of another cache: never taken as finished
                 try:
                     os.rename(building, directory)
                 except OSError:
                     pass  # another process put its finished copy there first
-                arrays = _open_finished(directory, metadata)
+                arrays = _open_finished(directory, metadata, identity)
         finally:
             shutil.rmtree(building, ignore_errors=True)
         if arrays is None:

@@ -1,15 +1,19 @@
-"""Open a finished cache: refuse stale or half-written ones, verify it, hand back a CacheReader.
+"""Open a finished cache: refuse stale, half-written or damaged ones, verify it, hand back a reader.
+
+Before anything is allocated, cache.json is checked against what the store itself holds (every
+array present, with the shape and dtype cache.json claims) and the manifest against the shard
+plan, so a damaged cache.json claiming 10^12 rows is one line, not an out-of-memory kill.
 
 Read path (measured in benchmarks/bench_cache.py; docs/cache_format.md): gathering 256 random rows
 from compressed Zarr chunks costs tens of ms (every touched inner chunk is decoded), while a numpy
 gather from RAM takes well under 1 ms and one from an uncompressed memory map a few ms. So
 `mode="auto"` (the default) loads a cache up to `in_memory_max_bytes` (params
 `cache.in_memory_max_mb`, default 8 GiB) whole, shard by shard, each shard checked against the
-manifest's sha256, into a `StoredCache` (a `MemoryCache`); a larger cache (either store) is copied
+manifest's sha256, into a `StoredCache` (a `MemoryCache`); a larger cache (any store) is copied
 once, verified the same way, into uncompressed `.npy` files outside the store and served from
-memory maps (`MmapCache`, pipeline/cache/mmap_store.py). `mode="lazy"` keeps the Zarr-only reader
-that decodes just the touched inner chunks (`LazyZarrCache`, checked by their crc32c; no second
-copy on disk; train it with block-shuffled batches).
+memory maps (`MmapCache`, pipeline/cache/mmap_store.py). `mode="lazy"` keeps the reader that
+decodes just the touched inner chunks (`LazyCache`, pipeline/cache/lazy.py; stores that read rows
+cheaply, i.e. Zarr).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline.cache.batch import SparseLogits, TeacherBatch
+from pipeline.cache.alignment import CacheAlignmentError, check_alignment  # noqa: F401 (re-exported)
 from pipeline.cache.format import (
+    METADATA_FILE,
+    CacheCorruptError,
     CacheLayout,
     CacheMetadata,
     IncompleteCacheError,
@@ -29,23 +34,19 @@ from pipeline.cache.format import (
     read_metadata,
     short,
 )
+from pipeline.cache.lazy import LazyCache
 from pipeline.cache.mmap_store import (
     MmapCache,  # noqa: F401 (re-exported: a reader open_cache returns)
-    memory_cache_args,
     open_sidecar,
     read_shard_verified,
+    remove_stale_sidecars,
 )
-from pipeline.cache.parquet_store import ParquetStore
-from pipeline.cache.reader import CacheReader, CacheSchema, MemoryCache
-from pipeline.cache.zarr_store import ZarrStore
+from pipeline.cache.reader import CacheReader, MemoryCache
+from pipeline.cache.store import Store, open_store
 from pipeline.errors import DistilleryError
 
 DEFAULT_IN_MEMORY_MAX_BYTES = 8 * 1024**3
 READ_MODES = ("auto", "memory", "mmap", "lazy")
-
-
-class CacheAlignmentError(DistilleryError):
-    """Sample ids of the dataset in use do not match the cache's rows."""
 
 
 class CacheModeError(DistilleryError):
@@ -64,91 +65,9 @@ class StoredCache(MemoryCache):
     """A finished cache loaded into RAM; `metadata` is its cache.json, `path` its directory."""
 
     def __init__(self, path: Path, metadata: CacheMetadata, arrays: Mapping[str, np.ndarray]) -> None:
-        super().__init__(*memory_cache_args(arrays))
+        self._hold(arrays)
         self.path = path
         self.metadata = metadata
-
-
-class LazyZarrCache:
-    """A finished Zarr cache too large for RAM: ids, splits and labels in memory; logits, features
-    and the sparse form read per batch from the inner chunks the rows fall in."""
-
-    def __init__(
-        self, path: Path, metadata: CacheMetadata, store: ZarrStore, small: Mapping[str, np.ndarray]
-    ) -> None:
-        self.path, self.metadata, self._store = path, metadata, store
-        self._small = dict(small)
-        layout = metadata.layout
-        self.schema = CacheSchema(
-            num_rows=layout.num_rows,
-            num_classes=layout.num_classes,
-            logits_dtype=layout.logits_dtype,
-            feature_shapes=dict(layout.feature_shapes),
-            sparse_top_k=layout.sparse_top_k,
-        )
-
-    def __len__(self) -> int:
-        return self.schema.num_rows
-
-    @property
-    def sample_id(self) -> np.ndarray:
-        return self._small["sample_id"]
-
-    @property
-    def split(self) -> np.ndarray:
-        return self._small["split"]
-
-    @property
-    def label(self) -> np.ndarray:
-        return self._small["label"]
-
-    @property
-    def logits(self) -> np.ndarray:
-        """(N, C) stored logits, read whole (large: prefer `batch`)."""
-        return self._store.read("logits", slice(0, len(self)))
-
-    @property
-    def features(self) -> Mapping[str, np.ndarray]:
-        """tap -> (N, *shape), each read whole when accessed (large: prefer `batch`)."""
-        return {
-            tap: self._store.read(f"features/{tap}", slice(0, len(self)))
-            for tap in self.schema.feature_shapes
-        }
-
-    @property
-    def sparse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The top-k form (values, indices, logsumexp), read whole, or None."""
-        if self.schema.sparse_top_k is None:
-            return None
-        whole = slice(0, len(self))
-        return tuple(self._store.read(f"sparse/{name}", whole) for name in ("values", "indices", "logsumexp"))
-
-    def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
-        unique, inverse = np.unique(rows, return_inverse=True)
-        return self._store.read_rows(name, unique)[inverse]
-
-    def batch(self, rows: np.ndarray) -> TeacherBatch:
-        """The rows `rows` ((B,) int) as a TeacherBatch of float32 tensors."""
-        rows = np.asarray(rows, np.int64)
-        sparse = None
-        if self.schema.sparse_top_k is not None:
-            sparse = SparseLogits(
-                torch.from_numpy(self._gather("sparse/values", rows).astype(np.float32)),
-                torch.from_numpy(self._gather("sparse/indices", rows).astype(np.int64)),
-                torch.from_numpy(self._gather("sparse/logsumexp", rows).astype(np.float32)),
-            )
-        return TeacherBatch(
-            rows=rows,
-            sample_id=self.sample_id[rows],
-            split=self.split[rows],
-            label=torch.from_numpy(self.label[rows]),
-            logits=torch.from_numpy(self._gather("logits", rows).astype(np.float32)),
-            features={
-                tap: torch.from_numpy(self._gather(f"features/{tap}", rows).astype(np.float32))
-                for tap in self.schema.feature_shapes
-            },
-            sparse=sparse,
-        )
 
 
 def check_fingerprints(
@@ -159,20 +78,63 @@ def check_fingerprints(
     if dataset_fingerprint is not None and metadata.dataset_fingerprint != dataset_fingerprint:
         raise StaleCacheError(
             f"the cache at {path} was built for dataset {short(metadata.dataset_fingerprint)} but the "
-            f"dataset "
-            f"in use is {short(dataset_fingerprint)}; re-run `dvc repro cache`"
+            f"dataset in use is {short(dataset_fingerprint)}; re-run `dvc repro cache`"
         )
     if teacher_sha256 is not None and metadata.teacher_sha256 != teacher_sha256:
         raise StaleCacheError(
             f"the cache at {path} was built for teacher sha256 {short(metadata.teacher_sha256)} but the "
-            f"teacher "
-            f"in use is {short(teacher_sha256)}; re-run `dvc repro cache`"
+            f"teacher in use is {short(teacher_sha256)}; re-run `dvc repro cache`"
         )
 
 
-def _read_verified(
-    store: ZarrStore | ParquetStore, metadata: CacheMetadata, name: str, verify: bool
-) -> np.ndarray:
+def _shape(shape: tuple[int, ...], dtype: str) -> str:
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''}) {dtype}"
+
+
+def check_store(path: Path, metadata: CacheMetadata, store: Store) -> None:
+    """Refuse a cache whose cache.json does not describe its store and manifest.
+
+    IncompleteCacheError when arrays cache.json lists are absent (a store marked complete without
+    them); CacheCorruptError, naming cache.json, when an array's real shape or dtype or the
+    manifest's shard ranges differ from what it claims. Reads only metadata, allocates nothing.
+    """
+    layout = metadata.layout
+    stored = store.stored_arrays()
+    absent = [name for name in layout.arrays() if name not in stored]
+    if absent:
+        raise IncompleteCacheError(
+            f"the cache at {path} is marked complete but its store lacks the arrays {absent}; "
+            "re-run `dvc repro cache`"
+        )
+    for name, (row_shape, dtype) in layout.arrays().items():
+        claimed = ((layout.num_rows, *row_shape), dtype)
+        if stored[name] != claimed:
+            raise CacheCorruptError(
+                f"{path / METADATA_FILE} does not match the store: it says array {name!r} is "
+                f"{_shape(*claimed)}, the store holds {_shape(*stored[name])}; the cache is damaged "
+                "(cache.json or a shard file): re-run `dvc repro cache`"
+            )
+    if len(metadata.manifest) != layout.num_shards:
+        raise IncompleteCacheError(
+            f"the cache at {path} lists {len(metadata.manifest)} of {layout.num_shards} shards; "
+            "re-run `dvc repro cache`"
+        )
+    for index, record in enumerate(metadata.manifest):
+        rows = layout.shard_rows(index)
+        try:
+            whole = (record["start"], record["stop"]) == (rows.start, rows.stop) and all(
+                isinstance(record["sha256"][name], str) for name in layout.arrays()
+            )
+        except (KeyError, TypeError):
+            whole = False
+        if not whole:
+            raise CacheCorruptError(
+                f"{path / METADATA_FILE} is damaged: manifest record {index} is not shard {index} "
+                f"(rows {rows.start}..{rows.stop - 1}) with a sha256 per array; re-run `dvc repro cache`"
+            )
+
+
+def _read_verified(store: Store, metadata: CacheMetadata, name: str, verify: bool) -> np.ndarray:
     """One whole array, shard by shard, each shard checked against the manifest's sha256."""
     shape, dtype = metadata.layout.arrays()[name]
     out = np.empty((metadata.layout.num_rows, *shape), dtype)
@@ -192,17 +154,20 @@ def open_cache(
     mode: str = "auto",
     mmap_dir: str | Path | None = None,
 ) -> CacheReader:
-    """Open the finished cache at `path` (a store directory: Zarr group or Parquet directory).
+    """Open the finished cache at `path` (a store directory of any `STORES` kind).
 
     dataset_fingerprint / teacher_sha256: when given, a cache built from anything else is refused
-    (StaleCacheError naming both hashes). A build that never finished raises IncompleteCacheError.
+    (StaleCacheError naming both hashes). A build that never finished, or a store lacking arrays
+    cache.json lists, raises IncompleteCacheError; a cache.json that does not match its store,
+    CacheCorruptError (`check_store`).
     mode: "memory" loads every array into RAM (`StoredCache`); "mmap" serves it from an
     uncompressed memory-mapped copy in `mmap_dir` (`MmapCache`; default
     `data/.scratch/mmap/<key>` for `data/cache/store`), built once and reused while the cache is
-    unchanged; "lazy" (Zarr only) reads the touched inner chunks per batch (`LazyZarrCache`);
-    "auto" is "memory" when the cache's uncompressed size is at most `in_memory_max_bytes`, else
-    "mmap". Every shard read whole is checked against the manifest when `verify`.
-    Corrupt bytes raise CacheCorruptError naming the array and the rows.
+    unchanged (copies of this store's older builds are deleted on every open); "lazy" reads the
+    touched inner chunks per batch (`LazyCache`; Zarr); "auto" is "memory" when the cache's
+    uncompressed size is at most `in_memory_max_bytes`, else "mmap". Every shard read whole is
+    checked against the manifest when `verify`. Corrupt bytes raise CacheCorruptError naming the
+    array and the rows.
     """
     path = Path(path)
     metadata = read_metadata(path)
@@ -212,28 +177,27 @@ def open_cache(
             f"repro cache`"
         )
     check_fingerprints(path, metadata, dataset_fingerprint, teacher_sha256)
-    layout = metadata.layout
-    if len(metadata.manifest) != layout.num_shards:
-        raise IncompleteCacheError(
-            f"the cache at {path} lists {len(metadata.manifest)} of {layout.num_shards} shards"
-        )
-    store = ZarrStore(path, layout) if metadata.store == "zarr" else ParquetStore(path, layout)
-    mode = _resolve_mode(path, metadata, mode, in_memory_max_bytes)
+    store = open_store(metadata.store, path, metadata.layout)
+    check_store(path, metadata, store)
+    mode = _resolve_mode(path, metadata, store, mode, in_memory_max_bytes)
+    remove_stale_sidecars(path, metadata, mmap_dir)
     if mode == "mmap":
         return open_sidecar(path, metadata, store, mmap_dir, verify)
     if mode == "lazy":
         small = {
             name: _read_verified(store, metadata, name, verify) for name in ("sample_id", "split", "label")
         }
-        return LazyZarrCache(path, metadata, store, small)
-    arrays = {name: _read_verified(store, metadata, name, verify) for name in layout.arrays()}
+        return LazyCache(path, metadata, store, small)
+    arrays = {name: _read_verified(store, metadata, name, verify) for name in metadata.layout.arrays()}
     return StoredCache(path, metadata, arrays)
 
 
-def _resolve_mode(path: Path, metadata: CacheMetadata, mode: str, in_memory_max_bytes: int) -> str:
+def _resolve_mode(
+    path: Path, metadata: CacheMetadata, store: Store, mode: str, in_memory_max_bytes: int
+) -> str:
     if mode not in READ_MODES:
         raise CacheModeError(f"unknown cache read mode {mode!r}; valid: {', '.join(READ_MODES)}")
-    if mode == "lazy" and metadata.store != "zarr":
+    if mode == "lazy" and not store.reads_rows:
         raise CacheModeError(
             f"the cache at {path} is a {metadata.store} store, which cannot be read lazily (only Zarr can); "
             'use mode="mmap" or "memory"'
@@ -241,37 +205,3 @@ def _resolve_mode(path: Path, metadata: CacheMetadata, mode: str, in_memory_max_
     if mode == "auto":
         return "memory" if layout_nbytes(metadata.layout) <= in_memory_max_bytes else "mmap"
     return mode
-
-
-def check_alignment(reader: CacheReader, sample_ids: np.ndarray, exact: bool = False) -> np.ndarray:
-    """(n,) int64 cache row of each id in `sample_ids` ((n,) int64), or CacheAlignmentError.
-
-    Ids absent from the cache are always an error; with `exact`, cache rows whose id is not in
-    `sample_ids` are one too (the dataset and the cache must hold the same rows).
-    """
-    cache_ids = np.asarray(reader.sample_id, np.int64)
-    wanted = np.asarray(sample_ids, np.int64)
-    order = np.argsort(cache_ids, kind="stable")
-    sorted_ids = cache_ids[order]
-    position = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(sorted_ids) - 1, 0))
-    found = (sorted_ids[position] == wanted) if len(sorted_ids) else np.zeros(len(wanted), bool)
-    problems = []
-    if not found.all():
-        missing = np.unique(wanted[~found])
-        problems.append(f"{len(missing)} sample id(s) are not in the cache: {_list(missing)}")
-    if exact:
-        extra = np.setdiff1d(cache_ids, wanted)
-        if len(extra):
-            problems.append(f"{len(extra)} cache row(s) have ids the dataset lacks: {_list(extra)}")
-    if problems:
-        raise CacheAlignmentError(
-            "the dataset does not match the cache: "
-            + "; ".join(problems)
-            + "; re-run `dvc repro cache` for this dataset"
-        )
-    return order[position].astype(np.int64)
-
-
-def _list(ids: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(map(str, ids[:limit].tolist()))
-    return shown + (" ..." if len(ids) > limit else "")

@@ -6,13 +6,18 @@ from typing import Literal
 
 from pydantic import Field
 
+from pipeline.cache.store import STORES
 from pipeline.config import StrictModel
+
+StoreName = Literal[tuple(STORES)]  # type: ignore[valid-type]
+"""A key of `pipeline.cache.store.STORES`: a new store is valid here once it is in the table."""
 
 
 class CacheParams(StrictModel):
     """How the `cache` stage writes the teacher cache (docs/cache_format.md).
 
-    store: "zarr" (default; sharded, zstd + crc32c) or "parquet" (one file per shard).
+    store: "zarr" (default; sharded, zstd + crc32c) or "parquet" (one file per shard): a key of
+        `pipeline.cache.store.STORES`.
     logits_dtype / features_dtype: stored dtype of the raw logits / of every feature tap.
     batch_size: rows per teacher forward pass (ONNX Runtime).
     rows_per_chunk: inner chunk (Zarr) / row group (Parquet): the unit read independently.
@@ -26,7 +31,7 @@ class CacheParams(StrictModel):
     The teacher's provider and threads come from the `teacher:` section.
     """
 
-    store: Literal["zarr", "parquet"] = "zarr"
+    store: StoreName = "zarr"
     logits_dtype: Literal["float16", "float32"] = "float16"
     features_dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = Field(256, ge=1)

@@ -9,6 +9,7 @@ built in memory and renamed into place atomically (fsynced), so a shard file is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,22 @@ def shard_file_name(shard_index: int) -> str:
     return f"part-{shard_index:06d}.parquet"
 
 
+def _row_spec(column: pa.DataType, row_shape: tuple[int, ...]) -> tuple[tuple[int, ...], str]:
+    """(row shape, numpy dtype name) of a column: a fixed-size list of width prod(row_shape) is
+    `row_shape`, another width is (width,), a plain column ()."""
+    if pa.types.is_fixed_size_list(column):
+        dtype = np.dtype(column.value_type.to_pandas_dtype()).name
+        width = int(column.list_size)
+        return (tuple(row_shape) if width == int(np.prod(row_shape)) else (width,)), dtype
+    return (), np.dtype(column.to_pandas_dtype()).name
+
+
 class ParquetStore:
-    """A cache's arrays as one Parquet file per shard in the directory `path`."""
+    """A cache's arrays as one Parquet file per shard in the directory `path` (a
+    `pipeline.cache.store.Store`)."""
 
     kind = "parquet"
+    reads_rows = False
 
     def __init__(self, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> None:
         self.path = Path(path)
@@ -42,7 +55,7 @@ class ParquetStore:
             stale.unlink()
         return cls(path, layout, zstd_level)
 
-    def _table(self, arrays: dict[str, np.ndarray]) -> pa.Table:
+    def _table(self, arrays: Mapping[str, np.ndarray]) -> pa.Table:
         columns = {}
         for name, (row_shape, dtype) in self.layout.arrays().items():
             values = np.ascontiguousarray(arrays[name], dtype=dtype)
@@ -60,7 +73,7 @@ class ParquetStore:
             if dtype.startswith("float")
         ]
 
-    def write_shard(self, shard_index: int, rows: slice, arrays: dict[str, np.ndarray]) -> None:
+    def write_shard(self, shard_index: int, rows: slice, arrays: Mapping[str, np.ndarray]) -> None:
         """Write shard `shard_index` (rows `rows`) as one Parquet file, atomically and fsynced."""
         sink = pa.BufferOutputStream()
         pq.write_table(
@@ -104,6 +117,40 @@ class ParquetStore:
         if len(values) != rows.stop - rows.start:
             raise CacheCorruptError(f"{where}: holds {len(values)} rows, expected {rows.stop - rows.start}")
         return values
+
+    def stored_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Array name -> (shape, dtype) from the footers of the shard files present: rows summed
+        over the files; a list column's row shape is the layout's when its width matches, else
+        (width,). A column some file lacks is left out, one whose files disagree is given as the
+        file that differs from the layout. CacheCorruptError names a file that cannot be read."""
+        expected = self.layout.arrays()
+        rows, found = 0, {name: set() for name in expected}
+        files = sorted(self.path.glob("part-*.parquet"))
+        gap = next((k for k, path in enumerate(files) if path.name != shard_file_name(k)), None)
+        if gap is not None and gap < self.layout.num_shards:
+            shard = self.layout.shard_rows(gap)
+            raise CacheCorruptError(
+                f"cache rows {shard.start}..{shard.stop - 1}: shard file {self.path / shard_file_name(gap)} "
+                "is missing; re-run `dvc repro cache`"
+            )
+        for path in files:
+            try:
+                footer = pq.ParquetFile(path)
+                schema = footer.schema_arrow
+            except (OSError, pa.ArrowException, ValueError) as error:
+                raise CacheCorruptError(
+                    f"{path} is not a readable Parquet file ({error}); re-run `dvc repro cache`"
+                ) from None
+            rows += footer.metadata.num_rows
+            for name, (row_shape, _) in expected.items():
+                index = schema.get_field_index(name)
+                found[name].add(None if index < 0 else _row_spec(schema.field(index).type, row_shape))
+        stored = {}
+        for name, specs in found.items():
+            if specs and None not in specs:
+                row_shape, dtype = next((s for s in specs if s != expected[name]), expected[name])
+                stored[name] = ((rows, *row_shape), dtype)
+        return stored
 
     def remove_debris(self) -> None:
         """Delete temporary files a killed write leaves behind."""

@@ -1,8 +1,10 @@
 """The one reader API over every cache store: sizes, schema, `batch(rows)`, shuffled iteration.
 
-`MemoryCache` holds every array in RAM (numpy). It is the reader the Zarr and Parquet stores hand
-back when the cache fits in memory (a random 256-row batch is then a numpy gather: well under the
-10 ms goal), and the cache tests and online/mutual learning build directly.
+`ArrayCache` is every reader's `batch()`: it gathers the rows of the named arrays and makes the
+float32 tensors of a `TeacherBatch`. `MemoryCache` holds every array in RAM (numpy): the reader
+`open_cache` hands back when the cache fits in memory (a random 256-row batch is then a numpy
+gather: well under the 10 ms goal), over a memory map (`MmapCache`), and the one the cache tests
+and online/mutual learning build directly; `LazyCache` (lazy.py) gathers from the store per batch.
 """
 
 from __future__ import annotations
@@ -102,41 +104,21 @@ def iter_batches(
         yield reader.batch(rows[start : start + batch_size])
 
 
-class MemoryCache:
-    """A cache held in RAM: every array a numpy array, aligned by row.
+class ArrayCache:
+    """A reader over the cache's named arrays (`CacheLayout.arrays()` names): the one `batch()` of
+    every reader. Subclasses say how to read a whole array (`_whole`) and gather rows (`_gather`),
+    and set `schema` and the (N,) `_sample_id`, `_split`, `_label` arrays held in RAM."""
 
-    sample_id: (N,) int64; split: (N,) int8 codes into SPLITS; label: (N,) int64, -1 = unlabelled;
-    logits: (N, C) float16 or float32; features: tap -> (N, *shape); sparse: optional
-    (values (N, K), indices (N, K), logsumexp (N,)).
-    """
+    schema: CacheSchema
+    _sample_id: np.ndarray
+    _split: np.ndarray
+    _label: np.ndarray
 
-    def __init__(
-        self,
-        sample_id: np.ndarray,
-        split: np.ndarray,
-        label: np.ndarray,
-        logits: np.ndarray,
-        features: Mapping[str, np.ndarray] | None = None,
-        sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    ) -> None:
-        features = dict(features or {})
-        n = len(sample_id)
-        for name, array in {"split": split, "label": label, "logits": logits, **features}.items():
-            if len(array) != n:
-                raise ValueError(f"cache array {name!r} has {len(array)} rows, sample_id has {n}")
-        self._sample_id = np.asarray(sample_id, np.int64)
-        self._split = np.asarray(split, np.int8)
-        self._label = np.asarray(label, np.int64)
-        self._logits = logits
-        self._features = features
-        self._sparse = sparse
-        self.schema = CacheSchema(
-            num_rows=n,
-            num_classes=int(logits.shape[1]),
-            logits_dtype=str(logits.dtype),
-            feature_shapes={k: tuple(v.shape[1:]) for k, v in features.items()},
-            sparse_top_k=None if sparse is None else int(sparse[0].shape[1]),
-        )
+    def _whole(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self._sample_id)
@@ -156,44 +138,97 @@ class MemoryCache:
     @property
     def logits(self) -> np.ndarray:
         """(N, C) raw logits in their stored dtype (for whole-cache analyses such as inspect)."""
-        return self._logits
+        return self._whole("logits")
 
     @property
     def features(self) -> Mapping[str, np.ndarray]:
         """tap -> (N, *shape) teacher features (for whole-cache negatives, e.g. CRD)."""
-        return self._features
+        return {tap: self._whole(f"features/{tap}") for tap in self.schema.feature_shapes}
 
     @property
     def sparse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The top-k form (values (N, K), indices (N, K), logsumexp (N,)), or None."""
-        return self._sparse
+        if self.schema.sparse_top_k is None:
+            return None
+        return tuple(self._whole(f"sparse/{part}") for part in ("values", "indices", "logsumexp"))
 
     def batch(self, rows: np.ndarray) -> TeacherBatch:
-        """The rows `rows` ((B,) int) as a TeacherBatch of float32 tensors."""
+        """The rows `rows` ((B,) int) as a TeacherBatch of float32 tensors (indices int64)."""
         rows = np.asarray(rows, np.int64)
+
+        def floats(name: str) -> torch.Tensor:
+            return torch.from_numpy(self._gather(name, rows).astype(np.float32, copy=False))
+
         sparse = None
-        if self._sparse is not None:
-            values, indices, lse = self._sparse
-            sparse = SparseLogits(
-                torch.from_numpy(values[rows].astype(np.float32)),
-                torch.from_numpy(indices[rows].astype(np.int64)),
-                torch.from_numpy(lse[rows].astype(np.float32)),
-            )
+        if self.schema.sparse_top_k is not None:
+            indices = torch.from_numpy(self._gather("sparse/indices", rows).astype(np.int64))
+            sparse = SparseLogits(floats("sparse/values"), indices, floats("sparse/logsumexp"))
         return TeacherBatch(
             rows=rows,
             sample_id=self._sample_id[rows],
             split=self._split[rows],
             label=torch.from_numpy(self._label[rows]),
-            logits=torch.from_numpy(self._logits[rows].astype(np.float32, copy=False)),
-            features={
-                name: torch.from_numpy(array[rows].astype(np.float32, copy=False))
-                for name, array in self._features.items()
-            },
+            logits=floats("logits"),
+            features={tap: floats(f"features/{tap}") for tap in self.schema.feature_shapes},
             sparse=sparse,
         )
 
 
+class MemoryCache(ArrayCache):
+    """A cache held in RAM: every array a numpy array, aligned by row.
+
+    sample_id: (N,) int64; split: (N,) int8 codes into SPLITS; label: (N,) int64, -1 = unlabelled;
+    logits: (N, C) float16 or float32; features: tap -> (N, *shape); sparse: optional
+    (values (N, K), indices (N, K), logsumexp (N,)).
+    """
+
+    def __init__(
+        self,
+        sample_id: np.ndarray,
+        split: np.ndarray,
+        label: np.ndarray,
+        logits: np.ndarray,
+        features: Mapping[str, np.ndarray] | None = None,
+        sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        arrays = {"sample_id": sample_id, "split": split, "label": label, "logits": logits}
+        arrays |= {f"features/{tap}": array for tap, array in (features or {}).items()}
+        if sparse is not None:
+            arrays |= dict(zip(("sparse/values", "sparse/indices", "sparse/logsumexp"), sparse))
+        self._hold(arrays)
+
+    def _hold(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Keep `arrays` (cache array name -> (N, ...) array) and derive the schema."""
+        n = len(arrays["sample_id"])
+        for name, array in arrays.items():
+            if len(array) != n:
+                raise ValueError(f"cache array {name!r} has {len(array)} rows, sample_id has {n}")
+        self._arrays = dict(arrays)
+        self._sample_id = np.asarray(arrays["sample_id"], np.int64)
+        self._split = np.asarray(arrays["split"], np.int8)
+        self._label = np.asarray(arrays["label"], np.int64)
+        logits, values = arrays["logits"], arrays.get("sparse/values")
+        self.schema = CacheSchema(
+            num_rows=n,
+            num_classes=int(logits.shape[1]),
+            logits_dtype=str(logits.dtype),
+            feature_shapes={
+                name.split("/", 1)[1]: tuple(a.shape[1:])
+                for name, a in arrays.items()
+                if name.startswith("features/")
+            },
+            sparse_top_k=None if values is None else int(values.shape[1]),
+        )
+
+    def _whole(self, name: str) -> np.ndarray:
+        return self._arrays[name]
+
+    def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self._arrays[name][rows]
+
+
 __all__ = [
+    "ArrayCache",
     "CacheReader",
     "CacheSchema",
     "MemoryCache",

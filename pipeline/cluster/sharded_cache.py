@@ -1,12 +1,14 @@
 """Sharded teacher inference: the cache's shards are computed and written by Dask workers.
 
-The client creates the scratch store once (`create_store`), splits the shards not yet written
-into contiguous groups of WHOLE shards, and submits one task per group. Each task opens its own
-rows and its own teacher (an ONNX Runtime session with 1 intra-op thread by default) on its worker,
-then computes and commits its shards one by one. No two writers ever touch one shard: zarr 3.1.6
-silently loses data when two processes write parts of the same shard. The client then folds the
-progress records into the manifest (`finalize`). Teacher batches start at each shard's first row,
-so the store is byte-identical to a single-process `build_cache` (tests/cluster prove it).
+The client creates the scratch store once (`create_store`) and plans the build
+(`pipeline.cache.plan.plan_build`: the shards already done, the reference rows), splits the shards
+not yet written into contiguous groups of WHOLE shards, and submits one task per group. Each task
+opens its own rows and its own teacher (an ONNX Runtime session with 1 intra-op thread by default)
+on its worker, then computes and commits its shards one by one. No two writers ever touch one
+shard: zarr 3.1.6 silently loses data when two processes write parts of the same shard. The client
+then finishes the build (`finish_build`, the same as `build_cache`'s). Teacher batches start at each
+shard's first row, so the store is byte-identical to a single-process `build_cache` (tests/cluster
+prove it).
 
 A failing group loses nothing already written: its finished shards keep their progress records
 and the next run resumes from them.
@@ -22,17 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cache.build import create_store, open_build
 from pipeline.cache.params import CacheParams
-from pipeline.cache.writer import (
-    BuildResult,
-    commit_shard,
-    completed_shards,
-    compute_shard,
-    create_store,
-    finalize,
-    open_build,
-    reference_rows,
-)
+from pipeline.cache.plan import BuildResult, finish_build, plan_build
+from pipeline.cache.shards import commit_shard, compute_shard
 from pipeline.cluster.engine import open_client
 from pipeline.cluster.params import AddressParams, LocalParams, PBSParams, SlurmParams
 from pipeline.cluster.runner import ClusterLike, run_tasks
@@ -109,7 +104,7 @@ def _write_shard_group(
     teacher = _open_once("teacher", open_teacher, build_fingerprint)
     reference = {}
     for shard_index, already_written in zip(shard_indices, written):
-        rows = build.layout.shards()[shard_index]
+        rows = build.layout.shard_rows(shard_index)
         if already_written and not ((keep_rows >= rows.start) & (keep_rows < rows.stop)).any():
             reference[shard_index] = np.empty((0, build.layout.num_classes), np.float32)
             continue
@@ -132,7 +127,8 @@ def build_cache_sharded(
     groups_per_worker: int = 2,
     progress: bool = True,
 ) -> BuildResult:
-    """`pipeline.cache.writer.build_cache`, with the shards computed and written by Dask workers.
+    """`pipeline.cache.writer.build_cache`, with the shards computed and written by Dask workers
+    (the same `plan_build` before and `finish_build` after).
 
     cluster: the `cluster:` params (an engine is started and stopped) or an open Client.
     open_rows / open_teacher: picklable openers run on each worker (and once here, to create the
@@ -146,25 +142,23 @@ def build_cache_sharded(
     build = create_store(
         scratch_dir, open_rows(), open_teacher(), teacher_sha256, dataset_fingerprint, params
     )
-    layout = build.layout
-    done = completed_shards(build)
-    keep = reference_rows(layout.num_rows, params.kl_sample_rows)
+    plan = plan_build(build, params.kl_sample_rows)
     is_params = isinstance(cluster, (LocalParams, SlurmParams, PBSParams, AddressParams))
     resources = cluster.task_resources if is_params else {}
     with open_client(cluster) if is_params else contextlib.nullcontext(cluster) as client:
         workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-        groups = plan_shard_groups(list(range(layout.num_shards)), workers * groups_per_worker)
+        groups = plan_shard_groups(list(range(plan.build.layout.num_shards)), workers * groups_per_worker)
         tasks = {
             f"shards-{group[0]}-{group[-1]}": (
                 _write_shard_group,
                 (
                     str(scratch_dir),
-                    build.metadata.build_fingerprint,
+                    plan.build.metadata.build_fingerprint,
                     open_rows,
                     open_teacher,
                     group,
-                    [k in done for k in group],
-                    keep,
+                    [k in plan.done for k in group],
+                    plan.keep,
                 ),
                 {},
             )
@@ -179,17 +173,11 @@ def build_cache_sharded(
             f"finished are kept in {scratch_dir}, re-run to resume. First failure: "
             f"{first.error.strip().splitlines()[-1]}\n{first.error}"
         )
-    reference_by_shard: dict[int, np.ndarray] = {}
+    kept: dict[int, np.ndarray] = {}
     for result in results.values():
-        reference_by_shard.update(result.value["reference"])
-    store_dir = finalize(build, out_dir)
-    reference = (
-        np.concatenate([reference_by_shard[k] for k in range(layout.num_shards)])
-        if layout.num_shards
-        else np.empty((0, layout.num_classes), np.float32)
-    )
+        kept.update(result.value["reference"])
     provider = next(iter(results.values())).value["provider"] if results else "none"
-    return BuildResult(store_dir, keep, reference, layout.num_shards - len(done), len(done), provider)
+    return finish_build(plan, out_dir, kept, provider)
 
 
 def build_cache_on_cluster(

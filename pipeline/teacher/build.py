@@ -11,6 +11,7 @@ import onnx
 import torch
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.cache.teacher_outputs import probe_row_shapes
 from pipeline.data.prepare import TEACHER_TRAIN_DIR
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.io import atomic_copy
@@ -71,7 +72,7 @@ def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSessi
         params.intra_op_threads,
     )
     session.check_input(data.input_shape)
-    classes = session.run(data.inputs[:1])[session.logits_name].shape[1]
+    classes = probe_row_shapes(session, data.inputs)["logits"][0]  # two batch sizes: outputs follow the batch
     if classes != data.num_classes:
         raise TeacherModelError(
             f"{path}: output {session.logits_name!r} has {classes} classes but the dataset has "

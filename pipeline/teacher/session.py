@@ -34,6 +34,8 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": 0}
 with the CPU (ecosystem.md §3.3)."""
 PROVIDERS = ("auto", "cpu", "cuda")
 _ORT_DEFAULT_SEVERITY = 2  # warnings and above: ONNX Runtime's own default
+_QUIET_RUN = ort.RunOptions()
+_QUIET_RUN.log_severity_level = 4  # a failing run raises with the same text; ORT's log line would repeat it
 
 
 class TeacherModelError(DistilleryError):
@@ -263,7 +265,7 @@ class TeacherSession:
         if type(inputs).__module__.startswith("torch"):
             inputs = inputs.detach().cpu().numpy()
         array = np.ascontiguousarray(inputs, dtype=np.float32)
-        values = self._session.run(list(self.output_names), {self.input_name: array})
+        values = self._session.run(list(self.output_names), {self.input_name: array}, _QUIET_RUN)
         return dict(zip(self.output_names, values))
 
     def _run_bound(self, inputs: Any, device_type: str = "cuda") -> dict[str, np.ndarray]:
@@ -295,7 +297,7 @@ class TeacherSession:
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         binding.synchronize_inputs()
-        self._session.run_with_iobinding(binding)
+        self._session.run_with_iobinding(binding, _QUIET_RUN)
         values = binding.copy_outputs_to_cpu()
         del keep_alive
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self.output_names, values)}

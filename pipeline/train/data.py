@@ -11,19 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.cache.alignment import CacheAlignmentError, check_alignment
 from pipeline.cache.batch import SPLITS, UNLABELLED
-from pipeline.cache.open import check_alignment
 from pipeline.cache.reader import CacheReader, rows_of_split
 from pipeline.errors import DistilleryError
 
 
-class MisalignedCacheError(DistilleryError):
-    """The cache's sample ids, splits or labels do not match the prepared dataset."""
-
-
-def _ids(values: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:limit])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+class NoTrainingRowsError(DistilleryError):
+    """The cache has no rows a student could train on."""
 
 
 def align_inputs(
@@ -32,20 +27,12 @@ def align_inputs(
     """(N_cache,) int64 position in the dataset of each cache row's sample id.
 
     sample_id, split, label: (N,) arrays of the prepared dataset. The dataset and the cache must
-    hold the same ids (CacheAlignmentError from pipeline.cache names the missing ones, either
-    side); rows whose split or label differ raise MisalignedCacheError naming their ids.
+    hold the same ids, splits and labels: CacheAlignmentError (pipeline.cache) names the ids that
+    differ.
     """
-    cache_row = check_alignment(reader, sample_id, exact=True)  # (N,) cache row of each dataset row
+    cache_row = check_alignment(reader, sample_id, exact=True, split=split, label=label)
     position = np.empty(len(reader), np.int64)
     position[cache_row] = np.arange(len(sample_id), dtype=np.int64)
-    cache_ids = np.asarray(reader.sample_id, np.int64)
-    for name, cached, prepared in (("split", reader.split, split), ("label", reader.label, label)):
-        differ = np.flatnonzero(np.asarray(cached) != np.asarray(prepared)[position])
-        if len(differ):
-            raise MisalignedCacheError(
-                f"{len(differ)} cache rows disagree with the prepared dataset on {name}, sample ids "
-                f"{_ids(cache_ids[differ])}; the cache was built on other data: re-run `dvc repro cache`"
-            )
     return position
 
 
@@ -87,13 +74,13 @@ def join_training_data(reader: CacheReader, prepared, train_rows: str) -> Traini
     """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData)."""
     position = align_inputs(reader, prepared.sample_id, prepared.split, prepared.label)
     if reader.schema.num_classes != prepared.num_classes:
-        raise MisalignedCacheError(
+        raise CacheAlignmentError(
             f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "
             "classes; re-run `dvc repro cache`"
         )
     rows = training_rows(reader, train_rows)
     if len(rows) == 0:
-        raise MisalignedCacheError(
+        raise NoTrainingRowsError(
             f"no rows to train on (train_rows: {train_rows}); the cache has no rows of split {SPLITS[0]!r}"
         )
     return TrainingData(

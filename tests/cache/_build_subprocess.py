@@ -17,7 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.cache import writer
+from pipeline.cache import build as scratch
+from pipeline.cache import shards
 from pipeline.cache.zarr_store import ZarrStore
 from tests.cache.helpers import FakeTeacher, build, make_rows, small_params
 
@@ -29,14 +30,14 @@ def _die() -> None:
 def _arm(kill_point: str, shard: int, teacher: FakeTeacher) -> None:
     rows_per_shard = small_params().rows_per_shard
     if kill_point == "after_record":
-        real = writer._record_shard
+        real = shards._record_shard
 
         def record(build_, index, record_):
             real(build_, index, record_)
             if index == shard:
                 _die()
 
-        writer._record_shard = record
+        shards._record_shard = record
     elif kill_point == "mid_shard":
         real_write, written = ZarrStore.write_array, []
 
@@ -59,13 +60,13 @@ def _arm(kill_point: str, shard: int, teacher: FakeTeacher) -> None:
 
         teacher.run = run
     elif kill_point == "in_finalize":
-        real_replace = writer.replace_dir
+        real_replace = scratch.replace_dir
 
         def replace_dir(*args):
             _die()
             return real_replace(*args)
 
-        writer.replace_dir = replace_dir
+        scratch.replace_dir = replace_dir
     else:
         raise SystemExit(f"unknown kill point {kill_point}")
 
@@ -73,19 +74,19 @@ def _arm(kill_point: str, shard: int, teacher: FakeTeacher) -> None:
 def main(argv: list[str]) -> int:
     tmp, command = Path(argv[0]), argv[1]
     rows, teacher, params = make_rows(), FakeTeacher(), small_params()
-    scratch = tmp / "cache" / "scratch"
+    scratch_dir = tmp / "cache" / "scratch"
     if command == "build":
         if len(argv) > 2:
             _arm(argv[2], int(argv[3]), teacher)
         build(tmp, rows, teacher, params)
     elif command == "create":
-        writer.create_store(scratch, rows, teacher, "t" * 64, rows.fingerprint, params)
+        scratch.create_store(scratch_dir, rows, teacher, "t" * 64, rows.fingerprint, params)
     elif command == "shards":
-        handle = writer.open_build(scratch, rows)
+        handle = scratch.open_build(scratch_dir, rows)
         for index in map(int, argv[2].split(",")):
-            writer.write_shard(handle, index, teacher)
+            shards.write_shard(handle, index, teacher)
     elif command == "finalize":
-        writer.finalize(writer.open_build(scratch, rows), tmp / "cache" / "store")
+        scratch.finalize(scratch.open_build(scratch_dir, rows), tmp / "cache" / "store")
     return 0
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.cache.format import CacheCorruptError
+from pipeline.cache.lazy import LazyCache
 from pipeline.cache.mmap_store import MARKER_FILE, MmapCache, MmapDirError
-from pipeline.cache.open import CacheModeError, LazyZarrCache, StoredCache, open_cache
+from pipeline.cache.open import CacheModeError, StoredCache, open_cache
 
 from .helpers import build, small_params
 
@@ -118,7 +119,7 @@ def test_a_directory_of_other_files_is_never_deleted(tmp_path):
 
 def test_modes_lazy_and_memory_are_kept_and_bad_modes_refused(tmp_path):
     zarr_dir = build(tmp_path).store_dir
-    assert isinstance(open_cache(zarr_dir, mode="lazy"), LazyZarrCache)
+    assert isinstance(open_cache(zarr_dir, mode="lazy"), LazyCache)
     assert isinstance(open_cache(zarr_dir, in_memory_max_bytes=0, mode="memory"), StoredCache)
     assert isinstance(open_cache(zarr_dir), StoredCache)  # small caches: in RAM, as before
     parquet_dir = build(tmp_path, params=small_params(store="parquet"), name="pq").store_dir

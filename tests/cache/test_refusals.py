@@ -8,16 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.cache.build import CacheInputError, completed_shards, open_build
 from pipeline.cache.format import CacheCorruptError, IncompleteCacheError, StaleCacheError
 from pipeline.cache.open import CacheAlignmentError, check_alignment, open_cache
 from pipeline.cache.parquet_store import ParquetStore
-from pipeline.cache.writer import (
-    CacheDiskFullError,
-    CacheInputError,
-    TeacherOutputError,
-    completed_shards,
-    open_build,
-)
+from pipeline.cache.shards import CacheDiskFullError
+from pipeline.cache.teacher_outputs import TeacherOutputError
 from pipeline.cache.zarr_store import ZarrStore
 from tests.cache.helpers import FakeTeacher, build, make_rows, small_params, tree_bytes
 

@@ -37,16 +37,16 @@ def _arm(kill_point: str) -> None:
 
         os.replace = replace
     elif kind == "record":
-        from pipeline.cache import writer
+        from pipeline.cache import shards
 
-        real_record = writer._record_shard
+        real_record = shards._record_shard
 
         def record(build, index, payload):
             real_record(build, index, payload)
             if index == int(value):
                 _die()
 
-        writer._record_shard = record
+        shards._record_shard = record
     elif kind == "teacher":
         from pipeline.teacher.session import TeacherSession
 

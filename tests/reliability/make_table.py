@@ -72,6 +72,19 @@ NOTES = """
   build, naming every bad row of that batch (up to 10); completed shards are kept for the re-run.
 - **A SIGKILLed atomic write** leaves at most a `.tmp-<name>.*` file beside the target (no reader opens
   it; DVC deletes a stage's outputs before it runs, so it never enters the DVC cache through `dvc repro`).
+  A stage that takes `pipeline.io.output_lock` on a directory deletes such leftovers in it (and the
+  `.old-<name>.<pid>` of a `replace_dir` killed between its two renames) as soon as it holds the lock:
+  no live writer can own them then. The cache stage locks its output and its scratch.
+- **Teacher outputs must follow the batch**: every output is `(batch, *row_shape)`. The cache probes the
+  teacher on batches of 2 and 3 rows before writing anything (the `teacher` stage does the same), and
+  checks every batch of the build again, so a mean over the batch, a repeated batch, a fixed reshape or
+  a transposed output is one line instead of rows silently broadcast into the cache.
+- **cache.json is checked against the store** (each array's real shape and dtype from zarr.json or the
+  Parquet footers, the manifest against the shard plan) before anything is allocated: a cache.json
+  claiming 10^12 rows is refused in a second instead of an out-of-memory kill.
+- **Memory-mapped copies** of a cache (data/.scratch/mmap) name the store they copy; every open of a cache
+  deletes the copies of its older builds, so rebuilding a large cache does not leave its uncompressed
+  size on disk each time.
 - **A full disk** anywhere is one line (`DiskFullError`, from `stages/cli.py`); the cache stage says more
   (`CacheDiskFullError`: the shard, its rows, how many completed shards are kept).
 - **A damaged training checkpoint** is refused with the directory to delete rather than silently
@@ -120,6 +133,12 @@ README_ITEMS = [
     "a full disk during the cache write",
     "a full disk while training",
     "a flipped byte in a logits shard",
+    "teacher outputs: a tap reduced over the batch (its batch size is 1), at `distillery cache`",
+    "teacher outputs: a model that reshapes its batch",
+    "two `distillery cache` at once (the same out",
+    "a teacher output named `../../../../escaped`",
+    "cache.json claiming 10^12 rows",
+    "leftovers of killed cache runs",
     "teacher ONNX missing",
     "teacher ONNX unreadable",
     "teacher ONNX without the named outputs",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from pipeline.cache.writer import completed_shards, open_build
+from pipeline.cache.build import completed_shards, open_build
 from pipeline.cache.zarr_store import ZarrStore
 from pipeline.data.prepared import load_prepared
 from stages.cli import main

@@ -9,7 +9,7 @@ from pipeline.cache.batch import SPLITS
 from pipeline.cache.open import CacheAlignmentError
 from pipeline.cache.reader import MemoryCache
 from pipeline.data.prepared import PreparedData
-from pipeline.train.data import MisalignedCacheError, join_training_data, training_rows
+from pipeline.train.data import join_training_data, training_rows
 from tests.train.helpers import make_cache, make_prepared
 
 
@@ -49,7 +49,7 @@ def test_a_cache_whose_labels_differ_from_the_dataset_is_refused():
     label = cache.label.copy()
     label[0] = (label[0] + 1) % 10 if label[0] >= 0 else 0
     shifted = MemoryCache(cache.sample_id, cache.split, label, cache.logits, cache.features)
-    with pytest.raises(MisalignedCacheError, match="disagree with the prepared dataset on label"):
+    with pytest.raises(CacheAlignmentError, match="disagree with the prepared dataset on label"):
         join_training_data(shifted, prepared, "all")
 
 

@@ -1,0 +1,102 @@
+"""One shard of a cache build: computed from the teacher in fixed batches, then committed whole.
+
+`compute_shard` writes nothing; `commit_shard` writes the shard's arrays through the store,
+fsyncs them, then writes the shard's progress record atomically, so a shard is either recorded as
+done with every byte on disk, or redone by the next run. Any number of processes may each commit
+different shards (`write_shard`): no two writers ever touch one shard.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pipeline.cache.build import CacheBuild, completed_shards
+from pipeline.cache.format import array_digest
+from pipeline.cache.reference import keep_in_batch, keep_in_shard
+from pipeline.cache.sparse import top_k_form
+from pipeline.cache.teacher_outputs import Teacher, batch_outputs, cast_output
+from pipeline.errors import DistilleryError
+from pipeline.io import atomic_write_json
+
+
+class CacheDiskFullError(DistilleryError):
+    """The disk filled up while a shard was written; completed shards are kept."""
+
+
+def compute_shard(
+    build: CacheBuild, shard_index: int, teacher: Teacher, keep_rows: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Run the teacher over shard `shard_index` in the build's fixed batches; nothing is written.
+
+    Returns (array name -> values in the stored dtype, fp32 logits of `keep_rows` (sorted cache
+    rows; only those inside this shard)). Raises TeacherOutputError on a wrong shape or NaN/Inf.
+    """
+    layout, data = build.layout, build.data
+    rows = layout.shard_rows(shard_index)
+    arrays = {
+        name: np.empty((rows.stop - rows.start, *shape), dtype)
+        for name, (shape, dtype) in layout.arrays().items()
+    }
+    for name in ("sample_id", "split", "label"):
+        arrays[name][:] = getattr(data, name)[rows]
+    keep = keep_in_shard(keep_rows, rows)
+    kept_logits = np.empty((len(keep), layout.num_classes), np.float32)
+    for batch in build.batches(rows):
+        outputs = batch_outputs(teacher, data, batch, layout)
+        local = slice(batch.start - rows.start, batch.stop - rows.start)
+        logits = outputs["logits"]
+        arrays["logits"][local] = cast_output("logits", logits, layout.logits_dtype, batch, data.sample_id)
+        for tap in layout.feature_shapes:
+            arrays[f"features/{tap}"][local] = cast_output(
+                tap, outputs[tap], layout.features_dtype, batch, data.sample_id
+            )
+        if layout.sparse_top_k is not None:
+            values, indices, lse = top_k_form(logits, layout.sparse_top_k)
+            arrays["sparse/values"][local] = values.astype(layout.logits_dtype)
+            arrays["sparse/indices"][local] = indices
+            arrays["sparse/logsumexp"][local] = lse
+        keep_in_batch(kept_logits, keep, batch, logits)
+    return arrays, kept_logits
+
+
+def _record_shard(build: CacheBuild, shard_index: int, record: dict[str, Any]) -> None:
+    atomic_write_json(build.progress_path(shard_index), record)
+
+
+def commit_shard(build: CacheBuild, shard_index: int, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Write a computed shard whole, fsync it, then write its progress record. Returns the record.
+
+    Raises CacheDiskFullError (completed shards kept) when the disk is full.
+    """
+    rows = build.layout.shard_rows(shard_index)
+    record = {
+        "shard": shard_index,
+        "start": rows.start,
+        "stop": rows.stop,
+        "sha256": {name: array_digest(arrays[name]) for name in build.layout.arrays()},
+    }
+    try:
+        build.store().write_shard(shard_index, rows, arrays)
+        _record_shard(build, shard_index, record)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            done = len(completed_shards(build))
+            raise CacheDiskFullError(
+                f"disk full while writing shard {shard_index} (rows {rows.start}..{rows.stop - 1}) of "
+                f"{build.layout.num_shards} to {build.store_dir} "
+                f"({error.strerror or error}); free space and re-run `dvc repro cache`; completed shards are "
+                f"kept ({done} of {build.layout.num_shards})"
+            ) from None
+        raise
+    return record
+
+
+def write_shard(build: CacheBuild, shard_index: int, teacher: Teacher) -> dict[str, Any]:
+    """Compute and write shard `shard_index` whole (safe to call from separate processes, one
+    process per shard). Returns its manifest record."""
+    arrays, _ = compute_shard(build, shard_index, teacher)
+    return commit_shard(build, shard_index, arrays)

@@ -1,0 +1,209 @@
+"""The teacher's outputs on their way into the cache: run, checked, cast.
+
+Every output of every teacher batch must be (batch, *row_shape) with the batch first and the row
+shape the layout was probed with: an output whose first axis is not the batch (a mean over the
+batch, the batch repeated, a fixed reshape to [1, 64], the batch on another axis, a scalar) would
+otherwise be broadcast into the cache's rows and corrupt it silently. The layout is probed on two
+batch sizes, so such a teacher is refused before anything is written, and every batch is checked
+again. NaN/Inf and values float16 cannot hold are refused naming the sample ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from pipeline.cache.format import CacheLayout
+from pipeline.errors import DistilleryError
+from pipeline.names import NAME_PATTERN, NAME_RULE
+
+if TYPE_CHECKING:  # the teacher stage probes with this module and needs no cache params
+    from pipeline.cache.params import CacheParams
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+PROBE_BATCH_SIZES = (2, 3)
+"""Batch sizes the teacher is probed with (capped at the row count): two, so that an output whose
+size does not follow the batch shows itself; neither is 1, where a mean over the batch looks right."""
+
+
+class TeacherOutputError(DistilleryError):
+    """The teacher's outputs cannot be cached: a missing output, a shape that does not follow the
+    batch, NaN/Inf, or values a float16 cache cannot hold."""
+
+
+class Teacher(Protocol):
+    """What the cache needs of a teacher (pipeline.teacher.TeacherSession satisfies it)."""
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, *input_shape) float32 -> {"logits": (B, C), tap: (B, *tap_shape)}."""
+        ...
+
+
+def describe_teacher(teacher: Any, teacher_sha256: str) -> dict[str, Any]:
+    """The teacher's identity for the metadata: sha256 and the names of its input and outputs."""
+    return {
+        "sha256": teacher_sha256,
+        "input_name": getattr(teacher, "input_name", "input"),
+        "logits_name": getattr(teacher, "logits_name", "logits"),
+        "tap_names": list(getattr(teacher, "tap_names", ()) or ()),
+    }
+
+
+def _source(teacher: Any) -> str:
+    path = getattr(teacher, "path", None)
+    return f"{path}: teacher" if path is not None else "teacher"
+
+
+def _rows(rows: slice) -> str:
+    return f"rows {rows.start}..{rows.stop - 1}"
+
+
+def run_teacher(teacher: Teacher, inputs: np.ndarray, rows: slice | None = None) -> dict[str, np.ndarray]:
+    """teacher.run(inputs) with its logits output renamed "logits" (a TeacherSession keys it by
+    its `logits_name`), every output as a numpy array. A teacher that fails on the batch (ONNX
+    Runtime refusing a fixed reshape, say) raises TeacherOutputError naming the batch."""
+    logits_name = getattr(teacher, "logits_name", "logits")
+    try:
+        outputs = teacher.run(np.ascontiguousarray(inputs))
+    except DistilleryError:
+        raise
+    except Exception as error:  # the teacher is foreign code (ONNX Runtime): one line, not its trace
+        message = " ".join(str(error).split())
+        message = message if len(message) <= 300 else f"{message[:120]} ... {message[-170:]}"
+        where = f" ({_rows(rows)})" if rows is not None else ""
+        raise TeacherOutputError(
+            f"{_source(teacher)} failed on a batch of {len(inputs)} rows{where} ({type(error).__name__}: "
+            f"{message}); it must run on any batch size (no reshape to a fixed batch) and on these inputs"
+        ) from None
+    return {("logits" if name == logits_name else name): np.asarray(v) for name, v in outputs.items()}
+
+
+def check_batch_shapes(
+    outputs: Mapping[str, np.ndarray],
+    batch_rows: int,
+    where: str,
+    row_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> None:
+    """TeacherOutputError unless every output is (batch_rows, *row_shape): the batch first, logits
+    2-D, and (with `row_shapes`, name -> per-row shape) the shapes the layout was probed with.
+    where: the teacher and rows, for the message."""
+    if "logits" not in outputs:
+        raise TeacherOutputError(
+            f"{where}: returned {sorted(outputs)} but no 'logits'; check its output names"
+        )
+    for name in row_shapes if row_shapes is not None else outputs:
+        if name not in outputs:
+            raise TeacherOutputError(f"{where}: did not return tap {name!r} (it returned {sorted(outputs)})")
+        shape = [int(d) for d in np.shape(outputs[name])]
+        if not shape or shape[0] != batch_rows:
+            raise TeacherOutputError(
+                f"{where}: output {name!r} has shape {shape} for a batch of {batch_rows} input rows; every "
+                f"output must have the batch as its first axis ({batch_rows}, ...): re-export the teacher so "
+                "that no output reduces, repeats or reshapes across the batch"
+            )
+        if name == "logits" and len(shape) != 2:
+            raise TeacherOutputError(
+                f"{where}: output 'logits' has shape {shape}; logits must be (batch, classes): re-export "
+                "the teacher with 2-D logits"
+            )
+        if row_shapes is not None and tuple(shape[1:]) != tuple(row_shapes[name]):
+            raise TeacherOutputError(
+                f"{where}: output {name!r} has rows of shape {shape[1:]} but {list(row_shapes[name])} on "
+                "the first rows; every output row must have one shape whatever the batch: re-export the "
+                "teacher with fixed per-row output shapes"
+            )
+
+
+def check_finite(outputs: Mapping[str, np.ndarray], rows: slice, sample_id: np.ndarray) -> None:
+    """Refuse NaN/Inf in any output of the batch of cache rows `rows`, naming the output and the
+    sample ids (`sample_id`: (N,) int64 of every cache row)."""
+    for name, values in outputs.items():
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():
+            bad_rows = np.flatnonzero(~finite) + rows.start
+            ids = sample_id[bad_rows]
+            raise TeacherOutputError(
+                f"teacher output {name!r} is NaN/Inf for {len(bad_rows)} row(s): sample_id "
+                f"{', '.join(map(str, ids[:10].tolist()))}{' ...' if len(ids) > 10 else ''} "
+                f"(rows {', '.join(map(str, bad_rows[:10].tolist()))}); check those inputs and the teacher; "
+                "completed shards are kept"
+            )
+
+
+def cast_output(name: str, values: np.ndarray, dtype: str, rows: slice, sample_id: np.ndarray) -> np.ndarray:
+    """`values` in the stored `dtype`, refusing values float16 cannot hold (they would become inf)."""
+    if dtype == "float16":
+        too_big = (np.abs(values.reshape(len(values), -1)) > FLOAT16_MAX).any(axis=1)
+        if too_big.any():
+            bad_rows = np.flatnonzero(too_big) + rows.start
+            raise TeacherOutputError(
+                f"teacher output {name!r} exceeds the float16 range (|x| > 65504) for sample_id "
+                f"{', '.join(map(str, sample_id[bad_rows[:10]].tolist()))}; store it as float32 "
+                "(cache.logits_dtype / cache.features_dtype: float32)"
+            )
+    return values.astype(dtype, copy=False)
+
+
+def check_class_count(teacher_classes: int, dataset_classes: int | None) -> None:
+    """TeacherOutputError unless the teacher's logits width equals the dataset's class count."""
+    if dataset_classes is not None and teacher_classes != dataset_classes:
+        raise TeacherOutputError(
+            f"the teacher gives {teacher_classes} logits per row but the dataset has {dataset_classes} "
+            f"classes; use a teacher trained on these classes, or set prepare.dataset.num_classes to "
+            f"{teacher_classes} if the dataset has classes its labels do not show"
+        )
+
+
+def probe_row_shapes(teacher: Teacher, inputs: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """Output name ("logits" and every tap) -> per-row shape, from the teacher run on the first
+    rows of `inputs` ((N, *input_shape) float32) at each of PROBE_BATCH_SIZES (capped at N).
+    TeacherOutputError when an output does not follow the batch or changes shape with it."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for size in sorted({min(size, len(inputs)) for size in PROBE_BATCH_SIZES}):
+        rows = slice(0, size)
+        outputs = run_teacher(teacher, inputs[rows], rows)
+        check_batch_shapes(outputs, size, f"{_source(teacher)} ({_rows(rows)})", shapes or None)
+        shapes = shapes or {name: tuple(int(d) for d in v.shape[1:]) for name, v in outputs.items()}
+    return shapes
+
+
+def probe_layout(teacher: Teacher, data: Any, params: CacheParams) -> CacheLayout:
+    """The layout of the cache of `data` (a RowSource): class count and every tap's shape, from
+    `probe_row_shapes`, with the params' dtypes and chunking."""
+    check_input = getattr(teacher, "check_input", None)  # a TeacherSession: a clear error, not ORT's
+    if check_input is not None:
+        check_input(data.inputs.shape[1:])
+    shapes = probe_row_shapes(teacher, data.inputs)
+    for name in shapes:
+        if name != "logits" and NAME_PATTERN.fullmatch(name) is None:
+            raise TeacherOutputError(
+                f"{_source(teacher)} output name {name!r} cannot name a cache array (it becomes a path): "
+                f"use {NAME_RULE}; list the outputs to cache in teacher.tap_names, or re-export the "
+                "teacher with other output names"
+            )
+    num_classes = int(shapes["logits"][0])
+    check_class_count(num_classes, getattr(data, "num_classes", None))
+    return CacheLayout(
+        num_rows=len(data.sample_id),
+        num_classes=num_classes,
+        logits_dtype=params.logits_dtype,
+        features_dtype=params.features_dtype,
+        feature_shapes={name: shape for name, shape in shapes.items() if name != "logits"},
+        sparse_top_k=None if params.sparse_top_k is None else min(params.sparse_top_k, num_classes),
+        rows_per_chunk=params.rows_per_chunk,
+        rows_per_shard=params.rows_per_shard,
+    )
+
+
+def batch_outputs(teacher: Teacher, data: Any, rows: slice, layout: CacheLayout) -> dict[str, np.ndarray]:
+    """The teacher's checked outputs (logits (B, C) float32, taps as returned) on cache rows `rows`
+    of `data` (a RowSource): shapes as `layout` says, finite. Raises TeacherOutputError."""
+    outputs = run_teacher(teacher, data.inputs[rows], rows)
+    row_shapes = {"logits": (layout.num_classes,), **layout.feature_shapes}
+    check_batch_shapes(outputs, rows.stop - rows.start, f"{_source(teacher)} ({_rows(rows)})", row_shapes)
+    outputs = {name: outputs[name] for name in row_shapes}
+    check_finite(outputs, rows, data.sample_id)
+    outputs["logits"] = np.asarray(outputs["logits"], np.float32)
+    return outputs

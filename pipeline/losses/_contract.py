@@ -3,7 +3,7 @@
 A family module (`hinton.py`, `rkd.py`, ...) holds pure math functions on tensors plus one small
 `nn.Module` adapter built from its pydantic params and the tap shapes. The adapter is called as
 `adapter(inputs: LossInputs) -> dict[str, Tensor]` and returns *unweighted* named sub-terms;
-`recipe.py` is the only place that weighs and sums them (aesthetics.md §4.2).
+`recipe.py` is the only place that weighs and sums them (docs/losses.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class LossInputs:
     labels: (B,) int64 class index, -1 where the row has no hard label: hard-label terms mask
         those rows (mean over labelled rows, an exact 0 with a graph when none is labelled).
     teacher_sparse: the cache's top-k form, when it has one.
-    peer_logits: (B, C) logits of the other members of a cohort (mutual learning, seeds/004 §6.3).
+    peer_logits: (B, C) logits of the other members of a cohort (deep mutual learning, Zhang et al. 2018).
     teacher_feature_bank: teacher tap -> (N, *shape) features of every training row of the cache,
         for negatives drawn from the whole cache (CRD); None when not provided.
     rows: (B,) int64 cache rows of this batch (so a bank sampler can exclude the positives).

@@ -1,5 +1,6 @@
-"""Decoupled knowledge distillation (Zhao et al., CVPR 2022): KD split into the target-class
-binary KL (TCKD) and the KL among the non-target classes (NCKD), weighted separately."""
+"""Decoupled knowledge distillation: KD split into the target-class binary KL (TCKD) and the KL among
+the non-target classes (NCKD), weighted separately. Zhao, Cui, Song, Qiu & Liang 2022, "Decoupled
+Knowledge Distillation" (CVPR 2022, arXiv:2203.08921)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class DKDParams(StrictModel):
 class DKDLoss(nn.Module):
     """dkd: target = mean_i TCKD_i, non_target = mean_i NCKD_i (over labelled rows with
     target: label; over all rows with target: teacher_argmax).
-    Sub-terms: target, non_target.  Source: Zhao et al. 2022 (beyond the seed documents)."""
+    Sub-terms: target, non_target.  Source: Zhao et al. 2022, "Decoupled Knowledge Distillation"
+    (arXiv:2203.08921)."""
 
     def __init__(self, params: DKDParams, shapes: TapShapes):
         super().__init__()

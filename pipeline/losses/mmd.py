@@ -1,5 +1,6 @@
 """Maximum mean discrepancy between the batch's student and teacher feature distributions, with a
-multi-bandwidth Gaussian kernel; the biased estimator as seeds/000 writes it, and the unbiased one."""
+multi-bandwidth Gaussian kernel; the biased and the unbiased estimator of Gretton, Borgwardt, Rasch,
+Schölkopf & Smola 2012, "A Kernel Two-Sample Test" (JMLR 13:723-773)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, .
     """(Bx, *shape), (By, *shape) -> (Bx, By) k(x_i, y_j) = (1/|S|) sum_{s in S} exp(-||x_i - y_j||^2 /
     (2 s^2)).
 
-    Source: seeds/000 §5 (the multi-scale RBF kernel).
+    The mean over several bandwidths, so that no single one has to be tuned.
     """
     return _kernel_stack(x, y, bandwidths).mean(dim=0)
 
@@ -138,13 +139,13 @@ def mmd_squared(
 ) -> torch.Tensor:
     """MMD^2 between the rows of `student` and of `teacher` (both (B, *shape), one space).
 
-    biased (seeds/000 §5 as written): mean k(s, s') + mean k(t, t') - 2 mean k(s, t), all B^2
-    pairs, diagonals included. unbiased: the same-set means leave out i = j (divide by B(B-1)).
+    biased (Gretton et al.'s MMD_b): mean k(s, s') + mean k(t, t') - 2 mean k(s, t), all B^2
+    pairs, diagonals included. unbiased (MMD_u): the same-set means leave out i = j (divide by B(B-1)).
     Zero when the two sets are equal (biased). Kernel values below exp(-50) count as exp(-50)
     (see `_kernel_stack`). Time: three (B, D) x (D, B) products forward, two backward, and
     5 cache-resident passes over (B, B) per bandwidth and block (15 B^2 exponentials in all, which
     dominate for D < ~500 on a CPU); memory for backward: two (B, B) matrices.
-    The teacher gets no gradient. Returns a float32 scalar.  Source: seeds/000 §5.
+    The teacher gets no gradient. Returns a float32 scalar.  Source: Gretton et al. 2012.
     """
     factors = tuple(-0.5 / (s * s) for s in bandwidths)
     return _MMDSquared.apply(
@@ -153,14 +154,16 @@ def mmd_squared(
 
 
 class MMDParams(TapTermParams):
-    """MMD^2 with a multi-bandwidth Gaussian kernel, averaged over taps (seeds/000 §5)."""
+    """MMD^2 with a multi-bandwidth Gaussian kernel, averaged over taps (Gretton et al. 2012)."""
 
     kind: Literal["mmd"] = "mmd"
     weight: float = Field(1.0, description="factor of this term in the recipe total")
     bandwidths: tuple[float, ...] = Field(
-        (0.2, 0.5, 1.0, 2.0, 5.0), min_length=1, description="kernel bandwidths sigma (seeds/000 §5)"
+        (0.2, 0.5, 1.0, 2.0, 5.0), min_length=1, description="kernel bandwidths sigma (k: their mean)"
     )
-    estimator: Literal["biased", "unbiased"] = Field("biased", description="biased: as seeds/000 writes")
+    estimator: Literal["biased", "unbiased"] = Field(
+        "biased", description="biased: the i = j pairs kept (MMD(x, x) = 0); unbiased: left out"
+    )
     project: Projection = Field("student_to_teacher", description="the space the kernel is taken in")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
@@ -169,7 +172,8 @@ class MMDParams(TapTermParams):
 
 class MMDLoss(nn.Module):
     """mmd: (1/M) sum_taps MMD^2(student rows, teacher rows), k = mean over sigma of
-    exp(-||x - y||^2 / (2 sigma^2)).  Sub-terms: mmd.  Source: seeds/000 §5."""
+    exp(-||x - y||^2 / (2 sigma^2)).  Sub-terms: mmd.
+    Source: Gretton et al. 2012, "A Kernel Two-Sample Test" (JMLR 13:723-773)."""
 
     def __init__(self, params: MMDParams, shapes: TapShapes):
         super().__init__()

@@ -5,7 +5,7 @@ kd: {kind: hinton, weight: 0.5, temperature: 4}}`). Each term's adapter returns 
 sub-terms; a term with one sub-term is reported under its own name (`kd`), others as
 `<term>/<sub>` (`rkd/distance`). The total is
     sum_term weight_term * sum_sub sub_weight(epoch) * value_sub
-(aesthetics.md §4.2).
+(docs/losses.md).
 """
 
 from __future__ import annotations

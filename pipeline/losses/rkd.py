@@ -1,5 +1,6 @@
 """Relational knowledge distillation: match the batch's distance structure (mean-normalised
 pairwise distances) and angle structure (pairwise cosines, or triplet angles) with SmoothL1.
+Park, Kim, Lu & Cho 2019, "Relational Knowledge Distillation" (CVPR 2019, arXiv:1904.05068).
 
 The triplet angle compares B^3 values. It is computed from (B, B) matrices only (the Gram matrix
 and inverse distances: cos of angle j-i-k = (G_jk - G_ij - G_ik + G_ii) / (d_ij d_ik)), a few
@@ -151,7 +152,7 @@ def rkd_pairwise(
     student: (B, *s), teacher: (B, *t), flattened per row; the teacher gets no gradient.
     Time: three (B, D) x (D, B)-sized products (two forward, one backward) and O(B^2) in-place
     elementwise work; memory held for backward: two (B, B) float32 matrices.
-    Returns two float32 scalars.  Source: seeds/000 §4, seeds/001 §Relation-Based 1.
+    Returns two float32 scalars.  Source: Park et al. 2019 (distance-wise loss; see the angle below).
     """
     return _PairwiseRKD.apply(
         as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), normalize
@@ -161,10 +162,10 @@ def rkd_pairwise(
 def rkd_distance(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """L_dist = (1/B^2) sum_{i != j} SmoothL1(psi_D(s_i, s_j), psi_D(t_i, t_j)), SmoothL1 with beta 1.
 
-    psi_D(x_i, x_j) = ||x_i - x_j|| / mu, mu = mean over pairs i != j of ||x_i - x_j|| (seeds/001;
-    `normalize=False` gives seeds/000's raw distances). student: (B, *s), teacher: (B, *t); the
+    psi_D(x_i, x_j) = ||x_i - x_j|| / mu, mu = mean over pairs i != j of ||x_i - x_j|| (Park et al.
+    2019; `normalize=False` compares raw distances). student: (B, *s), teacher: (B, *t); the
     feature sizes may differ. Returns a float32 scalar (see `rkd_pairwise`, which computes it).
-    Source: seeds/000 §4 (L_dist), seeds/001 §Relation-Based 1 (psi_D, mu_D).
+    Source: Park et al. 2019, the distance-wise loss (psi_D, mu).
     """
     return rkd_pairwise(student, teacher, normalize)[0]
 
@@ -174,7 +175,8 @@ def rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
     cos theta^ij = f_i.f_j / (||f_i|| ||f_j||) (not centred).
 
     student: (B, *s), teacher: (B, *t). Returns a float32 scalar (see `rkd_pairwise`).
-    Source: seeds/000 §4 (L_angle).
+    Source: a cheaper O(B^2) form of Park et al. 2019's angle-wise loss (the angle at the origin
+    instead of at a third row; not in the paper).
     """
     return rkd_pairwise(student, teacher)[1]
 
@@ -254,7 +256,7 @@ def rkd_angle_triplet(
 
     student: (B, *s), teacher: (B, *t). Time O(B^3), memory O(B^2 + anchors_per_chunk B^2) in
     forward and backward (default chunk: about 1M values). Returns a float32 scalar.
-    Source: seeds/001 §Relation-Based 1 (psi_A); Park et al. 2019.
+    Source: Park et al. 2019, the angle-wise loss (psi_A).
     """
     rows = student.shape[0]
     chunk = anchors_per_chunk or max(1, _ELEMENTS_PER_CHUNK // (rows * rows))
@@ -265,17 +267,17 @@ def rkd_angle_triplet(
 
 
 class RKDParams(TapTermParams):
-    """Relational KD: distance_weight * L_dist + angle_weight * L_angle (seeds/000 §4, 001)."""
+    """Relational KD: distance_weight * L_dist + angle_weight * L_angle (Park et al. 2019)."""
 
     kind: Literal["rkd"] = "rkd"
     weight: float = Field(1.0, description="factor of this term in the recipe total")
-    distance_weight: float = Field(25.0, description="w_dist (seeds/000 §4)")
-    angle_weight: float = Field(50.0, description="w_angle (seeds/000 §4)")
+    distance_weight: float = Field(25.0, description="w_dist (25: RepDistiller's default)")
+    angle_weight: float = Field(50.0, description="w_angle (50: RepDistiller's default)")
     angle: Literal["triplet", "pairwise"] = Field(
         "triplet",
-        description="triplet: angle j-i-k (seeds/001, Park et al.); pairwise: cos(f_i, f_j) (seeds/000)",
+        description="triplet: angle j-i-k (Park et al. 2019); pairwise: cos(f_i, f_j), a cheaper variant",
     )
-    normalize_distance: bool = Field(True, description="divide distances by their mean (seeds/001 mu_D)")
+    normalize_distance: bool = Field(True, description="divide distances by their mean (Park et al.'s mu)")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"distance": self.distance_weight, "angle": self.angle_weight}
@@ -284,7 +286,8 @@ class RKDParams(TapTermParams):
 class RKDLoss(nn.Module):
     """rkd: distance = L_dist, angle = L_angle (triplet or pairwise form), each averaged over taps;
     student and teacher spaces may differ (relations need no projection).
-    Sub-terms: distance, angle.  Source: seeds/000 §4, seeds/001 §Relation-Based 1."""
+    Sub-terms: distance, angle.  Source: Park et al. 2019, "Relational Knowledge Distillation"
+    (arXiv:1904.05068); weights 25 and 50 as in RepDistiller, the code of Tian et al. 2020 (CRD)."""
 
     def __init__(self, params: RKDParams, shapes: TapShapes):
         super().__init__()

@@ -13,7 +13,7 @@ from pipeline.losses.rkd import _PairwiseRKD, rkd_pairwise
 
 
 def _autograd_rkd(student, teacher, normalize=True):
-    """Plain autograd reference: the formulas of seeds/000 §4 and seeds/001 as written."""
+    """Plain autograd reference: the formulas of Park et al. 2019 as written."""
 
     def distances(x):
         gram = x @ x.T
@@ -110,7 +110,7 @@ def test_pairwise_rkd_of_one_row_is_zero_without_nan():
 
 
 def _autograd_mmd(student, teacher, bandwidths, unbiased):
-    """Plain autograd reference of seeds/000 §5 (the kernel stack, clamped at exp(-50))."""
+    """Plain autograd reference of Gretton et al. 2012's MMD (the kernel stack, clamped at exp(-50))."""
 
     def kernel_mean(x, y, leave_out_diagonal):
         squared = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)

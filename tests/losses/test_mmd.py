@@ -1,4 +1,4 @@
-"""MMD (seeds/000 §5): both estimators against numpy, MMD(x, x) = 0, growth with a shift."""
+"""MMD (Gretton et al. 2012): both estimators against numpy, MMD(x, x) = 0, growth with a shift."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RKD (seeds/000 §4, seeds/001 §Relation-Based): closed forms of distance and both angle forms,
+"""RKD (Park et al. 2019): closed forms of distance and both angle forms,
 invariances, the reference implementation, and bounded memory of the O(B^3) triplet angle."""
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field
 
 from pipeline.cache.batch import SparseLogits
+from pipeline.config import StrictModel
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,22 @@ class LossInputs:
     epoch: int = 0
 
 
+class TermParams(StrictModel):
+    """What the params of every family share: the term's `weight` in the recipe total, and
+    `sub_weights(epoch) -> {sub-term: factor}` (each family's own). A family's params add
+    `kind: Literal["<name>"]` and its own fields."""
+
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
+
+    def sub_weights(self, epoch: int) -> dict[str, float]:
+        """Sub-term -> its factor at `epoch` (0-based), before `weight`."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Family:
-    """One entry of `FAMILIES`: the pydantic params model (with `kind: Literal[...]`, `weight`,
-    and `sub_weights(epoch) -> {sub-term: factor}`) and the adapter class, built as
+    """One entry of `FAMILIES`: the params model (a `TermParams` with `kind: Literal[...]`) and the
+    adapter class, built as
     `adapter(params, shapes)` and called as `adapter(inputs) -> {sub-term: unweighted scalar}`."""
 
     params: type

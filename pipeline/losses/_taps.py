@@ -16,7 +16,7 @@ from torch import nn
 
 from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import as_float32
 
 Projection = Literal["teacher_to_student", "student_to_teacher", "none"]
@@ -111,7 +111,7 @@ class ProjectedPair(nn.Module):
         return self.projection(features.to(next(self.projection.parameters()).dtype))
 
 
-class TapTermParams(StrictModel):
+class TapTermParams(TermParams):
     """Params fields of a term on feature taps: one pair (`student_tap`, `teacher_tap`) or a list
     of pairs (`taps`), averaged or summed as the family says."""
 

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._taps import TapPair, TapShapeError, check_tap, read_taps
 
 
@@ -43,11 +42,10 @@ def spatial_attention_distance(
     return difference.pow(2).sum() / student_map.shape[0]
 
 
-class AttentionParams(StrictModel):
+class AttentionParams(TermParams):
     """Attention transfer over a layer map (Jiao et al. 2020; Zagoruyko & Komodakis 2017)."""
 
     kind: Literal["attention"] = "attention"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     layers: list[TapPair] = Field(min_length=1, description="[{student: attn1, teacher: attn4}, ...]")
     form: Literal["maps", "spatial"] = Field(
         "maps", description="maps: exported (B, H, N, N) attention; spatial: (B, C, H, W) conv activations"

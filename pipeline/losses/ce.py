@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import hard_ce_rows, labelled, masked_mean
 
 
@@ -23,11 +21,10 @@ def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return masked_mean(hard_ce_rows(student_logits, labels), labelled(labels))
 
 
-class CEParams(StrictModel):
+class CEParams(TermParams):
     """Hard-label cross-entropy."""
 
     kind: Literal["ce"] = "ce"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"ce": 1.0}

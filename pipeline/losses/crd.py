@@ -73,7 +73,6 @@ class CRDParams(TapTermParams):
     """InfoNCE on cosine similarity, averaged over taps (Tian et al. 2020; van den Oord et al. 2018)."""
 
     kind: Literal["crd"] = "crd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     tau: float = Field(0.1, gt=0, description="temperature of the similarities")
     anchors: Literal["student", "both"] = Field(
         "student",

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import as_float32, kl_rows, labelled, masked_mean
 
 
@@ -46,11 +45,10 @@ def dkd_rows(
     return scale * kl_rows(binary_t, binary_s), scale * kl_rows(rest_t, rest_s)
 
 
-class DKDParams(StrictModel):
+class DKDParams(TermParams):
     """Decoupled KD: alpha * TCKD + beta * NCKD (Zhao et al. 2022; mdistiller CIFAR defaults)."""
 
     kind: Literal["dkd"] = "dkd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     alpha: float = Field(1.0, description="factor of TCKD (target vs rest)")
     beta: float = Field(8.0, description="factor of NCKD (among non-target classes)")
     temperature: float = Field(4.0, gt=0, description="T (both parts are scaled by T^2)")

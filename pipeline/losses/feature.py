@@ -31,7 +31,6 @@ class FeatureParams(TapTermParams):
     """Feature MSE with one learned projection per tap (Romero et al. 2015)."""
 
     kind: Literal["feature"] = "feature"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     project: Projection = Field(
         "teacher_to_student",
         description="teacher_to_student: phi(f_T) onto the student; "

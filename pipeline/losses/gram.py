@@ -48,7 +48,6 @@ class GramParams(TapTermParams):
     """Frobenius distance between batch Gram matrices, averaged over taps (Tung & Mori 2019)."""
 
     kind: Literal["gram"] = "gram"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     normalize_rows: bool = Field(True, description="cosine Gram (scale-free; sizes may differ)")
     reduction: Literal["mean", "sum"] = Field("mean", description="sum: ||.||_F^2; mean: / B^2 (Tung & Mori)")
 

@@ -12,8 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import as_float32
 from pipeline.losses._taps import ProjectedPair, TapPair, check_pairs, read_taps
 
@@ -47,11 +46,10 @@ def closed_form_residual(
     return (student_rows - teacher_rows @ weight_transposed).pow(2).sum() / student_rows.shape[0]
 
 
-class HiddenParams(StrictModel):
+class HiddenParams(TermParams):
     """Hidden-state matching over a layer map (Jiao et al. 2020)."""
 
     kind: Literal["hidden"] = "hidden"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     layers: list[TapPair] = Field(
         min_length=1, description="the layer map: [{student: s1, teacher: t3}, ...]"
     )

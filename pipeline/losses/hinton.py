@@ -18,9 +18,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline.cache.batch import SparseLogits
-from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import (
     as_float32,
     hard_ce_rows,
@@ -119,11 +118,10 @@ def sparse_distillation_kl(
     return temperature**2 * kl_rows(teacher, student).mean()
 
 
-class HintonParams(StrictModel):
+class HintonParams(TermParams):
     """Hinton KD: soft_weight * T^2 KL(p_t^T || p_s^T) + hard_weight * CE (Hinton et al. 2015)."""
 
     kind: Literal["hinton"] = "hinton"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(4.0, gt=0, description="softmax temperature T")
     form: Literal["kl", "soft_ce"] = Field(
         "kl", description="kl: T^2 KL(p_t||p_s); soft_ce: T^2 H(p_t, p_s) as Hinton et al., same gradient"

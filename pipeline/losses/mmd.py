@@ -157,7 +157,6 @@ class MMDParams(TapTermParams):
     """MMD^2 with a multi-bandwidth Gaussian kernel, averaged over taps (Gretton et al. 2012)."""
 
     kind: Literal["mmd"] = "mmd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     bandwidths: tuple[float, ...] = Field(
         (0.2, 0.5, 1.0, 2.0, 5.0), min_length=1, description="kernel bandwidths sigma (k: their mean)"
     )

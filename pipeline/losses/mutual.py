@@ -10,9 +10,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import kl_rows, log_softmax_at
 
 
@@ -39,11 +38,10 @@ def mutual_kl(
     return total / len(values) if reduction == "mean" else total
 
 
-class MutualParams(StrictModel):
+class MutualParams(TermParams):
     """KL towards every other cohort member (Zhang et al. 2018)."""
 
     kind: Literal["mutual"] = "mutual"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(1.0, gt=0, description="T (the loss is scaled by T^2)")
     reduction: Literal["sum", "mean"] = Field("sum", description="over peers: sum, or mean")
 

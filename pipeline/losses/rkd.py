@@ -42,11 +42,6 @@ def _distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
     return distances * (1 - torch.eye(len(gram), device=gram.device, dtype=gram.dtype))
 
 
-def pairwise_distances(features: torch.Tensor) -> torch.Tensor:
-    """(B, *shape) -> (B, B) Euclidean distances ||x_i - x_j||_2 (rows flattened), zero diagonal."""
-    return _distances_from_gram(_centred_gram(features))
-
-
 def _smooth_l1_and_slope(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean SmoothL1(student - teacher) with beta 1, its slope h = clamp(student - teacher, -1, 1)),
     from SmoothL1(r) = h r - h^2 / 2, as two dot products; overwrites `teacher` with the gap."""
@@ -270,7 +265,6 @@ class RKDParams(TapTermParams):
     """Relational KD: distance_weight * L_dist + angle_weight * L_angle (Park et al. 2019)."""
 
     kind: Literal["rkd"] = "rkd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     distance_weight: float = Field(25.0, description="w_dist (25: RepDistiller's default)")
     angle_weight: float = Field(50.0, description="w_angle (50: RepDistiller's default)")
     angle: Literal["triplet", "pairwise"] = Field(

@@ -10,8 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import hard_ce_rows, log_softmax_at, masked_mean
 
 
@@ -30,11 +29,10 @@ def self_training_ce(
     return masked_mean(hard_ce_rows(student_logits, pseudo_labels), keep)
 
 
-class SelfTrainingParams(StrictModel):
+class SelfTrainingParams(TermParams):
     """Cross-entropy on the teacher's argmax labels (Xie et al. 2020)."""
 
     kind: Literal["self_training"] = "self_training"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     min_confidence: float = Field(0.0, ge=0, le=1, description="skip rows the teacher is less sure of")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:

@@ -11,8 +11,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import labelled, log_softmax_at, masked_mean
 
 
@@ -36,11 +35,10 @@ def kd_equivalent_epsilon(hard_weight: float, temperature: float) -> float:
     return soft / (hard_weight + soft)
 
 
-class SmoothingParams(StrictModel):
+class SmoothingParams(TermParams):
     """Label-smoothed cross-entropy (Szegedy et al. 2016)."""
 
     kind: Literal["smoothing"] = "smoothing"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     epsilon: float = Field(0.1, ge=0, le=1, description="mass spread uniformly over the C classes")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:

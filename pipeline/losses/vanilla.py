@@ -24,7 +24,6 @@ class VanillaParams(TapTermParams):
     """Vanilla: ce_weight * CE + kl_weight * T^2 KL + feature_weight * L_feat."""
 
     kind: Literal["vanilla"] = "vanilla"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(2.0, gt=0, description="T")
     ce_weight: float = Field(1.0, description="factor of the hard-label CE")
     kl_weight: float = Field(1.0, description="a (factor of T^2 KL)")

@@ -2,6 +2,11 @@
 pairwise distances) and angle structure (pairwise cosines, or triplet angles) with SmoothL1.
 Park, Kim, Lu & Cho 2019, "Relational Knowledge Distillation" (CVPR 2019, arXiv:1904.05068).
 
+The plain forms come first (`plain_rkd_distance`, `plain_rkd_angle_pairwise`,
+`plain_rkd_angle_triplet`): the formulas as written, differentiated by autograd, easy to read, but
+holding O(B^2 D) values for backward, and O(B^3) for the triplet angle. The fused forms below them,
+which the adapter runs, give the same values and gradients (tests/losses/test_fast_paths_pairwise.py
+and test_rkd.py hold them to the plain forms) from (B, B) matrices with hand-written backward passes.
 The triplet angle compares B^3 values. It is computed from (B, B) matrices only (the Gram matrix
 and inverse distances: cos of angle j-i-k = (G_jk - G_ij - G_ik + G_ii) / (d_ij d_ik)), a few
 anchors at a time, with a hand-written backward that recomputes each chunk: memory is
@@ -20,17 +25,67 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._probs import as_float32
+from pipeline.losses._probs import at_least_float32
 from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
 
 _EPS = 1e-12
 _ELEMENTS_PER_CHUNK = 1 << 20  # 1M floats (4 MiB) per (anchors, B, B) temporary
 
 
+# The plain forms
+
+
+def _plain_distances(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """(B, D) -> (B, B) psi_D = ||x_i - x_j|| / mu, zero diagonal (mu = 1 unless `normalize`)."""
+    squared = (x[:, None, :] - x[None, :, :]).pow(2).sum(dim=2)
+    # clamp before sqrt: the diagonal (and duplicate rows) would give an infinite gradient at 0
+    distances = squared.clamp(min=_EPS).sqrt() * (1 - torch.eye(len(x), dtype=x.dtype, device=x.device))
+    if not normalize:
+        return distances
+    mean = distances.sum() / max(len(x) * (len(x) - 1), 1)
+    return distances / mean.clamp(min=_EPS)
+
+
+def plain_rkd_distance(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """L_dist = (1/B^2) sum_{i,j} SmoothL1(psi_D(s_i, s_j), psi_D(t_i, t_j)) as written (readable
+    reference of `rkd_distance`). student: (B, *s), teacher: (B, *t); float32 (float64 stays)."""
+    student, teacher = at_least_float32(student).flatten(1), at_least_float32(teacher.detach()).flatten(1)
+    return F.smooth_l1_loss(_plain_distances(student, normalize), _plain_distances(teacher, normalize))
+
+
+def plain_rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L_angle = (1/B^2) sum_{i,j} SmoothL1(cos theta_S^ij, cos theta_T^ij), cos theta^ij the cosine of
+    rows i and j (readable reference of `rkd_angle_pairwise`). Shapes as `plain_rkd_distance`."""
+
+    def cosines(x: torch.Tensor) -> torch.Tensor:
+        unit = F.normalize(at_least_float32(x).flatten(1), dim=1)
+        return unit @ unit.T
+
+    return F.smooth_l1_loss(cosines(student), cosines(teacher.detach()))
+
+
+def plain_rkd_angle_triplet(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L_angle = (1/B^3) sum_{i,j,k} SmoothL1(psi_A(s_i, s_j, s_k), psi_A(t_i, t_j, t_k)), the angle at
+    vertex i taken as 0 when j = i or k = i, as Park et al.'s code (readable reference of
+    `rkd_angle_triplet`; it holds (B, B, D) and (B, B, B) tensors). Shapes as `plain_rkd_distance`.
+    Two equal rows differ here: F.normalize divides their zero difference by 1e-12 in backward,
+    where the fused form gives their angles no gradient."""
+
+    def cosines(x: torch.Tensor) -> torch.Tensor:
+        x = at_least_float32(x).flatten(1)
+        unit = F.normalize(x[None, :, :] - x[:, None, :], dim=2)  # [i, j] = unit vector x_i -> x_j
+        return unit @ unit.transpose(1, 2)  # [i, j, k] = cos of the angle j-i-k
+
+    return F.smooth_l1_loss(cosines(student), cosines(teacher.detach()))
+
+
+# The fused forms: what the adapter runs
+
+
 def _centred_gram(features: torch.Tensor) -> torch.Tensor:
     # Centring leaves distances and triplet angles unchanged and keeps the Gram entries small,
     # so G_jk - G_ij - G_ik + G_ii loses less to cancellation.
-    x = as_float32(features).flatten(1)
+    x = at_least_float32(features).flatten(1)
     x = x - x.mean(dim=0, keepdim=True)
     return x @ x.T
 
@@ -147,10 +202,11 @@ def rkd_pairwise(
     student: (B, *s), teacher: (B, *t), flattened per row; the teacher gets no gradient.
     Time: three (B, D) x (D, B)-sized products (two forward, one backward) and O(B^2) in-place
     elementwise work; memory held for backward: two (B, B) float32 matrices.
-    Returns two float32 scalars.  Source: Park et al. 2019 (distance-wise loss; see the angle below).
+    Returns two float32 scalars (float64 for float64 inputs).  Source: Park et al. 2019 (distance-wise
+    loss; see the angle below).
     """
     return _PairwiseRKD.apply(
-        as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), normalize
+        at_least_float32(student).flatten(1), at_least_float32(teacher.detach()).flatten(1), normalize
     )
 
 

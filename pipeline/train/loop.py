@@ -85,12 +85,25 @@ def bank_taps(members: list[Member]) -> set[str] | None:
     return taps
 
 
+_BANK_ROWS_PER_READ = 1 << 16
+
+
 def feature_bank(data: TrainingData, device, taps: set[str] | None = None) -> dict[str, torch.Tensor]:
     """Teacher tap -> (N_cache, *shape) float32 features of every cache row (indexed by cache row),
-    for recipes that draw negatives from the whole cache (CRD); only `taps` when given."""
-    every_row = data.reader.batch(np.arange(len(data.reader), dtype=np.int64))
-    features = every_row.features.items()
-    return {tap: values.to(device) for tap, values in features if taps is None or tap in taps}
+    for recipes that draw negatives from the whole cache (CRD); only `taps` when given. Read through
+    the reader's `batch`, a block of rows at a time, into the bank itself (one copy of the taps)."""
+    reader = data.reader
+    bank = {
+        tap: torch.empty((len(reader), *shape), dtype=torch.float32, device=device)
+        for tap, shape in reader.schema.feature_shapes.items()
+        if taps is None or tap in taps
+    }
+    for start in range(0, len(reader), _BANK_ROWS_PER_READ):
+        rows = np.arange(start, min(start + _BANK_ROWS_PER_READ, len(reader)), dtype=np.int64)
+        features = reader.batch(rows).features
+        for tap, values in bank.items():
+            values[rows[0] : rows[-1] + 1] = features[tap]
+    return bank
 
 
 def steps_per_epoch(num_rows: int, batch_size: int) -> int:

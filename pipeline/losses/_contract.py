@@ -77,8 +77,8 @@ class TermParams(StrictModel):
 @dataclass(frozen=True)
 class Family:
     """One entry of `FAMILIES`: the params model (a `TermParams` with `kind: Literal[...]`) and the
-    adapter class, built as
-    `adapter(params, shapes)` and called as `adapter(inputs) -> {sub-term: unweighted scalar}`."""
+    adapter class, built as `adapter(params, shapes)` and called as
+    `adapter(inputs) -> {sub-term: unweighted scalar}`."""
 
     params: type
     adapter: type

@@ -1,4 +1,4 @@
-"""Dask benchmarks, every ratio measured in one run on one machine (DESIGN.md performance figures).
+"""Dask benchmarks, every ratio measured in one run on one machine (README's performance table).
 
 1. N students on W local workers / the same N sequentially (goal >= 0.8 * W, for W=2, N=8). Real
    students (`pipeline.train.run.train_student`: MLP, CE + Hinton KD) trained from an on-disk Zarr

@@ -1,4 +1,5 @@
-"""Training from the cache, measured against its alternatives in one run (DESIGN.md performance figures).
+"""Training from the cache, measured against its alternatives in one run (README's
+performance table; docs/training.md).
 
 1. steps/s of a KD student trained from the cache / the same student with CE only (goal >= 0.90);
 2. the same / online KD with the teacher in the loop through ONNX Runtime (the speedup the cache buys);

@@ -1,4 +1,5 @@
-"""The layout rules of DESIGN.md, enforced: storage has one door, the library never imports the stages."""
+"""The layout rules of docs/architecture.md, enforced: storage has one door, the library never
+imports the stages."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STORAGE_LIBRARIES = {"zarr", "pyarrow", "polars", "numcodecs"}
 # pipeline/data reads the user's Parquet/Zarr datasets; pipeline/cache is the cache's one door; the
-# leaderboard is a polars table (DESIGN.md), though it reads no cache file itself.
+# leaderboard is a polars table (docs/evaluation.md), though it reads no cache file itself.
 STORAGE_DOORS = ("pipeline/cache/", "pipeline/data/")
 TABLE_MODULES = {"pipeline/evaluate/leaderboard.py": {"polars"}}
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 UNLABELLED = -1
-"""Label value of a row that has no hard label (DESIGN.md: unlabelled rows are first-class)."""
+"""Label value of a row that has no hard label (docs/cache_format.md: unlabelled rows are first-class)."""
 
 SPLITS = ("train", "val", "test", "unlabelled")
 """Split names, indexed by the int8 split code stored per row."""
@@ -23,7 +23,7 @@ SPLITS = ("train", "val", "test", "unlabelled")
 
 @dataclass(frozen=True)
 class SparseLogits:
-    """Top-k teacher logits with the full-row log-sum-exp (cache.md §1).
+    """Top-k teacher logits with the full-row log-sum-exp (docs/cache_format.md, "The sparse form").
 
     values: (B, K) float32 raw logits of the k largest classes, descending.
     indices: (B, K) int64 class indices of `values`.

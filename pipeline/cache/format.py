@@ -59,7 +59,7 @@ def plan_shards(num_rows: int, rows_per_shard: int) -> list[slice]:
     """The row range of every shard: [0, s), [s, 2s), ..., the last one possibly shorter.
 
     Shards are the unit of writing: one writer per shard, whole shards only (Zarr 3.1 loses data
-    silently on concurrent partial shard writes, ecosystem.md §5).
+    silently on concurrent partial shard writes, zarr-python#3682; docs/cache_format.md).
     """
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")

@@ -2,7 +2,7 @@
 
 Multi-dimensional arrays are fixed-size-list columns of the flattened row (the per-row shape is
 in cache.json). Written with dictionary encoding off, BYTE_STREAM_SPLIT on float columns and zstd
-(0.85x raw vs 1.21x with pyarrow's defaults, cache.md §6), one row group per `rows_per_chunk`
+(0.85x raw vs 1.21x with pyarrow's defaults: docs/cache_format.md), one row group per `rows_per_chunk`
 rows, and page checksums (`write_page_checksum=True`), verified on every read. Each file is
 built in memory and renamed into place atomically (fsynced), so a shard file is whole or absent.
 """

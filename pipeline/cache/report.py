@@ -3,9 +3,11 @@
 The `cache` stage writes this as `data/cache/report.json` (dvc metrics) and `data/cache/plots/`;
 `distillery inspect CACHE` prints it. Contents:
 
-- teacher accuracy and ECE (15 equal-width confidence bins, Guo et al. 2017) per labelled split;
+- teacher accuracy and ECE (15 equal-width confidence bins; Guo et al. 2017, "On Calibration of Modern
+  Neural Networks", arXiv:1706.04599) per labelled split;
 - mean entropy of the soft labels softmax(z / T) at T in {1, 2, 4, 8}, and the top-5 mass at T = 1:
-  how much "dark knowledge" (seeds/003 §6; seeds/001 §Optimal Temperature) each T exposes;
+  how much "dark knowledge" (the relative probabilities of the wrong classes: Hinton et al. 2015,
+  "Distilling the Knowledge in a Neural Network", arXiv:1503.02531) each T exposes;
 - the stored dtype's error: KL(p_T(fp32 logits) || p_T(stored logits)) per row, mean / p99 / max,
   against the fp32 logits the build kept for a sample of rows (goal p99 <= 1e-5 nats);
 - with the sparse form, its KL error against the dense logits at the same temperatures.

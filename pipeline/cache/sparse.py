@@ -1,12 +1,14 @@
 """The optional sparse form of cached logits, and the KL error of any stored form.
 
 Top-k stores the k largest raw logits, their class indices, and the log-sum-exp of the *full* row
-(DESIGN.md "The cache"; cache.md §1). At T = 1 the probabilities on the stored support are exact,
+(docs/cache_format.md, "The sparse form"). At T = 1 the probabilities on the stored support are exact,
 log p_1(i) = z_i - lse, and the tail mass 1 - sum_K p_1(i) is known but not its shape. To compare
 it with the dense logits at any T we densify it with a flat tail: every missing class gets the
 logit v with (C - k) e^v = tail mass * e^lse, i.e. the tail mass spread uniformly at T = 1 (the
-FKD "marginal smoothing" reading, cache.md §2). This is biased (Sparse Logit Sampling, cache.md §1:
-the student learns an up-scaled head and a flat tail), and the bias grows with T because the tail
+"marginal smoothing" of Shen & Xing 2022, "A Fast Knowledge Distillation Framework for Visual
+Recognition", arXiv:2112.01528). This is biased (Anshumann et al. 2025, "Sparse Logit Sampling:
+Accelerating Knowledge Distillation in LLMs", arXiv:2503.16870: the student learns an up-scaled head
+and a flat tail), and the bias grows with T because the tail
 holds most of the mass at high T, which is why the cache report always prints its KL error.
 """
 
@@ -56,7 +58,7 @@ def densify_top_k(
 
 
 def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """log softmax(logits / T) along the last axis, in float64 (seeds/001 §Temperature)."""
+    """log softmax(logits / T) along the last axis, in float64 (Hinton et al. 2015 §2)."""
     scaled = np.asarray(logits, np.float64) / temperature
     finite_max = np.max(np.where(np.isfinite(scaled), scaled, -np.inf), axis=-1, keepdims=True)
     shifted = scaled - finite_max

@@ -3,7 +3,7 @@
 Layout (zarr-python 3.1): inner chunk = `rows_per_chunk` rows (the unit read on its own), shard =
 `rows_per_shard` rows (the unit written: one file per shard per array, `<array>/c/<k>/0...`).
 Writers only ever write whole shards (`write_shard`), so any number of processes may each write
-different shards (ecosystem.md §5: partial concurrent shard writes silently lose data).
+different shards (zarr-python#3682: partial concurrent shard writes silently lose data; docs/cache_format.md).
 Every chunk carries a crc32c (`Crc32cCodec` after zstd), so a flipped or truncated byte fails on
 read; a shard file that is missing altogether reads back as fill values, which the manifest's
 per-shard sha256 catches (`pipeline.cache.open`).

@@ -37,8 +37,9 @@ class NonFiniteInputError(DatasetError):
     """Inputs contain NaN or infinity."""
 
 
-class InputShapeError(DatasetError):
-    """Rows of different input sizes, or an `input_shape` that does not fit the data."""
+class InputShapeError(DatasetError, ValueError):
+    """Inputs of a shape that does not fit: rows of different sizes, an `input_shape` that does not
+    fit the data, or a student architecture that cannot take it (a CNN given flat vectors)."""
 
 
 class SplitValueError(DatasetError):

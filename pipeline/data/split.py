@@ -39,7 +39,8 @@ def unlabelled_train_to_unlabelled(split: np.ndarray, label: np.ndarray) -> np.n
 
 def omit_train_classes(split: np.ndarray, label: np.ndarray, omit_classes: list[int]) -> np.ndarray:
     """(N,) bool mask of the rows to keep: every row except the train rows of `omit_classes`
-    (Hinton et al. 2015 §3: the transfer set lacks a class; val and test keep it)."""
+    (Hinton et al. 2015 §3: the transfer set lacks a class; val and test keep it; "Distilling the
+    Knowledge in a Neural Network", arXiv:1503.02531)."""
     return ~((split == TRAIN) & np.isin(label, np.asarray(omit_classes, dtype=np.int64)))
 
 

@@ -1,6 +1,8 @@
 """What each student learned from: the root teacher, another student (a chain), or labels alone.
 
-A chain (seeds/001 §Progressive and §Self-Distillation; seeds/003 §5.3) is a cache built by the
+A chain (a teaching assistant: Mirzadeh et al. 2020, "Improved Knowledge Distillation via Teacher
+Assistant", arXiv:1902.03393; or born-again networks: Furlanello et al. 2018, "Born-Again Neural
+Networks", arXiv:1805.04770) is a cache built by the
 `chain_cache@<chain>` stage from an exported student, `data/export/<teacher>/model.onnx`, into
 `data/chains/<chain>/store`; a student learns from it by naming that store as its `cache`. The
 `chains:` section of params.yaml maps chain name -> {teacher: <student>}, which is all this

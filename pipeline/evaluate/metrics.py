@@ -91,7 +91,7 @@ def agreement(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
 def mean_kl(teacher_logits: np.ndarray, student_logits: np.ndarray, temperature: float = 1.0) -> float:
     """Mean over rows of KL(p_t^T || p_s^T) = sum_c p_t (log p_t - log p_s), p^T = softmax(z / T).
 
-    In nats, *without* the T^2 factor of the training loss (seeds/001 §KD loss), so the number is a
+    In nats, *without* the T^2 factor of the training loss (Hinton et al. 2015 §2), so the number is a
     divergence between two distributions and comparable across temperatures. Both (B, C).
     """
     teacher = _logits(teacher_logits, "teacher_logits")
@@ -119,7 +119,8 @@ class CalibrationBins:
 
     @property
     def ece(self) -> float:
-        """sum_b |B_b|/n * |acc(B_b) - conf(B_b)| over the non-empty bins (Guo et al. 2017, eq. 3)."""
+        """sum_b |B_b|/n * |acc(B_b) - conf(B_b)| over the non-empty bins (eq. 3 of Guo, Pleiss,
+        Sun & Weinberger 2017, "On Calibration of Modern Neural Networks", arXiv:1706.04599)."""
         filled = self.count > 0
         weights = self.count[filled] / self.count.sum()
         return float(np.sum(weights * np.abs(self.accuracy[filled] - self.confidence[filled])))

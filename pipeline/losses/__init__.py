@@ -1,7 +1,7 @@
 """Loss families, one module each, and `FAMILIES`: kind -> (params model, adapter).
 
-Add a family: write `pipeline/losses/<name>.py` (math functions + a `<Name>Params` with
-`kind: Literal["<name>"]`, `weight` and `sub_weights(epoch)` + a `<Name>Loss` adapter), add one line
+Add a family: write `pipeline/losses/<name>.py` (math functions + a `<Name>Params(TermParams)` with
+`kind: Literal["<name>"]` and `sub_weights(epoch)` + a `<Name>Loss` adapter), add one line
 here, add `tests/losses/test_<name>.py` (and one example params entry in tests/losses/conftest.py).
 `recipe.py` builds the discriminated union of params from this dict.
 """

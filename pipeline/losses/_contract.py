@@ -3,7 +3,7 @@
 A family module (`hinton.py`, `rkd.py`, ...) holds pure math functions on tensors plus one small
 `nn.Module` adapter built from its pydantic params and the tap shapes. The adapter is called as
 `adapter(inputs: LossInputs) -> dict[str, Tensor]` and returns *unweighted* named sub-terms;
-`recipe.py` is the only place that weighs and sums them (aesthetics.md §4.2).
+`recipe.py` is the only place that weighs and sums them (docs/losses.md).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field
 
 from pipeline.cache.batch import SparseLogits
+from pipeline.config import StrictModel
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class LossInputs:
     labels: (B,) int64 class index, -1 where the row has no hard label: hard-label terms mask
         those rows (mean over labelled rows, an exact 0 with a graph when none is labelled).
     teacher_sparse: the cache's top-k form, when it has one.
-    peer_logits: (B, C) logits of the other members of a cohort (mutual learning, seeds/004 §6.3).
+    peer_logits: (B, C) logits of the other members of a cohort (deep mutual learning, Zhang et al. 2018).
     teacher_feature_bank: teacher tap -> (N, *shape) features of every training row of the cache,
         for negatives drawn from the whole cache (CRD); None when not provided.
     rows: (B,) int64 cache rows of this batch (so a bank sampler can exclude the positives).
@@ -60,11 +62,23 @@ class LossInputs:
     epoch: int = 0
 
 
+class TermParams(StrictModel):
+    """What the params of every family share: the term's `weight` in the recipe total, and
+    `sub_weights(epoch) -> {sub-term: factor}` (each family's own). A family's params add
+    `kind: Literal["<name>"]` and its own fields."""
+
+    weight: float = Field(1.0, description="factor of this term in the recipe total")
+
+    def sub_weights(self, epoch: int) -> dict[str, float]:
+        """Sub-term -> its factor at `epoch` (0-based), before `weight`."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Family:
-    """One entry of `FAMILIES`: the pydantic params model (with `kind: Literal[...]`, `weight`,
-    and `sub_weights(epoch) -> {sub-term: factor}`) and the adapter class, built as
-    `adapter(params, shapes)` and called as `adapter(inputs) -> {sub-term: unweighted scalar}`."""
+    """One entry of `FAMILIES`: the params model (a `TermParams` with `kind: Literal[...]`) and the
+    adapter class, built as `adapter(params, shapes)` and called as
+    `adapter(inputs) -> {sub-term: unweighted scalar}`."""
 
     params: type
     adapter: type

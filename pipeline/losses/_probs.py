@@ -16,6 +16,12 @@ def as_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32, or float64 when it is float64 (so a fused form can be checked against
+    its plain form in float64); fp16/bf16 inputs are upcast. The adapters pass float32 taps."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def log_softmax_at(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """(B, C) logits -> (B, C) log softmax(logits / T), in float32."""
     return F.log_softmax(as_float32(logits) / temperature, dim=-1)

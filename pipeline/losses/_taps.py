@@ -16,12 +16,13 @@ from torch import nn
 
 from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import as_float32
 
 Projection = Literal["teacher_to_student", "student_to_teacher", "none"]
-"""Which side a learned projection maps: seeds/000 §1 and 001 §Feature-Based 2 project the
-teacher onto the student (phi(f_T)); FitNets projects the student onto the teacher."""
+"""Which side a learned projection maps: teacher_to_student maps the teacher onto the student
+(phi(f_T)); student_to_teacher maps the student onto the teacher, as FitNets (Romero et al. 2015)
+and TinyBERT (Jiao et al. 2020) do (docs/sources.md)."""
 
 
 class MissingTapError(DistilleryError, KeyError):
@@ -110,7 +111,7 @@ class ProjectedPair(nn.Module):
         return self.projection(features.to(next(self.projection.parameters()).dtype))
 
 
-class TapTermParams(StrictModel):
+class TapTermParams(TermParams):
     """Params fields of a term on feature taps: one pair (`student_tap`, `teacher_tap`) or a list
     of pairs (`taps`), averaged or summed as the family says."""
 

@@ -1,6 +1,8 @@
-"""Attention transfer: match the attention maps the teacher exports (softmax(QK^T/sqrt d), seeds/001
-§Feature-Based 3), or the spatial attention of convolutional feature maps (channel-pooled squared
-activations, L2-normalised; Zagoruyko & Komodakis 2017)."""
+"""Attention transfer: match the attention maps the teacher exports (softmax(QK^T/sqrt d), as TinyBERT
+distils self-attention: Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural Language
+Understanding", arXiv:1909.10351), or the spatial attention of convolutional feature maps
+(channel-pooled squared activations, L2-normalised: Zagoruyko & Komodakis 2017, "Paying More
+Attention to Attention", ICLR 2017, arXiv:1612.03928)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._taps import TapPair, TapShapeError, check_tap, read_taps
 
 
@@ -20,7 +21,7 @@ def attention_map_distance(student_attention: torch.Tensor, teacher_attention: t
     """(1/B) sum_i ||A_S,i - A_T,i||_F^2 for one layer pair.
 
     student_attention, teacher_attention: (B, H, N, N) row-stochastic attention maps of equal shape.
-    Returns a float32 scalar.  Source: seeds/001 §Feature-Based 3 (L_attn).
+    Returns a float32 scalar.  Source: the attention loss of Jiao et al. 2020, on the maps as exported.
     """
     return (student_attention - teacher_attention).pow(2).sum() / student_attention.shape[0]
 
@@ -36,16 +37,15 @@ def spatial_attention_distance(
     student_map: torch.Tensor, teacher_map: torch.Tensor, power: float = 2.0
 ) -> torch.Tensor:
     """(1/B) sum_i ||a_S,i - a_T,i||_2^2 with `spatial_attention`; channels may differ, H, W not.
-    Returns a float32 scalar.  Source: Zagoruyko & Komodakis 2017; seeds/001 §3 (transfer of maps)."""
+    Returns a float32 scalar.  Source: Zagoruyko & Komodakis 2017."""
     difference = spatial_attention(student_map, power) - spatial_attention(teacher_map, power)
     return difference.pow(2).sum() / student_map.shape[0]
 
 
-class AttentionParams(StrictModel):
-    """Attention transfer over a layer map (seeds/001 §Feature-Based 3)."""
+class AttentionParams(TermParams):
+    """Attention transfer over a layer map (Jiao et al. 2020; Zagoruyko & Komodakis 2017)."""
 
     kind: Literal["attention"] = "attention"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     layers: list[TapPair] = Field(min_length=1, description="[{student: attn1, teacher: attn4}, ...]")
     form: Literal["maps", "spatial"] = Field(
         "maps", description="maps: exported (B, H, N, N) attention; spatial: (B, C, H, W) conv activations"
@@ -62,7 +62,9 @@ class AttentionParams(StrictModel):
 class AttentionLoss(nn.Module):
     """attention: sum over the layer map of (1/B) ||A_S - A_T||_F^2 (maps), or of
     (1/B) sum_i ||a_S,i - a_T,i||^2 on normalised channel-pooled |F|^p (spatial).
-    Sub-terms: attention.  Source: seeds/001 §Feature-Based 3; Zagoruyko & Komodakis 2017."""
+    Sub-terms: attention.  Source: maps: Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural
+    Language Understanding" (arXiv:1909.10351); spatial: Zagoruyko & Komodakis 2017, "Paying More
+    Attention to Attention" (arXiv:1612.03928)."""
 
     def __init__(self, params: AttentionParams, shapes: TapShapes):
         super().__init__()

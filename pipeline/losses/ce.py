@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import hard_ce_rows, labelled, masked_mean
 
 
@@ -18,23 +16,24 @@ def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
     student_logits: (B, C) raw logits; labels: (B,) int64 in [0, C) or -1.
     Returns a float32 scalar; an exact 0 (with a graph) when no row is labelled.
-    Source: seeds/000 §1 (L_CE), seeds/003 §1.1 (L_hard).
+    Source: the hard-label term of Hinton et al. 2015 §2.
     """
     return masked_mean(hard_ce_rows(student_logits, labels), labelled(labels))
 
 
-class CEParams(StrictModel):
-    """Hard-label cross-entropy (seeds/000 §1)."""
+class CEParams(TermParams):
+    """Hard-label cross-entropy."""
 
     kind: Literal["ce"] = "ce"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"ce": 1.0}
 
 
 class CELoss(nn.Module):
-    """ce: -mean over labelled rows of log softmax(z_s)_y.  Sub-terms: ce.  Source: seeds/000 §1."""
+    """ce: -mean over labelled rows of log softmax(z_s)_y.  Sub-terms: ce.
+    Source: the hard-label term of Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"
+    (arXiv:1503.02531)."""
 
     def __init__(self, params: CEParams, shapes: TapShapes):
         super().__init__()

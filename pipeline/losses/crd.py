@@ -1,5 +1,8 @@
 """Contrastive representation distillation: InfoNCE on cosine similarity between student and
-teacher features, over in-batch negatives and optionally negatives drawn from the whole cache."""
+teacher features, over in-batch negatives and optionally negatives drawn from the whole cache.
+Tian, Krishnan & Isola 2020, "Contrastive Representation Distillation" (ICLR 2020, arXiv:1910.10699);
+InfoNCE: van den Oord, Li & Vinyals 2018, "Representation Learning with Contrastive Predictive
+Coding" (arXiv:1807.03748)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.
 
     student, teacher: (B, *shape) in one space, flattened per row; sim = cosine similarity.
     Returns a float32 scalar; equals log(B) when every similarity is the same.
-    Source: seeds/000 §3 (L_NCE^m), §2 (inside L_CRD).
+    Source: van den Oord et al. 2018 (InfoNCE), between student and teacher as in Tian et al. 2020.
     """
     student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
     teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
@@ -34,8 +37,9 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.
 
 
 def symmetric_info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
-    """(L_NCE(s -> t) + L_NCE(t -> s)) / 2: anchored on both sides (the CLIP form; a variant,
-    seeds/000 writes the student-anchored one).  Shapes as `info_nce`."""
+    """(L_NCE(s -> t) + L_NCE(t -> s)) / 2: anchored on both sides (the symmetric form of Radford et al.
+    2021, "Learning Transferable Visual Models From Natural Language Supervision", arXiv:2103.00020).
+    Shapes as `info_nce`."""
     return 0.5 * (info_nce(student, teacher, tau) + info_nce(teacher, student, tau))
 
 
@@ -51,8 +55,9 @@ def bank_info_nce(
 
     student, teacher: (B, *shape); negatives: (K, *shape) in the same space;
     negatives_are_positives: (K,) bool, True for bank rows that are rows of this batch (dropped,
-    so no positive or in-batch teacher is counted twice).  Source: seeds/000 §3 + CRD's memory bank
-    (Tian et al. 2019; DESIGN.md: negatives drawn from the cache).
+    so no positive or in-batch teacher is counted twice).  Source: negatives from beyond the batch,
+    as CRD's memory bank (Tian et al. 2020), drawn here from the cache, which holds every teacher
+    feature (docs/losses.md).
     """
     student_unit = F.normalize(as_float32(student).flatten(1), dim=1)
     teacher_unit = F.normalize(as_float32(teacher).flatten(1), dim=1)
@@ -65,14 +70,13 @@ def bank_info_nce(
 
 
 class CRDParams(TapTermParams):
-    """InfoNCE on cosine similarity, averaged over taps (seeds/000 §3)."""
+    """InfoNCE on cosine similarity, averaged over taps (Tian et al. 2020; van den Oord et al. 2018)."""
 
     kind: Literal["crd"] = "crd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
-    tau: float = Field(0.1, gt=0, description="temperature of the similarities (seeds/000 §3)")
+    tau: float = Field(0.1, gt=0, description="temperature of the similarities")
     anchors: Literal["student", "both"] = Field(
         "student",
-        description="student: s_i against all t_j as seeds/000 writes; both: also t_i against all s_j",
+        description="student: s_i against all t_j; both: also t_i against all s_j (CLIP's symmetric form)",
     )
     negatives: Literal["batch", "bank"] = Field(
         "batch", description="bank: add num_negatives teacher features drawn from the whole cache"
@@ -87,7 +91,9 @@ class CRDParams(TapTermParams):
 class CRDLoss(nn.Module):
     """crd: (1/M) sum_taps -(1/B) sum_i log softmax_j(cos(s_i, t_j)/tau)_i, M taps (negatives
     from the batch, plus K uniformly drawn cache rows with `negatives: bank`).
-    Sub-terms: crd.  Source: seeds/000 §3 (and §2 for the average over modalities)."""
+    Sub-terms: crd.  Source: Tian et al. 2020, "Contrastive Representation Distillation"
+    (arXiv:1910.10699), in the InfoNCE form of van den Oord et al. 2018, "Representation Learning with
+    Contrastive Predictive Coding" (arXiv:1807.03748)."""
 
     def __init__(self, params: CRDParams, shapes: TapShapes):
         super().__init__()

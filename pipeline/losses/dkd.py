@@ -1,5 +1,6 @@
-"""Decoupled knowledge distillation (Zhao et al., CVPR 2022): KD split into the target-class
-binary KL (TCKD) and the KL among the non-target classes (NCKD), weighted separately."""
+"""Decoupled knowledge distillation: KD split into the target-class binary KL (TCKD) and the KL among
+the non-target classes (NCKD), weighted separately. Zhao, Cui, Song, Qiu & Liang 2022, "Decoupled
+Knowledge Distillation" (CVPR 2022, arXiv:2203.08921)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import as_float32, kl_rows, labelled, masked_mean
 
 
@@ -45,11 +45,10 @@ def dkd_rows(
     return scale * kl_rows(binary_t, binary_s), scale * kl_rows(rest_t, rest_s)
 
 
-class DKDParams(StrictModel):
+class DKDParams(TermParams):
     """Decoupled KD: alpha * TCKD + beta * NCKD (Zhao et al. 2022; mdistiller CIFAR defaults)."""
 
     kind: Literal["dkd"] = "dkd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     alpha: float = Field(1.0, description="factor of TCKD (target vs rest)")
     beta: float = Field(8.0, description="factor of NCKD (among non-target classes)")
     temperature: float = Field(4.0, gt=0, description="T (both parts are scaled by T^2)")
@@ -66,7 +65,8 @@ class DKDParams(StrictModel):
 class DKDLoss(nn.Module):
     """dkd: target = mean_i TCKD_i, non_target = mean_i NCKD_i (over labelled rows with
     target: label; over all rows with target: teacher_argmax).
-    Sub-terms: target, non_target.  Source: Zhao et al. 2022 (beyond the seed documents)."""
+    Sub-terms: target, non_target.  Source: Zhao et al. 2022, "Decoupled Knowledge Distillation"
+    (arXiv:2203.08921)."""
 
     def __init__(self, params: DKDParams, shapes: TapShapes):
         super().__init__()

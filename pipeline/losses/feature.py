@@ -1,5 +1,7 @@
 """Feature matching: the 1/(2D)-normalised squared error between student features and projected
-teacher features, summed over taps (the feature part of Vanilla, seeds/000 §1; FitNets hints)."""
+teacher features, summed over taps: the hint loss of Romero, Ballas, Kahou, Chassang, Gatta & Bengio
+2015, "FitNets: Hints for Thin Deep Nets" (ICLR 2015, arXiv:1412.6550); also the feature part of
+`vanilla`."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def feature_mse(student_features: torch.Tensor, teacher_features: torch.Tensor) 
 
     student_features, teacher_features: (B, *shape) in one space (projection already applied);
     D = prod(shape), the number of elements per row. Returns a float32 scalar.
-    Source: seeds/000 §1 (L_feat, one modality of the sum).
+    Source: FitNets' hint loss (1/2) ||.||^2 (Romero et al. 2015), divided by D: width-free weights.
     """
     rows = student_features.shape[0]
     per_row_dim = student_features[0].numel()
@@ -26,14 +28,13 @@ def feature_mse(student_features: torch.Tensor, teacher_features: torch.Tensor) 
 
 
 class FeatureParams(TapTermParams):
-    """Feature MSE with one learned projection per tap (seeds/000 §1)."""
+    """Feature MSE with one learned projection per tap (Romero et al. 2015)."""
 
     kind: Literal["feature"] = "feature"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     project: Projection = Field(
         "teacher_to_student",
-        description="phi(f_T) onto the student as seeds/000 writes; "
-        "student_to_teacher as FitNets; none when the shapes are equal",
+        description="teacher_to_student: phi(f_T) onto the student; "
+        "student_to_teacher: FitNets' regressor; none when the shapes are equal",
     )
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
@@ -43,7 +44,8 @@ class FeatureParams(TapTermParams):
 class FeatureLoss(nn.Module):
     """feature: sum over taps of (1/(2D)) (1/B) sum_i ||f_S,i - phi(f_T,i)||^2 (phi: Linear for
     (B, D) taps, 1x1 conv for (B, C, H, W) maps; or the student side projected).
-    Sub-terms: feature.  Source: seeds/000 §1."""
+    Sub-terms: feature.  Source: Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"
+    (arXiv:1412.6550)."""
 
     def __init__(self, params: FeatureParams, shapes: TapShapes):
         super().__init__()

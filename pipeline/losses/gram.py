@@ -1,5 +1,6 @@
 """Relational Gram matching: the Frobenius distance between the batch Gram matrices of student and
-teacher features (seeds/004 §6.2)."""
+teacher features: the batch-similarity matching of Tung & Mori 2019, "Similarity-Preserving Knowledge
+Distillation" (ICCV 2019, arXiv:1907.09682)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
 
 def gram_matrix(features: torch.Tensor, normalize_rows: bool = True) -> torch.Tensor:
     """(B, *shape) -> (B, B) G_ij = x_i . x_j (rows flattened; L2-normalised first if asked, so G
-    holds cosine similarities and student and teacher sizes may differ).  Source: seeds/004 §6.2."""
+    holds cosine similarities and student and teacher sizes may differ; Tung & Mori 2019 normalise
+    the rows of G instead)."""
     x = as_float32(features).flatten(1)
     if normalize_rows:
         x = F.normalize(x, dim=1)
@@ -30,10 +32,10 @@ def gram_distance(
     normalize_rows: bool = True,
     reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
-    """L_relational = ||G_T(X) - G_S(X)||_F^2 ("sum", as seeds/004 §6.2 writes), or that divided by
-    B^2 ("mean", so the weight does not depend on the batch size).
+    """L_relational = ||G_T(X) - G_S(X)||_F^2 ("sum"), or that divided by B^2 ("mean", as Tung &
+    Mori 2019, so the weight does not depend on the batch size).
 
-    student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: seeds/004 §6.2.
+    student: (B, *s), teacher: (B, *t). Returns a float32 scalar.  Source: Tung & Mori 2019.
     """
     return F.mse_loss(
         gram_matrix(student, normalize_rows),
@@ -43,12 +45,11 @@ def gram_distance(
 
 
 class GramParams(TapTermParams):
-    """Frobenius distance between batch Gram matrices, averaged over taps (seeds/004 §6.2)."""
+    """Frobenius distance between batch Gram matrices, averaged over taps (Tung & Mori 2019)."""
 
     kind: Literal["gram"] = "gram"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     normalize_rows: bool = Field(True, description="cosine Gram (scale-free; sizes may differ)")
-    reduction: Literal["mean", "sum"] = Field("mean", description="sum: ||.||_F^2 as written; mean: / B^2")
+    reduction: Literal["mean", "sum"] = Field("mean", description="sum: ||.||_F^2; mean: / B^2 (Tung & Mori)")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"gram": 1.0}
@@ -56,7 +57,8 @@ class GramParams(TapTermParams):
 
 class GramLoss(nn.Module):
     """gram: (1/M) sum_taps ||G_T - G_S||_F^2 (/ B^2 with reduction mean).
-    Sub-terms: gram.  Source: seeds/004 §6.2."""
+    Sub-terms: gram.  Source: Tung & Mori 2019, "Similarity-Preserving Knowledge Distillation"
+    (arXiv:1907.09682)."""
 
     def __init__(self, params: GramParams, shapes: TapShapes):
         super().__init__()

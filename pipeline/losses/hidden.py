@@ -1,6 +1,8 @@
 """Hidden-state matching over a layer map l -> pi(l): the squared Frobenius distance between each
-student layer and the projected teacher layer pi(l), summed over the map (seeds/001 §Feature-Based
-1-2, seeds/004 §6.1); the projection learned, or solved in closed form per batch."""
+student layer and the projected teacher layer pi(l), summed over the map; the projection learned, or
+solved in closed form per batch. The layer map and learned W of Jiao et al. 2020, "TinyBERT:
+Distilling BERT for Natural Language Understanding" (arXiv:1909.10351); hints at intermediate
+layers: Romero et al. 2015, "FitNets: Hints for Thin Deep Nets" (arXiv:1412.6550)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import as_float32
 from pipeline.losses._taps import ProjectedPair, TapPair, check_pairs, read_taps
 
@@ -21,7 +22,7 @@ def hidden_state_distance(student_hidden: torch.Tensor, teacher_hidden: torch.Te
 
     student_hidden, teacher_hidden: (B, *shape) (e.g. (B, D) or (B, N, D) tokens); the squared
     Frobenius norm of the whole difference, divided by B so the weight is batch-size free.
-    Source: seeds/001 §Feature-Based 1 (L_hidden), seeds/004 §6.1.
+    Source: the hidden-state loss of Jiao et al. 2020.
     """
     return (student_hidden - teacher_hidden).pow(2).sum() / student_hidden.shape[0]
 
@@ -31,7 +32,7 @@ def closed_form_residual(
 ) -> torch.Tensor:
     """(1/B) min_W ||h_S - W h_T||_F^2 with W solved on this batch (rows flattened).
 
-    W* = h_S h_T^T (h_T h_T^T + ridge I)^-1 (seeds/001 §Feature-Based 2, in row layout
+    W* = h_S h_T^T (h_T h_T^T + ridge I)^-1 (ridge least squares, in row layout
     W*^T = (T^T T + ridge I)^-1 T^T S with T = (B, D_T), S = (B, D_S)); the ridge keeps it defined
     when B < D_T. Gradients reach h_S (W* is a function of it). Returns a float32 scalar.
     """
@@ -45,18 +46,17 @@ def closed_form_residual(
     return (student_rows - teacher_rows @ weight_transposed).pow(2).sum() / student_rows.shape[0]
 
 
-class HiddenParams(StrictModel):
-    """Hidden-state matching over a layer map (seeds/001 §Feature-Based, 004 §6.1)."""
+class HiddenParams(TermParams):
+    """Hidden-state matching over a layer map (Jiao et al. 2020)."""
 
     kind: Literal["hidden"] = "hidden"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     layers: list[TapPair] = Field(
         min_length=1, description="the layer map: [{student: s1, teacher: t3}, ...]"
     )
     project: Literal["teacher_to_student", "student_to_teacher", "closed_form", "none"] = Field(
         "teacher_to_student",
-        description="learned phi on the teacher (as written), on the student, "
-        "the per-batch least-squares W* (seeds/001 §2), or none when shapes are equal",
+        description="learned phi on the teacher, on the student (as TinyBERT and FitNets), "
+        "the per-batch least-squares W*, or none when shapes are equal",
     )
     ridge: float = Field(1e-3, ge=0, description="ridge of the closed-form W*")
 
@@ -66,7 +66,8 @@ class HiddenParams(StrictModel):
 
 class HiddenLoss(nn.Module):
     """hidden: sum over the layer map of (1/B) ||h_S^(l) - phi(h_T^(pi(l)))||_F^2.
-    Sub-terms: hidden.  Source: seeds/001 §Feature-Based 1-2, seeds/004 §6.1."""
+    Sub-terms: hidden.  Source: Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural Language
+    Understanding" (arXiv:1909.10351); Romero et al. 2015, "FitNets" (arXiv:1412.6550)."""
 
     def __init__(self, params: HiddenParams, shapes: TapShapes):
         super().__init__()

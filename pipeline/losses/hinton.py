@@ -1,10 +1,11 @@
 """Hinton knowledge distillation: T^2 * KL(p_t^T || p_s^T) (or its soft cross-entropy form),
 optionally mixed with the hard-label cross-entropy, from dense logits or the cache's top-k form.
 
-The alpha conventions differ between the sources: seeds/003 §1.1 and 002 weight the *hard* loss by
-alpha (L = a*hard + (1-a)*T^2*soft), seeds/001 §4 and 004 §7 weight the *soft* loss by alpha. The
-params name each weight (`hard_weight`, `soft_weight`); `alpha` is accepted only together with
-`alpha_weights: hard|soft`, which says which convention is meant.
+Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531), §2,
+take a weighted average of the soft and the hard loss. Implementations differ on which one alpha
+weighs (L = a*hard + (1-a)*T^2*soft, or a*T^2*soft + (1-a)*hard). The params name each weight
+(`hard_weight`, `soft_weight`); `alpha` is accepted only together with `alpha_weights: hard|soft`,
+which says which convention is meant.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline.cache.batch import SparseLogits
-from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import (
     as_float32,
     hard_ce_rows,
@@ -37,7 +37,7 @@ class MissingSparseLogitsError(DistilleryError, ValueError):
 
 
 def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, C) raw logits -> (B, C) p^T = softmax(z / T), float32.  Source: seeds/003 §1.1."""
+    """(B, C) raw logits -> (B, C) p^T = softmax(z / T), float32.  Source: Hinton et al. 2015 §2."""
     return log_softmax_at(teacher_logits, temperature).exp()
 
 
@@ -48,8 +48,8 @@ def distillation_kl(
 
     student_logits, teacher_logits: (B, C) raw logits. Returns a float32 scalar.
     Its gradient w.r.t. z_s,i is T (p_s^T - p_t^T) / B: the T^2 restores the gradient scale that
-    the 1/T of the softmax takes away (seeds/001 §3 Theorem 2, seeds/003 §3.2).
-    Source: seeds/001 §3, seeds/002 Step 2, seeds/003 §1.1.
+    the 1/T of the softmax takes away (Hinton et al. 2015 §2 and §2.1).
+    Source: Hinton et al. 2015 §2.
     """
     teacher = log_softmax_at(teacher_logits.detach(), temperature)
     student = log_softmax_at(student_logits, temperature)
@@ -62,7 +62,7 @@ def distillation_soft_ce(
     """T^2 * (1/B) sum_i H(p_t,i^T, p_s,i^T), H(p, q) = -sum_c p_c log q_c.
 
     Equals `distillation_kl` + T^2 * H(p_t^T) (a constant in the student): same gradient.
-    Shapes as `distillation_kl`.  Source: seeds/002 Step 2 (cross-entropy form), seeds/004 §3.
+    Shapes as `distillation_kl`.  Source: Hinton et al. 2015 §2 (the cross-entropy form they write).
     """
     teacher = log_softmax_at(teacher_logits.detach(), temperature)
     student = log_softmax_at(student_logits, temperature)
@@ -77,7 +77,8 @@ def sparse_teacher_log_probs(sparse: SparseLogits, num_classes: int, temperature
     At T != 1 the tail's logits are unknown; each of the C-K tail classes is given the same
     logit lse + log(tail mass / (C-K)) (the maximum-entropy tail, below every stored logit), which
     is exact at T = 1 and an approximation elsewhere. With K = C there is no tail bucket.
-    Source: cache.md §1 (top-k with log-sum-exp); the KL itself is seeds/003 §1.1.
+    Top-k teacher caches and their bias: Anshumann et al. 2025, "Sparse Logit Sampling: Accelerating
+    Knowledge Distillation in LLMs" (arXiv:2503.16870); docs/cache_format.md.
     """
     values = as_float32(sparse.values)
     logsumexp = as_float32(sparse.logsumexp)
@@ -110,21 +111,20 @@ def sparse_distillation_kl(
     """T^2 * (1/B) sum_i KL over the K+1 buckets (top-k support + tail) of teacher and student.
 
     Exact for T = 1 on the stored support with the tail as one bucket; see
-    `sparse_teacher_log_probs` for T != 1.  Source: seeds/003 §1.1 on cache.md §1's top-k form.
+    `sparse_teacher_log_probs` for T != 1.  Source: Hinton et al. 2015 on the cache's top-k form.
     """
     teacher = sparse_teacher_log_probs(sparse, student_logits.shape[1], temperature).detach()
     student = student_bucket_log_probs(student_logits, sparse.indices, temperature)
     return temperature**2 * kl_rows(teacher, student).mean()
 
 
-class HintonParams(StrictModel):
-    """Hinton KD: soft_weight * T^2 KL(p_t^T || p_s^T) + hard_weight * CE (seeds/003 §1.1)."""
+class HintonParams(TermParams):
+    """Hinton KD: soft_weight * T^2 KL(p_t^T || p_s^T) + hard_weight * CE (Hinton et al. 2015)."""
 
     kind: Literal["hinton"] = "hinton"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
-    temperature: float = Field(4.0, gt=0, description="softmax temperature T (seeds/003 §7: start at 4)")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T")
     form: Literal["kl", "soft_ce"] = Field(
-        "kl", description="kl: T^2 KL(p_t||p_s); soft_ce: T^2 H(p_t, p_s) (seeds/002), same gradient"
+        "kl", description="kl: T^2 KL(p_t||p_s); soft_ce: T^2 H(p_t, p_s) as Hinton et al., same gradient"
     )
     soft_weight: float | None = Field(None, description="factor of the soft term (default 1)")
     hard_weight: float | None = Field(
@@ -132,7 +132,7 @@ class HintonParams(StrictModel):
     )
     alpha: float | None = Field(None, ge=0, le=1, description="convenience; needs alpha_weights")
     alpha_weights: Literal["hard", "soft"] | None = Field(
-        None, description="hard: a*hard + (1-a)*soft (seeds/003, 002); soft: a*soft + (1-a)*hard (001, 004)"
+        None, description="hard: a*hard + (1-a)*soft; soft: a*soft + (1-a)*hard (both are in use)"
     )
     teacher_source: Literal["dense", "sparse", "auto"] = Field(
         "dense",
@@ -147,8 +147,8 @@ class HintonParams(StrictModel):
         if self.alpha is not None:
             if self.alpha_weights is None:
                 raise ValueError(
-                    "alpha needs alpha_weights: 'hard' (alpha weighs the hard CE, as "
-                    "seeds/003 and 002) or 'soft' (alpha weighs the KD term, as seeds/001, 004)"
+                    "alpha needs alpha_weights: 'hard' (alpha weighs the hard CE: a*hard + (1-a)*soft) "
+                    "or 'soft' (alpha weighs the KD term: a*soft + (1-a)*hard)"
                 )
             if self.soft_weight is not None or self.hard_weight is not None:
                 raise ValueError("give alpha (+ alpha_weights) or hard_weight/soft_weight, not both")
@@ -171,7 +171,8 @@ class HintonParams(StrictModel):
 class HintonLoss(nn.Module):
     """hinton: soft = T^2 (1/B) sum_i KL(softmax(z_t/T) || softmax(z_s/T)) (or T^2 H(p_t, p_s));
     hard = CE(y, softmax(z_s)) over labelled rows, present when its weight is not 0.
-    Sub-terms: soft[, hard].  Source: seeds/003 §1.1, 002 Step 2, 001 §3-4, 004 §3."""
+    Sub-terms: soft[, hard].  Source: Hinton et al. 2015, "Distilling the Knowledge in a Neural
+    Network" (arXiv:1503.02531), §2."""
 
     def __init__(self, params: HintonParams, shapes: TapShapes):
         super().__init__()

@@ -1,5 +1,12 @@
 """Maximum mean discrepancy between the batch's student and teacher feature distributions, with a
-multi-bandwidth Gaussian kernel; the biased estimator as seeds/000 writes it, and the unbiased one."""
+multi-bandwidth Gaussian kernel; the biased and the unbiased estimator of Gretton, Borgwardt, Rasch,
+Schölkopf & Smola 2012, "A Kernel Two-Sample Test" (JMLR 13:723-773).
+
+`plain_mmd_squared` is the formula as written, differentiated by autograd: easy to read, but it
+holds (S, B, B, D)-sized temporaries. `mmd_squared`, which the adapter runs, gives the same values and
+gradients from one (B, D) x (D, B) product per block, a few rows at a time, with the student's
+gradient in closed form (tests/losses/test_fast_paths_pairwise.py holds one to the other).
+"""
 
 from __future__ import annotations
 
@@ -10,38 +17,65 @@ from pydantic import Field
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._probs import as_float32
+from pipeline.losses._probs import at_least_float32
 from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
 
 
-def _pair_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(Bx, D), (By, D) -> (Bx, By) ||x_i - y_j||^2 = |x_i|^2 + |y_j|^2 - 2 x_i.y_j (one product)."""
-    return torch.addmm(x.pow(2).sum(1)[:, None] + y.pow(2).sum(1)[None, :], x, y.T, alpha=-2.0)
+class MMDBatchError(DistilleryError, ValueError):
+    """The unbiased estimator was asked for with fewer than 2 rows on a side (it is undefined)."""
 
 
-def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return _pair_squared(as_float32(x).flatten(1), as_float32(y).flatten(1))
+def _check_rows(student_rows: int, teacher_rows: int, unbiased: bool) -> None:
+    if unbiased and min(student_rows, teacher_rows) < 2:
+        raise MMDBatchError(
+            f"unbiased MMD needs at least 2 student and 2 teacher rows per batch, got {student_rows} and "
+            f"{teacher_rows} (it averages k over pairs i != j); raise batch_size, or use estimator: biased"
+        )
 
 
-def _kernel_stack(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...]) -> torch.Tensor:
-    """(S, Bx, By): exp(-||x_i - y_j||^2 / (2 s^2)) for each bandwidth s (one exp pass over all)."""
-    squared = _squared_distances(x, y)
-    factors = torch.tensor([-0.5 / (s * s) for s in bandwidths], device=squared.device, dtype=squared.dtype)
-    # One clamp does two jobs: max 0 undoes rounding that makes a squared distance negative, and
-    # min -50 (exp(-50) ~ 2e-22 per entry, far below float32 resolution of the sums) keeps exp,
-    # and the products with small gradients in its backward, out of denormal numbers, which run
-    # about 100x slower on CPUs.
-    return torch.exp((squared.unsqueeze(0) * factors[:, None, None]).clamp(min=-50.0, max=0.0))
+# The plain form
 
 
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...]) -> torch.Tensor:
     """(Bx, *shape), (By, *shape) -> (Bx, By) k(x_i, y_j) = (1/|S|) sum_{s in S} exp(-||x_i - y_j||^2 /
-    (2 s^2)).
+    (2 s^2)): the mean over several bandwidths, so that no single one has to be tuned.
 
-    Source: seeds/000 §5 (the multi-scale RBF kernel).
+    ||x_i - y_j||^2 is summed from the differences themselves, so an offset that x and y share
+    cancels exactly. float32 (float64 stays float64); memory O(Bx By D).
     """
-    return _kernel_stack(x, y, bandwidths).mean(dim=0)
+    x, y = at_least_float32(x).flatten(1), at_least_float32(y).flatten(1)
+    squared = (x[:, None, :] - y[None, :, :]).pow(2).sum(dim=2)
+    return torch.stack([torch.exp(-squared / (2 * s * s)) for s in bandwidths]).mean(dim=0)
+
+
+def plain_mmd_squared(
+    student: torch.Tensor, teacher: torch.Tensor, bandwidths: tuple[float, ...], unbiased: bool = False
+) -> torch.Tensor:
+    """MMD^2 between the rows of `student` and `teacher` ((B, *shape) each, one space) as written:
+    mean k(s, s') + mean k(t, t') - 2 mean k(s, t); the same-set means over all B^2 pairs (biased,
+    MMD_b) or over i != j (unbiased, MMD_u^2; MMDBatchError below 2 rows a side). The teacher gets
+    no gradient. The readable reference of `mmd_squared`.  Source: Gretton et al. 2012.
+    """
+    _check_rows(len(student), len(teacher), unbiased)
+    teacher = teacher.detach()
+
+    def mean_kernel(x: torch.Tensor, y: torch.Tensor, leave_out_diagonal: bool) -> torch.Tensor:
+        kernel = gaussian_kernel(x, y, bandwidths)
+        if not leave_out_diagonal:
+            return kernel.mean()
+        rows = len(kernel)
+        return (kernel.sum() - kernel.diagonal().sum()) / (rows * (rows - 1))
+
+    return (
+        mean_kernel(student, student, unbiased)
+        + mean_kernel(teacher, teacher, unbiased)
+        - 2 * mean_kernel(student, teacher, False)
+    )
+
+
+# The fused form: what the adapter runs
 
 
 _VALUES_PER_CHUNK = 1 << 17  # 512 KiB of float32 per scratch buffer: the passes stay in L2 cache
@@ -81,6 +115,10 @@ def _kernel_sums(
         slope_rows = slope[start:stop, first:].zero_() if with_slope else None
         for factor in factors:
             kernel = torch.mul(squared, factor, out=kernel_buffer[:rows, : len(y) - first])
+            # One clamp does two jobs: max 0 undoes rounding that makes a squared distance
+            # negative, and min -50 (exp(-50) ~ 2e-22 per entry, far below float32 resolution of
+            # the sums) keeps exp, and the products with small gradients in backward, out of
+            # denormal numbers, which run about 100x slower on CPUs.
             kernel.clamp_(min=-50.0, max=0.0).exp_()
             if leave_out_diagonal:
                 kernel.diagonal(offset=start - first).zero_()
@@ -98,6 +136,14 @@ def _kernel_sums(
 class _MMDSquared(torch.autograd.Function):
     """MMD^2 of `mmd_squared` with the student's gradient in closed form.
 
+    Both sides are first centred on their joint mean m. MMD depends on the differences x_i - y_j
+    only, so this changes nothing but the rounding: ||x - y||^2 = |x|^2 + |y|^2 - 2 x.y loses to
+    cancellation what |x|^2 has beyond |x - y|^2, and features that share an offset c (an embedding
+    after a ReLU, say) would lose about c^2 / |x - y|^2 of float32's resolution (in a batch of
+    spread 0.3: 3% of the value at c = 100; at c = 1000 15%, and the gradient is lost, 26x off;
+    tests/losses/test_mmd.py). The gradient is unchanged by the centring too,
+    as the loss is invariant to a common shift, so backward uses the centred rows as well.
+
     With A = d/dd of the student-student mean (per pair) and C = that of -2 x the student-teacher
     mean, d_ij = ||x_i - z_j||^2 gives dL/dx_i = 4 sum_j A_ij (x_i - x_j) + 2 sum_j C_ij (x_i - y_j):
     two (B, B) x (B, D) products in backward, and only A and C (2 B^2 values) kept for it, instead
@@ -109,6 +155,8 @@ class _MMDSquared(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, factors, unbiased):
         rows_s, rows_t = len(student), len(teacher)
+        centre = (student.sum(dim=0) + teacher.sum(dim=0)) / (rows_s + rows_t)
+        student, teacher = student - centre, teacher - centre
         same_s = rows_s * (rows_s - 1) if unbiased else rows_s * rows_s
         same_t = rows_t * (rows_t - 1) if unbiased else rows_t * rows_t
         count = len(factors)
@@ -138,29 +186,34 @@ def mmd_squared(
 ) -> torch.Tensor:
     """MMD^2 between the rows of `student` and of `teacher` (both (B, *shape), one space).
 
-    biased (seeds/000 §5 as written): mean k(s, s') + mean k(t, t') - 2 mean k(s, t), all B^2
-    pairs, diagonals included. unbiased: the same-set means leave out i = j (divide by B(B-1)).
-    Zero when the two sets are equal (biased). Kernel values below exp(-50) count as exp(-50)
-    (see `_kernel_stack`). Time: three (B, D) x (D, B) products forward, two backward, and
-    5 cache-resident passes over (B, B) per bandwidth and block (15 B^2 exponentials in all, which
-    dominate for D < ~500 on a CPU); memory for backward: two (B, B) matrices.
-    The teacher gets no gradient. Returns a float32 scalar.  Source: seeds/000 §5.
+    biased (Gretton et al.'s MMD_b): mean k(s, s') + mean k(t, t') - 2 mean k(s, t), all B^2
+    pairs, diagonals included. unbiased (MMD_u^2): the same-set means leave out i = j (divide by
+    B(B-1)); MMDBatchError when a side has fewer than 2 rows, where it is undefined.
+    Zero when the two sets are equal (biased). The same values and gradients as
+    `plain_mmd_squared`, but kernel values below exp(-50) count as exp(-50) (see `_kernel_sums`).
+    Rows are centred on the joint mean first, so a shared offset costs no accuracy.
+    Time: three (B, D) x (D, B) products forward, two backward, and 5 cache-resident passes over
+    (B, B) per bandwidth and block (15 B^2 exponentials in all, which dominate for D < ~500 on a
+    CPU); memory for backward: two (B, B) matrices. The teacher gets no gradient.
+    Returns a float32 scalar (float64 for float64 inputs).  Source: Gretton et al. 2012.
     """
+    _check_rows(len(student), len(teacher), unbiased)
     factors = tuple(-0.5 / (s * s) for s in bandwidths)
     return _MMDSquared.apply(
-        as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), factors, unbiased
+        at_least_float32(student).flatten(1), at_least_float32(teacher.detach()).flatten(1), factors, unbiased
     )
 
 
 class MMDParams(TapTermParams):
-    """MMD^2 with a multi-bandwidth Gaussian kernel, averaged over taps (seeds/000 §5)."""
+    """MMD^2 with a multi-bandwidth Gaussian kernel, averaged over taps (Gretton et al. 2012)."""
 
     kind: Literal["mmd"] = "mmd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     bandwidths: tuple[float, ...] = Field(
-        (0.2, 0.5, 1.0, 2.0, 5.0), min_length=1, description="kernel bandwidths sigma (seeds/000 §5)"
+        (0.2, 0.5, 1.0, 2.0, 5.0), min_length=1, description="kernel bandwidths sigma (k: their mean)"
     )
-    estimator: Literal["biased", "unbiased"] = Field("biased", description="biased: as seeds/000 writes")
+    estimator: Literal["biased", "unbiased"] = Field(
+        "biased", description="biased: the i = j pairs kept (MMD(x, x) = 0); unbiased: left out"
+    )
     project: Projection = Field("student_to_teacher", description="the space the kernel is taken in")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
@@ -169,7 +222,8 @@ class MMDParams(TapTermParams):
 
 class MMDLoss(nn.Module):
     """mmd: (1/M) sum_taps MMD^2(student rows, teacher rows), k = mean over sigma of
-    exp(-||x - y||^2 / (2 sigma^2)).  Sub-terms: mmd.  Source: seeds/000 §5."""
+    exp(-||x - y||^2 / (2 sigma^2)).  Sub-terms: mmd.
+    Source: Gretton et al. 2012, "A Kernel Two-Sample Test" (JMLR 13:723-773)."""
 
     def __init__(self, params: MMDParams, shapes: TapShapes):
         super().__init__()

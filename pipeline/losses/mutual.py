@@ -1,5 +1,5 @@
 """Mutual learning: each cohort member matches the (detached) predictions of the others with KL
-(seeds/004 §6.3, deep mutual learning)."""
+(Zhang, Xiang, Hospedales & Lu 2018, "Deep Mutual Learning", CVPR 2018, arXiv:1706.00384)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
 from pipeline.errors import DistilleryError
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import kl_rows, log_softmax_at
 
 
@@ -27,10 +26,11 @@ def mutual_kl(
     reduction: Literal["sum", "mean"] = "sum",
 ) -> torch.Tensor:
     """sum_{j != i} T^2 (1/B) sum_b KL(p_j^T || p_i^T) for member i (the student), peers j detached
-    ("mean" divides by the number of peers). At T = 1 this is seeds/004 §6.3's term for one member.
+    ("mean" divides by the number of peers, as Zhang et al. do for more than two networks). At T = 1
+    this is Zhang et al.'s KL term for one member.
 
     student_logits: (B, C); peer_logits: M-1 tensors (B, C). Returns a float32 scalar.
-    Source: seeds/004 §6.3 (L_online); Zhang et al. 2018.
+    Source: Zhang et al. 2018.
     """
     student = log_softmax_at(student_logits, temperature)
     values = [kl_rows(log_softmax_at(peer.detach(), temperature), student).mean() for peer in peer_logits]
@@ -38,13 +38,12 @@ def mutual_kl(
     return total / len(values) if reduction == "mean" else total
 
 
-class MutualParams(StrictModel):
-    """KL towards every other cohort member (seeds/004 §6.3)."""
+class MutualParams(TermParams):
+    """KL towards every other cohort member (Zhang et al. 2018)."""
 
     kind: Literal["mutual"] = "mutual"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     temperature: float = Field(1.0, gt=0, description="T (the loss is scaled by T^2)")
-    reduction: Literal["sum", "mean"] = Field("sum", description="over peers: sum as written, or mean")
+    reduction: Literal["sum", "mean"] = Field("sum", description="over peers: sum, or mean")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"mutual": 1.0}
@@ -52,7 +51,7 @@ class MutualParams(StrictModel):
 
 class MutualLoss(nn.Module):
     """mutual: sum over peers j of T^2 (1/B) sum_b KL(p_j^T || p_s^T), peers from inputs.peer_logits.
-    Sub-terms: mutual.  Source: seeds/004 §6.3."""
+    Sub-terms: mutual.  Source: Zhang et al. 2018, "Deep Mutual Learning" (arXiv:1706.00384)."""
 
     needs_peers = True
 

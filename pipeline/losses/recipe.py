@@ -5,7 +5,7 @@ kd: {kind: hinton, weight: 0.5, temperature: 4}}`). Each term's adapter returns 
 sub-terms; a term with one sub-term is reported under its own name (`kd`), others as
 `<term>/<sub>` (`rkd/distance`). The total is
     sum_term weight_term * sum_sub sub_weight(epoch) * value_sub
-(aesthetics.md §4.2).
+(docs/losses.md).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from torch import nn
 from pipeline.config import ParamsError, format_validation_error
 from pipeline.errors import DistilleryError
 from pipeline.losses import FAMILIES
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 
-TermParams = Annotated[
+AnyTermParams = Annotated[
     Union[tuple(family.params for family in FAMILIES.values())],  # noqa: UP007 (a runtime tuple)
     Field(discriminator="kind"),
 ]
 """The params of one term: a discriminated union on `kind` over every family in FAMILIES."""
 
-RecipeParams = dict[str, TermParams]
+RecipeParams = dict[str, AnyTermParams]
 """A recipe's params: term name -> term params (usable as a pydantic field)."""
 
 
@@ -45,9 +45,9 @@ class Recipe(nn.Module):
     needs_peers: some term reads inputs.peer_logits (mutual learning).
     """
 
-    def __init__(self, params: Mapping[str, Any], terms: Mapping[str, nn.Module]):
+    def __init__(self, params: Mapping[str, TermParams], terms: Mapping[str, nn.Module]):
         super().__init__()
-        self.params = dict(params)
+        self.params: dict[str, TermParams] = dict(params)
         self.terms = nn.ModuleDict(terms)
         self.needs_feature_bank = any(getattr(term, "needs_feature_bank", False) for term in terms.values())
         self.needs_peers = any(getattr(term, "needs_peers", False) for term in terms.values())

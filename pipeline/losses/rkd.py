@@ -1,6 +1,12 @@
 """Relational knowledge distillation: match the batch's distance structure (mean-normalised
 pairwise distances) and angle structure (pairwise cosines, or triplet angles) with SmoothL1.
+Park, Kim, Lu & Cho 2019, "Relational Knowledge Distillation" (CVPR 2019, arXiv:1904.05068).
 
+The plain forms come first (`plain_rkd_distance`, `plain_rkd_angle_pairwise`,
+`plain_rkd_angle_triplet`): the formulas as written, differentiated by autograd, easy to read, but
+holding O(B^2 D) values for backward, and O(B^3) for the triplet angle. The fused forms below them,
+which the adapter runs, give the same values and gradients (tests/losses/test_fast_paths_pairwise.py
+and test_rkd.py hold them to the plain forms) from (B, B) matrices with hand-written backward passes.
 The triplet angle compares B^3 values. It is computed from (B, B) matrices only (the Gram matrix
 and inverse distances: cos of angle j-i-k = (G_jk - G_ij - G_ik + G_ii) / (d_ij d_ik)), a few
 anchors at a time, with a hand-written backward that recomputes each chunk: memory is
@@ -19,17 +25,67 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from pipeline.losses._contract import LossInputs, TapShapes
-from pipeline.losses._probs import as_float32
+from pipeline.losses._probs import at_least_float32
 from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
 
 _EPS = 1e-12
 _ELEMENTS_PER_CHUNK = 1 << 20  # 1M floats (4 MiB) per (anchors, B, B) temporary
 
 
+# The plain forms
+
+
+def _plain_distances(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """(B, D) -> (B, B) psi_D = ||x_i - x_j|| / mu, zero diagonal (mu = 1 unless `normalize`)."""
+    squared = (x[:, None, :] - x[None, :, :]).pow(2).sum(dim=2)
+    # clamp before sqrt: the diagonal (and duplicate rows) would give an infinite gradient at 0
+    distances = squared.clamp(min=_EPS).sqrt() * (1 - torch.eye(len(x), dtype=x.dtype, device=x.device))
+    if not normalize:
+        return distances
+    mean = distances.sum() / max(len(x) * (len(x) - 1), 1)
+    return distances / mean.clamp(min=_EPS)
+
+
+def plain_rkd_distance(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """L_dist = (1/B^2) sum_{i,j} SmoothL1(psi_D(s_i, s_j), psi_D(t_i, t_j)) as written (readable
+    reference of `rkd_distance`). student: (B, *s), teacher: (B, *t); float32 (float64 stays)."""
+    student, teacher = at_least_float32(student).flatten(1), at_least_float32(teacher.detach()).flatten(1)
+    return F.smooth_l1_loss(_plain_distances(student, normalize), _plain_distances(teacher, normalize))
+
+
+def plain_rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L_angle = (1/B^2) sum_{i,j} SmoothL1(cos theta_S^ij, cos theta_T^ij), cos theta^ij the cosine of
+    rows i and j (readable reference of `rkd_angle_pairwise`). Shapes as `plain_rkd_distance`."""
+
+    def cosines(x: torch.Tensor) -> torch.Tensor:
+        unit = F.normalize(at_least_float32(x).flatten(1), dim=1)
+        return unit @ unit.T
+
+    return F.smooth_l1_loss(cosines(student), cosines(teacher.detach()))
+
+
+def plain_rkd_angle_triplet(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L_angle = (1/B^3) sum_{i,j,k} SmoothL1(psi_A(s_i, s_j, s_k), psi_A(t_i, t_j, t_k)), the angle at
+    vertex i taken as 0 when j = i or k = i, as Park et al.'s code (readable reference of
+    `rkd_angle_triplet`; it holds (B, B, D) and (B, B, B) tensors). Shapes as `plain_rkd_distance`.
+    Two equal rows differ here: F.normalize divides their zero difference by 1e-12 in backward,
+    where the fused form gives their angles no gradient."""
+
+    def cosines(x: torch.Tensor) -> torch.Tensor:
+        x = at_least_float32(x).flatten(1)
+        unit = F.normalize(x[None, :, :] - x[:, None, :], dim=2)  # [i, j] = unit vector x_i -> x_j
+        return unit @ unit.transpose(1, 2)  # [i, j, k] = cos of the angle j-i-k
+
+    return F.smooth_l1_loss(cosines(student), cosines(teacher.detach()))
+
+
+# The fused forms: what the adapter runs
+
+
 def _centred_gram(features: torch.Tensor) -> torch.Tensor:
     # Centring leaves distances and triplet angles unchanged and keeps the Gram entries small,
     # so G_jk - G_ij - G_ik + G_ii loses less to cancellation.
-    x = as_float32(features).flatten(1)
+    x = at_least_float32(features).flatten(1)
     x = x - x.mean(dim=0, keepdim=True)
     return x @ x.T
 
@@ -39,11 +95,6 @@ def _distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
     # clamp before sqrt: the diagonal (and duplicates) would give an infinite gradient at 0.
     distances = squared.clamp(min=_EPS).sqrt()
     return distances * (1 - torch.eye(len(gram), device=gram.device, dtype=gram.dtype))
-
-
-def pairwise_distances(features: torch.Tensor) -> torch.Tensor:
-    """(B, *shape) -> (B, B) Euclidean distances ||x_i - x_j||_2 (rows flattened), zero diagonal."""
-    return _distances_from_gram(_centred_gram(features))
 
 
 def _smooth_l1_and_slope(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,20 +202,21 @@ def rkd_pairwise(
     student: (B, *s), teacher: (B, *t), flattened per row; the teacher gets no gradient.
     Time: three (B, D) x (D, B)-sized products (two forward, one backward) and O(B^2) in-place
     elementwise work; memory held for backward: two (B, B) float32 matrices.
-    Returns two float32 scalars.  Source: seeds/000 §4, seeds/001 §Relation-Based 1.
+    Returns two float32 scalars (float64 for float64 inputs).  Source: Park et al. 2019 (distance-wise
+    loss; see the angle below).
     """
     return _PairwiseRKD.apply(
-        as_float32(student).flatten(1), as_float32(teacher.detach()).flatten(1), normalize
+        at_least_float32(student).flatten(1), at_least_float32(teacher.detach()).flatten(1), normalize
     )
 
 
 def rkd_distance(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """L_dist = (1/B^2) sum_{i != j} SmoothL1(psi_D(s_i, s_j), psi_D(t_i, t_j)), SmoothL1 with beta 1.
 
-    psi_D(x_i, x_j) = ||x_i - x_j|| / mu, mu = mean over pairs i != j of ||x_i - x_j|| (seeds/001;
-    `normalize=False` gives seeds/000's raw distances). student: (B, *s), teacher: (B, *t); the
+    psi_D(x_i, x_j) = ||x_i - x_j|| / mu, mu = mean over pairs i != j of ||x_i - x_j|| (Park et al.
+    2019; `normalize=False` compares raw distances). student: (B, *s), teacher: (B, *t); the
     feature sizes may differ. Returns a float32 scalar (see `rkd_pairwise`, which computes it).
-    Source: seeds/000 §4 (L_dist), seeds/001 §Relation-Based 1 (psi_D, mu_D).
+    Source: Park et al. 2019, the distance-wise loss (psi_D, mu).
     """
     return rkd_pairwise(student, teacher, normalize)[0]
 
@@ -174,7 +226,8 @@ def rkd_angle_pairwise(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
     cos theta^ij = f_i.f_j / (||f_i|| ||f_j||) (not centred).
 
     student: (B, *s), teacher: (B, *t). Returns a float32 scalar (see `rkd_pairwise`).
-    Source: seeds/000 §4 (L_angle).
+    Source: a cheaper O(B^2) form of Park et al. 2019's angle-wise loss (the angle at the origin
+    instead of at a third row; not in the paper).
     """
     return rkd_pairwise(student, teacher)[1]
 
@@ -254,7 +307,7 @@ def rkd_angle_triplet(
 
     student: (B, *s), teacher: (B, *t). Time O(B^3), memory O(B^2 + anchors_per_chunk B^2) in
     forward and backward (default chunk: about 1M values). Returns a float32 scalar.
-    Source: seeds/001 §Relation-Based 1 (psi_A); Park et al. 2019.
+    Source: Park et al. 2019, the angle-wise loss (psi_A).
     """
     rows = student.shape[0]
     chunk = anchors_per_chunk or max(1, _ELEMENTS_PER_CHUNK // (rows * rows))
@@ -265,17 +318,16 @@ def rkd_angle_triplet(
 
 
 class RKDParams(TapTermParams):
-    """Relational KD: distance_weight * L_dist + angle_weight * L_angle (seeds/000 §4, 001)."""
+    """Relational KD: distance_weight * L_dist + angle_weight * L_angle (Park et al. 2019)."""
 
     kind: Literal["rkd"] = "rkd"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
-    distance_weight: float = Field(25.0, description="w_dist (seeds/000 §4)")
-    angle_weight: float = Field(50.0, description="w_angle (seeds/000 §4)")
+    distance_weight: float = Field(25.0, description="w_dist (25: RepDistiller's default)")
+    angle_weight: float = Field(50.0, description="w_angle (50: RepDistiller's default)")
     angle: Literal["triplet", "pairwise"] = Field(
         "triplet",
-        description="triplet: angle j-i-k (seeds/001, Park et al.); pairwise: cos(f_i, f_j) (seeds/000)",
+        description="triplet: angle j-i-k (Park et al. 2019); pairwise: cos(f_i, f_j), a cheaper variant",
     )
-    normalize_distance: bool = Field(True, description="divide distances by their mean (seeds/001 mu_D)")
+    normalize_distance: bool = Field(True, description="divide distances by their mean (Park et al.'s mu)")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
         return {"distance": self.distance_weight, "angle": self.angle_weight}
@@ -284,7 +336,8 @@ class RKDParams(TapTermParams):
 class RKDLoss(nn.Module):
     """rkd: distance = L_dist, angle = L_angle (triplet or pairwise form), each averaged over taps;
     student and teacher spaces may differ (relations need no projection).
-    Sub-terms: distance, angle.  Source: seeds/000 §4, seeds/001 §Relation-Based 1."""
+    Sub-terms: distance, angle.  Source: Park et al. 2019, "Relational Knowledge Distillation"
+    (arXiv:1904.05068); weights 25 and 50 as in RepDistiller, the code of Tian et al. 2020 (CRD)."""
 
     def __init__(self, params: RKDParams, shapes: TapShapes):
         super().__init__()

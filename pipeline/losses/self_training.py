@@ -1,5 +1,6 @@
 """Self-training on hard teacher labels: cross-entropy against argmax of the teacher's logits, on
-every row (labelled or not): KD at T = 1 with hard assignment (seeds/003 §6 5.2)."""
+every row (labelled or not): KD at T = 1 with hard assignment, the hard pseudo labels of Xie, Luong,
+Hovy & Le 2020, "Self-training with Noisy Student improves ImageNet classification" (arXiv:1911.04252)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.config import StrictModel
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import hard_ce_rows, log_softmax_at, masked_mean
 
 
@@ -21,7 +21,7 @@ def self_training_ce(
     R = rows whose teacher confidence max_c softmax(z_t,i)_c >= min_confidence (all rows at 0).
 
     student_logits, teacher_logits: (B, C). Returns a float32 scalar (exact 0 when R is empty).
-    Source: seeds/003 §6 5.2.
+    Source: Xie et al. 2020 (hard pseudo labels).
     """
     teacher_log_probs = log_softmax_at(teacher_logits.detach())
     confidence, pseudo_labels = teacher_log_probs.max(dim=1)
@@ -29,11 +29,10 @@ def self_training_ce(
     return masked_mean(hard_ce_rows(student_logits, pseudo_labels), keep)
 
 
-class SelfTrainingParams(StrictModel):
-    """Cross-entropy on the teacher's argmax labels (seeds/003 §6 5.2)."""
+class SelfTrainingParams(TermParams):
+    """Cross-entropy on the teacher's argmax labels (Xie et al. 2020)."""
 
     kind: Literal["self_training"] = "self_training"
-    weight: float = Field(1.0, description="factor of this term in the recipe total")
     min_confidence: float = Field(0.0, ge=0, le=1, description="skip rows the teacher is less sure of")
 
     def sub_weights(self, epoch: int) -> dict[str, float]:
@@ -42,7 +41,8 @@ class SelfTrainingParams(StrictModel):
 
 class SelfTrainingLoss(nn.Module):
     """self_training: -mean_i log softmax(z_s,i)_{argmax z_t,i} over every (confident) row.
-    Sub-terms: self_training.  Source: seeds/003 §6 5.2."""
+    Sub-terms: self_training.  Source: Xie et al. 2020, "Self-training with Noisy Student improves
+    ImageNet classification" (arXiv:1911.04252)."""
 
     def __init__(self, params: SelfTrainingParams, shapes: TapShapes):
         super().__init__()

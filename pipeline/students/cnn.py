@@ -17,12 +17,8 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.config import StrictModel, Width
-from pipeline.errors import DistilleryError
+from pipeline.data.checks import InputShapeError
 from pipeline.students.output import StudentOutput
-
-
-class InputShapeError(DistilleryError, ValueError):
-    """A student cannot take inputs of this shape (e.g. a CNN given flat vectors)."""
 
 
 class CNNParams(StrictModel):

@@ -3,7 +3,7 @@ against torch with ONNX Runtime. Used for the built-in teacher and for every stu
 
 The exported model has one input (`input_name`, (B, *shape) float32, B dynamic) and the outputs
 `output_names` in the order the module returns them: `logits` first, then the feature taps, so the
-file can be the teacher of the next cache (chains, DESIGN.md). Recipe (ecosystem.md §4):
+file can be the teacher of the next cache (chains, docs/pipeline.md). Recipe (docs/data_and_teacher.md):
 `torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=False)`; parity gate fp32 on the
 ORT CPU provider at rtol 1e-4, atol 1e-5.
 """

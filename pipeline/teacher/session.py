@@ -3,9 +3,9 @@
 `open_teacher` checks the file before ONNX Runtime sees it (it exists, parses, has the named input
 with a dynamic batch axis and float32 elements, has the named outputs) so each mistake gets its own
 message, then picks the execution provider. `onnxruntime-gpu` lists the CUDA provider whether or
-not CUDA can load and silently falls back to CPU while printing errors
-(shared/research/ecosystem.md §3.2, probe.md §2), so the provider really in use is read back from
-the session, logged in one line, and ONNX Runtime's own messages are silenced while probing.
+not CUDA can load and silently falls back to CPU while printing errors (onnxruntime#23372;
+docs/data_and_teacher.md, "Where it runs"), so the provider really in use is read back from the
+session, logged in one line, and ONNX Runtime's own messages are silenced while probing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": 0}
 """HEURISTIC: EXHAUSTIVE re-benchmarks every new batch shape; use_tf32 0: fp32 results comparable
-with the CPU (ecosystem.md §3.3)."""
+with the CPU (docs/data_and_teacher.md, "Where it runs")."""
 PROVIDERS = ("auto", "cpu", "cuda")
 _ORT_DEFAULT_SEVERITY = 2  # warnings and above: ONNX Runtime's own default
 _QUIET_RUN = ort.RunOptions()
@@ -270,7 +270,7 @@ class TeacherSession:
 
     def _run_bound(self, inputs: Any, device_type: str = "cuda") -> dict[str, np.ndarray]:
         """CUDA path: IO binding; the input goes to the GPU once (or is read in place from a CUDA
-        torch tensor), outputs come back to CPU memory (ecosystem.md §3.4). `device_type` "cpu"
+        torch tensor), outputs come back to CPU memory (docs/data_and_teacher.md). `device_type` "cpu"
         exercises the same binding calls on a machine without a GPU (tests)."""
         binding = self._session.io_binding()
         keep_alive = None

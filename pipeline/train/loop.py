@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from pipeline.cache.reader import iter_batches
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses.recipe import Recipe, build_recipe
 from pipeline.students.registry import build_student
 from pipeline.train.checkpoint import TrainingState, load_checkpoint, restore_members, save_checkpoint
 from pipeline.train.data import TrainingData
@@ -45,30 +46,20 @@ class Member:
 
     name: str
     model: torch.nn.Module
-    recipe: torch.nn.Module
+    recipe: Recipe
     optimizer: torch.optim.Optimizer
 
 
-def default_recipe_builder():
-    """pipeline.losses.recipe.build_recipe, imported when first needed."""
-    from pipeline.losses.recipe import build_recipe
-
-    return build_recipe
-
-
-def build_members(
-    params: StudentParams, data: TrainingData, seed: int, recipe_builder=None, device="cpu"
-) -> list[Member]:
+def build_members(params: StudentParams, data: TrainingData, seed: int, device="cpu") -> list[Member]:
     """Seed torch, then build each member's student, recipe (sized from the taps) and optimiser."""
-    recipe_builder = recipe_builder or default_recipe_builder()
     torch.manual_seed(seed)
     members = []
     member_params = params.members()
     for name, (arch, loss) in member_params.items():
         model = build_student(arch, data.input_shape, data.num_classes)
         shapes = TapShapes(data.num_classes, dict(model.tap_shapes), dict(data.reader.schema.feature_shapes))
-        recipe = recipe_builder(loss, shapes)
-        if getattr(recipe, "needs_peers", False) and len(member_params) < 2:
+        recipe = build_recipe(loss, shapes)
+        if recipe.needs_peers and len(member_params) < 2:
             raise CohortError(
                 "the recipe has a `mutual` term, which needs cohort peers; train this student "
                 "in a `cohort:` with at least two members, or drop the term"
@@ -85,7 +76,7 @@ def bank_taps(members: list[Member]) -> set[str] | None:
     term does not say (then every tap is banked); empty when no term needs a bank."""
     taps: set[str] = set()
     for member in members:
-        for name, term in getattr(member.recipe, "terms", {}).items():
+        for name, term in member.recipe.terms.items():
             if getattr(term, "needs_feature_bank", False):
                 pairs = getattr(member.recipe.params.get(name), "pairs", None)
                 if pairs is None:
@@ -94,19 +85,25 @@ def bank_taps(members: list[Member]) -> set[str] | None:
     return taps
 
 
+_BANK_ROWS_PER_READ = 1 << 16
+
+
 def feature_bank(data: TrainingData, device, taps: set[str] | None = None) -> dict[str, torch.Tensor]:
     """Teacher tap -> (N_cache, *shape) float32 features of every cache row (indexed by cache row),
-    for recipes that draw negatives from the whole cache (CRD); only `taps` when given."""
+    for recipes that draw negatives from the whole cache (CRD); only `taps` when given. Read through
+    the reader's `batch`, a block of rows at a time, into the bank itself (one copy of the taps)."""
     reader = data.reader
-    if hasattr(reader, "features"):
-        arrays = reader.features
-    else:  # a reader without whole arrays: read every row once
-        arrays = reader.batch(np.arange(len(reader), dtype=np.int64)).features
-    return {
-        tap: torch.as_tensor(np.asarray(values, np.float32)).to(device)
-        for tap, values in arrays.items()
+    bank = {
+        tap: torch.empty((len(reader), *shape), dtype=torch.float32, device=device)
+        for tap, shape in reader.schema.feature_shapes.items()
         if taps is None or tap in taps
     }
+    for start in range(0, len(reader), _BANK_ROWS_PER_READ):
+        rows = np.arange(start, min(start + _BANK_ROWS_PER_READ, len(reader)), dtype=np.int64)
+        features = reader.batch(rows).features
+        for tap, values in bank.items():
+            values[rows[0] : rows[-1] + 1] = features[tap]
+    return bank
 
 
 def steps_per_epoch(num_rows: int, batch_size: int) -> int:
@@ -131,9 +128,8 @@ class EpochSums:
     """
 
     def __init__(self):
-        self._names: dict[str, tuple[str, ...]] = {}
+        self._names: dict[str, tuple[str, ...]] = {}  # a recipe returns the same terms every step
         self._sums: dict[str, torch.Tensor] = {}
-        self._read_back: dict[str, dict[str, float]] = {}  # sums of steps whose terms were named otherwise
         self._lr_sum = 0.0
 
     def add_lr(self, lr: float) -> None:
@@ -142,27 +138,18 @@ class EpochSums:
 
     def add(self, member: str, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         """Add one step's `total` and unweighted `terms` (scalars) of `member`."""
-        names = ("loss", *terms)
         values = torch.stack([total.detach(), *(value.detach() for value in terms.values())])
-        if self._names.get(member) == names:
+        if member in self._sums:
             self._sums[member] += values
-            return
-        if member in self._sums:  # the recipe named other terms this step: read the old sums back
-            self._read_back_member(member)
-        self._names[member] = names
-        self._sums[member] = values.to(torch.float64)
-
-    def _read_back_member(self, member: str) -> None:
-        into = self._read_back.setdefault(member, {})
-        for key, value in zip(self._names.pop(member), self._sums.pop(member).tolist()):
-            into[key] = into.get(key, 0.0) + value
+        else:
+            self._names[member] = ("loss", *terms)
+            self._sums[member] = values.to(torch.float64)
 
     def flush_into(self, running: dict[str, dict[str, float]], epoch: int) -> None:
         """Add the sums (and the learning rates) into `running` (member -> key -> float) and reset;
         DivergedError when a sum is not finite (a step since the last flush had a NaN or inf loss)."""
-        for member in list(self._sums):
-            self._read_back_member(member)
-        for member, values in self._read_back.items():
+        read_back = {m: dict(zip(self._names[m], sums.tolist())) for m, sums in self._sums.items()}
+        for member, values in read_back.items():
             if not all(math.isfinite(v) for v in values.values()):
                 raise DivergedError(
                     f"member {member or '(student)'}: the loss became {values.get('loss')} during epoch "
@@ -170,11 +157,11 @@ class EpochSums:
                     f"{', '.join(f'{k}={v:.4g}' for k, v in values.items())}); "
                     "lower `optimizer.lr` or the weight of the term that exploded"
                 )
-        for member, values in self._read_back.items():
+        for member, values in read_back.items():
             sums = running.setdefault(member, {})
             for key, value in {**values, "lr": self._lr_sum}.items():
                 sums[key] = sums.get(key, 0.0) + value
-        self._read_back, self._lr_sum = {}, 0.0
+        self._sums, self._lr_sum = {}, 0.0
 
 
 def _train_step(
@@ -266,7 +253,6 @@ def run_seed(
     seed: int,
     scratch_dir: Path,
     config_hash: str,
-    recipe_builder=None,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -279,7 +265,7 @@ def run_seed(
     is called after each epoch (also replayed for epochs restored from a checkpoint, so loggers
     can rebuild their files); on_step(global_step) after every optimiser step and its checkpoint.
     """
-    members = build_members(params, data, seed, recipe_builder, device)
+    members = build_members(params, data, seed, device)
     per_epoch = steps_per_epoch(len(data.train_rows), params.batch_size)
     total_steps = per_epoch * params.epochs
     warmup_steps = int(round(params.schedule.warmup_epochs * per_epoch))
@@ -292,7 +278,7 @@ def run_seed(
     for epoch, metrics in enumerate(state.history):
         if on_epoch:
             on_epoch(epoch, metrics)
-    needs_bank = any(getattr(m.recipe, "needs_feature_bank", False) for m in members)
+    needs_bank = any(m.recipe.needs_feature_bank for m in members)
     bank = feature_bank(data, device, bank_taps(members)) if needs_bank else None
 
     sums = EpochSums()

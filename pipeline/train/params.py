@@ -33,14 +33,10 @@ from pydantic import Field, RootModel, field_validator, model_validator
 
 from pipeline.config import ParamsError, Seed, StrictModel, validate_section
 from pipeline.errors import DistilleryError
+from pipeline.losses.recipe import RecipeParams
 from pipeline.names import safe_name
 from pipeline.students.registry import ArchParams
 from pipeline.train.budget import StudentLabelBudget
-
-try:  # H3's recipe; a plain mapping until it lands (validated again by build_recipe)
-    from pipeline.losses.recipe import RecipeParams
-except ImportError:  # pragma: no cover - only while pipeline/losses/recipe.py is being written
-    RecipeParams = dict[str, dict[str, Any]]  # type: ignore[misc]
 
 
 class UnknownStudentError(DistilleryError, KeyError):

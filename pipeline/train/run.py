@@ -142,7 +142,6 @@ def train_from_reader(
     seeds: Sequence[int] | None = None,
     progress: bool = True,
     threads: int | None = None,
-    recipe_builder: Callable | None = None,
     on_step: Callable[[int], None] | None = None,
     label_pool: tuple | None = None,
 ) -> dict[str, Any]:
@@ -178,7 +177,6 @@ def train_from_reader(
                 seed,
                 seed_scratch,
                 digest,
-                recipe_builder,
                 progress,
                 on_epoch=logger,
                 on_step=on_step,

@@ -1,4 +1,4 @@
-"""Attention transfer: exported maps (seeds/001 §Feature-Based 3) and the spatial form."""
+"""Attention transfer: exported maps (Jiao et al. 2020) and the spatial form (Zagoruyko & Komodakis 2017)."""
 
 from __future__ import annotations
 

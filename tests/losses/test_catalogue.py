@@ -23,7 +23,7 @@ def test_catalogue_lists_every_family_with_defaults_formula_and_source(capsys):
     for kind in FAMILIES:
         assert f"\n{kind}: " in "\n" + out
     assert "temperature     = 4.0" in out and "distance_weight     = 25.0" in out
-    assert all("Source:" in entry.formula or "seeds/" in entry.formula for entry in family_entries())
+    assert all("Source:" in entry.formula for entry in family_entries())
 
 
 def test_one_family_can_be_shown_and_an_unknown_one_is_named(capsys):

@@ -1,4 +1,4 @@
-"""Every family honours the adapter contract (aesthetics.md §4.2), parametrized over FAMILIES."""
+"""Every family honours the adapter contract (docs/losses.md), parametrized over FAMILIES."""
 
 from __future__ import annotations
 

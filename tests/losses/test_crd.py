@@ -1,4 +1,5 @@
-"""CRD (seeds/000 §3): InfoNCE closed form, the log(B) law, both anchorings, cache negatives."""
+"""CRD (Tian et al. 2020; InfoNCE of van den Oord et al. 2018): InfoNCE closed form, the log(B)
+law, both anchorings, cache negatives."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from pipeline.losses._probs import (
     soft_ce_batch_mean,
     soft_ce_rows,
 )
+from pipeline.losses.recipe import Recipe, build_recipe
 from tests.losses.conftest import numpy_log_softmax
 
 
@@ -96,23 +97,21 @@ def test_hard_ce_rows_computes_in_float32_for_float16_logits():
     assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
 
 
-class _ExplodingRecipe(torch.nn.Module):
-    """CE that turns NaN from epoch `from_epoch` on (to check the loop's deferred divergence check)."""
-
-    needs_feature_bank = needs_peers = False
-
-    def __init__(self, from_epoch: int):
-        super().__init__()
-        self.from_epoch = from_epoch
+class _ExplodingRecipe(Recipe):
+    """A recipe whose total turns NaN from epoch 1 on (to check the loop's deferred divergence check)."""
 
     def forward(self, inputs):
-        ce = torch.nn.functional.cross_entropy(inputs.student_logits, inputs.labels.clamp(min=0))
-        total = ce * float("nan") if inputs.epoch >= self.from_epoch else ce
-        return total, {"ce": ce}
+        total, terms = super().forward(inputs)
+        return (total * float("nan") if inputs.epoch >= 1 else total), terms
+
+
+def _exploding_ce(loss, shapes):
+    ce = build_recipe({"ce": {"kind": "ce", "weight": 1.0}}, shapes)
+    return _ExplodingRecipe(ce.params, dict(ce.terms))
 
 
 def test_the_loop_sums_terms_on_device_and_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     from pipeline.train.checkpoint import load_checkpoint
     from pipeline.train.data import join_training_data
@@ -122,16 +121,9 @@ def test_the_loop_sums_terms_on_device_and_a_nan_loss_stops_the_run_keeping_the_
     prepared = make_prepared()
     data = join_training_data(make_cache(prepared), prepared, "labelled")
     params = student_params(epochs=3, checkpoint_every_steps=2)
+    monkeypatch.setattr("pipeline.train.loop.build_recipe", _exploding_ce)
     with pytest.raises(DivergedError, match="epoch 1.*optimizer.lr"):
-        run_seed(
-            params,
-            data,
-            0,
-            tmp_path,
-            "hash",
-            recipe_builder=lambda loss, shapes: _ExplodingRecipe(1),
-            progress=False,
-        )
+        run_seed(params, data, 0, tmp_path, "hash", progress=False)
     state, _ = load_checkpoint(tmp_path, "hash")
     assert state.epoch == 1 and state.step_in_epoch == 0  # written at the end of epoch 0, never after
     (metrics,) = state.history[0].values()

@@ -1,4 +1,5 @@
-"""Feature MSE (seeds/000 §1): the 1/(2D) closed form, both projection directions, conv maps."""
+"""Feature MSE (FitNets hints, Romero et al. 2015): the 1/(2D) closed form, both projection
+directions, conv maps."""
 
 from __future__ import annotations
 

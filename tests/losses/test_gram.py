@@ -1,4 +1,4 @@
-"""Relational Gram matching (seeds/004 §6.2) against numpy."""
+"""Relational Gram matching (Tung & Mori 2019) against numpy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hidden-state matching over a layer map (seeds/001 §Feature-Based 1-2, 004 §6.1)."""
+"""Hidden-state matching over a layer map (Jiao et al. 2020, TinyBERT; Romero et al. 2015, FitNets)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_layer_map_sums_frobenius_distances_of_projected_teacher_layers():
 def test_closed_form_projection_is_the_least_squares_residual():
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(40, 3)), rng.normal(size=(40, 5))
-    w, *_ = np.linalg.lstsq(t, s, rcond=None)  # W*^T of seeds/001 §2
+    w, *_ = np.linalg.lstsq(t, s, rcond=None)  # W*^T of the ridge-free least squares
     expected = ((s - t @ w) ** 2).sum() / len(s)
     assert closed_form_residual(torch.tensor(s), torch.tensor(t), ridge=0.0).item() == pytest.approx(
         expected, rel=1e-4

@@ -43,7 +43,7 @@ def test_kl_matches_numpy_and_carries_the_t_squared_factor(temperature):
     assert value / without_factor == pytest.approx(temperature**2, rel=1e-5)
 
 
-def test_kl_equals_the_seeds_003_reference_kl_div_batchmean():
+def test_kl_equals_torch_kl_div_batchmean_times_t_squared():
     inputs = make_inputs(seed=2)
     zs, zt, T = inputs.student_logits, inputs.teacher_logits, 4.0
     reference = F.kl_div(F.log_softmax(zs / T, 1), F.softmax(zt / T, 1), reduction="batchmean") * T**2
@@ -73,7 +73,7 @@ def test_gradient_of_t2_kl_is_t_times_probability_gap_over_batch(student, teache
     distillation_kl(zs, torch.tensor(teacher, dtype=torch.float32), temperature).backward()
     p_s = np.exp(numpy_log_softmax(student, temperature))
     p_t = np.exp(numpy_log_softmax(teacher, temperature))
-    # per sample T (p_s - p_t); "batchmean" divides by B (seeds/001 §3, seeds/003 §3.2)
+    # per sample T (p_s - p_t); "batchmean" divides by B (Hinton et al. 2015 §2)
     np.testing.assert_allclose(zs.grad.numpy(), temperature * (p_s - p_t) / len(student), atol=2e-6)
 
 
@@ -86,7 +86,7 @@ def test_kl_is_non_negative_and_zero_when_student_equals_teacher(student, teache
 
 
 def test_soft_targets_linearise_as_temperature_grows():
-    # p_i^T = 1/n + (z_i - mean z)/(n T) + O(1/T^2)  (seeds/003 §2.2)
+    # p_i^T = 1/n + (z_i - mean z)/(n T) + O(1/T^2)  (Hinton et al. 2015 §2.1)
     z = torch.tensor([[3.0, -1.0, 0.5, 2.0, -4.0]])
     n = z.shape[1]
     errors = []
@@ -98,7 +98,7 @@ def test_soft_targets_linearise_as_temperature_grows():
 
 def test_kd_tends_to_label_smoothing_as_temperature_grows():
     # a*CE + (1-a)*T^2*H(p_t^T, p_s) -> (a + (1-a)T^2) * LS(eps), eps = (1-a)T^2/(a+(1-a)T^2)
-    # (seeds/003 §5.3): the teacher's soft target tends to uniform.
+    # as the teacher's soft target tends to uniform (Yuan et al. 2020: KD and label smoothing).
     inputs = make_inputs(seed=4)
     zs, zt, labels, a = inputs.student_logits.double(), inputs.teacher_logits.double(), inputs.labels, 0.7
     log_ps = F.log_softmax(zs, 1)

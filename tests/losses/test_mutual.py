@@ -1,4 +1,4 @@
-"""Mutual KL between cohort members (seeds/004 §6.3)."""
+"""Mutual KL between cohort members (Zhang et al. 2018, deep mutual learning)."""
 
 from __future__ import annotations
 

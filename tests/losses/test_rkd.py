@@ -1,4 +1,4 @@
-"""RKD (seeds/000 §4, seeds/001 §Relation-Based): closed forms of distance and both angle forms,
+"""RKD (Park et al. 2019): closed forms of distance and both angle forms,
 invariances, the reference implementation, and bounded memory of the O(B^3) triplet angle."""
 
 from __future__ import annotations
@@ -6,11 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.losses.rkd import RKDLoss, RKDParams, rkd_angle_pairwise, rkd_angle_triplet, rkd_distance
+from pipeline.losses.rkd import (
+    RKDLoss,
+    RKDParams,
+    plain_rkd_angle_triplet,
+    rkd_angle_pairwise,
+    rkd_angle_triplet,
+    rkd_distance,
+)
 from tests.losses.conftest import SHAPES, make_inputs
 
 
@@ -70,22 +76,20 @@ def test_triplet_angle_matches_numpy_for_any_chunking(pair, chunk):
     assert value.item() == pytest.approx(numpy_triplet_angle(s, t), rel=1e-4)
 
 
-def test_triplet_gradient_equals_the_rkd_reference_code():
-    # Park et al.'s RKDAngle (B^3 D memory), differentiated by autograd, as the reference.
-    def reference(student, teacher):
-        def angles(x):
-            unit = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
-            return torch.bmm(unit, unit.transpose(1, 2)).view(-1)
-
-        return F.smooth_l1_loss(angles(student), angles(teacher))
-
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_fused_triplet_angle_equals_the_plain_form_in_float64(chunk):
+    # The plain form is Park et al.'s code (B^3 cosines, B^2 D differences), differentiated by autograd.
     rng = np.random.default_rng(1)
-    s = torch.tensor(rng.normal(size=(13, 5)), requires_grad=True)
-    t = torch.tensor(rng.normal(size=(13, 6)))
-    reference(s, t).backward()
-    expected, s.grad = s.grad.clone(), None
-    rkd_angle_triplet(s, t, anchors_per_chunk=3).backward()
-    np.testing.assert_allclose(s.grad.numpy(), expected.numpy(), atol=1e-6)
+    student, teacher = torch.tensor(rng.normal(size=(13, 5))), torch.tensor(rng.normal(size=(13, 6)))
+    values, grads = [], []
+    for loss in (lambda s, t: rkd_angle_triplet(s, t, anchors_per_chunk=chunk), plain_rkd_angle_triplet):
+        leaf = student.clone().requires_grad_(True)
+        value = loss(leaf, teacher)
+        value.backward()
+        values.append(value.item())
+        grads.append(leaf.grad.numpy())
+    assert values[0] == pytest.approx(values[1], rel=1e-9)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9, atol=1e-9 * np.abs(grads[1]).max())
 
 
 def _orthogonal(seed, dim):

@@ -1,4 +1,4 @@
-"""Self-training on the teacher's argmax (seeds/003 §6 5.2)."""
+"""Self-training on the teacher's argmax (Xie et al. 2020)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Label smoothing (seeds/003 §5.3, §6 5.1) against numpy and torch, with masking."""
+"""Label smoothing (Szegedy et al. 2016) against numpy and torch, with masking."""
 
 from __future__ import annotations
 
@@ -43,6 +43,6 @@ def test_all_unlabelled_is_exact_zero_with_zero_gradient():
     assert loss.item() == 0.0 and torch.all(inputs.student_logits.grad == 0)
 
 
-def test_kd_equivalent_epsilon_is_seeds_003_formula():
+def test_kd_equivalent_epsilon_is_the_high_temperature_limit_formula():
     assert kd_equivalent_epsilon(0.5, 4.0) == pytest.approx(0.5 * 16 / (0.5 + 0.5 * 16))
     assert kd_equivalent_epsilon(1.0, 4.0) == 0.0

@@ -1,4 +1,4 @@
-"""Vanilla and Combined (seeds/000 §1-2): defaults and the sum of their parts."""
+"""Vanilla and Combined (Hinton et al. 2015 + FitNets hints; + CRD): defaults and the sum of their parts."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def teacher_onnx(
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10  # onnx 1.23 writes IR 14, which ONNX Runtime 1.31 refuses (ecosystem.md §3.5)
+    model.ir_version = 10  # onnx 1.23 writes IR 14, too new for ONNX Runtime 1.31 (docs/data_and_teacher.md)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path

@@ -192,3 +192,15 @@ def test_only_the_teacher_taps_a_bank_term_reads_are_banked(prepared, cache):
     bank = feature_bank(data, "cpu", {"embed"})
     assert list(bank) == ["embed"] and bank["embed"].shape == (len(cache), 16)
     assert bank_taps(build_members(student_params(), data, 0)) == set()
+
+
+def test_the_feature_bank_holds_every_cache_row_read_a_block_at_a_time(prepared, cache, monkeypatch):
+    from pipeline.train import loop
+
+    monkeypatch.setattr(loop, "_BANK_ROWS_PER_READ", 7)  # several blocks and a short last one
+    data = join_training_data(cache, prepared, "all")
+    bank = loop.feature_bank(data, "cpu")
+    every_row = cache.batch(np.arange(len(cache))).features
+    assert set(bank) == set(every_row)
+    for tap, values in every_row.items():
+        assert torch.equal(bank[tap], values)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.config import load_section
 from pipeline.export.params import ExportParams
-from pipeline.export.run import export_student_dir
+from pipeline.export.run import export_student_dir, trained_models
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,16 +33,19 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.teacher.export import worst_output
 
     params = load_section(ExportParams, "export", args.params)
+    train_dir = Path(args.train_dir)
+    students = trained_student_dirs(train_dir) if args.all else [train_dir / args.student]
+    for student_dir in students:
+        trained_models(student_dir)  # nothing trained: say so before reading the data
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # the DVC output exists even when nothing is trained
+    if not students:
+        print(f"export: no trained students under {train_dir}; nothing to export")
+        return 0
     prepared = load_prepared(args.prepared)
     int8_data = None
     if params.int8:
         rows = prepared.rows("test", labelled_only=True)
         int8_data = (prepared.inputs[rows], prepared.label[rows])
-    train_dir = Path(args.train_dir)
-    students = trained_student_dirs(train_dir) if args.all else [train_dir / args.student]
-    Path(args.out).mkdir(parents=True, exist_ok=True)  # the DVC output exists even when nothing is trained
-    if not students:
-        print(f"export: no trained students under {train_dir}; nothing to export")
     for student_dir in students:
         out = Path(args.out)
         reports = export_student_dir(student_dir, out, params, int8_data, prepared.inputs)

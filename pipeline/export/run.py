@@ -92,6 +92,18 @@ def export_seed(
     return report
 
 
+def trained_models(student_dir: str | Path) -> dict[str, list[Path]]:
+    """`list_trained(student_dir)` (model name -> seed directories), or ExportError when it holds none."""
+    from pipeline.students.trained import list_trained
+
+    models = list_trained(student_dir)
+    if not models:
+        raise ExportError(
+            f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first"
+        )
+    return models
+
+
 def export_student_dir(
     student_dir: str | Path,
     export_root: str | Path,
@@ -101,13 +113,7 @@ def export_student_dir(
 ) -> dict[str, dict[str, Any]]:
     """Export every model under `data/train/<student>/` into `export_root/<model name>/`;
     returns model name -> parity report. int8_data, parity_rows: as `export_seed`."""
-    from pipeline.students.trained import list_trained
-
-    models = list_trained(student_dir)
-    if not models:
-        raise ExportError(
-            f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first"
-        )
+    models = trained_models(student_dir)
     return {
         name: export_seed(
             pick_seed(seeds, params.seed), Path(export_root) / name, params, int8_data, parity_rows

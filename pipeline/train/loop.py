@@ -12,6 +12,7 @@ the torch RNG state (dropout, negative sampling) is saved in every checkpoint.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,8 +275,10 @@ def run_seed(
 ) -> tuple[list[Member], TrainingState]:
     """Train (or resume, or just reload) one seed; returns the trained members and the final state.
 
-    scratch_dir: this seed's checkpoint directory. Checkpoints are written at every epoch end and,
-    when `params.checkpoint_every_steps` is set, every that many steps. on_epoch(epoch, metrics)
+    scratch_dir: this seed's checkpoint directory. A checkpoint is written at the first step or
+    epoch end `params.checkpoint_every_seconds` after the last one, every
+    `params.checkpoint_every_steps` steps when that is set, and when training ends (a finished
+    seed is reloaded, not retrained). on_epoch(epoch, metrics)
     is called after each epoch (also replayed for epochs restored from a checkpoint, so loggers
     can rebuild their files); on_step(global_step) after every optimiser step and its checkpoint.
     """
@@ -296,10 +299,16 @@ def run_seed(
     bank = feature_bank(data, device, bank_taps(members)) if needs_bank else None
 
     sums = EpochSums()
+    last_checkpoint = time.monotonic()
 
     def checkpoint() -> None:
+        nonlocal last_checkpoint
         sums.flush_into(state.running, state.epoch)
         save_checkpoint(scratch_dir, state, members, torch.get_rng_state())
+        last_checkpoint = time.monotonic()
+
+    def checkpoint_due() -> bool:  # by time: a few per run, whatever an epoch costs (docs/training.md)
+        return time.monotonic() - last_checkpoint >= params.checkpoint_every_seconds
 
     bar = tqdm(
         total=total_steps,
@@ -329,7 +338,8 @@ def run_seed(
             state.global_step += 1
             bar.update(1)
             every = params.checkpoint_every_steps
-            if every and state.global_step % every == 0 and state.step_in_epoch < per_epoch:
+            stepped = bool(every) and state.global_step % every == 0
+            if state.step_in_epoch < per_epoch and (stepped or checkpoint_due()):
                 checkpoint()
             if on_step:
                 on_step(state.global_step)
@@ -338,7 +348,8 @@ def run_seed(
         bar.set_postfix(
             {f"{m or 'val'}_acc": f"{v.get('val/acc', math.nan):.3f}" for m, v in metrics.items()}
         )
-        checkpoint()
+        if state.done or checkpoint_due():
+            checkpoint()
         if on_epoch:
             on_epoch(state.epoch - 1, metrics)
     bar.close()

@@ -1,4 +1,5 @@
-"""`distillery evaluate --student NAME`: metrics of every seed of a student on the test split."""
+"""`distillery evaluate --student NAME` (or `--all`): metrics of every seed of a student on the test
+split."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ from stages.cli import student_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--student", required=True, type=student_name, help="a name under `students:` in params.yaml"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--student", type=student_name, help="a name under `students:` in params.yaml")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every student directory under --train-dir, into <out>/<student>/ (the `sweep` students)",
     )
     parser.add_argument(
         "--params", default="params.yaml", help="params file (sections `evaluate`, `students`)"
@@ -34,14 +39,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the root teacher's cache (a chain student's `root_agreement` is measured on it)",
     )
     parser.add_argument("--export-dir", default="data/export", help="export root (ONNX for latency)")
-    parser.add_argument("--out", default=None, help="output directory (default data/evaluate/<student>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default data/evaluate/<student>; with --all, the root of one per student)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     params = load_section(EvaluateParams, "evaluate", args.params)
     raw = read_params_file(args.params)
-    recipe = (raw.get("students") or {}).get(args.student) or {}
     prepared = load_prepared(args.prepared)
+    if not args.all:
+        out = Path(args.out) if args.out else child_path("data/evaluate", args.student, "student")
+        _evaluate_student(args, args.student, out, params, raw, prepared)
+        return 0
+    from pipeline.students.trained import trained_student_dirs
+
+    out_root = Path(args.out or "data/evaluate")
+    out_root.mkdir(parents=True, exist_ok=True)  # the DVC output exists even when nothing is trained
+    students = trained_student_dirs(args.train_dir)
+    if not students:
+        print(f"evaluate: no trained students under {args.train_dir}; nothing to evaluate")
+    for student_dir in students:
+        _evaluate_student(
+            args, student_dir.name, child_path(out_root, student_dir.name, "student"), params, raw, prepared
+        )
+    return 0
+
+
+def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw: dict, prepared) -> None:
+    recipe = (raw.get("students") or {}).get(student) or {}
     cache_path = args.cache or recipe.get("cache", args.root_cache)
     data = join_split(
         prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), params.split
@@ -56,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     teacher = learned_from(
         {**recipe, "cache": cache_path}, validate_chains(raw.get("chains")), args.root_cache
     )
-    out = Path(args.out) if args.out else child_path("data/evaluate", args.student, "student")
     classes = bias_classes(params.bias_correction, (raw.get("prepare") or {}).get("omit_classes"))
     bias = (
         (
@@ -66,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         if classes
         else None
     )
-    student_dir = child_path(args.train_dir, args.student, "student")
-    with output_lock(out, f"distillery evaluate --student {args.student}"):
+    student_dir = child_path(args.train_dir, student, "student")
+    with output_lock(out, f"distillery evaluate --student {student}"):
         reports = evaluate_student_dir(
             student_dir, data, params, recipe, args.export_dir, out, root, teacher, bias
         )
@@ -90,4 +117,3 @@ def run(args: argparse.Namespace) -> int:
                     for c in fixed["classes"]
                 )
             )
-    return 0

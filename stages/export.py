@@ -1,4 +1,5 @@
-"""`distillery export --student NAME`: each trained model of a student to ONNX, checked against torch."""
+"""`distillery export --student NAME` (or `--all`): each trained model of a student to ONNX, checked
+against torch on rows of the prepared data."""
 
 from __future__ import annotations
 
@@ -7,44 +8,63 @@ from pathlib import Path
 
 from pipeline.config import load_section
 from pipeline.export.params import ExportParams
-from pipeline.export.run import export_student_dir
+from pipeline.export.run import export_student_dir, trained_models
 from pipeline.io import output_lock
 from pipeline.names import child_path
 from stages.cli import student_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--student", required=True, type=student_name, help="a name under `students:` in params.yaml"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--student", type=student_name, help="a name under `students:` in params.yaml")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every student directory under --train-dir (the `sweep` students: data/sweep/train)",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (section `export`)")
     parser.add_argument("--train-dir", default="data/train", help="where the train stage wrote the student")
-    parser.add_argument("--prepared", default="data/prepared", help="prepared dataset (test rows for int8)")
+    parser.add_argument(
+        "--prepared", default="data/prepared", help="prepared dataset (parity rows; test rows for int8)"
+    )
     parser.add_argument("--out", default="data/export", help="export root; models go to <out>/<model>/")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.data.prepared import load_prepared
+    from pipeline.students.trained import trained_student_dirs
+    from pipeline.teacher.export import worst_output
+
     params = load_section(ExportParams, "export", args.params)
+    train_dir = Path(args.train_dir)
+    students = (
+        trained_student_dirs(train_dir) if args.all else [child_path(train_dir, args.student, "student")]
+    )
+    for student_dir in students:
+        trained_models(student_dir)  # nothing trained: say so before reading the data
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # the DVC output exists even when nothing is trained
+    if not students:
+        print(f"export: no trained students under {train_dir}; nothing to export")
+        return 0
+    prepared = load_prepared(args.prepared)
     int8_data = None
     if params.int8:
-        from pipeline.data.prepared import load_prepared
-
-        prepared = load_prepared(args.prepared)
         rows = prepared.rows("test", labelled_only=True)
         int8_data = (prepared.inputs[rows], prepared.label[rows])
-    student_dir = child_path(args.train_dir, args.student, "student")
-    with output_lock(
-        child_path(args.out, args.student, "student"), f"distillery export --student {args.student}"
-    ):
-        reports = export_student_dir(student_dir, args.out, params, int8_data)
-    for model, report in reports.items():
-        worst = max(stats["max_abs_diff"] for stats in report["parity"]["outputs"].values())
-        line = (
-            f"export: {model} (seed {report['seed']}) -> {Path(args.out) / model / 'model.onnx'}: "
-            f"parity passed at "
-            f"batches {report['parity']['batch_sizes']}, max abs diff {worst:.2e}"
-        )
-        if "int8" in report:
-            line += f"; int8 accuracy change {report['int8']['accuracy_change']:+.4f}"
-        print(line)
+    out = Path(args.out)
+    for student_dir in students:
+        student = student_dir.name
+        with output_lock(child_path(out, student, "student"), f"distillery export --student {student}"):
+            reports = export_student_dir(student_dir, out, params, int8_data, prepared.inputs)
+        for model, report in reports.items():
+            parity = report["parity"]
+            name, worst = worst_output(parity)
+            line = (
+                f"export: {model} (seed {report['seed']}) -> {out / model / 'model.onnx'}: parity passed on "
+                f"{parity['inputs']['source']}, batches {parity['batch_sizes']}; closest output {name!r}: "
+                f"max |onnx - torch| {worst['max_abs_diff']:.2e} against tolerance {worst['tolerance']:.2e}"
+            )
+            if "int8" in report:
+                line += f"; int8 accuracy change {report['int8']['accuracy_change']:+.4f}"
+            print(line)
     return 0

@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher", default="data/teacher/model.onnx", help="teacher ONNX (size and latency)"
     )
+    parser.add_argument(
+        "--sweep-dir",
+        default="data/sweep",
+        help="the sweep stage's root: its students (<dir>/evaluate, <dir>/train) are ranked as sweep/<model>",
+    )
     parser.add_argument("--no-teacher", action="store_true", help="leave out the teacher reference row")
     parser.add_argument("--out", default="data/leaderboard", help="output directory")
 
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         teacher, teacher_bins = teacher_report(
             cache, params.split, params.ece_bins, params.top_k, onnx_parameter_count(args.teacher), latency
         )
-    rows = build_leaderboard(args.evaluate_dir, args.out, teacher, teacher_bins, args.train_dir)
+    rows = build_leaderboard(
+        args.evaluate_dir, args.out, teacher, teacher_bins, args.train_dir, sweep_root=args.sweep_dir
+    )
     print(f"leaderboard: {len(rows)} rows -> {Path(args.out) / 'leaderboard.md'}")
     return 0

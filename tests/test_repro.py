@@ -115,6 +115,8 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
         "cache",
         "chain_cache@ta",
         "sweep",
+        "sweep_export",
+        "sweep_evaluate",
         "leaderboard",
         "label_curve",
         *(f"{stage}@{s}" for stage in ("train", "export", "evaluate") for s in students),
@@ -136,6 +138,13 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
     assert reports["hinton"]["root_agreement"] == reports["hinton"]["agreement"]
     board = (root / "data/leaderboard/leaderboard.md").read_text()
     assert "| teacher (reference) |" in board and "| ta_student |" in board and "| assistant |" in board
+    curves = {
+        p.relative_to(root / "data/leaderboard/curves").as_posix()
+        for p in root.glob("data/leaderboard/curves/**/*.tsv")
+    }
+    assert {
+        f"val/acc/{s}.tsv" for s in students
+    } <= curves  # `dvc plots show` draws them: dvc.yaml lists none
 
     assert "Data and pipelines are up to date." in _run(["dvc", "repro"], root, env)
 

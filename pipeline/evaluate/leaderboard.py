@@ -1,9 +1,10 @@
 """One table over every evaluated model, the teacher as the reference row: Markdown, CSV and a plot.
 
 Input: the `metrics.json` files the evaluate stage writes (`data/evaluate/**/metrics.json`, see
-`pipeline.evaluate.evaluation.metrics_report`). Rows are sorted by mean test accuracy, best first,
-after the teacher. The CSV holds raw numbers (mean and std in separate columns); the Markdown
-holds the same rounded, as a person reads them.
+`pipeline.evaluate.evaluation.metrics_report`), and those of the students the `sweep` stage trained
+(`data/sweep/evaluate/**/metrics.json`, ranked as `sweep/<model>`). Rows are sorted by mean test
+accuracy, best first, after the teacher. The CSV holds raw numbers (mean and std in separate
+columns); the Markdown holds the same rounded, as a person reads them.
 
 The table is a polars DataFrame: sorted there, written to CSV by polars, and read back as rows for the
 Markdown and the plots.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import DistilleryError
-from pipeline.io import atomic_write_text
+from pipeline.io import atomic_write_text, replace_dir
 
 SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "root_agreement", "kl_T1", "kl_T")
 """Metrics reported as mean ± std over seeds."""
@@ -73,11 +75,19 @@ class LeaderboardError(DistilleryError):
     """No metrics to rank, or a metrics file that is not the evaluate stage's."""
 
 
-def collect_metrics(evaluate_root: str | Path) -> list[dict[str, Any]]:
+SWEEP = "sweep"
+"""Name prefix of the models the `sweep` stage trained (`sweep/<model>`): the same student may also
+be trained by its own `train@<student>` stage, and both rows are kept."""
+
+
+def collect_metrics(
+    evaluate_root: str | Path, prefix: str = "", required: bool = True
+) -> list[dict[str, Any]]:
     """Every model's report from `evaluate_root/<student>/metrics.json` (a cohort's file holds one
-    report per member under `members`), parsed, in student order."""
+    report per member under `members`), parsed, in student order; each model named
+    `<prefix>/<model>` when `prefix` is given. LeaderboardError when there are none and `required`."""
     paths = sorted(Path(evaluate_root).glob("*/metrics.json"))
-    if not paths:
+    if not paths and required:
         raise LeaderboardError(
             f"{evaluate_root}: no <student>/metrics.json found; run `dvc repro evaluate` first"
         )
@@ -87,8 +97,47 @@ def collect_metrics(evaluate_root: str | Path) -> list[dict[str, Any]]:
         for report in payload["members"].values() if "members" in payload else [payload]:
             if "model" not in report or "accuracy" not in report:
                 raise LeaderboardError(f"{path}: not an evaluate metrics file (needs `model` and `accuracy`)")
-            reports.append(report)
+            reports.append({**report, "model": f"{prefix}/{report['model']}"} if prefix else report)
     return reports
+
+
+def first_seed_live_dirs(train_root: str | Path) -> dict[str, Path]:
+    """Model name (`<student>` or `<cohort>/<member>`, as the leaderboard names it) -> the dvclive
+    directory of its lowest seed, `<model>/seed_<k>/live`, under `train_root`."""
+    train_root, found = Path(train_root), {}
+    for live in train_root.glob("**/seed_*/live"):
+        model = live.parent.parent.relative_to(train_root).as_posix()
+        seed = int(live.parent.name.split("_", 1)[1]) if live.parent.name[5:].isdigit() else None
+        if seed is not None and (model not in found or seed < found[model][0]):
+            found[model] = (seed, live)
+    return {model: live for model, (_, live) in sorted(found.items())}
+
+
+def write_curve_files(
+    train_roots: Mapping[str, str | Path], out_dir: str | Path, metrics: Iterable[str]
+) -> list[Path]:
+    """Copy each model's first-seed dvclive file of each of `metrics` (e.g. "val/acc") to
+    `out_dir/<metric>/<model>.tsv`, the directory dvc.yaml declares as plots (x = step = epoch), so
+    `dvc plots show` draws every student's curves, a student added later included, without a list
+    in dvc.yaml. train_roots: name prefix ("" or "sweep") -> a train root. The directory is built
+    aside and moved into place in one rename; returns the files written."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    written = []
+    for prefix, root in train_roots.items():
+        for model, live in first_seed_live_dirs(root).items():
+            for metric in metrics:
+                source = live / "plots" / "metrics" / f"{metric}.tsv"
+                if source.is_file():
+                    name = f"{prefix}/{model}" if prefix else model
+                    target = staging / metric / f"{name}.tsv"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)
+                    written.append(out_dir / metric / f"{name}.tsv")
+    staging.mkdir(parents=True, exist_ok=True)
+    replace_dir(staging, out_dir)
+    return written
 
 
 def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,16 +280,28 @@ def build_leaderboard(
     teacher_bins: Any = None,
     train_root: str | Path | None = None,
     curve_metrics: Iterable[str] = ("val/acc", "val/teacher_agreement", "train/loss"),
+    sweep_root: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Gather `evaluate_root/**/metrics.json`, write leaderboard.md/.csv and the PNGs
+    """Gather `evaluate_root/**/metrics.json` (and `sweep_root/evaluate/**/metrics.json`, the sweep's
+    students, as `sweep/<model>`), write leaderboard.md/.csv and the PNGs
     `plots/accuracy_vs_params.png`, `plots/reliability.png` (first seed of each model, and the
-    teacher's bins when given) and, from the dvclive files under `train_root`,
-    `plots/curves_<metric>.png` per metric into `out_dir`; returns the rows."""
+    teacher's bins when given) and, from the dvclive files under `train_root` (and
+    `sweep_root/train`), `plots/curves_<metric>.png` per metric and the first seed's files under
+    `curves/<metric>/<model>.tsv` (`write_curve_files`) into `out_dir`; returns the rows."""
     from pipeline.evaluate.evaluation import read_calibration_tsv
     from pipeline.evaluate.plots import accuracy_vs_params, reliability_diagram, training_curves
 
     out_dir = Path(out_dir)
-    reports = collect_metrics(evaluate_root)
+    evaluate_roots = {"": Path(evaluate_root)}
+    train_roots = {} if train_root is None else {"": Path(train_root)}
+    if sweep_root is not None:
+        evaluate_roots[SWEEP] = Path(sweep_root) / "evaluate"
+        train_roots[SWEEP] = Path(sweep_root) / "train"
+    reports = [
+        report
+        for prefix, root in evaluate_roots.items()
+        for report in collect_metrics(root, prefix, required=not prefix)
+    ]
     rows = leaderboard_rows(reports, teacher)
     write_leaderboard(rows, out_dir)
     students = [r for r in rows if teacher is None or r is not rows[0]]
@@ -256,14 +317,16 @@ def build_leaderboard(
         reference,
     )
     bins = {"teacher": teacher_bins} if teacher_bins is not None else {}
-    for table in sorted(Path(evaluate_root).glob("*/calibration.tsv")):
-        for label, seed_bins in read_calibration_tsv(table.read_text()).items():
-            member = label.rpartition("/")[0]  # "seed_0" or "<member>/seed_0"
-            bins.setdefault("/".join(filter(None, (table.parent.name, member))), seed_bins)
+    for prefix, root in evaluate_roots.items():
+        for table in sorted(root.glob("*/calibration.tsv")):
+            for label, seed_bins in read_calibration_tsv(table.read_text()).items():
+                member = label.rpartition("/")[0]  # "seed_0" or "<member>/seed_0"
+                bins.setdefault("/".join(filter(None, (prefix, table.parent.name, member))), seed_bins)
     reliability_diagram(
         bins, out_dir / "plots" / "reliability.png", title="Reliability on the test split (first seed)"
     )
-    if train_root is not None:
+    if train_roots:
         for metric in curve_metrics:
-            training_curves(train_root, metric, out_dir / "plots" / f"curves_{metric.replace('/', '_')}.png")
+            training_curves(train_roots, metric, out_dir / "plots" / f"curves_{metric.replace('/', '_')}.png")
+        write_curve_files(train_roots, out_dir / "curves", curve_metrics)
     return rows

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -95,18 +95,25 @@ def read_dvclive_tsv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([float(r[step_column]) for r in rows]), np.array([float(r[value_column]) for r in rows]))
 
 
-def training_curves(train_root: str | Path, metric: str, path: str | Path) -> Path | None:
+def training_curves(
+    train_roots: str | Path | Mapping[str, str | Path], metric: str, path: str | Path
+) -> Path | None:
     """One line per trained model and seed of the dvclive metric `metric` (e.g. "val/acc") found
-    under `train_root` (`<model>/seed_<k>/live/plots/metrics/<metric>.tsv`); writes a PNG, or
+    under each train root (`<model>/seed_<k>/live/plots/metrics/<metric>.tsv`; a mapping gives
+    each root's label prefix, e.g. {"": data/train, "sweep": data/sweep/train}); writes a PNG, or
     returns None when no run logged that metric."""
-    train_root = Path(train_root)
-    files = sorted(train_root.glob(f"**/live/plots/metrics/{metric}.tsv"))
+    roots = train_roots if isinstance(train_roots, Mapping) else {"": train_roots}
+    files = [
+        (prefix, Path(root), file)
+        for prefix, root in roots.items()
+        for file in sorted(Path(root).glob(f"**/live/plots/metrics/{metric}.tsv"))
+    ]
     if not files:
         return None
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    for file in files:
+    for prefix, root, file in files:
         live_dir = file.parents[len(Path(metric).parts) + 1]  # .../seed_<k>/live
-        label = live_dir.parent.relative_to(train_root).as_posix()
+        label = "/".join(filter(None, (prefix, live_dir.parent.relative_to(root).as_posix())))
         steps, values = read_dvclive_tsv(file)
         axes.plot(steps, values, label=label, linewidth=1.2)
     axes.set(xlabel="epoch", ylabel=metric, title=f"{metric} per model and seed")

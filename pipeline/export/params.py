@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from pipeline.config import Seed, StrictModel
+from pipeline.teacher.params import ParityBatchSizes, ParityTolerance
 
 
 class ExportParams(StrictModel):
@@ -12,12 +11,14 @@ class ExportParams(StrictModel):
 
     seed: which trained seed becomes `model.onnx` (null: the lowest seed number).
     int8: also write `model.int8.onnx` (ONNX Runtime dynamic quantisation) and report its accuracy change.
-    rtol, atol: ONNX Runtime vs torch parity, |onnx - torch| <= atol + rtol * |torch| elementwise.
+    rtol, atol: ONNX Runtime vs torch parity on each output, max|onnx - torch| <= atol + rtol *
+    max|torch| (pipeline.teacher.export.PARITY_RULE), on `parity_batch_sizes` rows of the prepared
+    data drawn with `parity_seed`.
     """
 
     seed: Seed | None = None
     int8: bool = False
-    rtol: float = Field(default=1e-4, gt=0)
-    atol: float = Field(default=1e-5, gt=0)
-    parity_batch_sizes: tuple[int, ...] = Field(default=(1, 7, 64), min_length=1)
+    rtol: ParityTolerance = 1e-4
+    atol: ParityTolerance = 1e-5
+    parity_batch_sizes: ParityBatchSizes = (1, 7, 64)
     parity_seed: Seed = 0

@@ -48,11 +48,13 @@ def export_seed(
     out_dir: str | Path,
     params: ExportParams,
     int8_data: tuple[np.ndarray, np.ndarray] | None = None,
+    parity_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Export the student in `seed_dir` to `out_dir` and return (and write) its parity report.
 
     int8_data: labelled rows (inputs (N, *input_shape), labels (N,)) to measure the int8 model's
-    accuracy change on; required when params.int8 is true.
+    accuracy change on; required when params.int8 is true. parity_rows: (N, *input_shape) float32
+    real inputs (the prepared data's) the parity batches are drawn from (`export_student`).
     """
     from pipeline.students.registry import count_parameters
     from pipeline.students.trained import load_trained_student, read_student_config, weights_sha256
@@ -80,6 +82,7 @@ def export_seed(
         rtol=params.rtol,
         atol=params.atol,
         seed=params.parity_seed,
+        parity_rows=parity_rows,
     )
     if params.int8:
         quantize_int8(out_dir / MODEL_FILE, out_dir / INT8_FILE)
@@ -90,14 +93,8 @@ def export_seed(
     return report
 
 
-def export_student_dir(
-    student_dir: str | Path,
-    export_root: str | Path,
-    params: ExportParams,
-    int8_data: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Export every model under `data/train/<student>/` into `export_root/<model name>/`;
-    returns model name -> parity report."""
+def trained_models(student_dir: str | Path) -> dict[str, list[Path]]:
+    """`list_trained(student_dir)` (model name -> seed directories), or ExportError when it holds none."""
     from pipeline.students.trained import list_trained
 
     models = list_trained(student_dir)
@@ -105,7 +102,22 @@ def export_student_dir(
         raise ExportError(
             f"{student_dir}: no trained seeds (seed_<k>/student.json); run `dvc repro train` first"
         )
+    return models
+
+
+def export_student_dir(
+    student_dir: str | Path,
+    export_root: str | Path,
+    params: ExportParams,
+    int8_data: tuple[np.ndarray, np.ndarray] | None = None,
+    parity_rows: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Export every model under `data/train/<student>/` into `export_root/<model name>/`;
+    returns model name -> parity report. int8_data, parity_rows: as `export_seed`."""
+    models = trained_models(student_dir)
     return {
-        name: export_seed(pick_seed(seeds, params.seed), Path(export_root) / name, params, int8_data)
+        name: export_seed(
+            pick_seed(seeds, params.seed), Path(export_root) / name, params, int8_data, parity_rows
+        )
         for name, seeds in models.items()
     }

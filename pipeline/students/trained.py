@@ -136,3 +136,14 @@ def list_trained(student_dir: str | Path) -> dict[str, list[Path]]:
     for seeds in found.values():
         seeds.sort(key=lambda p: int(p.name.split("_", 1)[1]))
     return found
+
+
+def trained_student_dirs(train_root: str | Path) -> list[Path]:
+    """The student directories under `train_root` that hold trained seeds (`<train_root>/<student>/`,
+    e.g. what the `sweep` stage wrote into data/sweep/train), by name; none when it does not exist."""
+    root = Path(train_root)
+    if not root.is_dir():
+        return []
+    return [
+        d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and list_trained(d)
+    ]

@@ -15,8 +15,8 @@ from pipeline.cache.teacher_outputs import probe_row_shapes
 from pipeline.data.prepare import TEACHER_TRAIN_DIR
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.io import atomic_copy
-from pipeline.teacher.builtin import parameter_count, parity_batches, train_builtin_teacher
-from pipeline.teacher.export import check_onnx_parity, export_onnx
+from pipeline.teacher.builtin import parameter_count, train_builtin_teacher
+from pipeline.teacher.export import check_onnx_parity, export_onnx, parity_batches
 from pipeline.teacher.external_data import external_data_files
 from pipeline.teacher.params import TeacherParams
 from pipeline.teacher.session import (
@@ -104,7 +104,8 @@ def build_builtin_teacher(
     progress: bool = True,
 ) -> dict:
     """Train the built-in CNN on `teacher_train`'s labelled train rows, export it to `out_path`
-    (atomic), gate it on ORT-vs-torch parity, and return its metrics measured on `data`."""
+    (atomic), gate it on ORT-vs-torch parity (`params.parity`, on rows of `data`, each output
+    within atol + rtol of its own largest magnitude), and return its metrics measured on `data`."""
     out_path = Path(out_path)
     trained = train_builtin_teacher(teacher_train, params.builtin, progress=progress)
     example = torch.from_numpy(np.array(data.inputs[:2]))
@@ -112,7 +113,7 @@ def build_builtin_teacher(
     parity = check_onnx_parity(
         trained.module,
         out_path,
-        parity_batches(data, params.parity.batch_sizes, params.builtin.seed),
+        parity_batches(data.inputs, params.parity.batch_sizes, params.builtin.seed),
         rtol=params.parity.rtol,
         atol=params.parity.atol,
         input_name=params.input_name,

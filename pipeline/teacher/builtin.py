@@ -14,7 +14,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -134,9 +133,3 @@ def train_builtin_teacher(
 def parameter_count(module: nn.Module) -> int:
     """Number of trainable values in `module`."""
     return int(sum(p.numel() for p in module.parameters()))
-
-
-def parity_batches(data: PreparedData, batch_sizes: list[int], seed: int = 0) -> list[np.ndarray]:
-    """Real input batches of the given sizes (rows drawn with replacement if data is small)."""
-    rng = np.random.default_rng(seed)
-    return [data.inputs[rng.choice(len(data), size=size, replace=size > len(data))] for size in batch_sizes]

@@ -35,8 +35,13 @@ from pipeline.names import check_name
 from pipeline.students.external import make_module
 from pipeline.students.taps import TappedModel, measure
 from pipeline.students.zoo import brief
-from pipeline.teacher.builtin import parity_batches
-from pipeline.teacher.export import MAX_BATCH, OnnxExportError, _QuietExporter, check_onnx_parity
+from pipeline.teacher.export import (
+    MAX_BATCH,
+    OnnxExportError,
+    _QuietExporter,
+    check_onnx_parity,
+    parity_batches,
+)
 from pipeline.teacher.export_options import InputSpec, TeacherExportError, default_input
 
 WEIGHT_TYPES = {
@@ -163,7 +168,7 @@ def _parity_batches(
     fits = prepared is not None and len(specs) == 1 and specs[0].dtype == "float32"
     if fits and specs[0].shape == tuple(prepared.input_shape):
         return [
-            batch.astype(np.float32) for batch in parity_batches(prepared, list(batch_sizes), seed)
+            batch.astype(np.float32) for batch in parity_batches(prepared.inputs, list(batch_sizes), seed)
         ], "prepared"
     generator = torch.Generator().manual_seed(seed)
     batches = []

@@ -15,9 +15,9 @@ teacher:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from pipeline.config import Seed, StrictModel, Width
 from pipeline.names import safe_name
@@ -44,12 +44,31 @@ class BuiltinTeacherParams(StrictModel):
     train_on: Literal["full_train", "transfer_set"] = "full_train"
 
 
-class ParityParams(StrictModel):
-    """ONNX Runtime vs torch gate on the exported teacher (fp32, CPU provider)."""
+def _checked_batch_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
+    if not sizes:
+        raise ValueError("give at least one batch size to check parity on, e.g. [1, 7, 64]")
+    if any(size < 1 for size in sizes):
+        raise ValueError(
+            f"every batch size must be >= 1 (a batch of 0 rows compares nothing), got {list(sizes)}; "
+            "e.g. [1, 7, 64]"
+        )
+    return sizes
 
-    rtol: float = Field(default=1e-4, gt=0)
-    atol: float = Field(default=1e-5, gt=0)
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 7, 64], min_length=1)
+
+ParityBatchSizes = Annotated[tuple[int, ...], AfterValidator(_checked_batch_sizes)]
+"""Batch sizes of a parity check (teacher.parity.batch_sizes, export.parity_batch_sizes): >= 1 each,
+at least one."""
+
+ParityTolerance = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class ParityParams(StrictModel):
+    """ONNX Runtime vs torch gate on the exported teacher (fp32, CPU provider, real input rows):
+    each output passes when max|onnx - torch| <= atol + rtol * max|torch| (docs/evaluation.md)."""
+
+    rtol: ParityTolerance = 1e-4
+    atol: ParityTolerance = 1e-5
+    batch_sizes: ParityBatchSizes = (1, 7, 64)
 
 
 class TeacherParams(StrictModel):

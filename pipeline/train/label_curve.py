@@ -8,7 +8,7 @@ label_curve:
   seeds: [0, 1, 2]               # training seeds per point (mean ± std)
   label_seed: 0                  # which rows keep their label: the same for every recipe and seed
   held_back: true                # count the labels prepare.label_budget held back as known
-  steps: 360                     # optimiser steps of every run (null: each recipe's own epochs)
+  steps: 2700                    # optimiser steps of every run (null: each recipe's own epochs)
 ```
 
 Each point applies a student-level label budget (pipeline/train/budget.py) at train time; the cache
@@ -53,7 +53,7 @@ class LabelCurveParams(StrictModel):
     seeds: tuple[Seed, ...] = Field(default=(0, 1, 2), min_length=1)
     label_seed: Seed = 0
     held_back: bool = True
-    steps: int | None = Field(default=360, ge=1)
+    steps: int | None = Field(default=2700, ge=1)
 
     @field_validator("per_class")
     @classmethod

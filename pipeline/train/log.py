@@ -4,6 +4,11 @@ Every metric the loop reports is logged at step = epoch: `train/loss` (the weigh
 `train/<term>` (each unweighted term of the recipe), `lr`, `val/acc`, `val/teacher_agreement`.
 A resumed run starts the directory afresh and replays the epochs restored from the checkpoint, so
 each epoch appears exactly once however often the run was killed.
+
+Rows are appended with `log_metric` at `step = epoch`, and the summary (`metrics.json`) is written
+once, by `close`. `Live.next_step` is not called: it re-reads every TSV of the directory to build
+an update for DVC Studio even when Studio is off, so a run of E epochs cost O(E^2) (1,800 epochs of
+`ce_baseline` spent 23 s of CPU in it, more than their training).
 """
 
 from __future__ import annotations
@@ -31,13 +36,12 @@ class EpochLogger:
             live.step = epoch
             for name, value in metrics.get(member, {}).items():
                 live.log_metric(name, value)
-            live.next_step()
 
     def close(self) -> None:
         """Flush and close every Live, and the DVC repo handle each opened to find its project
         (left open, dulwich prints "Exception ignored" tracebacks at interpreter exit)."""
         for live in self.lives.values():
-            live.end()
+            live.end()  # writes metrics.json: the last values and `step`, the last epoch
             repo = getattr(live, "_dvc_repo", None)
             if repo is not None:
                 repo.close()

@@ -12,6 +12,7 @@ the torch RNG state (dropout, negative sampling) is saved in every checkpoint.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,42 +200,63 @@ def _train_step(
         member.optimizer.step()
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """The labelled val rows, read from the cache once per run (not once per epoch): inputs
+    (n, *input_shape) float32, labels (n,) int64 and the cached teacher's top-1 (n,) int64, on the
+    training device."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    teacher_top1: torch.Tensor
+
+    @classmethod
+    def read(cls, data: TrainingData, batch_size: int, device) -> ValidationSet:
+        """The labelled rows of `data.val_rows`, in order, read in batches of `batch_size`."""
+        rows = data.val_rows[np.asarray(data.reader.label)[data.val_rows] >= 0]
+        batches = list(iter_batches(data.reader, batch_size, rows=rows)) if len(rows) else []
+        if not batches:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return cls(torch.zeros((0, *data.input_shape)), empty, empty)
+        order = np.concatenate([np.asarray(b.rows) for b in batches])
+        return cls(
+            torch.from_numpy(data.inputs[order]).to(device),
+            torch.cat([b.label for b in batches]).to(device),
+            torch.cat([b.logits.argmax(1) for b in batches]).to(device),
+        )
+
+
 @torch.no_grad()
-def evaluate_members(
-    members: list[Member], data: TrainingData, batch_size: int, device
-) -> list[dict[str, float]]:
+def evaluate_members(members: list[Member], val: ValidationSet, batch_size: int) -> list[dict[str, float]]:
     """Per member: `val/acc` (against the labels) and `val/teacher_agreement` (top-1 match with the
     cached teacher) over the labelled val rows; an empty mapping when there are none."""
-    rows = data.val_rows[np.asarray(data.reader.label)[data.val_rows] >= 0]
-    if len(rows) == 0:
+    if len(val.labels) == 0:
         return [{} for _ in members]
     correct = np.zeros(len(members))
     agree = np.zeros(len(members))
     for member in members:
         member.model.eval()
-    for batch in iter_batches(data.reader, batch_size, rows=rows):
-        inputs = torch.from_numpy(data.inputs[batch.rows]).to(device)
-        teacher_top1 = batch.logits.argmax(1).to(device)
-        labels = batch.label.to(device)
+    for begin in range(0, len(val.labels), batch_size):
+        inputs = val.inputs[begin : begin + batch_size]
         for index, member in enumerate(members):
             predicted = member.model(inputs).logits.argmax(1)
-            correct[index] += (predicted == labels).sum().item()
-            agree[index] += (predicted == teacher_top1).sum().item()
+            correct[index] += (predicted == val.labels[begin : begin + batch_size]).sum().item()
+            agree[index] += (predicted == val.teacher_top1[begin : begin + batch_size]).sum().item()
     for member in members:
         member.model.train()
     return [
-        {"val/acc": float(c / len(rows)), "val/teacher_agreement": float(a / len(rows))}
+        {"val/acc": float(c / len(val.labels)), "val/teacher_agreement": float(a / len(val.labels))}
         for c, a in zip(correct, agree)
     ]
 
 
 def _close_epoch(
-    members: list[Member], state: TrainingState, data: TrainingData, params: StudentParams, device
+    members: list[Member], state: TrainingState, val: ValidationSet, params: StudentParams
 ) -> dict[str, dict[str, float]]:
     """Validate, turn the epoch's running sums into means, append to the history, advance the state
     (`state.running` must already hold the whole epoch: see `EpochSums.flush_into`)."""
     metrics = {}
-    for member, evaluated in zip(members, evaluate_members(members, data, params.eval_batch_size, device)):
+    for member, evaluated in zip(members, evaluate_members(members, val, params.eval_batch_size)):
         sums = state.running.get(member.name, {})
         metrics[member.name] = {
             ("lr" if k == "lr" else f"train/{k}"): v / state.step_in_epoch for k, v in sums.items()
@@ -260,8 +282,10 @@ def run_seed(
 ) -> tuple[list[Member], TrainingState]:
     """Train (or resume, or just reload) one seed; returns the trained members and the final state.
 
-    scratch_dir: this seed's checkpoint directory. Checkpoints are written at every epoch end and,
-    when `params.checkpoint_every_steps` is set, every that many steps. on_epoch(epoch, metrics)
+    scratch_dir: this seed's checkpoint directory. A checkpoint is written at the first step or
+    epoch end `params.checkpoint_every_seconds` after the last one, every
+    `params.checkpoint_every_steps` steps when that is set, and when training ends (a finished
+    seed is reloaded, not retrained). on_epoch(epoch, metrics)
     is called after each epoch (also replayed for epochs restored from a checkpoint, so loggers
     can rebuild their files); on_step(global_step) after every optimiser step and its checkpoint.
     """
@@ -281,11 +305,18 @@ def run_seed(
     needs_bank = any(m.recipe.needs_feature_bank for m in members)
     bank = feature_bank(data, device, bank_taps(members)) if needs_bank else None
 
+    val = ValidationSet.read(data, params.eval_batch_size, device)
     sums = EpochSums()
+    last_checkpoint = time.monotonic()
 
     def checkpoint() -> None:
+        nonlocal last_checkpoint
         sums.flush_into(state.running, state.epoch)
         save_checkpoint(scratch_dir, state, members, torch.get_rng_state())
+        last_checkpoint = time.monotonic()
+
+    def checkpoint_due() -> bool:  # by time: a few per run, whatever an epoch costs (docs/training.md)
+        return time.monotonic() - last_checkpoint >= params.checkpoint_every_seconds
 
     bar = tqdm(
         total=total_steps,
@@ -315,16 +346,18 @@ def run_seed(
             state.global_step += 1
             bar.update(1)
             every = params.checkpoint_every_steps
-            if every and state.global_step % every == 0 and state.step_in_epoch < per_epoch:
+            stepped = bool(every) and state.global_step % every == 0
+            if state.step_in_epoch < per_epoch and (stepped or checkpoint_due()):
                 checkpoint()
             if on_step:
                 on_step(state.global_step)
         sums.flush_into(state.running, state.epoch)
-        metrics = _close_epoch(members, state, data, params, device)
+        metrics = _close_epoch(members, state, val, params)
         bar.set_postfix(
             {f"{m or 'val'}_acc": f"{v.get('val/acc', math.nan):.3f}" for m, v in metrics.items()}
         )
-        checkpoint()
+        if state.done or checkpoint_due():
+            checkpoint()
         if on_epoch:
             on_epoch(state.epoch - 1, metrics)
     bar.close()

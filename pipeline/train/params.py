@@ -104,6 +104,7 @@ class StudentParams(StrictModel):
     train_rows: Literal["labelled", "all"] = "all"
     label_budget: StudentLabelBudget | None = None  # labels masked at train time; the cache stays as it is
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    checkpoint_every_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int | None = Field(
         default=1, ge=1

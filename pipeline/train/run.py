@@ -54,12 +54,13 @@ def resolve_device(device: str, student: str = "<name>") -> str:
 
 def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str:
     """sha256 of everything a seed's checkpoint depends on: the params (less `seeds`, which only
-    picks which seeds run, and the `cache` path, which the cache's own shape and fingerprint
-    replace), the dataset fingerprint, the cache's shape and identity. A checkpoint with another
-    hash is never resumed."""
+    picks which seeds run, the `cache` path, which the cache's own shape and fingerprint replace,
+    and the threads and checkpoint intervals, which change no result), the dataset fingerprint,
+    the cache's shape and identity. A checkpoint with another hash is never resumed."""
     schema = reader.schema
+    unused = {"seeds", "cache", "torch_threads", "checkpoint_every_steps", "checkpoint_every_seconds"}
     identity = {
-        "params": params.model_dump(mode="json", exclude={"seeds", "cache", "torch_threads"}),
+        "params": params.model_dump(mode="json", exclude=unused),
         "dataset": prepared_fingerprint,
         "cache": [
             len(reader),

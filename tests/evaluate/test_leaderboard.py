@@ -152,3 +152,35 @@ def test_training_curves_are_drawn_from_the_dvclive_files_of_every_seed(tmp_path
     build_leaderboard(evaluate_dir, tmp_path / "board", train_root=tmp_path / "train")
     assert (tmp_path / "board" / "plots" / "curves_val_acc.png").read_bytes().startswith(PNG_MAGIC)
     assert not (tmp_path / "board" / "plots" / "curves_train_loss.png").exists()
+
+
+def test_curve_files_are_each_models_lowest_seed_whatever_the_students(tmp_path):
+    from pipeline.evaluate.leaderboard import write_curve_files
+
+    for run, value in (("kd/seed_10", "0.9"), ("kd/seed_2", "0.7"), ("cohort/a/seed_0", "0.6")):
+        for metric in ("val/acc", "train/loss"):
+            tsv = tmp_path / "train" / run / "live" / "plots" / "metrics" / f"{metric}.tsv"
+            tsv.parent.mkdir(parents=True, exist_ok=True)
+            tsv.write_text(f"step\t{metric.split('/')[1]}\n0\t{value}\n")
+    (tmp_path / "curves" / "val" / "acc").mkdir(parents=True)
+    (tmp_path / "curves" / "val" / "acc" / "gone.tsv").write_text("a student since removed")
+    written = write_curve_files({"": tmp_path / "train"}, tmp_path / "curves", ["val/acc"])
+    files = sorted(
+        p.relative_to(tmp_path / "curves").as_posix() for p in (tmp_path / "curves").rglob("*.tsv")
+    )
+    assert (
+        files
+        == ["val/acc/cohort/a.tsv", "val/acc/kd.tsv"]
+        == [p.relative_to(tmp_path / "curves").as_posix() for p in sorted(written)]
+    )
+    assert (tmp_path / "curves" / "val" / "acc" / "kd.tsv").read_text() == "step\tacc\n0\t0.7\n"  # seed 2
+
+
+def test_the_sweeps_metrics_are_collected_under_their_own_names(tmp_path, evaluate_dir):
+    sweep = tmp_path / "sweep" / "evaluate" / "kd"
+    sweep.mkdir(parents=True)
+    (sweep / "metrics.json").write_text(json.dumps(fake_metrics("kd", 0.95, 0.0, 5000)))
+    assert [r["model"] for r in collect_metrics(tmp_path / "sweep" / "evaluate", "sweep")] == ["sweep/kd"]
+    assert collect_metrics(tmp_path / "nothing", "sweep", required=False) == []
+    with pytest.raises(LeaderboardError, match="no <student>/metrics.json"):
+        collect_metrics(tmp_path / "nothing")

@@ -105,3 +105,68 @@ def test_a_student_that_was_never_trained_is_named_with_the_fix(tmp_path, capsys
     )
     assert code == 1
     assert "ExportError" in (err := capsys.readouterr().err) and "dvc repro train" in err
+
+
+def test_the_sweeps_students_are_exported_evaluated_and_ranked_with_their_curves(
+    tmp_path, prepared_and_cache, monkeypatch, capsys
+):
+    prepared, cache = prepared_and_cache
+    write_prepared(prepared, tmp_path / "prepared")
+    recipe = {"arch": {"kind": "mlp", "hidden": [16]}, "loss": {"ce": {"kind": "ce", "weight": 1.0}}}
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {"students": {"kd": recipe, "ce": recipe}, "evaluate": {"latency": {"warmup": 1, "repeats": 2}}}
+        )
+    )
+    for root, names in ((tmp_path / "train", ["kd"]), (tmp_path / "sweep" / "train", ["kd", "ce"])):
+        for name in names:
+            save_student(root / name / "seed_0", name=name)
+            tsv = root / name / "seed_0" / "live" / "plots" / "metrics" / "val" / "acc.tsv"
+            tsv.parent.mkdir(parents=True)
+            tsv.write_text("step\tacc\n0\t0.5\n1\t0.75\n")
+    import stages.evaluate
+
+    monkeypatch.setattr(stages.evaluate, "open_cache", lambda path, dataset_fingerprint=None: cache)
+    sweep, common = tmp_path / "sweep", ["--params", str(params), "--prepared", str(tmp_path / "prepared")]
+    assert (
+        main(
+            ["export", "--all", *common, "--train-dir", str(sweep / "train"), "--out", str(sweep / "export")]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (sweep / "export").iterdir()) == ["ce", "kd"]
+    argv = ["evaluate", "--all", *common, "--train-dir", str(sweep / "train")]
+    assert main([*argv, "--export-dir", str(sweep / "export"), "--out", str(sweep / "evaluate")]) == 0
+    assert json.loads((sweep / "evaluate" / "ce" / "metrics.json").read_text())["model"] == "ce"
+    for stage in ("export", "evaluate"):
+        main([stage, "--student", "kd", *common, "--train-dir", str(tmp_path / "train"),
+              "--out", str(tmp_path / stage / ("kd" if stage == "evaluate" else "")),
+              *(["--export-dir", str(tmp_path / "export")] if stage == "evaluate" else [])])  # fmt: skip
+    board = tmp_path / "leaderboard"
+    argv = [
+        "leaderboard",
+        "--params",
+        str(params),
+        "--no-teacher",
+        "--evaluate-dir",
+        str(tmp_path / "evaluate"),
+    ]
+    assert (
+        main([*argv, "--train-dir", str(tmp_path / "train"), "--sweep-dir", str(sweep), "--out", str(board)])
+        == 0
+    )
+    table = (board / "leaderboard.md").read_text()
+    assert "| kd |" in table and "| sweep/kd |" in table and "| sweep/ce |" in table
+    curves = sorted(p.relative_to(board / "curves").as_posix() for p in (board / "curves").rglob("*.tsv"))
+    assert curves == ["val/acc/kd.tsv", "val/acc/sweep/ce.tsv", "val/acc/sweep/kd.tsv"]
+    assert (board / "curves/val/acc/sweep/ce.tsv").read_text() == "step\tacc\n0\t0.5\n1\t0.75\n"
+
+
+def test_an_empty_sweep_leaves_empty_outputs_and_a_line_saying_so(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text("export: {}\n")
+    (tmp_path / "sweep" / "train").mkdir(parents=True)
+    argv = ["--params", str(tmp_path / "params.yaml"), "--train-dir", str(tmp_path / "sweep" / "train")]
+    assert main(["export", "--all", *argv, "--out", str(tmp_path / "sweep" / "export")]) == 0
+    assert "nothing to export" in capsys.readouterr().out
+    assert list((tmp_path / "sweep" / "export").iterdir()) == []

@@ -41,6 +41,26 @@ def test_export_writes_model_and_parity_report_for_each_model_of_a_student(tmp_p
     assert parity["parity"]["batch_sizes"] == [1, 7, 64]
 
 
+def test_parity_batches_are_drawn_from_the_rows_given_and_recorded(tmp_path):
+    save_student(tmp_path / "train" / "kd" / "seed_0", ARCHS["cnn"], name="kd")
+    rows, _ = labelled_rows(40)
+    params = ExportParams(parity_batch_sizes=(3, 40), parity_seed=5)
+    reports = export_student_dir(tmp_path / "train" / "kd", tmp_path / "export", params, parity_rows=rows)
+    parity = json.loads((tmp_path / "export" / "kd" / "parity.json").read_text())["parity"]
+    assert parity == reports["kd"]["parity"]
+    assert parity["inputs"] == {"source": "prepared rows", "seed": 5} and parity["batch_sizes"] == [3, 40]
+    for stats in parity["outputs"].values():  # the figure used, per output
+        assert {"scale", "tolerance", "max_abs_diff", "relative_error", "passed"} <= stats.keys()
+
+
+@pytest.mark.parametrize("sizes", [[0], [], [1, -2]])
+def test_parity_batch_sizes_below_one_or_none_are_refused(sizes):
+    from pipeline.config import ParamsError, validate_section
+
+    with pytest.raises(ParamsError, match="export.parity_batch_sizes: .*(>= 1|at least one)"):
+        validate_section(ExportParams, {"parity_batch_sizes": sizes}, "export")
+
+
 def test_int8_quantisation_runs_and_reports_its_accuracy_change(tmp_path):
     seed_dir = save_student(tmp_path / "train" / "seed_0", ARCHS["cnn"])
     inputs, labels = labelled_rows()

@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 
-from pipeline.export.student_onnx import export_student, parity_inputs
+from pipeline.export.student_onnx import export_student, standard_normal_rows
 from pipeline.students.trained import load_trained_student
-from pipeline.teacher.export import OnnxParityError
+from pipeline.teacher.export import OnnxExportError, OnnxParityError
 from pipeline.teacher.session import open_teacher
 
 from .conftest import ARCHS, INPUT_SHAPE, NUM_CLASSES, save_student
@@ -20,16 +20,36 @@ def exported(request, tmp_path_factory):
     """(student module, path of its exported ONNX, parity report), once per architecture."""
     root = tmp_path_factory.mktemp(request.param)
     student = load_trained_student(save_student(root / "seed_0", ARCHS[request.param]))
-    report = export_student(student, INPUT_SHAPE, root / "model.onnx")
+    report = export_student(student, INPUT_SHAPE, root / "model.onnx", parity_rows=digit_like_rows())
     return student, root / "model.onnx", report
 
 
-def test_export_matches_torch_at_batch_sizes_1_7_64(exported):
+def digit_like_rows(count: int = 100, seed: int = 0) -> np.ndarray:
+    """Rows shaped and scaled like the prepared digits (pixel values 0..16)."""
+    return np.random.default_rng(seed).integers(0, 17, (count, *INPUT_SHAPE)).astype(np.float32)
+
+
+def test_export_matches_torch_at_batch_sizes_1_7_64_on_the_rows_given(exported):
     _, _, report = exported
     assert report["passed"] is True
     assert report["batch_sizes"] == [1, 7, 64]
-    assert (report["rtol"], report["atol"]) == (1e-4, 1e-5)
-    assert all(stats["max_abs_diff"] <= 1e-5 for stats in report["outputs"].values())
+    assert report["inputs"] == {"source": "prepared rows", "seed": 0}
+    assert (report["rtol"], report["atol"]) == (1e-4, 1e-5) and "max|torch|" in report["rule"]
+    for stats in report["outputs"].values():
+        assert stats["passed"] and stats["scale"] > 0 and stats["relative_error"] < 1e-4
+
+
+def test_without_rows_the_report_says_the_inputs_were_noise(tmp_path):
+    student = load_trained_student(save_student(tmp_path / "seed_0", ARCHS["mlp"]))
+    report = export_student(student, INPUT_SHAPE, tmp_path / "model.onnx")
+    assert report["passed"] and report["inputs"]["source"] == "standard normal"
+
+
+def test_rows_of_another_shape_are_refused(tmp_path):
+    student = load_trained_student(save_student(tmp_path / "seed_0", ARCHS["mlp"]))
+    with pytest.raises(OnnxExportError, match=r"parity rows have shape \[1, 8, 8\] but the student takes"):
+        export_student(student, INPUT_SHAPE, tmp_path / "model.onnx", parity_rows=np.zeros((4, 1, 8, 8)))
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_exported_model_has_input_logits_and_every_tap_with_a_dynamic_batch(exported):
@@ -47,7 +67,7 @@ def test_exported_student_opens_as_the_teacher_of_the_next_cache(exported):
     student, path, _ = exported
     teacher = open_teacher(path, provider="cpu")
     assert teacher.tap_names == tuple(student.tap_shapes)
-    batch = parity_inputs(INPUT_SHAPE, (5,), seed=3)[0]
+    batch = standard_normal_rows(INPUT_SHAPE, 5, seed=3)
     outputs = teacher.run(batch)
     with torch.no_grad():
         expected = student(torch.from_numpy(batch))

@@ -158,3 +158,71 @@ def test_a_crashed_run_resumes_to_identical_weights(tmp_path, overrides):
     for weights in (tmp_path / "a/out").rglob("model.safetensors"):
         other = load_file(str(tmp_path / "b/out" / weights.relative_to(tmp_path / "a/out")))
         assert all(torch.equal(value, other[name]) for name, value in load_file(str(weights)).items())
+
+
+class _Clock:
+    """A monotonic clock that advances one second each time it is read."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+def _checkpointed_steps(monkeypatch, params, tmp_path, on_step=None):
+    import pipeline.train.loop as loop
+
+    steps, real_save = [], loop.save_checkpoint
+
+    def counting_save(directory, state, members, rng_state):
+        steps.append(state.global_step)
+        real_save(directory, state, members, rng_state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", counting_save)
+    prepared = make_prepared()
+    train_from_reader(
+        "kd", params, make_cache(prepared), prepared, tmp_path / "out", tmp_path / "scratch",
+        progress=False, on_step=on_step,
+    )  # fmt: skip
+    return steps
+
+
+def test_a_quick_run_writes_one_checkpoint_per_seed_not_one_per_epoch(tmp_path, monkeypatch):
+    params = student_params(epochs=6, seeds=[0, 1])  # 6 steps an epoch, 36 steps a seed
+    assert _checkpointed_steps(monkeypatch, params, tmp_path) == [36, 36]  # only when each seed ends
+
+
+def test_checkpoints_come_every_checkpoint_every_seconds_mid_epoch_too(tmp_path, monkeypatch):
+    import pipeline.train.loop as loop
+
+    monkeypatch.setattr(loop.time, "monotonic", _Clock())  # one second per step
+    params = student_params(epochs=2, checkpoint_every_seconds=4)
+    steps = _checkpointed_steps(monkeypatch, params, tmp_path)
+    assert steps[-1] == 12 and len(steps) >= 3
+    assert all(0 < b - a <= 4 for a, b in zip(steps, steps[1:]))
+
+
+def test_a_run_crashed_after_a_timed_checkpoint_resumes_to_identical_weights(tmp_path, monkeypatch):
+    import pipeline.train.loop as loop
+
+    params = student_params(epochs=2, checkpoint_every_seconds=5)
+    prepared = make_prepared()
+    straight = train_from_reader(
+        "kd", params, make_cache(prepared), prepared, tmp_path / "a/out", tmp_path / "a/scratch",
+        progress=False,
+    )  # fmt: skip
+    monkeypatch.setattr(loop.time, "monotonic", _Clock())
+    with pytest.raises(_Crash):
+        _checkpointed_steps(monkeypatch, params, tmp_path / "b", on_step=_crash_at(9))
+    saved = json.loads((tmp_path / "b/scratch/seed_0/checkpoint.json").read_text())
+    assert 0 < saved["global_step"] < 9
+    resumed = train_from_reader(
+        "kd", params, make_cache(prepared), prepared, tmp_path / "b/out", tmp_path / "b/scratch",
+        progress=False,
+    )  # fmt: skip
+    assert straight["models"] == resumed["models"]
+    weights = load_file(str(tmp_path / "a/out/seed_0/model.safetensors"))
+    again = load_file(str(tmp_path / "b/out/seed_0/model.safetensors"))
+    assert all(torch.equal(value, again[name]) for name, value in weights.items())

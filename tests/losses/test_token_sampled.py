@@ -9,7 +9,11 @@ import torch
 
 from pipeline.cache.token_batch import SampledTokens, TopKTokens
 from pipeline.cache.token_forms import sample_token_targets, top_k_token_targets
-from pipeline.losses.token_divergences import dense_token_divergence, top_k_token_divergence
+from pipeline.losses.token_divergences import (
+    dense_token_divergence,
+    divergence_tokens,
+    top_k_token_divergence,
+)
 from pipeline.losses.token_kd import token_divergence
 from pipeline.losses.token_sampled import SampledTemperatureError, sampled_forward_kl_tokens
 from tests.losses.conftest import numpy_log_softmax
@@ -155,3 +159,31 @@ def test_every_divergence_on_top_k_buckets_is_at_most_the_dense_one_and_equal_at
     ):
         top_k = TopKTokens.from_targets(top_k_token_targets(teacher.numpy(), k=k, log_prob_dtype="float32"))
         assert check(top_k_token_divergence(student, top_k, divergence), dense)
+
+
+def test_sequence_batches_reshape_the_targets_to_the_students_leading_axes():
+    teacher, student = teacher_and_student(seed=9)
+    targets = SampledTokens.from_targets(sample_token_targets(teacher, draws=8, seed=0))
+    flat = token_divergence(torch.tensor(student), targets)
+    batched = token_divergence(torch.tensor(student.reshape(2, 2, VOCAB)), targets.reshape(2, 2).to("cpu"))
+    assert batched.item() == pytest.approx(flat.item(), rel=1e-6)
+    assert targets.reshape(2, 2).ids.shape == (2, 2, targets.ids.shape[-1])
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_top_k_at_another_temperature_is_exact_when_the_tail_is_flat(temperature):
+    teacher, student = teacher_and_student(seed=10)
+    teacher[:, 3:] = -2.0  # every tail id alike: the maximum-entropy tail is the true one
+    teacher[:, :3] = [[4.0, 3.0, 2.0]]
+    top_k = TopKTokens.from_targets(
+        top_k_token_targets(teacher, k=3, temperature=2.0, log_prob_dtype="float32")
+    )
+    for divergence in ("forward_kl", "tvd"):
+        buckets = top_k_token_divergence(torch.tensor(student), top_k, divergence, temperature)
+        log_p = torch.tensor(numpy_log_softmax(teacher, temperature))
+        log_q = torch.log_softmax(torch.tensor(student) / temperature, -1)
+        dense_buckets = [
+            torch.cat([x[:, :3], x[:, 3:].logsumexp(-1, keepdim=True)], 1) for x in (log_p, log_q)
+        ]
+        expected = divergence_tokens(divergence, *dense_buckets)
+        torch.testing.assert_close(buckets.double(), expected, rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ from pipeline.losses.mutual import MutualLoss, MutualParams
 from pipeline.losses.rkd import RKDLoss, RKDParams
 from pipeline.losses.self_training import SelfTrainingLoss, SelfTrainingParams
 from pipeline.losses.smoothing import SmoothingLoss, SmoothingParams
+from pipeline.losses.token_kd import TokenKDLoss, TokenKDParams
 from pipeline.losses.vanilla import CombinedParams, VanillaLoss, VanillaParams
 
 FAMILIES: dict[str, Family] = {
@@ -38,4 +39,5 @@ FAMILIES: dict[str, Family] = {
     "self_training": Family(SelfTrainingParams, SelfTrainingLoss),
     "mutual": Family(MutualParams, MutualLoss),
     "dkd": Family(DKDParams, DKDLoss),
+    "token_kd": Family(TokenKDParams, TokenKDLoss),
 }

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from pipeline.cache.batch import SparseLogits
+from pipeline.cache.token_batch import SampledTokens, TopKTokens
 from pipeline.config import StrictModel
 
 
@@ -48,6 +49,9 @@ class LossInputs:
         for negatives drawn from the whole cache (CRD); None when not provided.
     rows: (B,) int64 cache rows of this batch (so a bank sampler can exclude the positives).
     epoch: 0-based epoch, for schedules.
+    teacher_tokens: per-token sampled or top-k teacher targets, leading axes as the student's logits,
+        which token-level terms (`token_kd`) read as (N, V) or (B, L, V) next-token logits.
+    token_mask: the student logits' leading axes, bool, True on real tokens (None: every token).
     """
 
     student_logits: torch.Tensor
@@ -60,6 +64,8 @@ class LossInputs:
     teacher_feature_bank: Mapping[str, torch.Tensor] | None = None
     rows: torch.Tensor | None = None
     epoch: int = 0
+    teacher_tokens: SampledTokens | TopKTokens | None = None
+    token_mask: torch.Tensor | None = None
 
 
 class TermParams(StrictModel):

@@ -39,6 +39,7 @@ EXAMPLES = {
     "self_training": {"kind": "self_training"},
     "mutual": {"kind": "mutual"},
     "dkd": {"kind": "dkd"},
+    "token_kd": {"kind": "token_kd", "divergence": "jsd", "temperature": 2.0},
 }
 
 

@@ -120,7 +120,8 @@ def test_the_loop_sums_terms_on_device_and_a_nan_loss_stops_the_run_keeping_the_
 
     prepared = make_prepared()
     data = join_training_data(make_cache(prepared), prepared, "labelled")
-    params = student_params(epochs=3, checkpoint_every_steps=2)
+    # a checkpoint at every epoch end too (by time: any time is due), so the last good one is epoch 0's end
+    params = student_params(epochs=3, checkpoint_every_steps=2, checkpoint_every_seconds=1e-9)
     monkeypatch.setattr("pipeline.train.loop.build_recipe", _exploding_ce)
     with pytest.raises(DivergedError, match="epoch 1.*optimizer.lr"):
         run_seed(params, data, 0, tmp_path, "hash", progress=False)

@@ -14,7 +14,7 @@ copy on disk; train it with block-shuffled batches).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -243,12 +243,16 @@ def _resolve_mode(path: Path, metadata: CacheMetadata, mode: str, in_memory_max_
     return mode
 
 
-def check_alignment(reader: CacheReader, sample_ids: np.ndarray, exact: bool = False) -> np.ndarray:
+def check_alignment(
+    reader: CacheReader, sample_ids: np.ndarray, exact: bool = False, show_ids: Callable | None = None
+) -> np.ndarray:
     """(n,) int64 cache row of each id in `sample_ids` ((n,) int64), or CacheAlignmentError.
 
     Ids absent from the cache are always an error; with `exact`, cache rows whose id is not in
-    `sample_ids` are one too (the dataset and the cache must hold the same rows).
+    `sample_ids` are one too (the dataset and the cache must hold the same rows). `show_ids` maps
+    int64 keys to the ids the message shows (the user's string ids: `PreparedData.ids_of`).
     """
+    show = show_ids or (lambda keys: np.asarray(keys).tolist())
     cache_ids = np.asarray(reader.sample_id, np.int64)
     wanted = np.asarray(sample_ids, np.int64)
     order = np.argsort(cache_ids, kind="stable")
@@ -258,11 +262,15 @@ def check_alignment(reader: CacheReader, sample_ids: np.ndarray, exact: bool = F
     problems = []
     if not found.all():
         missing = np.unique(wanted[~found])
-        problems.append(f"{len(missing)} sample id(s) are not in the cache: {_list(missing)}")
+        problems.append(
+            f"{len(missing)} sample id(s) are not in the cache: {_list(show(missing[:10]), len(missing))}"
+        )
     if exact:
         extra = np.setdiff1d(cache_ids, wanted)
         if len(extra):
-            problems.append(f"{len(extra)} cache row(s) have ids the dataset lacks: {_list(extra)}")
+            problems.append(
+                f"{len(extra)} cache row(s) have ids the dataset lacks: {_list(show(extra[:10]), len(extra))}"
+            )
     if problems:
         raise CacheAlignmentError(
             "the dataset does not match the cache: "
@@ -272,6 +280,6 @@ def check_alignment(reader: CacheReader, sample_ids: np.ndarray, exact: bool = F
     return order[position].astype(np.int64)
 
 
-def _list(ids: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(map(str, ids[:limit].tolist()))
-    return shown + (" ..." if len(ids) > limit else "")
+def _list(ids: list, total: int, limit: int = 10) -> str:
+    shown = ", ".join(map(str, ids[:limit]))
+    return shown + (" ..." if total > limit else "")

@@ -160,6 +160,11 @@ def run_teacher(teacher: Teacher, inputs: np.ndarray) -> dict[str, np.ndarray]:
     return {("logits" if name == logits_name else name): np.asarray(v) for name, v in outputs.items()}
 
 
+def _shown_ids(data: RowSource, rows: np.ndarray) -> list:
+    """The ids of `rows` as the user wrote them (a PreparedData's `shown_ids`), for messages."""
+    return data.shown_ids(rows) if hasattr(data, "shown_ids") else data.sample_id[rows].tolist()
+
+
 def _check_outputs(outputs: Mapping[str, np.ndarray], batch: slice, data: RowSource) -> None:
     """Refuse NaN/Inf in any teacher output, naming the output and the sample ids."""
     if "logits" not in outputs:
@@ -170,10 +175,10 @@ def _check_outputs(outputs: Mapping[str, np.ndarray], batch: slice, data: RowSou
         finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
         if not finite.all():
             bad_rows = np.flatnonzero(~finite) + batch.start
-            ids = data.sample_id[bad_rows]
+            ids = _shown_ids(data, bad_rows[:10])
             raise TeacherOutputError(
                 f"teacher output {name!r} is NaN/Inf for {len(bad_rows)} row(s): sample_id "
-                f"{', '.join(map(str, ids[:10].tolist()))}{' ...' if len(ids) > 10 else ''} "
+                f"{', '.join(map(str, ids))}{' ...' if len(bad_rows) > 10 else ''} "
                 f"(rows {', '.join(map(str, bad_rows[:10].tolist()))}); check those inputs and the teacher; "
                 "completed shards are kept"
             )
@@ -187,7 +192,7 @@ def _cast(name: str, values: np.ndarray, dtype: str, batch: slice, data: RowSour
             rows = np.flatnonzero(too_big) + batch.start
             raise TeacherOutputError(
                 f"teacher output {name!r} exceeds the float16 range (|x| > 65504) for sample_id "
-                f"{', '.join(map(str, data.sample_id[rows[:10]].tolist()))}; store it as float32 "
+                f"{', '.join(map(str, _shown_ids(data, rows[:10])))}; store it as float32 "
                 "(cache.logits_dtype / cache.features_dtype: float32)"
             )
     return values.astype(dtype, copy=False)

@@ -21,21 +21,24 @@ class MisalignedCacheError(DistilleryError):
     """The cache's sample ids, splits or labels do not match the prepared dataset."""
 
 
-def _ids(values: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:limit])
+def _ids(values: np.ndarray, show_ids=None, limit: int = 10) -> str:
+    shown = ", ".join(map(str, show_ids(values[:limit]) if show_ids else [int(v) for v in values[:limit]]))
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
 def align_inputs(
-    reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray
+    reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray, show_ids=None
 ) -> np.ndarray:
     """(N_cache,) int64 position in the dataset of each cache row's sample id.
 
     sample_id, split, label: (N,) arrays of the prepared dataset. The dataset and the cache must
     hold the same ids (CacheAlignmentError from pipeline.cache names the missing ones, either
-    side); rows whose split or label differ raise MisalignedCacheError naming their ids.
+    side); rows whose split or label differ raise MisalignedCacheError naming their ids. show_ids:
+    int64 keys -> the ids messages show (`PreparedData.ids_of`: the user's string ids).
     """
-    cache_row = check_alignment(reader, sample_id, exact=True)  # (N,) cache row of each dataset row
+    cache_row = check_alignment(
+        reader, sample_id, exact=True, show_ids=show_ids
+    )  # (N,) cache row of each dataset row
     position = np.empty(len(reader), np.int64)
     position[cache_row] = np.arange(len(sample_id), dtype=np.int64)
     cache_ids = np.asarray(reader.sample_id, np.int64)
@@ -44,7 +47,8 @@ def align_inputs(
         if len(differ):
             raise MisalignedCacheError(
                 f"{len(differ)} cache rows disagree with the prepared dataset on {name}, sample ids "
-                f"{_ids(cache_ids[differ])}; the cache was built on other data: re-run `dvc repro cache`"
+                f"{_ids(cache_ids[differ], show_ids)}; the cache was built on other data: "
+                "re-run `dvc repro cache`"
             )
     return position
 
@@ -85,7 +89,9 @@ class TrainingData:
 
 def join_training_data(reader: CacheReader, prepared, train_rows: str) -> TrainingData:
     """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData)."""
-    position = align_inputs(reader, prepared.sample_id, prepared.split, prepared.label)
+    position = align_inputs(
+        reader, prepared.sample_id, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
+    )
     if reader.schema.num_classes != prepared.num_classes:
         raise MisalignedCacheError(
             f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "

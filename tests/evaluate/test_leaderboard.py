@@ -14,6 +14,7 @@ from pipeline.evaluate.leaderboard import (
     LeaderboardError,
     collect_metrics,
     leaderboard_rows,
+    to_csv,
     to_markdown,
     write_leaderboard,
 )
@@ -152,3 +153,19 @@ def test_training_curves_are_drawn_from_the_dvclive_files_of_every_seed(tmp_path
     build_leaderboard(evaluate_dir, tmp_path / "board", train_root=tmp_path / "train")
     assert (tmp_path / "board" / "plots" / "curves_val_acc.png").read_bytes().startswith(PNG_MAGIC)
     assert not (tmp_path / "board" / "plots" / "curves_train_loss.png").exists()
+
+
+def test_the_weakest_class_is_shown_by_the_users_class_name():
+    spread = lambda m: {"mean": m, "std": 0.0}  # noqa: E731
+    report = {
+        "model": "kd",
+        "accuracy": spread(0.9),
+        "seeds": 1,
+        "per_class": {"ant": spread(0.95), "bee|wasp": spread(0.71), "cat": spread(0.9)},
+    }
+    rows = leaderboard_rows([report, {"model": "old", "accuracy": spread(0.8), "seeds": 1}])
+    assert rows[0]["weakest_class"] == "bee|wasp" and rows[0]["weakest_class_accuracy"] == 0.71
+    assert rows[1]["weakest_class"] is None  # a metrics.json written before per-class accuracy
+    markdown = to_markdown(rows)
+    assert "| weakest class |" in markdown and "| bee\\|wasp 0.710 |" in markdown
+    assert "weakest_class,weakest_class_accuracy" in to_csv(rows).splitlines()[0]

@@ -99,4 +99,3 @@ def _refuse_collisions(keys: np.ndarray, strings: np.ndarray, source: str) -> No
                 f"{source}: sample ids {first!r} and {second!r} hash to the same 63-bit key "
                 f"{int(sorted_keys[index])}; rename one of them"
             )
-

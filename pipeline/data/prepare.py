@@ -46,7 +46,8 @@ def prepare_dataset(params: PrepareParams) -> PreparedOutputs:
     sample_id, label, inputs, user_id = raw.sample_id, raw.label, raw.inputs, raw.user_id
 
     def rows(keep: np.ndarray):
-        return sample_id[keep], split[keep], label[keep], inputs[keep], (None if user_id is None else user_id[keep])
+        kept_user_id = None if user_id is None else user_id[keep]
+        return sample_id[keep], split[keep], label[keep], inputs[keep], kept_user_id
 
     def prepared(sample_id, split, label, inputs, user_id) -> PreparedData:
         return make_prepared(sample_id, split, label, inputs, raw.num_classes, user_id, raw.class_names)
@@ -79,4 +80,5 @@ def describe(data: PreparedData) -> str:
         extra += f"; class names {few(data.class_names)} (indices 0..{len(data.class_names) - 1}, sorted)"
     if data.user_id is not None:
         extra += "; string sample ids"
-    return "; ".join(lines) + f"{extra}; input_shape {list(data.input_shape)}; fingerprint {data.fingerprint[:12]}"
+    extra += f"; input_shape {list(data.input_shape)}; fingerprint {data.fingerprint[:12]}"
+    return "; ".join(lines) + extra

@@ -94,7 +94,8 @@ class PreparedData:
         position = np.clip(np.searchsorted(self.sample_id[order], keys), 0, max(len(order) - 1, 0))
         found = (self.sample_id[order][position] == keys) if len(order) else np.zeros(len(keys), bool)
         return [
-            str(self.user_id[order[p]]) if hit else f"key {int(k)}" for k, p, hit in zip(keys, position, found)
+            str(self.user_id[order[p]]) if hit else f"key {int(k)}"
+            for k, p, hit in zip(keys, position, found)
         ]
 
     def class_name(self, index: int) -> str:

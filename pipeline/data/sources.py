@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
 from pipeline.data.checks import (
+    DatasetError,
     DatasetFileNotFoundError,
     InputShapeError,
     MissingColumnError,
@@ -24,9 +25,13 @@ from pipeline.data.checks import (
     infer_num_classes,
     reshape_inputs,
 )
-from pipeline.data.ids import STRING_KINDS, as_strings, sample_keys
+from pipeline.data.ids import sample_keys
 from pipeline.data.labels import LabelTypeError, ParsedLabels, parse_labels
 from pipeline.data.params import ArraySource, DatasetSource, DigitsSource, NpzSource, ParquetSource, ZarrSource
+
+
+class ObjectArrayError(DatasetError):
+    """An npz array of Python objects: loading it would unpickle, which we never do."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,9 @@ def _require_file(path: str) -> Path:
     return resolved
 
 
-def _finish(source_name: str, sample_id, inputs, label: ParsedLabels | None, num_classes, split) -> RawDataset:
+def _finish(
+    source_name: str, sample_id, inputs, label: ParsedLabels | None, num_classes, split
+) -> RawDataset:
     """Common checks and canonical dtypes for every user source."""
     n = len(inputs)
     sample_id = np.arange(n, dtype=np.int64) if sample_id is None else np.asarray(sample_id)
@@ -94,8 +101,6 @@ def _finish(source_name: str, sample_id, inputs, label: ParsedLabels | None, num
     for name, array in (("ids", sample_id), ("labels", label.index), ("split", split)):
         if array is not None and len(array) != n:
             raise InputShapeError(f"{source_name}: {n} inputs but {len(array)} {name}; give one per row")
-    if sample_id.dtype.kind in STRING_KINDS:
-        sample_id = as_strings(sample_id, "sample ids", source_name)
     keys, user_id = sample_keys(sample_id, source_name)
     check_sample_ids(keys if user_id is None else user_id, source_name)  # named as the user wrote them
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -200,7 +205,7 @@ def _read_array(store, name: str, path: str) -> np.ndarray:
     except ValueError as error:
         if "allow_pickle" not in str(error):
             raise
-        raise DatasetFileNotFoundError(
+        raise ObjectArrayError(
             f"{path}: array {name!r} is an object array, which cannot be loaded without pickle; save "
             f"strings as a string array, e.g. np.savez(path, {name}=np.asarray(values, dtype=str))"
         ) from None
@@ -248,7 +253,9 @@ def load_arrays(source: ArraySource) -> RawDataset:
     if inputs.ndim < 2:
         raise InputShapeError(f"{source.path}: array {source.x_array!r} has shape {inputs.shape}; "
                               f"expected (rows, *input_shape)")
-    labels = parse_labels(_read_array(store, source.y_array, source.path), source.path) if source.y_array else None
+    labels = None
+    if source.y_array:
+        labels = parse_labels(_read_array(store, source.y_array, source.path), source.path)
     ids = _read_array(store, source.id_array, source.path) if source.id_array else None
     split = _read_array(store, source.split_array, source.path) if source.split_array else None
     return _finish(source.path, ids, inputs, labels, source.num_classes, split)

@@ -45,7 +45,9 @@ def _parquet(tmp_path, ids, x, labels):
         }
     )
     pq.write_table(table, tmp_path / "d.parquet")
-    return make_params(dataset={"kind": "parquet", "path": str(tmp_path / "d.parquet"), "input_shape": [2, 3]})
+    return make_params(
+        dataset={"kind": "parquet", "path": str(tmp_path / "d.parquet"), "input_shape": [2, 3]}
+    )
 
 
 def _zarr(tmp_path, ids, x, y):
@@ -150,7 +152,9 @@ def test_omit_classes_takes_class_names(tmp_path, named):
     dataset = {"kind": "npz", "path": str(tmp_path / "d.npz")}
     data = prepare_dataset(make_params(dataset=dataset, omit_classes=["cat"])).dataset
     assert not ((data.split == TRAIN) & (data.label == 1)).any() and (data.label == 1).any()
-    with pytest.raises(ClassNameError, match="prepare.omit_classes: no class named 'cow'; class names: Cat, cat, dog"):
+    with pytest.raises(
+        ClassNameError, match="prepare.omit_classes: no class named 'cow'; class names: Cat, cat, dog"
+    ):
         prepare_dataset(make_params(dataset=dataset, omit_classes=["cow"]))
 
 
@@ -175,7 +179,10 @@ def test_the_fingerprint_covers_string_ids_and_class_names(named, arrays):
     base = make_prepared(keys, split, label, x, 3, ids, ("Cat", "cat", "dog"))
     renamed = ids.copy()
     renamed[0] = "img-x"
-    assert make_prepared(keys, split, label, x, 3, renamed, ("Cat", "cat", "dog")).fingerprint != base.fingerprint
+    assert (
+        make_prepared(keys, split, label, x, 3, renamed, ("Cat", "cat", "dog")).fingerprint
+        != base.fingerprint
+    )
     assert make_prepared(keys, split, label, x, 3, ids, ("A", "cat", "dog")).fingerprint != base.fingerprint
 
 

@@ -52,7 +52,7 @@ def check_params_file(path: str) -> list[str]:
     one, naming its key path) and the cross-section names; returns the sections checked."""
     data = read_params_file(path)  # unknown sections and dangling student / chain names
     loaders = _loaders()
-    for name, value in data.items():
+    for name, value in data.items():  # read_params_file refused any section not in SECTIONS
         loaders[name](value)
     return list(data)
 

@@ -20,6 +20,10 @@ import sys
 from pipeline.errors import DistilleryError
 
 SUBCOMMANDS = {
+    "check-params": (
+        "stages.check_params",
+        "validate all of params.yaml: every section, and the names they share",
+    ),
     "prepare": ("stages.prepare", "split the dataset into train/val/test with stable sample ids"),
     "teacher": ("stages.teacher", "train and export the built-in teacher, or validate yours"),
     "export-teacher": (

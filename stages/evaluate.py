@@ -84,7 +84,9 @@ def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw
     teacher = learned_from(
         {**recipe, "cache": cache_path}, validate_chains(raw.get("chains")), args.root_cache
     )
-    classes = bias_classes(params.bias_correction, (raw.get("prepare") or {}).get("omit_classes"))
+    classes = bias_classes(
+        params.bias_correction, (raw.get("prepare") or {}).get("omit_classes"), prepared.class_names
+    )
     bias = (
         (
             join_split(prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), "val"),
@@ -108,12 +110,13 @@ def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw
         )
         if "bias_correction" in report:
             fixed = report["bias_correction"]
+            names = fixed.get("class_names") or [str(c) for c in fixed["classes"]]
             print(
-                f"evaluate: {model}: bias correction of classes {fixed['classes']}: accuracy "
+                f"evaluate: {model}: bias correction of classes {', '.join(names)}: accuracy "
                 f"{fixed['accuracy_before']['mean']:.4f} -> {fixed['accuracy_after']['mean']:.4f}, "
                 + ", ".join(
-                    f"class {c} {fixed[f'class_{c}_before']['mean']:.4f} -> "
+                    f"class {name} {fixed[f'class_{c}_before']['mean']:.4f} -> "
                     f"{fixed[f'class_{c}_after']['mean']:.4f}"
-                    for c in fixed["classes"]
+                    for c, name in zip(fixed["classes"], names)
                 )
             )

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     clear_scratch(args.scratch)
     for student, points in summarise(rows).items():
         cells = ", ".join(
-            f"{n} labels {p['mean']:.4f} ± {p['std']:.4f}{' (clipped)' if p['clipped'] else ''}"
+            f"{n} labels {p['mean']:.4f} ± {p['std']:.4f}"
+            + (f" (clipped: {', '.join(p['clipped_classes'])})" if p["clipped"] else "")
             for n, p in sorted(points.items(), key=lambda item: int(item[0]))
         )
         print(f"label-curve: {student}: {cells}")

@@ -142,6 +142,55 @@ def test_the_test_knows_every_section_the_pipeline_knows():
     assert set(LOADERS) == set(SECTIONS)
 
 
+def test_check_params_validates_every_section_the_pipeline_knows():
+    from stages.check_params import _loaders, check_params_file
+
+    assert set(_loaders()) == set(SECTIONS)
+    assert check_params_file(str(ROOT / "params.yaml")) == list(read_params_file(ROOT / "params.yaml"))
+
+
+@pytest.mark.parametrize(
+    "breaks, message",
+    [
+        (
+            lambda d: d["chains"]["ta"].update(teacher="assistent"),
+            "chains.ta.teacher: no student named 'assistent'",
+        ),
+        (lambda d: d["chains"]["ta"].update(teacher="cohort/nobody"), "chains.ta.teacher: no student named"),
+        (
+            lambda d: d["label_curve"].update(students=["hinton", "kd"]),
+            "label_curve.students: no student named 'kd'",
+        ),
+        (
+            lambda d: d["sweep"].update(students=["hinton", "hintn"]),
+            "sweep.students: no student named 'hintn'",
+        ),
+        (
+            lambda d: d["chains"].pop("ta"),
+            "students.ta_student.cache: data/chains/ta/store is the store of chain 'ta'",
+        ),
+    ],
+    ids=["chain-teacher", "cohort-member", "label-curve", "sweep", "chain-cache"],
+)
+def test_a_name_one_section_takes_from_another_must_exist(breaks, message, tmp_path):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    breaks(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ParamsError) as error:
+        read_params_file(path)
+    assert str(error.value).splitlines()[0].startswith(f"{path}: {message}"), str(error.value)
+
+
+def test_a_cohort_member_and_sweep_all_are_valid_names(tmp_path):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["chains"]["ta"]["teacher"] = "cohort/mlp_small"
+    data["sweep"]["students"] = "all"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert read_params_file(path)["chains"]["ta"]["teacher"] == "cohort/mlp_small"
+
+
 @pytest.mark.parametrize("path", shipped_params_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_params_file_validates_through_every_section_model(path):
     data = read_params_file(path)  # refuses an unknown section

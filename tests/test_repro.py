@@ -110,6 +110,7 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
     first = _run(["dvc", "repro"], root, env)
     students = ("ce_baseline", "hinton", "assistant", "ta_student")
     expected = {
+        "check_params",
         "prepare",
         "teacher",
         "cache",
@@ -155,6 +156,7 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
         ["dvc", "exp", "run", "-n", "ta-t2", "-S", "students.ta_student.loss.kd.temperature=2.0"], root, env
     )
     assert _stages_run(experiment) == {
+        "check_params",  # reads every section; its output is unchanged, so prepare does not re-run
         "train@ta_student",
         "export@ta_student",
         "evaluate@ta_student",

@@ -18,7 +18,7 @@ from pipeline.cache.build import CacheBuild, completed_shards
 from pipeline.cache.format import array_digest
 from pipeline.cache.reference import keep_in_batch, keep_in_shard
 from pipeline.cache.sparse import top_k_form
-from pipeline.cache.teacher_outputs import Teacher, batch_outputs, cast_output
+from pipeline.cache.teacher_outputs import Teacher, batch_outputs, cast_output, shown_ids_of
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json
 
@@ -36,6 +36,7 @@ def compute_shard(
     rows; only those inside this shard)). Raises TeacherOutputError on a wrong shape or NaN/Inf.
     """
     layout, data = build.layout, build.data
+    shown = shown_ids_of(data)
     rows = layout.shard_rows(shard_index)
     arrays = {
         name: np.empty((rows.stop - rows.start, *shape), dtype)
@@ -49,10 +50,10 @@ def compute_shard(
         outputs = batch_outputs(teacher, data, batch, layout)
         local = slice(batch.start - rows.start, batch.stop - rows.start)
         logits = outputs["logits"]
-        arrays["logits"][local] = cast_output("logits", logits, layout.logits_dtype, batch, data.sample_id)
+        arrays["logits"][local] = cast_output("logits", logits, layout.logits_dtype, batch, shown)
         for tap in layout.feature_shapes:
             arrays[f"features/{tap}"][local] = cast_output(
-                tap, outputs[tap], layout.features_dtype, batch, data.sample_id
+                tap, outputs[tap], layout.features_dtype, batch, shown
             )
         if layout.sparse_top_k is not None:
             values, indices, lse = top_k_form(logits, layout.sparse_top_k)

@@ -10,7 +10,7 @@ again. NaN/Inf and values float16 cannot hold are refused naming the sample ids.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -116,23 +116,33 @@ def check_batch_shapes(
             )
 
 
-def check_finite(outputs: Mapping[str, np.ndarray], rows: slice, sample_id: np.ndarray) -> None:
+def shown_ids_of(data: Any) -> Callable[[np.ndarray], list]:
+    """rows -> the ids of those rows as the user wrote them (a PreparedData's `shown_ids`; else the
+    int64 sample ids), for messages."""
+    if hasattr(data, "shown_ids"):
+        return data.shown_ids
+    return lambda rows: np.asarray(data.sample_id)[rows].tolist()
+
+
+def check_finite(outputs: Mapping[str, np.ndarray], rows: slice, shown_ids: Callable[[np.ndarray], list]) -> None:
     """Refuse NaN/Inf in any output of the batch of cache rows `rows`, naming the output and the
-    sample ids (`sample_id`: (N,) int64 of every cache row)."""
+    sample ids (`shown_ids`: cache rows -> the user's ids, `shown_ids_of`)."""
     for name, values in outputs.items():
         finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
         if not finite.all():
             bad_rows = np.flatnonzero(~finite) + rows.start
-            ids = sample_id[bad_rows]
+            ids = shown_ids(bad_rows[:10])
             raise TeacherOutputError(
                 f"teacher output {name!r} is NaN/Inf for {len(bad_rows)} row(s): sample_id "
-                f"{', '.join(map(str, ids[:10].tolist()))}{' ...' if len(ids) > 10 else ''} "
+                f"{', '.join(map(str, ids))}{' ...' if len(bad_rows) > 10 else ''} "
                 f"(rows {', '.join(map(str, bad_rows[:10].tolist()))}); check those inputs and the teacher; "
                 "completed shards are kept"
             )
 
 
-def cast_output(name: str, values: np.ndarray, dtype: str, rows: slice, sample_id: np.ndarray) -> np.ndarray:
+def cast_output(
+    name: str, values: np.ndarray, dtype: str, rows: slice, shown_ids: Callable[[np.ndarray], list]
+) -> np.ndarray:
     """`values` in the stored `dtype`, refusing values float16 cannot hold (they would become inf)."""
     if dtype == "float16":
         too_big = (np.abs(values.reshape(len(values), -1)) > FLOAT16_MAX).any(axis=1)
@@ -140,7 +150,7 @@ def cast_output(name: str, values: np.ndarray, dtype: str, rows: slice, sample_i
             bad_rows = np.flatnonzero(too_big) + rows.start
             raise TeacherOutputError(
                 f"teacher output {name!r} exceeds the float16 range (|x| > 65504) for sample_id "
-                f"{', '.join(map(str, sample_id[bad_rows[:10]].tolist()))}; store it as float32 "
+                f"{', '.join(map(str, shown_ids(bad_rows[:10])))}; store it as float32 "
                 "(cache.logits_dtype / cache.features_dtype: float32)"
             )
     return values.astype(dtype, copy=False)
@@ -204,6 +214,6 @@ def batch_outputs(teacher: Teacher, data: Any, rows: slice, layout: CacheLayout)
     row_shapes = {"logits": (layout.num_classes,), **layout.feature_shapes}
     check_batch_shapes(outputs, rows.stop - rows.start, f"{_source(teacher)} ({_rows(rows)})", row_shapes)
     outputs = {name: outputs[name] for name in row_shapes}
-    check_finite(outputs, rows, data.sample_id)
+    check_finite(outputs, rows, shown_ids_of(data))
     outputs["logits"] = np.asarray(outputs["logits"], np.float32)
     return outputs

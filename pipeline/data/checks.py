@@ -22,7 +22,7 @@ class MissingColumnError(DatasetError):
 
 
 class SampleIdTypeError(DatasetError):
-    """Sample ids that are not integers."""
+    """Sample ids that are neither integers nor strings, or rows without an id."""
 
 
 class LabelRangeError(DatasetError):
@@ -76,9 +76,11 @@ def check_rows(source: str, inputs: np.ndarray, **per_row) -> None:
             )
 
 
-def _few(values, limit: int = 5) -> str:
-    values = [int(v) if isinstance(v, (np.integer, int)) else v for v in list(values)]
-    shown = ", ".join(str(v) for v in values[:limit])
+def few(values, limit: int = 5) -> str:
+    """Up to `limit` values as "a, b, c, ... (N in all)", numpy scalars shown as Python values and
+    floats to 6 significant digits."""
+    values = [v.item() if isinstance(v, np.generic) else v for v in list(values)]
+    shown = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values[:limit])
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
@@ -88,7 +90,7 @@ def check_sample_ids(sample_id: np.ndarray, source: str) -> None:
     duplicated = values[counts > 1]
     if len(duplicated):
         raise DuplicateSampleIdError(
-            f"{source}: sample ids must be unique, but {_few(duplicated)} occur more than once; "
+            f"{source}: sample ids must be unique, but {few(duplicated)} occur more than once; "
             f"fix the id column, or set it to null to number rows by position"
         )
 
@@ -99,7 +101,7 @@ def check_labels(label: np.ndarray, num_classes: int, source: str) -> None:
     if len(bad):
         raise LabelRangeError(
             f"{source}: labels must be in [0, {num_classes}) or missing (null / -1), but rows "
-            f"{_few(bad)} have {_few(label[bad])}; fix the labels, or set num_classes in params.yaml "
+            f"{few(bad)} have {few(label[bad])}; fix the labels, or set num_classes in params.yaml "
             f"(prepare.dataset.num_classes) if there are more classes"
         )
 
@@ -110,7 +112,7 @@ def check_inputs_finite(inputs: np.ndarray, source: str) -> None:
     bad = np.flatnonzero(~finite)
     if len(bad):
         raise NonFiniteInputError(
-            f"{source}: inputs of rows {_few(bad)} contain NaN or infinity; clean or drop those rows "
+            f"{source}: inputs of rows {few(bad)} contain NaN or infinity; clean or drop those rows "
             f"(the teacher and the students would turn them into NaN losses)"
         )
 

@@ -7,7 +7,7 @@ prepare:
   val_fraction: 0.15
   test_fraction: 0.2
   label_budget: null               # or {per_class: 15} or {fraction: 0.1}
-  omit_classes: []                 # e.g. [3]: Hinton 2015 §3, class 3 left out of the transfer set
+  omit_classes: []                 # e.g. [3] (or a class name): Hinton 2015 §3, left out of the transfer set
 ```
 """
 
@@ -30,8 +30,9 @@ class ParquetSource(StrictModel):
     """A Parquet file with one row per sample.
 
     `input_column` holds a (fixed-size) list of numbers per row, the flattened input; `input_shape`
-    reshapes it (default: the flat length). A null `label_column` value means "no label". Set
-    `id_column: null` to number rows by position, `split_column` to a column of
+    reshapes it (default: the flat length). Ids are integers or strings (`img-000123`); labels are
+    integer class indices or class names (strings, numbered in sorted order); a null label means
+    "no label". Set `id_column: null` to number rows by position, `split_column` to a column of
     train/val/test/unlabelled to keep your own split.
     """
 
@@ -46,8 +47,9 @@ class ParquetSource(StrictModel):
 
 
 class ArraySource(StrictModel):
-    """Named arrays: `x` (N, *input_shape), `y` (N,) integer labels (-1 = none), optional `ids` (N,)
-    and `split` (N,) strings. Set an array name to null when you do not have that array."""
+    """Named arrays: `x` (N, *input_shape), `y` (N,) integer labels (-1 = none) or class names
+    ("" = none), optional `ids` (N,) integers or strings and `split` (N,) strings. Set an array name
+    to null when you do not have that array."""
 
     path: str
     x_array: str = "x"
@@ -96,7 +98,7 @@ class PrepareParams(StrictModel):
     val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     label_budget: LabelBudget | None = None
-    omit_classes: list[int] = Field(default_factory=list)
+    omit_classes: list[int | str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> "PrepareParams":

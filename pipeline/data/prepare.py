@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.data.checks import DatasetError
+import numpy as np
+
+from pipeline.data.checks import DatasetError, few
+from pipeline.data.labels import class_indices
 from pipeline.data.params import PrepareParams
 from pipeline.data.prepared import PreparedData, make_prepared, split_codes
 from pipeline.data.sources import load_source
@@ -50,21 +53,27 @@ def prepare_dataset(params: PrepareParams) -> PreparedOutputs:
         split = stratified_split(raw.label, params.seed, params.val_fraction, params.test_fraction)
     else:
         split = unlabelled_train_to_unlabelled(split_codes(raw.split), raw.label)
-    sample_id, label, inputs = raw.sample_id, raw.label, raw.inputs
+    sample_id, label, inputs, user_id = raw.sample_id, raw.label, raw.inputs, raw.user_id
 
-    full_train = split == TRAIN
-    teacher_train = make_prepared(sample_id[full_train], split[full_train], label[full_train],
-                                  inputs[full_train], raw.num_classes)
+    def rows(keep: np.ndarray):
+        kept_user_id = None if user_id is None else user_id[keep]
+        return sample_id[keep], split[keep], label[keep], inputs[keep], kept_user_id
+
+    def prepared(sample_id, split, label, inputs, user_id) -> PreparedData:
+        return make_prepared(sample_id, split, label, inputs, raw.num_classes, user_id, raw.class_names)
+
+    teacher_train = prepared(*rows(split == TRAIN))
     restricted = False
     if params.omit_classes:
-        keep = omit_train_classes(split, label, params.omit_classes)
+        omitted = class_indices(params.omit_classes, raw.class_names, "prepare.omit_classes")
+        keep = omit_train_classes(split, label, omitted)
         restricted |= not keep.all()
-        sample_id, split, label, inputs = sample_id[keep], split[keep], label[keep], inputs[keep]
+        sample_id, split, label, inputs, user_id = rows(keep)
     if params.label_budget is not None:
         new_split, label = apply_label_budget(split, label, params.label_budget, params.seed)
         restricted |= bool((new_split != split).any())
         split = new_split
-    dataset = make_prepared(sample_id, split, label, inputs, raw.num_classes)
+    dataset = prepared(sample_id, split, label, inputs, user_id)
     return PreparedOutputs(dataset, teacher_train if restricted else None)
 
 
@@ -76,4 +85,10 @@ def describe(data: PreparedData) -> str:
         labelled = total - counts.get("-1", 0)
         if total:
             lines.append(f"{name}: {total} rows, {labelled} labelled, {len(counts) - ('-1' in counts)} classes")
-    return "; ".join(lines) + f"; input_shape {list(data.input_shape)}; fingerprint {data.fingerprint[:12]}"
+    extra = ""
+    if data.class_names is not None:
+        extra += f"; class names {few(data.class_names)} (indices 0..{len(data.class_names) - 1}, sorted)"
+    if data.user_id is not None:
+        extra += "; string sample ids"
+    extra += f"; input_shape {list(data.input_shape)}; fingerprint {data.fingerprint[:12]}"
+    return "; ".join(lines) + extra

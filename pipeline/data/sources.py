@@ -13,34 +13,43 @@ import numpy as np
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
 from pipeline.data.checks import (
+    DatasetError,
     DatasetFileNotFoundError,
     DatasetFormatError,
     EmptyDatasetError,
     InputShapeError,
     InputTypeError,
     MissingColumnError,
-    SampleIdTypeError,
     SplitValueError,
     check_inputs_finite,
     check_labels,
     check_rows,
     check_sample_ids,
     first_sentence,
+    few,
     infer_num_classes,
     reshape_inputs,
 )
+from pipeline.data.ids import sample_keys
+from pipeline.data.labels import LabelTypeError, ParsedLabels, parse_labels
 from pipeline.data.params import ArraySource, DatasetSource, DigitsSource, NpzSource, ParquetSource, ZarrSource
+
+
+class ObjectArrayError(DatasetError):
+    """An npz array of Python objects: loading it would unpickle, which we never do."""
 
 
 @dataclass(frozen=True)
 class RawDataset:
     """A dataset before splitting.
 
-    sample_id: (N,) int64 unique ids.
+    sample_id: (N,) int64 unique keys (the user's integer ids, or the hashes of string ids).
     inputs: (N, *input_shape) float32, finite.
     label: (N,) int64 in [0, num_classes) or -1 (no label).
     num_classes: C.
     split: (N,) split names from the user's data, or None when we split.
+    user_id: (N,) the user's string ids (object array of str), or None for integer ids.
+    class_names: class index -> name when the labels were strings, else None.
     """
 
     sample_id: np.ndarray
@@ -48,6 +57,8 @@ class RawDataset:
     label: np.ndarray
     num_classes: int
     split: np.ndarray | None = None
+    user_id: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
 
 
 def load_source(source: DatasetSource) -> RawDataset:
@@ -85,33 +96,49 @@ def _require_file(path: str) -> Path:
     return resolved
 
 
-def _finish(source_name: str, sample_id, inputs, label, num_classes, split) -> RawDataset:
+def _finish(
+    source_name: str, sample_id, inputs, label: ParsedLabels | None, num_classes, split
+) -> RawDataset:
     """Common checks and canonical dtypes for every user source."""
     n = len(inputs)
-    check_rows(source_name, np.asarray(inputs), ids=sample_id, labels=label, split=split)
+    check_rows(
+        source_name, np.asarray(inputs), ids=sample_id, labels=None if label is None else label.index, split=split
+    )
     sample_id = np.arange(n, dtype=np.int64) if sample_id is None else np.asarray(sample_id)
-    label = np.full(n, UNLABELLED, dtype=np.int64) if label is None else label
-    for name, array in (("ids", sample_id), ("labels", label), ("split", split)):
+    label = ParsedLabels(np.full(n, UNLABELLED, dtype=np.int64)) if label is None else label
+    for name, array in (("ids", sample_id), ("labels", label.index), ("split", split)):
         if array is not None and len(array) != n:
             raise InputShapeError(f"{source_name}: {n} inputs but {len(array)} {name}; give one per row")
-    if sample_id.dtype.kind not in "iu":
-        raise SampleIdTypeError(f"{source_name}: sample ids must be integers, got dtype "
-                                f"{sample_id.dtype}; map your ids to int64 or set the id column to null")
-    sample_id = sample_id.astype(np.int64)
-    check_sample_ids(sample_id, source_name)
+    keys, user_id = sample_keys(sample_id, source_name)
+    check_sample_ids(keys if user_id is None else user_id, source_name)  # named as the user wrote them
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
     check_inputs_finite(inputs, source_name)
-    num_classes = infer_num_classes(label, num_classes, source_name)
-    check_labels(label, num_classes, source_name)
+    num_classes = _class_count(label, num_classes, source_name)
+    check_labels(label.index, num_classes, source_name)
     if split is not None:
         split = _as_str(split)
-        unknown = sorted(set(np.unique(split)) - set(SPLITS))
+        unknown = sorted(set(split.tolist()) - set(SPLITS))
         if unknown:
             raise SplitValueError(
-                f"{source_name}: split values {unknown[:5]} are not known; use {', '.join(SPLITS)} "
+                f"{source_name}: split values {few([repr(v) for v in unknown])} are not known; use "
+                f"{', '.join(SPLITS)} "
                 f"(or set the split column to null to let prepare split the data)"
             )
-    return RawDataset(sample_id, inputs, label.astype(np.int64), num_classes, split)
+    return RawDataset(keys, inputs, label.index, num_classes, split, user_id, label.class_names)
+
+
+def _class_count(label: ParsedLabels, num_classes: int | None, source_name: str) -> int:
+    """num_classes as given or inferred; with class names, the number of names (a different
+    prepare.dataset.num_classes is refused: the names are the classes)."""
+    if label.class_names is None:
+        return infer_num_classes(label.index, num_classes, source_name)
+    if num_classes is not None and num_classes != len(label.class_names):
+        raise LabelTypeError(
+            f"{source_name}: the labels name {len(label.class_names)} classes ({few(label.class_names)}) "
+            f"but prepare.dataset.num_classes is {num_classes}; with class names the classes are the "
+            "names present: remove num_classes"
+        )
+    return len(label.class_names)
 
 
 def _as_str(values) -> np.ndarray:
@@ -120,19 +147,6 @@ def _as_str(values) -> np.ndarray:
     if values.dtype.kind == "S":
         return np.char.decode(values, "utf-8")
     return values.astype(object).astype(str)
-
-
-def _labels_with_missing(values: np.ndarray, source_name: str) -> np.ndarray:
-    """Integer labels with -1 where missing; float columns with NaN (nulls) are allowed."""
-    values = np.asarray(values)
-    if values.dtype.kind == "f":
-        missing = np.isnan(values)
-        if np.any(values[~missing] != np.round(values[~missing])):
-            raise InputShapeError(f"{source_name}: labels must be whole class indices, got fractions")
-        return np.where(missing, UNLABELLED, values).astype(np.int64)
-    if values.dtype.kind not in "iub":
-        raise InputShapeError(f"{source_name}: labels must be integer class indices, got dtype {values.dtype}")
-    return values.astype(np.int64)
 
 
 def load_parquet(source: ParquetSource) -> RawDataset:
@@ -180,11 +194,10 @@ def load_parquet(source: ParquetSource) -> RawDataset:
         )
     flat_values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
     inputs = reshape_inputs(flat_values.reshape(len(column), width), source.input_shape, source.path)
-    ids = table.column(source.id_column).to_numpy() if source.id_column else None
+    ids = _column_values(table.column(source.id_column)) if source.id_column else None
     labels = None
     if source.label_column:
-        labels = _labels_with_missing(
-            table.column(source.label_column).to_numpy(zero_copy_only=False), source.path)
+        labels = parse_labels(_column_values(table.column(source.label_column)), source.path)
     split = (np.asarray(table.column(source.split_column).to_pylist(), dtype=object)
              if source.split_column else None)
     return _finish(source.path, ids, inputs, labels, source.num_classes, split)
@@ -201,6 +214,35 @@ def _read_parquet(read, path: Path, shown: str, **kwargs):
         raise DatasetFormatError(
             f"{shown}: not a readable Parquet file ({first_sentence(error)}); point "
             "prepare.dataset.path at a Parquet file, or set prepare.dataset.kind to your format"
+        ) from None
+
+
+def _column_values(column) -> np.ndarray:
+    """A Parquet column as a numpy array: numbers (nulls as NaN), strings and anything nested as
+    objects (nulls as None); a dictionary-encoded (categorical) column as its values."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return column.to_numpy()
+    values = np.empty(len(column), dtype=object)
+    for row, item in enumerate(column.to_pylist()):  # item by item: a list per row stays one object
+        values[row] = item
+    return values
+
+
+def _read_array(store, name: str, path: str) -> np.ndarray:
+    """Array `name` of an npz archive or a Zarr group, read whole; an npz object array (which would
+    need pickle to load) is refused with the way to save it."""
+    try:
+        return np.asarray(store[name][...])
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise
+        raise ObjectArrayError(
+            f"{path}: array {name!r} is an object array, which cannot be loaded without pickle; save "
+            f"strings as a string array, e.g. np.savez(path, {name}=np.asarray(values, dtype=str))"
         ) from None
 
 
@@ -242,11 +284,13 @@ def load_arrays(source: ArraySource) -> RawDataset:
             f"prepare.dataset.x_array / y_array / id_array / split_array to your names "
             f"(null for y_array, id_array or split_array you do not have)"
         )
-    inputs = np.asarray(store[source.x_array][...])
+    inputs = _read_array(store, source.x_array, source.path)
     if inputs.ndim < 2:
         raise InputShapeError(f"{source.path}: array {source.x_array!r} has shape {inputs.shape}; "
                               f"expected (rows, *input_shape)")
-    labels = _labels_with_missing(np.asarray(store[source.y_array][...]), source.path) if source.y_array else None
-    ids = np.asarray(store[source.id_array][...]) if source.id_array else None
-    split = np.asarray(store[source.split_array][...]) if source.split_array else None
+    labels = None
+    if source.y_array:
+        labels = parse_labels(_read_array(store, source.y_array, source.path), source.path)
+    ids = _read_array(store, source.id_array, source.path) if source.id_array else None
+    split = _read_array(store, source.split_array, source.path) if source.split_array else None
     return _finish(source.path, ids, inputs, labels, source.num_classes, split)

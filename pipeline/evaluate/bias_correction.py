@@ -10,7 +10,7 @@ corrections); a tie between grid values goes to the smallest |bias|.
 ```yaml
 evaluate:
   bias_correction:            # null = off; also on by itself when prepare.omit_classes is set
-    classes: [3]              # null: prepare.omit_classes
+    classes: [3]              # null: prepare.omit_classes; class names work too (string labels)
     grid: {low: -2.0, high: 12.0, step: 0.25}   # logit offsets tried (nats)
 ```
 """
@@ -52,9 +52,10 @@ class BiasGrid(StrictModel):
 
 
 class BiasCorrectionParams(StrictModel):
-    """`evaluate.bias_correction`: which classes (null = prepare.omit_classes) and the grid."""
+    """`evaluate.bias_correction`: which classes (null = prepare.omit_classes; indices, or names
+    when the labels were strings) and the grid."""
 
-    classes: list[int] | None = None
+    classes: list[int | str] | None = None
     grid: BiasGrid = BiasGrid()
 
 
@@ -167,12 +168,23 @@ def correct_model(
             classes,
             params.grid.values(),
         )
-    return summarise_seeds(per_seed)
+    block = summarise_seeds(per_seed)
+    if getattr(test, "class_names", None):
+        block["class_names"] = [test.class_name(c) for c in block["classes"]]
+    return block
 
 
-def bias_classes(params: BiasCorrectionParams | None, omit_classes: Sequence[int] | None) -> list[int]:
-    """The classes to correct: `params.classes` when given, else `prepare.omit_classes` (the
-    correction runs by itself in the omitted-class experiment); empty = no correction."""
+def bias_classes(
+    params: BiasCorrectionParams | None,
+    omit_classes: Sequence[int | str] | None,
+    class_names: Sequence[str] | None = None,
+) -> list[int]:
+    """The class indices to correct: `params.classes` when given, else `prepare.omit_classes` (the
+    correction runs by itself in the omitted-class experiment); empty = no correction. Class names
+    are looked up in `class_names` (the prepared data's; ClassNameError for one it lacks)."""
+    from pipeline.data.labels import class_indices
+
+    names = tuple(class_names) if class_names else None
     if params is not None and params.classes is not None:
-        return list(params.classes)
-    return [int(c) for c in omit_classes or []]
+        return class_indices(params.classes, names, "evaluate.bias_correction.classes")
+    return class_indices(omit_classes or [], names, "prepare.omit_classes")

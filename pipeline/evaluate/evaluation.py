@@ -31,13 +31,19 @@ class EvaluationError(DistilleryError):
 @dataclass(frozen=True)
 class EvalSplit:
     """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32,
-    labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32."""
+    labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32; class_names: the user's
+    class names by index (None: the labels were integers, shown as "0", "1", ...)."""
 
     name: str
     sample_id: np.ndarray
     inputs: np.ndarray
     labels: np.ndarray
     teacher_logits: np.ndarray
+    class_names: tuple[str, ...] | None = None
+
+    def class_name(self, index: int) -> str:
+        """The user's name of class `index` ("3" when the labels were integers)."""
+        return self.class_names[index] if self.class_names else str(int(index))
 
     @property
     def labelled(self) -> np.ndarray:
@@ -70,13 +76,24 @@ def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: in
     if missing.any():
         raise EvaluationError(
             f"{int(missing.sum())} cached {split} rows have sample ids absent from the prepared data "
-            f"(first: {cached_ids[missing][:5].tolist()}); the cache was built on other data, "
+            f"(first: {', '.join(map(str, _shown(prepared, cached_ids[missing][:5])))}); the cache was "
+            "built on other data, "
             "re-run `dvc repro cache`"
         )
     prepared_rows = order[position]
     return EvalSplit(
-        split, cached_ids, prepared.inputs[prepared_rows], prepared.label[prepared_rows], teacher_logits
+        split,
+        cached_ids,
+        prepared.inputs[prepared_rows],
+        prepared.label[prepared_rows],
+        teacher_logits,
+        getattr(prepared, "class_names", None),
     )
+
+
+def _shown(prepared: Any, keys: np.ndarray) -> list:
+    """The ids a message shows for int64 keys: the user's (string) ids where the data has them."""
+    return prepared.ids_of(keys) if hasattr(prepared, "ids_of") else keys.tolist()
 
 
 @torch.no_grad()
@@ -93,10 +110,24 @@ def predict_logits(module: torch.nn.Module, inputs: np.ndarray, batch_size: int 
 
 @dataclass(frozen=True)
 class ModelEvaluation:
-    """per_seed: "seed_<k>" -> metric -> value; bins: "seed_<k>" -> calibration bins."""
+    """per_seed: "seed_<k>" -> metric -> value; bins: "seed_<k>" -> calibration bins;
+    per_class: "seed_<k>" -> class name -> accuracy on that class's labelled rows."""
 
     per_seed: dict[str, dict[str, float]]
     bins: dict[str, CalibrationBins] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def per_class_summary(self) -> dict[str, dict[str, float]]:
+        """class name -> {"mean", "std"} of its accuracy over seeds (sample std; 0.0 for one seed),
+        in class-index order."""
+        result = {}
+        for name in next(iter(self.per_class.values()), {}):
+            values = np.array([seed[name] for seed in self.per_class.values()], dtype=np.float64)
+            result[name] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            }
+        return result
 
     def summary(self) -> dict[str, dict[str, float]]:
         """metric -> {"mean", "std"} over seeds (sample std, ddof=1; 0.0 for one seed)."""
@@ -131,6 +162,16 @@ def evaluate_seed(
     return metrics, calibration_bins(logits[labelled], data.labels[labelled], ece_bins)
 
 
+def per_class_accuracy(logits: np.ndarray, data: EvalSplit) -> dict[str, float]:
+    """Class name -> fraction of its labelled rows of `data` whose argmax of `logits` (N, C) is the
+    label, for every class that has labelled rows, in class-index order."""
+    labelled = data.labelled
+    predicted, labels = logits[labelled].argmax(axis=1), data.labels[labelled]
+    return {
+        data.class_name(c): float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels).tolist()
+    }
+
+
 def evaluate_model(
     modules: Mapping[str, torch.nn.Module] | Sequence[tuple[str, torch.nn.Module]],
     data: EvalSplit,
@@ -141,13 +182,14 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Evaluate every seed ("seed_<k>" -> module returning StudentOutput) of one model on `data`."""
     items = modules.items() if isinstance(modules, Mapping) else modules
-    per_seed, bins = {}, {}
+    per_seed, bins, per_class = {}, {}, {}
     for seed_name, module in items:
         logits = predict_logits(module, data.inputs, batch_size)
         per_seed[seed_name], bins[seed_name] = evaluate_seed(logits, data, temperature, ece_bins, top_k)
+        per_class[seed_name] = per_class_accuracy(logits, data)
     if not per_seed:
         raise EvaluationError("no seeds to evaluate")
-    return ModelEvaluation(per_seed, bins)
+    return ModelEvaluation(per_seed, bins, per_class)
 
 
 def metrics_report(
@@ -161,7 +203,8 @@ def metrics_report(
     int8: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metrics.json payload: scalars first (what `dvc metrics show` puts in columns), then
-    "metric": {"mean", "std"}, latency, the int8 report of the export, and every seed's values."""
+    "metric": {"mean", "std"}, `per_class` (class name -> accuracy {"mean", "std"}), latency, the
+    int8 report of the export, and every seed's values."""
     report: dict[str, Any] = {
         "model": model,
         "recipe": recipe,
@@ -174,6 +217,8 @@ def metrics_report(
     if temperature is not None:
         report["temperature"] = float(temperature)
     report.update(evaluation.summary())
+    if evaluation.per_class:
+        report["per_class"] = evaluation.per_class_summary()
     if latency_ms is not None:
         report["latency_ms"] = {k.removeprefix("latency_ms_"): v for k, v in latency_ms.items()}
     if int8 is not None:

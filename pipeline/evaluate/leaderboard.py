@@ -48,6 +48,8 @@ CSV_COLUMNS = (
     *(f"{m}_{s}" for m in SPREAD_METRICS for s in ("mean", "std")),
     *(f"latency_ms_{k}" for k in LATENCY_KEYS),
     "int8_accuracy_change",
+    "weakest_class",
+    "weakest_class_accuracy",
     *BIAS_COLUMNS,
 )
 
@@ -68,6 +70,7 @@ MARKDOWN_COLUMNS = (
     ("latency_ms_cpu_b64", "CPU ms b64"),
     ("latency_ms_cuda_b1", "CUDA ms b1"),
     ("int8_accuracy_change", "int8 Δacc"),
+    ("weakest_class", "weakest class"),
 )
 
 
@@ -154,6 +157,10 @@ def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
     for key in LATENCY_KEYS:
         row[f"latency_ms_{key}"] = (report.get("latency_ms") or {}).get(key)
     row["int8_accuracy_change"] = (report.get("int8") or {}).get("accuracy_change")
+    per_class = report.get("per_class") or {}
+    if per_class:  # the class (by the user's name) with the lowest mean accuracy; ties: the first
+        name = min(per_class, key=lambda c: per_class[c]["mean"])
+        row["weakest_class"], row["weakest_class_accuracy"] = str(name), per_class[name]["mean"]
     fixed = report.get("bias_correction")
     if fixed:
         row["bias_corrected_accuracy_mean"] = fixed["accuracy_after"]["mean"]
@@ -225,6 +232,8 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
         return f"{int(value):,}"
     if key == "int8_accuracy_change":
         return f"{value:+.4f}"
+    if key == "weakest_class":
+        return f"{str(value).replace('|', chr(92) + '|')} {row['weakest_class_accuracy']:.3f}"
     if key in BIAS_COLUMNS:
         return f"{value:.4f}"
     if isinstance(value, float) and math.isfinite(value):
@@ -252,7 +261,8 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
         "Test split. acc: mean ± sample std over seeds (other metrics: mean). NLL in nats; ECE with 15 "
         "bins; learned from: the root teacher, the student whose cache it learned from (a chain), or labels; "
         "agreement: same argmax as the teacher it learned from; root agr.: as the root teacher; "
-        "KL(teacher it learned from || student) in nats without T²; latency: "
+        "KL(teacher it learned from || student) in nats without T²; weakest class: the class with the "
+        "lowest mean accuracy, by the dataset's class names; latency: "
         "median ONNX Runtime ms per batch, one intra-op thread; n/a = provider not available here. "
         "See docs/evaluation.md."
     )

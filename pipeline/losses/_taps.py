@@ -8,6 +8,8 @@ adapter, so it moves with `.to(device)`, trains with the student and lands in it
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -36,6 +38,10 @@ class TapShapeError(DistilleryError, ValueError):
     """Two taps cannot be compared or projected onto each other."""
 
 
+class NarrowTapError(TapShapeError):
+    """A tap with one value per row: nothing for a feature, relational or contrastive term to match."""
+
+
 class TapPair(StrictModel):
     """One student tap matched with one teacher tap (a layer map entry l -> pi(l))."""
 
@@ -43,13 +49,41 @@ class TapPair(StrictModel):
     teacher: str
 
 
+def _listing(available: Mapping[str, Sequence[int]]) -> str:
+    return ", ".join(f"{tap} {_shape(available[tap])}" for tap in sorted(available)) or "(none)"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
 def check_tap(name: str, side: Literal["student", "teacher"], shapes: TapShapes) -> tuple[int, ...]:
-    """The per-row shape of tap `name` on `side`, or MissingTapError listing the valid taps."""
+    """The per-row shape of tap `name` on `side`.
+
+    MissingTapError when `side` has no such tap: for the student, listing its taps; for the teacher,
+    listing the cached taps and saying how to cache another teacher output (`teacher.tap_names`,
+    then `dvc repro cache`). NarrowTapError when the tap holds one value per row: a feature,
+    relational or contrastive term cannot match anything through it (a distance between two
+    numbers has no direction, an angle or a cosine is +-1)."""
     available = shapes.student if side == "student" else shapes.teacher
     if name not in available:
+        if side == "teacher":
+            raise MissingTapError(
+                f"teacher tap {name!r} is not in the teacher cache, which holds {_listing(available)}; "
+                f"if the teacher has an output {name!r}, add it to teacher.tap_names in params.yaml "
+                "(null caches every output) and re-run `dvc repro cache`"
+            )
         valid = ", ".join(sorted(available)) or "(none)"
-        raise MissingTapError(f"{side} tap {name!r} does not exist; valid {side} taps: {valid}")
-    return tuple(available[name])
+        raise MissingTapError(f"student tap {name!r} does not exist; valid student taps: {valid}")
+    shape = tuple(int(d) for d in available[name])
+    if math.prod(shape) <= 1:
+        wider = {tap: s for tap, s in available.items() if math.prod(s) > 1}
+        raise NarrowTapError(
+            f"{side} tap {name!r} has shape {_shape(shape)}, one value per row: too narrow for a feature, "
+            f"relational or contrastive term to carry anything; use a wider {side} tap "
+            f"({_listing(wider) if wider else 'none has more than one value'})"
+        )
+    return shape
 
 
 def make_projection(from_shape: tuple[int, ...], to_shape: tuple[int, ...], where: str) -> nn.Module:

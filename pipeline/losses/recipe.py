@@ -21,6 +21,7 @@ from pipeline.config import ParamsError, format_validation_error
 from pipeline.errors import DistilleryError
 from pipeline.losses import FAMILIES
 from pipeline.losses._contract import LossInputs, TapShapes, TermParams
+from pipeline.losses._taps import MissingTapError, TapShapeError
 
 AnyTermParams = Annotated[
     Union[tuple(family.params for family in FAMILIES.values())],  # noqa: UP007 (a runtime tuple)
@@ -80,5 +81,10 @@ def build_recipe(params: RecipeParams | Mapping[str, Any], shapes: TapShapes) ->
     for name in params:
         if not name or "." in name or "/" in name:
             raise RecipeError(f"term name {name!r} cannot be a log key; use letters, digits, _ or -")
-    terms = {name: FAMILIES[term.kind].adapter(term, shapes) for name, term in params.items()}
+    terms = {}
+    for name, term in params.items():
+        try:
+            terms[name] = FAMILIES[term.kind].adapter(term, shapes)
+        except (MissingTapError, TapShapeError) as error:  # name the user's term in the one line
+            raise type(error)(f"loss term {name!r} ({term.kind}): {error}") from None
     return Recipe(params, terms)

@@ -72,14 +72,45 @@ def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSessi
         params.intra_op_threads,
     )
     session.check_input(data.input_shape)
-    classes = probe_row_shapes(session, data.inputs)["logits"][0]  # two batch sizes: outputs follow the batch
-    if classes != data.num_classes:
-        raise TeacherModelError(
-            f"{path}: output {session.logits_name!r} has {classes} classes but the dataset has "
-            f"{data.num_classes}; use a teacher trained on these classes, or set "
-            f"prepare.dataset.num_classes to {classes} if the dataset has classes its labels do not show"
-        )
+    probe_row_shapes(session, data.inputs)  # two batch sizes: every output follows the batch
+    shapes = session.every_output_shape(data.inputs[:1])
+    logits_shape = shapes[session.logits_name]
+    if logits_shape != (data.num_classes,):
+        raise TeacherModelError(wrong_logits_message(path, session.logits_name, shapes, data.num_classes))
     return session
+
+
+def wrong_logits_message(
+    path: Path, logits_name: str, shapes: dict[str, tuple[int, ...]], num_classes: int
+) -> str:
+    """The one line for a `logits_name` output whose per-row shape is not (num_classes,): every output
+    with its shape, and the likely fix (another output of that width, else a num_classes that fits)."""
+
+    def batch_shape(shape: tuple[int, ...]) -> str:
+        return "(batch" + "".join(f", {d}" for d in shape) + ")"
+
+    listing = ", ".join(f"{name} {batch_shape(shape)}" for name, shape in shapes.items())
+    wanted = batch_shape((num_classes,))
+    fits = [name for name, shape in shapes.items() if shape == (num_classes,) and name != logits_name]
+    shape = shapes[logits_name]
+    if fits:
+        only = "the only output" if len(fits) == 1 else "an output"
+        fix = f"set teacher.logits_name: {fits[0]} ({only} of shape {wanted})"
+    elif len(shape) == 1 and shape[0] > 1:
+        fix = (
+            f"use a teacher trained on these classes, or set prepare.dataset.num_classes to {shape[0]} "
+            "if the dataset has classes its labels do not show"
+        )
+    else:
+        fix = (
+            f"set teacher.logits_name to the output of raw class scores {wanted}, or re-export the "
+            "teacher with one"
+        )
+    return (
+        f"{path}: output {logits_name!r} (teacher.logits_name) has shape {batch_shape(shape)} but the "
+        f"dataset has {num_classes} classes, so the logits need shape {wanted}; the model's outputs: "
+        f"{listing}; {fix}"
+    )
 
 
 def _summary(session: TeacherSession, path: Path, data: PreparedData) -> dict:

@@ -257,6 +257,14 @@ class TeacherSession:
                 f"(prepare.dataset.input_shape)"
             )
 
+    def every_output_shape(self, inputs: np.ndarray) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of every output of the model (not only logits_name and tap_names), in the
+        model's order, from one run on `inputs` (B, *input_shape) float32 (a row or two)."""
+        names = [output.name for output in self._session.get_outputs()]
+        array = np.ascontiguousarray(inputs, dtype=np.float32)
+        values = self._session.run(names, {self.input_name: array})
+        return {name: tuple(int(d) for d in np.shape(value)[1:]) for name, value in zip(names, values)}
+
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
         """(B, *input_shape) float32 inputs (numpy, or a torch tensor on CPU or CUDA) ->
         {logits_name: (B, C), tap: (B, ...)} as float32 numpy arrays on the CPU."""

@@ -109,11 +109,14 @@ class BudgetedData:
     report: dict[str, Any]
 
 
-def known_labels(reader: Any, label_pool: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def known_labels(
+    reader: Any, label_pool: tuple[np.ndarray, np.ndarray] | None = None, show_ids=None
+) -> np.ndarray:
     """(N,) int64 label of each cache row: the cache's, else the pool's for the same sample id.
 
     label_pool: (sample_id (M,), label (M,)) of labels known outside the cache (held back by
-    `prepare`), or None. A pool label that contradicts a cache label raises LabelPoolError.
+    `prepare`), or None. A pool label that contradicts a cache label raises LabelPoolError naming
+    the ids (as `show_ids` shows int64 keys: the user's string ids, `PreparedData.ids_of`).
     """
     label = np.asarray(reader.label, np.int64).copy()
     if label_pool is None:
@@ -128,7 +131,8 @@ def known_labels(reader: Any, label_pool: tuple[np.ndarray, np.ndarray] | None =
     if clash.any():
         raise LabelPoolError(
             f"{int(clash.sum())} held-back labels differ from the cache's for the same sample ids "
-            f"(first: {ids[clash][:5].tolist()}); data/prepared/teacher_train is from other data: "
+            f"(first: {', '.join(map(str, (show_ids or np.ndarray.tolist)(ids[clash][:5])))}); "
+            "data/prepared/teacher_train is from other data: "
             "re-run `dvc repro prepare cache`"
         )
     fill = found & (label == UNLABELLED)
@@ -149,7 +153,7 @@ def apply_budget(
     `labelled_rows`, `available_rows` (known labels among the candidates), `clipped` (the classes with
     fewer known labels than asked) and `class_counts` (class -> labels kept).
     """
-    label = known_labels(reader, label_pool if budget.held_back else None)
+    label = known_labels(reader, label_pool if budget.held_back else None, getattr(prepared, "ids_of", None))
     split = np.asarray(reader.split, np.int8)
     candidates = np.flatnonzero((split == TRAIN) | (split == UNLABELLED_SPLIT)).astype(np.int64)
     kept = budget_rows(label, candidates, budget.per_class, budget.seed)
@@ -169,7 +173,7 @@ def apply_budget(
         "labelled_rows": int(len(kept)),
         "available_rows": int(sum(available.values())),
         "clipped": clipped,
-        "class_counts": {str(c): n for c, n in counts.items()},
+        "class_counts": {_class_name(prepared, c): n for c, n in counts.items()},
     }
     return BudgetedData(
         RelabelledReader(reader, new_split, new_label),
@@ -178,11 +182,18 @@ def apply_budget(
     )
 
 
+def _class_name(prepared: Any, index: int) -> str:
+    """The user's name of class `index` (its index as text when the labels were integers)."""
+    return prepared.class_name(index) if hasattr(prepared, "class_name") else str(int(index))
+
+
 def _relabel_prepared(prepared: Any, reader: Any, split: np.ndarray, label: np.ndarray) -> Any:
     """The PreparedData with each cache row's new split and label written at its sample id."""
     from pipeline.cache.open import check_alignment
 
-    cache_row = check_alignment(reader, prepared.sample_id, exact=True)  # (N,) cache row of each dataset row
+    cache_row = check_alignment(  # (N,) cache row of each dataset row
+        reader, prepared.sample_id, exact=True, show_ids=getattr(prepared, "ids_of", None)
+    )
     return replace(
         prepared,
         split=split[cache_row].astype(prepared.split.dtype),

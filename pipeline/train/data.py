@@ -22,15 +22,15 @@ class NoTrainingRowsError(DistilleryError):
 
 
 def align_inputs(
-    reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray
+    reader: CacheReader, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray, show_ids=None
 ) -> np.ndarray:
     """(N_cache,) int64 position in the dataset of each cache row's sample id.
 
     sample_id, split, label: (N,) arrays of the prepared dataset. The dataset and the cache must
     hold the same ids, splits and labels: CacheAlignmentError (pipeline.cache) names the ids that
-    differ.
+    differ. show_ids: int64 keys -> the ids messages show (`PreparedData.ids_of`: the user's string ids).
     """
-    cache_row = check_alignment(reader, sample_id, exact=True, split=split, label=label)
+    cache_row = check_alignment(reader, sample_id, exact=True, split=split, label=label, show_ids=show_ids)
     position = np.empty(len(reader), np.int64)
     position[cache_row] = np.arange(len(sample_id), dtype=np.int64)
     return position
@@ -72,7 +72,9 @@ class TrainingData:
 
 def join_training_data(reader: CacheReader, prepared, train_rows: str) -> TrainingData:
     """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData)."""
-    position = align_inputs(reader, prepared.sample_id, prepared.split, prepared.label)
+    position = align_inputs(
+        reader, prepared.sample_id, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
+    )
     if reader.schema.num_classes != prepared.num_classes:
         raise CacheAlignmentError(
             f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "

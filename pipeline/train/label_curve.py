@@ -109,7 +109,8 @@ def run_label_curve(
 ) -> list[dict[str, Any]]:
     """Train every (student, budget) of `curve` from `reader` (the one cache) joined to `prepared`
     and return one row per (student, budget, seed): `student`, `per_class` (asked; "all"),
-    `labels` (kept), `clipped` (bool), `seed`, `epochs`, `accuracy` (test split, labelled rows)."""
+    `labels` (kept), `clipped` (bool), `clipped_classes` (the user's names of the classes with fewer
+    known labels than asked), `seed`, `epochs`, `accuracy` (test split, labelled rows)."""
     from pipeline.evaluate.evaluation import join_split
     from pipeline.train.budget import apply_budget
     from pipeline.train.run import train_from_reader
@@ -158,6 +159,7 @@ def run_label_curve(
                         "per_class": asked,
                         "labels": probe.report["labelled_rows"],
                         "clipped": bool(probe.report["clipped"]),
+                        "clipped_classes": [prepared.class_name(c) for c in probe.report["clipped"]],
                         "seed": seed,
                         "epochs": params.epochs,
                         "accuracy": accuracy,
@@ -168,11 +170,17 @@ def run_label_curve(
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """student -> labels (str) -> {"mean", "std" (sample, 0 for one seed), "per_class", "clipped",
-    "seeds"}."""
+    "clipped_classes" (class names), "seeds"}."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         point = summary.setdefault(row["student"], {}).setdefault(
-            str(row["labels"]), {"per_class": row["per_class"], "clipped": row["clipped"], "values": []}
+            str(row["labels"]),
+            {
+                "per_class": row["per_class"],
+                "clipped": row["clipped"],
+                "clipped_classes": row.get("clipped_classes", []),
+                "values": [],
+            },
         )
         point["values"].append(row["accuracy"])
     for points in summary.values():

@@ -161,3 +161,50 @@ def test_a_cohort_is_evaluated_member_by_member_into_the_student_files(tmp_path,
     )
     labels = read_calibration_tsv((tmp_path / "eval" / "pair" / "calibration.tsv").read_text())
     assert list(labels) == ["small/seed_0", "wide/seed_0"]
+
+
+def test_per_class_accuracy_is_reported_under_the_users_class_names(tmp_path, prepared_and_cache):
+    from dataclasses import replace
+
+    from pipeline.evaluate.evaluation import per_class_accuracy
+
+    prepared, cache = prepared_and_cache
+    names = tuple(f"class-{chr(97 + c)}" for c in range(NUM_CLASSES))
+    data = join_split(replace(prepared, class_names=names), cache, "test")
+    assert data.class_names == names and data.class_name(2) == "class-c"
+    logits = np.eye(NUM_CLASSES, dtype=np.float32)[np.maximum(data.labels, 0)]
+    logits[np.flatnonzero(data.labels == 1)[:1]] = np.eye(NUM_CLASSES)[0]  # one row of class 1 wrong
+    per_class = per_class_accuracy(logits, data)
+    present = sorted(set(data.labels[data.labelled].tolist()))
+    assert list(per_class) == [names[c] for c in present]
+    count = int((data.labels == 1).sum())
+    assert per_class["class-b"] == pytest.approx((count - 1) / count)
+    assert all(per_class[names[c]] == 1.0 for c in present if c != 1)
+
+    modules = {f"seed_{k}": load_trained_student(save_student(tmp_path / f"seed_{k}", k)) for k in range(2)}
+    report = metrics_report("kd", evaluate_model(modules, data), data, 10)
+    assert list(report["per_class"]) == [names[c] for c in present]
+    values = [
+        float(np.mean(predict_logits(m, data.inputs)[data.labels == 3].argmax(1) == 3))
+        for m in modules.values()
+    ]
+    assert report["per_class"]["class-d"]["mean"] == pytest.approx(np.mean(values))
+    assert report["per_class"]["class-d"]["std"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_ids_missing_from_the_prepared_data_are_named_as_the_user_wrote_them(prepared_and_cache):
+    from dataclasses import replace
+
+    from pipeline.cache.reader import MemoryCache
+
+    prepared, cache = prepared_and_cache
+    named = replace(prepared, user_id=np.array([f"img-{int(i)}" for i in prepared.sample_id], dtype=object))
+    dropped = np.asarray(cache.sample_id)[np.asarray(cache.split) == 2][0]  # a test row of the cache
+    keep = named.sample_id != dropped
+    fewer = replace(named, sample_id=named.sample_id[keep], user_id=named.user_id[keep])
+    with pytest.raises(EvaluationError, match=rf"\(first: key {int(dropped)}\)"):
+        join_split(fewer, cache, "test")  # the prepared data no longer knows its name
+    assert named.ids_of([dropped]) == [f"img-{int(dropped)}"]
+    foreign = MemoryCache(cache.sample_id + 10_000, cache.split, cache.label, cache.logits)
+    with pytest.raises(EvaluationError, match="first: key "):
+        join_split(named, foreign, "test")

@@ -14,6 +14,7 @@ from pipeline.evaluate.leaderboard import (
     LeaderboardError,
     collect_metrics,
     leaderboard_rows,
+    to_csv,
     to_markdown,
     write_leaderboard,
 )
@@ -184,3 +185,19 @@ def test_the_sweeps_metrics_are_collected_under_their_own_names(tmp_path, evalua
     assert collect_metrics(tmp_path / "nothing", "sweep", required=False) == []
     with pytest.raises(LeaderboardError, match="no <student>/metrics.json"):
         collect_metrics(tmp_path / "nothing")
+
+
+def test_the_weakest_class_is_shown_by_the_users_class_name():
+    spread = lambda m: {"mean": m, "std": 0.0}  # noqa: E731
+    report = {
+        "model": "kd",
+        "accuracy": spread(0.9),
+        "seeds": 1,
+        "per_class": {"ant": spread(0.95), "bee|wasp": spread(0.71), "cat": spread(0.9)},
+    }
+    rows = leaderboard_rows([report, {"model": "old", "accuracy": spread(0.8), "seeds": 1}])
+    assert rows[0]["weakest_class"] == "bee|wasp" and rows[0]["weakest_class_accuracy"] == 0.71
+    assert rows[1]["weakest_class"] is None  # a metrics.json written before per-class accuracy
+    markdown = to_markdown(rows)
+    assert "| weakest class |" in markdown and "| bee\\|wasp 0.710 |" in markdown
+    assert "weakest_class,weakest_class_accuracy" in to_csv(rows).splitlines()[0]

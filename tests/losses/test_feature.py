@@ -64,9 +64,13 @@ def test_student_to_teacher_projection_maps_the_student_as_fitnets():
 def test_unknown_tap_lists_the_valid_ones():
     with pytest.raises(
         MissingTapError,
-        match="teacher tap 'img' does not exist; valid teacher taps: attn, conv, embed, tokens",
+        match=r"teacher tap 'img' is not in the teacher cache, which holds attn \(2, 5, 5\), conv "
+        r"\(4, 4, 4\), embed \(8,\), tokens \(3, 8\); if the teacher has an output 'img', add it to "
+        r"teacher.tap_names in params.yaml .* re-run `dvc repro cache`",
     ):
         FeatureLoss(FeatureParams(student_tap="embed", teacher_tap="img"), SHAPES)
+    with pytest.raises(MissingTapError, match="student tap 'img' does not exist; valid student taps: "):
+        FeatureLoss(FeatureParams(student_tap="img", teacher_tap="embed"), SHAPES)
 
 
 def test_unequal_shapes_without_projection_say_how_to_fix():

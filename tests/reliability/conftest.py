@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,10 @@ from stages.cli import main
 from tests.reliability.project import build_project
 
 _RECORDS: list[dict[str, str]] = []
+
+NUMPY_REPR = re.compile(r"\bnp\.(str_|bytes_|bool_?|u?int\d*|float\d*|complex\d*)\(|\barray\(\[|\bdtype\('")
+"""What a numpy value looks like when formatted inside a list or with !r (`np.str_('val')`,
+`np.int64(3)`, `array([1, 2])`, `dtype('<U5')`): never in a message a user reads."""
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +62,7 @@ def refused(capsys, argv: list[str], code: int = 1) -> str:
     assert len(lines) == 1, captured.err
     head = lines[0][len(prefix) :]
     assert head.split(": ", 1)[0].endswith("Error"), lines[0]
+    assert not NUMPY_REPR.search(lines[0]), f"a numpy repr in the message: {lines[0]}"
     # the error is the last thing printed, and a multi-line message only where the error lists key paths
     tail = captured.err[captured.err.index(lines[0]) :].rstrip("\n")
     assert tail == lines[0], captured.err

@@ -93,6 +93,16 @@ NOTES = """
   `yaml.safe_load`, and `tests/reliability/test_no_unsafe_loading.py` checks the syntax tree of every
   module in pipeline/ and stages/ for pickle, `torch.load` without `weights_only=True`, unsafe YAML
   loaders, `np.load(allow_pickle=True)` and eval/exec.
+- **Users' ids and class names** (tests/reliability/test_users_data.py): string sample ids are hashed
+  to the int64 key the cache joins on and kept beside it, so every message shows the user's id
+  (`img-005112`), never the key; class names are numbered in sorted order and shown by name in
+  evaluate's `per_class`, the leaderboard's weakest class and the label curve (docs/data_and_teacher.md).
+  No message a test provokes holds a numpy repr (`np.str_('x')`, `np.int64(3)`): `refused()` in
+  tests/reliability/conftest.py fails the test that meets one.
+- **A name one section takes from another** (a chain's teacher, `label_curve.students`,
+  `sweep.students`, a student's chain cache) is checked whenever params are read, and `dvc repro` runs
+  `check_params` first, so the user gets the one line above instead of DVC's own `No such file or
+  directory` or `Parameters ... are missing`.
 - **Params**: `tests/test_params.py` validates every shipped params file through the model of each
   section and checks that a typo in each section (unknown key, wrong type) and a misspelt section name
   are refused naming the key path.
@@ -147,14 +157,20 @@ README_ITEMS = [
     "teacher ONNX with a wrong input dtype",
     "NaN/Inf in the teacher's outputs",
     "labels out of range",
+    "labels that are true/false",
     "duplicate sample ids",
     "dataset ids that do not match the cache",
+    "dataset string ids that do not match the cache",
     "params: unknown key,",
     "params: wrong type",
     "params: unknown loss kind",
     "params: unknown student name",
     "params: a misspelt section name",
     "a feature tap the teacher does not have",
+    "a teacher tap left out of the cache",
+    "a rkd term on a tap one value wide",
+    "`teacher.logits_name` naming an output",
+    "`chains:` naming a student that is not under `students:`, through `dvc repro`",
     "stale cache (data changed), at `distillery train`",
     "stale cache (teacher changed), at `distillery leaderboard`",
     "a checkpoint from a different architecture, at `distillery export`",

@@ -93,6 +93,30 @@ def prepared_arrays(seed: int = 0, negative_rows=()) -> tuple[np.ndarray, ...]:
     return sample_id, split, label, inputs
 
 
+CLASS_NAMES = ("ant", "bee", "cat", "dog")
+"""The class names of the named dataset: sorted, so name i is class i of `prepared_arrays`."""
+
+
+def user_ids(sample_id: np.ndarray) -> np.ndarray:
+    """The named dataset's string ids: `img-005035` for sample id 5035."""
+    return np.array([f"img-{int(i):06d}" for i in sample_id])
+
+
+def write_named_npz(path: Path, seed: int = 0, negative_rows=()) -> Path:
+    """The tiny dataset as a user with string ids and class names has it: an npz with `x`, `y` (class
+    names, "" = no label), `ids` (`img-005035`) and `split` (the user's split)."""
+    sample_id, split, label, inputs = prepared_arrays(seed, negative_rows)
+    names = np.array(["", *CLASS_NAMES])[label + 1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=inputs, y=names, ids=user_ids(sample_id), split=split)
+    return path
+
+
+def named_prepare_params(npz: Path) -> dict[str, Any]:
+    """The `prepare:` section reading `write_named_npz`'s file with its split."""
+    return {"dataset": {"kind": "npz", "path": str(npz), "split_array": "split"}}
+
+
 def write_dataset(directory: Path, seed: int = 0, negative_rows=()) -> Path:
     """The prepared dataset as `distillery prepare` leaves it."""
     write_prepared(make_prepared(*prepared_arrays(seed, negative_rows), NUM_CLASSES), directory)
@@ -140,6 +164,8 @@ def write_params(path: Path, params: dict[str, Any]) -> Path:
 def stage_argv(root: Path, stage: str, params: Path | None = None, student: str = "kd") -> list[str]:
     """The command line of `stage` on the project at `root` (every path under `root`)."""
     params = str(params or root / "params.yaml")
+    if stage == "prepare":
+        return ["prepare", "--params", params, "--out", str(root / "prepared")]
     if stage == "cache":
         return [
             "cache",
@@ -246,6 +272,38 @@ def build_project(root: Path, upto: str = "evaluate") -> Path:
         if stage == upto:
             break
     return root
+
+
+def cache_without_row(project: Path, row: int):
+    """Replace the project's cache by one that lacks row `row` of the prepared data but carries its
+    fingerprint (so only the ids tell them apart); returns the prepared data."""
+    from pipeline.cache.params import CacheParams
+    from pipeline.cache.writer import build_cache
+    from pipeline.data.prepared import load_prepared
+    from pipeline.teacher.session import open_teacher
+    from tests.cache.helpers import Rows
+
+    prepared = load_prepared(project / "prepared")
+    keep = np.arange(len(prepared)) != row
+    rows = Rows(
+        prepared.sample_id[keep],
+        prepared.split[keep],
+        prepared.label[keep],
+        prepared.inputs[keep],
+        prepared.fingerprint,
+    )
+    shutil.rmtree(project / "cache" / "store")
+    build_cache(
+        rows,
+        open_teacher(project / "teacher" / "model.onnx", provider="cpu"),
+        "a" * 64,
+        prepared.fingerprint,
+        CacheParams(rows_per_chunk=16, chunks_per_shard=2, batch_size=16, kl_sample_rows=64),
+        project / "cache" / "store",
+        project / "scratch" / "ids",
+        progress=False,
+    )
+    return prepared
 
 
 def copy_project(source: Path, target: Path) -> Path:

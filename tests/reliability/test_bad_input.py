@@ -21,6 +21,7 @@ from tests.reliability.project import (
     NAN_ROWS,
     NUM_CLASSES,
     base_params,
+    cache_without_row,
     copy_project,
     prepared_arrays,
     stage_argv,
@@ -241,33 +242,8 @@ def test_a_cache_from_another_teacher_is_refused_where_the_teacher_file_is_used(
 
 
 def test_dataset_ids_that_do_not_match_the_cache_are_named(tmp_path, built_project, capsys, record):
-    from pipeline.cache.params import CacheParams
-    from pipeline.cache.writer import build_cache
-    from pipeline.data.prepared import load_prepared
-    from pipeline.teacher.session import open_teacher
-    from tests.cache.helpers import Rows
-
     project = copy_project(built_project, tmp_path / "p")
-    prepared = load_prepared(project / "prepared")
-    keep = np.arange(len(prepared)) != 10  # a cache missing one row, carrying the dataset's fingerprint
-    rows = Rows(
-        prepared.sample_id[keep],
-        prepared.split[keep],
-        prepared.label[keep],
-        prepared.inputs[keep],
-        prepared.fingerprint,
-    )
-    shutil.rmtree(project / "cache" / "store")
-    build_cache(
-        rows,
-        open_teacher(project / "teacher" / "model.onnx", provider="cpu"),
-        "a" * 64,
-        prepared.fingerprint,
-        CacheParams(rows_per_chunk=16, chunks_per_shard=2, batch_size=16, kl_sample_rows=64),
-        project / "cache" / "store",
-        project / "scratch" / "ids",
-        progress=False,
-    )
+    prepared = cache_without_row(project, 10)  # a cache missing one row, carrying the dataset's fingerprint
     line = refused(capsys, stage_argv(project, "train"))
     assert "Error" in line and str(prepared.sample_id[10]) in line
     record("dataset ids that do not match the cache", line)
@@ -376,7 +352,7 @@ def test_a_feature_tap_that_does_not_exist_is_refused_before_training_naming_the
     params["students"]["kd"]["loss"]["hint"][f"{side}_tap"] = "nope"
     path = write_params(tmp_path / "params.yaml", params)
     line = refused(capsys, _train_argv(built_project, path, tmp_path))
-    valid = "conv, embed" if side == "teacher" else "embed, hidden1"
+    valid = "conv (1, 4, 4), embed (8,)" if side == "teacher" else "embed, hidden1"
     assert "MissingTapError" in line and f"{side} tap 'nope'" in line and valid in line
     assert not (tmp_path / "out").exists()
     assert not list((tmp_path / "scratch").rglob("checkpoint.json"))  # refused before the first step

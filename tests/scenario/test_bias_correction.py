@@ -61,6 +61,18 @@ def test_classes_default_to_the_omitted_ones():
     assert bias_classes(BiasCorrectionParams(classes=[1, 4]), [3]) == [1, 4]
 
 
+def test_classes_may_be_named_when_the_labels_were_class_names():
+    from pipeline.data.labels import ClassNameError
+
+    names = ("ant", "bee", "cat", "dog")
+    assert bias_classes(None, ["cat"], names) == [2]
+    assert bias_classes(BiasCorrectionParams(classes=["dog", 0]), ["cat"], names) == [3, 0]
+    with pytest.raises(ClassNameError, match="evaluate.bias_correction.classes: no class named 'cow'"):
+        bias_classes(BiasCorrectionParams(classes=["cow"]), [], names)
+    with pytest.raises(ClassNameError, match=r"class names: none \(the labels are integers\)"):
+        bias_classes(None, ["cat"])
+
+
 def test_the_leaderboard_carries_the_correction_and_adds_its_columns_only_when_present():
     spread = lambda m: {"mean": m, "std": 0.01}  # noqa: E731
     plain = {"model": "ce", "accuracy": spread(0.9), "seeds": 3}

@@ -114,6 +114,21 @@ def test_without_held_back_labels_a_large_budget_clips_to_the_cache_labels(tmp_p
     curve = LabelCurveParams(per_class=[1000], students=["kd"], seeds=[0], held_back=False, steps=2)
     rows = run_label_curve(curve, students, make_cache(prepared), prepared, tmp_path, progress=False)
     assert rows[0]["labels"] == 60 and rows[0]["clipped"] is True
+    present = sorted(set(prepared.label[prepared.split == TRAIN].tolist()))
+    assert rows[0]["clipped_classes"] == [str(c) for c in present]  # every class, by its name
+
+
+def test_clipped_classes_are_named_by_the_users_class_names(tmp_path):
+    from dataclasses import replace
+
+    prepared = synthetic_prepared({"train": 60, "val": 20, "test": 20, "unlabelled": 20})
+    names = tuple(f"c{c:02d}" for c in range(prepared.num_classes))
+    named = replace(prepared, class_names=names)
+    students = validate_students({"kd": STUDENTS["kd"]})
+    curve = LabelCurveParams(per_class=[1000], students=["kd"], seeds=[0], held_back=False, steps=2)
+    rows = run_label_curve(curve, students, make_cache(prepared), named, tmp_path, progress=False)
+    present = sorted(set(prepared.label[prepared.split == TRAIN].tolist()))
+    assert rows[0]["clipped_classes"] == [names[c] for c in present]
 
 
 def test_every_run_gets_the_same_number_of_steps_and_unknown_students_are_named():

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from pipeline.errors import DistilleryError
+from pipeline.names import NAME_PATTERN
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -290,6 +291,12 @@ def _is_student(name: str, students: dict[str, Any]) -> bool:
     return isinstance(node, dict) and member in node
 
 
+def _is_name(value: Any) -> bool:
+    """A string that passes the names rule (a cohort member as `<cohort>/<member>`); any other value is
+    left to the section's own model, which refuses it with that rule's message (pipeline.names)."""
+    return isinstance(value, str) and all(NAME_PATTERN.fullmatch(part) for part in value.split("/", 1))
+
+
 def _unknown_student(key: str, name: str, students: dict[str, Any]) -> str:
     close = difflib.get_close_matches(name, list(students), n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
@@ -310,12 +317,12 @@ def check_references(data: dict[str, Any], path: str | Path) -> None:
     lines = []
     for chain, spec in (data.get("chains") or {}).items() if isinstance(data.get("chains"), dict) else ():
         teacher = spec.get("teacher") if isinstance(spec, dict) else None
-        if isinstance(teacher, str) and not _is_student(teacher, students):
+        if _is_name(teacher) and not _is_student(teacher, students):
             lines.append(_unknown_student(f"chains.{chain}.teacher", teacher, students))
     for section in ("label_curve", "sweep"):
         names = (data.get(section) or {}).get("students") if isinstance(data.get(section), dict) else None
         for name in names if isinstance(names, list) else ():
-            if isinstance(name, str) and name != "all" and name not in students:
+            if _is_name(name) and name != "all" and name not in students:
                 lines.append(_unknown_student(f"{section}.students", name, students))
     chains = data.get("chains") if isinstance(data.get("chains"), dict) else {}
     for student, recipe in students.items():

@@ -49,11 +49,15 @@ def check_alignment(
     problems = []
     if not found.all():
         missing = np.unique(wanted[~found])
-        problems.append(f"{len(missing)} sample id(s) are not in the cache: {_list(show(missing[:10]), len(missing))}")
+        problems.append(
+            f"{len(missing)} sample id(s) are not in the cache: {_list(show(missing[:10]), len(missing))}"
+        )
     if exact:
         extra = np.setdiff1d(cache_ids, wanted)
         if len(extra):
-            problems.append(f"{len(extra)} cache row(s) have ids the dataset lacks: {_list(show(extra[:10]), len(extra))}")
+            problems.append(
+                f"{len(extra)} cache row(s) have ids the dataset lacks: {_list(show(extra[:10]), len(extra))}"
+            )
     if problems:
         raise CacheAlignmentError(
             "the dataset does not match the cache: "
@@ -69,6 +73,7 @@ def check_alignment(
             ids = np.sort(wanted[differ])
             raise CacheAlignmentError(
                 f"{len(differ)} cache rows disagree with the prepared dataset on {name}, sample ids "
-                f"{_list(show(ids[:10]), len(ids))}; the cache was built on other data: re-run `dvc repro cache`"
+                f"{_list(show(ids[:10]), len(ids))}; the cache was built on other data: "
+                "re-run `dvc repro cache`"
             )
     return rows

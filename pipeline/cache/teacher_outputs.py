@@ -124,7 +124,9 @@ def shown_ids_of(data: Any) -> Callable[[np.ndarray], list]:
     return lambda rows: np.asarray(data.sample_id)[rows].tolist()
 
 
-def check_finite(outputs: Mapping[str, np.ndarray], rows: slice, shown_ids: Callable[[np.ndarray], list]) -> None:
+def check_finite(
+    outputs: Mapping[str, np.ndarray], rows: slice, shown_ids: Callable[[np.ndarray], list]
+) -> None:
     """Refuse NaN/Inf in any output of the batch of cache rows `rows`, naming the output and the
     sample ids (`shown_ids`: cache rows -> the user's ids, `shown_ids_of`)."""
     for name, values in outputs.items():

@@ -43,7 +43,8 @@ def prepare_dataset(params: PrepareParams) -> PreparedOutputs:
     """Load `params.dataset`, split it (or keep the user's split), then restrict the students'
     train split by `omit_classes` and `label_budget`."""
     raw = load_source(params.dataset)
-    unknown = sorted(set(params.omit_classes) - set(range(raw.num_classes)))
+    omitted = class_indices(params.omit_classes, raw.class_names, "prepare.omit_classes")
+    unknown = sorted(set(omitted) - set(range(raw.num_classes)))
     if unknown:
         raise UnknownClassError(
             f"prepare.omit_classes: {unknown} are not classes of this dataset (it has classes 0.."
@@ -65,7 +66,6 @@ def prepare_dataset(params: PrepareParams) -> PreparedOutputs:
     teacher_train = prepared(*rows(split == TRAIN))
     restricted = False
     if params.omit_classes:
-        omitted = class_indices(params.omit_classes, raw.class_names, "prepare.omit_classes")
         keep = omit_train_classes(split, label, omitted)
         restricted |= not keep.all()
         sample_id, split, label, inputs, user_id = rows(keep)

@@ -67,7 +67,7 @@ DATASET_CASES = {
     "labels shaped (N, 1)": (
         lambda p: _npz(p, x=_arrays()[2], y=_arrays()[1][:, None], ids=_arrays()[0]),
         {},
-        "InputShapeError",
+        "LabelTypeError",
     ),
     "inputs that are empty lists (Parquet)": (
         lambda p: _parquet(p, pa.array([[] for _ in range(96)], pa.list_(pa.float32()))),

@@ -88,6 +88,22 @@ def export_onnx(
             f"({list(output_names)}); give one name per output, logits first"
         )
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return write_onnx(module, (example_input,), path, [input_name], output_names, ({0: batch},))
+
+
+def write_onnx(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: str | Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: tuple[dict[int, Any], ...],
+) -> Path:
+    """`torch.onnx.export(module, args, dynamo=True)` into one file (no external data) written beside
+    `path` and renamed onto it, so a failed or killed export leaves any earlier file as it was.
+    dynamic_shapes: per input, axis -> torch.export.Dim. Returns `path`; OnnxExportError with
+    torch's message when the export fails."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
@@ -96,13 +112,13 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (example_input,),
+                args,
                 tmp,
                 dynamo=True,
                 external_data=False,
-                input_names=[input_name],
+                input_names=list(input_names),
                 output_names=list(output_names),
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
         os.replace(tmp, path)

@@ -10,9 +10,6 @@ Recipe as there: `torch.onnx.export(dynamo=True, dynamic_shapes=..., external_da
 
 from __future__ import annotations
 
-import os
-import tempfile
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import DistilleryError
-from pipeline.teacher.export import OnnxExportError, _QuietExporter
+from pipeline.teacher.export import OnnxExportError, write_onnx
 from pipeline.text.lm import CausalLM
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -66,29 +63,11 @@ def export_lm_onnx(model: CausalLM, path: str | Path, with_hidden: bool = True) 
     )
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     sequence = torch.export.Dim("sequence", min=1, max=context)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
+    dynamic = ({0: batch, 1: sequence}, {0: batch, 1: sequence})
     try:
-        with warnings.catch_warnings(), _QuietExporter():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                example,
-                tmp,
-                dynamo=True,
-                external_data=False,
-                input_names=list(INPUT_NAMES),
-                output_names=output_names,
-                dynamic_shapes=({0: batch, 1: sequence}, {0: batch, 1: sequence}),
-                verbose=False,
-            )
-        os.replace(tmp, path)
-    except Exception as error:
-        raise OnnxExportError(f"torch.onnx.export failed for {type(model).__name__}: {error}") from error
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+        return write_onnx(wrapper, example, path, INPUT_NAMES, output_names, dynamic)
+    except OnnxExportError as error:  # name the model, not its wrapper
+        raise OnnxExportError(str(error).replace(type(wrapper).__name__, type(model).__name__)) from error
 
 
 def check_lm_parity(

@@ -100,10 +100,23 @@ def environment(device: str) -> dict:
     return info
 
 
-def cuda_ep_available() -> bool:
+def ort_providers(path: Path, device: str) -> tuple[list, str | None]:
+    """The providers to time `path` on, and why not the CUDA EP when device is cuda but it cannot
+    be used: ONNX Runtime lists the CUDA EP whenever onnxruntime-gpu is installed and falls back to
+    the CPU silently when CUDA does not load, so a session is opened to see which one runs."""
     import onnxruntime as ort
 
-    return CUDA_EP in ort.get_available_providers()
+    from pipeline.teacher.session import CUDA_OPTIONS
+
+    cpu = ["CPUExecutionProvider"]
+    if device != "cuda":
+        return cpu, None
+    if CUDA_EP not in ort.get_available_providers():
+        return cpu, f"CUDA EP unavailable (onnxruntime {ort.__version__}: {ort.get_available_providers()})"
+    providers = [(CUDA_EP, CUDA_OPTIONS), *cpu]
+    if ort.InferenceSession(str(path), providers=providers).get_providers()[0] != CUDA_EP:
+        return cpu, "CUDA EP unavailable: listed by onnxruntime but it did not load"
+    return providers, None
 
 
 def sync(device: torch.device) -> None:
@@ -148,19 +161,17 @@ def cache_section(device: str, size: dict, work: Path) -> dict:
 
     from pipeline.cache.params import CacheParams
     from pipeline.cache.writer import build_cache
-    from pipeline.teacher.session import CUDA_OPTIONS, open_teacher
+    from pipeline.teacher.session import open_teacher
 
-    result: dict = {}
-    on_cuda = device == "cuda" and cuda_ep_available()
-    if device == "cuda" and not on_cuda:
-        result["cuda_ep"] = "CUDA EP unavailable: timed on the CPU EP at CPU sizes"
-    rows = size["rows"] if on_cuda else min(size["rows"], 4096)
-    batch = 512 if on_cuda else 64
     torch.manual_seed(0)
     path = export(resnet(size), work / "teacher.onnx", ["logits", "embed"])
+    providers, why_not = ort_providers(path, device)
+    on_cuda = why_not is None and device == "cuda"
+    result: dict = {"cuda_ep": why_not + ": timed on the CPU EP at CPU sizes"} if why_not else {}
+    rows = size["rows"] if on_cuda else min(size["rows"], 4096)
+    batch = 512 if on_cuda else 64
     prepared = synthetic_prepared(rows)
     batches = [prepared.inputs[i : i + batch] for i in range(0, rows, batch)]
-    providers = [(CUDA_EP, CUDA_OPTIONS), "CPUExecutionProvider"] if on_cuda else ["CPUExecutionProvider"]
     bare = ort.InferenceSession(str(path), providers=providers)
     result.update(provider=bare.get_providers()[0], rows=rows, batch=batch)
     for x in batches[:2]:
@@ -318,8 +329,6 @@ def latency_section(device: str, size: dict, work: Path) -> dict:
     """(c) exported student latency, ORT CUDA EP at batch 1 and 64 (medians, ms)."""
     import onnxruntime as ort
 
-    from pipeline.teacher.session import CUDA_OPTIONS
-
     torch.manual_seed(0)
     model = resnet(size).eval()
     path = export(model, work / "student.onnx", ["logits", "embed"])
@@ -328,10 +337,9 @@ def latency_section(device: str, size: dict, work: Path) -> dict:
     }
     runs = {1: 200, 64: 50} if device == "cuda" else {1: 20, 64: 5}
     result: dict = {"runs": runs}
-    on_cuda = device == "cuda" and cuda_ep_available()
-    if device == "cuda" and not on_cuda:
-        result["cuda_ep"] = "CUDA EP unavailable"
-    providers = [(CUDA_EP, CUDA_OPTIONS), "CPUExecutionProvider"] if on_cuda else ["CPUExecutionProvider"]
+    providers, why_not = ort_providers(path, device)
+    if why_not:
+        result["cuda_ep"] = why_not
     session = ort.InferenceSession(str(path), providers=providers)
     result["provider"] = session.get_providers()[0]
     for b, x in inputs.items():

@@ -1,4 +1,9 @@
-"""`distillery train --student NAME`: train one student (all its seeds) from the teacher cache."""
+"""`distillery train --student NAME`: train one student (all its seeds) from the teacher cache.
+
+With `--nproc N` (or the student's `nproc`) the stage launches N copies of itself through torch's
+launcher (pipeline/train/distributed.py) and waits for them; each copy trains its slice of every
+batch with PyTorch DDP, and rank 0 writes the outputs.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 from pipeline.config import read_params_file
 from pipeline.io import output_lock
 from pipeline.names import child_path
+from pipeline.train import distributed
 from pipeline.train.params import select_student, validate_students
 from pipeline.train.run import train_student
 from stages.cli import positive_int, seed, student_name
@@ -32,27 +38,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch intra-op threads (default: the student's torch_threads)",
     )
+    parser.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=None,
+        help="processes training the student with PyTorch DDP, launched by torchrun (default: its nproc)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _worker_arguments(args: argparse.Namespace, out: Path, scratch: Path, nproc: int) -> list[str]:
+    """This stage's command line for the launched processes."""
+    arguments = ["train", "--student", args.student, "--params", args.params, "--prepared", args.prepared]
+    arguments += ["--out", str(out), "--scratch", str(scratch), "--nproc", str(nproc)]
+    if args.seeds is not None:
+        arguments += ["--seeds", *map(str, args.seeds)]
+    if args.threads is not None:
+        arguments += ["--threads", str(args.threads)]
+    if args.no_progress:
+        arguments.append("--no-progress")
+    return arguments
+
+
+def _train(args: argparse.Namespace, params, out: Path, scratch: Path, ranks: distributed.Ranks) -> dict:
+    return train_student(
+        args.student,
+        params,
+        args.prepared,
+        out_dir=out,
+        scratch_dir=scratch,
+        seeds=args.seeds,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        threads=args.threads,
+        ranks=ranks,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     students = validate_students(read_params_file(args.params).get("students"))
     params = select_student(students, args.student)
-    out_dir = Path(args.out) if args.out else child_path("data/train", args.student, "student")
-    scratch_dir = (
+    nproc = params.nproc if args.nproc is None else args.nproc
+    if nproc != params.nproc:
+        distributed.check_split(params, nproc)
+        params = params.model_copy(update={"nproc": nproc})
+    out = Path(args.out) if args.out else child_path("data/train", args.student, "student")
+    scratch = (
         Path(args.scratch) if args.scratch else child_path("data/.scratch/train", args.student, "student")
     )
-    with output_lock(out_dir, f"distillery train --student {args.student}"):
-        result = train_student(
-            args.student,
-            params,
-            args.prepared,
-            out_dir=out_dir,
-            scratch_dir=scratch_dir,
-            seeds=args.seeds,
-            progress=not args.no_progress and sys.stderr.isatty(),
-            threads=args.threads,
-        )
+    if distributed.in_worker():  # one of the processes the launcher below started: it holds the lock
+        ranks = distributed.Ranks.from_environment()
+        distributed.die_with_launcher()
+        result = _train(args, params, out, scratch, ranks)
+        if not ranks.writes:
+            return 0
+    else:
+        with output_lock(out, f"distillery train --student {args.student}"):
+            if nproc > 1:
+                distributed.launch(nproc, "stages.cli", _worker_arguments(args, out, scratch, nproc))
+                print(f"train: {nproc} processes trained {args.student} into {out}")
+                return 0
+            result = _train(args, params, out, scratch, distributed.SINGLE)
     for model, figures in result["models"].items():
         print(
             f"train: {model}: val acc per seed {json.dumps(figures['val_acc'])}, mean "

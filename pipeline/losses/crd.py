@@ -6,7 +6,7 @@ Coding" (arXiv:1807.03748)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,7 @@ class CRDParams(TapTermParams):
     """InfoNCE on cosine similarity, averaged over taps (Tian et al. 2020; van den Oord et al. 2018)."""
 
     kind: Literal["crd"] = "crd"
+    whole_batch: ClassVar[bool] = True  # relates the batch's rows to each other (docs/training.md)
     tau: float = Field(0.1, gt=0, description="temperature of the similarities")
     anchors: Literal["student", "both"] = Field(
         "student",

@@ -4,7 +4,7 @@ Distillation" (ICCV 2019, arXiv:1907.09682)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,7 @@ class GramParams(TapTermParams):
     """Frobenius distance between batch Gram matrices, averaged over taps (Tung & Mori 2019)."""
 
     kind: Literal["gram"] = "gram"
+    whole_batch: ClassVar[bool] = True  # relates the batch's rows to each other (docs/training.md)
     normalize_rows: bool = Field(True, description="cosine Gram (scale-free; sizes may differ)")
     reduction: Literal["mean", "sum"] = Field("mean", description="sum: ||.||_F^2; mean: / B^2 (Tung & Mori)")
 

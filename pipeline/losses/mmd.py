@@ -10,7 +10,7 @@ gradient in closed form (tests/losses/test_fast_paths_pairwise.py holds one to t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -208,6 +208,7 @@ class MMDParams(TapTermParams):
     """MMD^2 with a multi-bandwidth Gaussian kernel, averaged over taps (Gretton et al. 2012)."""
 
     kind: Literal["mmd"] = "mmd"
+    whole_batch: ClassVar[bool] = True  # relates the batch's rows to each other (docs/training.md)
     bandwidths: tuple[float, ...] = Field(
         (0.2, 0.5, 1.0, 2.0, 5.0), min_length=1, description="kernel bandwidths sigma (k: their mean)"
     )

@@ -16,7 +16,7 @@ At B = 1024 that is a few tens of MiB; the time stays O(B^3).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -321,6 +321,7 @@ class RKDParams(TapTermParams):
     """Relational KD: distance_weight * L_dist + angle_weight * L_angle (Park et al. 2019)."""
 
     kind: Literal["rkd"] = "rkd"
+    whole_batch: ClassVar[bool] = True  # relates the batch's rows to each other (docs/training.md)
     distance_weight: float = Field(25.0, description="w_dist (25: RepDistiller's default)")
     angle_weight: float = Field(50.0, description="w_angle (50: RepDistiller's default)")
     angle: Literal["triplet", "pairwise"] = Field(

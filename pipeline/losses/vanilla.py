@@ -6,7 +6,7 @@ are one line of params (docs/losses.md)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -38,6 +38,7 @@ class CombinedParams(VanillaParams):
     """Combined: Vanilla + crd_weight * L_CRD on the same taps and projections."""
 
     kind: Literal["combined"] = "combined"
+    whole_batch: ClassVar[bool] = True  # relates the batch's rows to each other (docs/training.md)
     temperature: float = Field(4.0, gt=0, description="T")
     crd_weight: float = Field(10.0, description="g (factor of L_CRD)")
     tau: float = Field(0.1, gt=0, description="InfoNCE temperature")

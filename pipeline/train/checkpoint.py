@@ -2,8 +2,9 @@
 
 A checkpoint of one seed is two files in the seed's scratch directory:
 `state-<global_step>.safetensors` (every member's model and recipe weights, every optimiser state
-tensor, the torch RNG state as uint8) and `checkpoint.json` (epoch, position in the epoch, optimiser
-scalars and param groups, the metric history, and the name of its tensors file). The tensors file
+tensor, the RNG states as uint8: `rng/torch`, and `rng/cuda` on a GPU) and `checkpoint.json` (epoch,
+position in the epoch, optimiser scalars and param groups, the fp16 loss scaler's state, the metric
+history, and the name of its tensors file). The tensors file
 is written first, then the JSON that points at it, each atomically, then older tensors files are
 removed: a process killed at any instant leaves a JSON that names a complete tensors file.
 """
@@ -83,10 +84,17 @@ def _join_optimizer(prefix: str, saved: dict[str, Any], tensors: dict) -> dict[s
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(directory: Path, state: TrainingState, members: list, rng_state: torch.Tensor) -> None:
-    """Write the state of `members` (each with .name, .model, .recipe, .optimizer) atomically."""
+def save_checkpoint(
+    directory: Path,
+    state: TrainingState,
+    members: list,
+    rng: dict[str, torch.Tensor],
+    scaler: dict[str, Any] | None = None,
+) -> None:
+    """Write the state of `members` (each with .name, .model, .recipe, .optimizer) atomically.
+    rng: generator name -> state (pipeline.train.device.rng_states); scaler: GradScaler.state_dict()."""
     directory.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {"rng/torch": rng_state.clone()}
+    tensors: dict[str, torch.Tensor] = {f"rng/{name}": value.cpu().clone() for name, value in rng.items()}
     optimizers = {}
     for member in members:
         key = _member_key(member.name)
@@ -101,6 +109,7 @@ def save_checkpoint(directory: Path, state: TrainingState, members: list, rng_st
         "weights_file": weights_file,
         **state.__dict__,
         "optimizers": optimizers,
+        **({"scaler": scaler} if scaler else {}),
     }
     atomic_write_json(directory / CHECKPOINT_FILE, payload)
     for old in directory.glob("state-*.safetensors"):
@@ -139,8 +148,9 @@ def load_checkpoint(directory: Path, config_hash: str) -> tuple[TrainingState, d
     return state, payload
 
 
-def restore_members(payload: dict, members: list) -> torch.Tensor:
-    """Load weights and optimiser state into `members`; returns the saved torch RNG state."""
+def restore_members(payload: dict, members: list) -> dict[str, torch.Tensor]:
+    """Load weights and optimiser state into `members`; returns the saved RNG states by name
+    ("torch", and "cuda" when saved on a GPU). The fp16 scaler's state is `payload.get("scaler")`."""
     tensors = payload["tensors"]
     for member in members:
         key = _member_key(member.name)
@@ -149,4 +159,7 @@ def restore_members(payload: dict, members: list) -> torch.Tensor:
             weights = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
             getattr(member, part).load_state_dict(weights)
         member.optimizer.load_state_dict(_join_optimizer(f"{key}/optim", payload["optimizers"][key], tensors))
-    return tensors["rng/torch"]
+    # "rng/<generator>": one slash (a member named "rng" has "rng/model/...")
+    return {
+        name[4:]: value for name, value in tensors.items() if name.startswith("rng/") and name.count("/") == 1
+    }

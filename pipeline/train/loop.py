@@ -6,7 +6,9 @@ members); each member has its own optimiser. The teacher never runs here.
 
 Determinism: `torch.manual_seed(seed)` before the modules are built; the order of epoch `e` is a
 numpy PCG64 permutation seeded by (seed, e), so a resumed run needs only (epoch, step in epoch);
-the torch RNG state (dropout, negative sampling) is saved in every checkpoint.
+the torch RNG states (dropout, negative sampling; CPU, and CUDA on a GPU) are saved in every
+checkpoint. How a step runs (precision, micro-batches, compile, processes) is pipeline/train/step.py;
+the rows each process reads, pipeline/train/distributed.py.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from tqdm.auto import tqdm
 
 from pipeline.cache.reader import iter_batches
 from pipeline.errors import DistilleryError
-from pipeline.losses._contract import LossInputs, TapShapes
+from pipeline.losses._contract import TapShapes
 from pipeline.losses.recipe import Recipe, build_recipe
 from pipeline.students.registry import build_student
 from pipeline.train.checkpoint import TrainingState, load_checkpoint, restore_members, save_checkpoint
 from pipeline.train.data import TrainingData
+from pipeline.train.device import rng_states, set_rng_states
+from pipeline.train.distributed import SINGLE, Ranks, local_rows, seed_step
 from pipeline.train.params import StudentParams
+from pipeline.train.prefetch import device_batches
 from pipeline.train.schedule import build_optimizer, learning_rate, set_learning_rate
+from pipeline.train.step import Stepper, grouped, micro_batch_size
 
 
 class CohortError(DistilleryError, ValueError):
@@ -165,41 +171,6 @@ class EpochSums:
         self._sums, self._lr_sum = {}, 0.0
 
 
-def _train_step(
-    members: list[Member], batch, inputs: torch.Tensor, rows: torch.Tensor, epoch: int, bank, sums: EpochSums
-) -> None:
-    """One optimiser step of every member on one batch.
-
-    All members' losses are built first, then one backward of their sum: the members' graphs
-    share nothing (peer logits are detached, the teacher is data), so each parameter gets exactly
-    the gradient of its own member's loss, with one autograd pass instead of M.
-    """
-    outputs = [member.model(inputs) for member in members]
-    totals = []
-    for index, (member, output) in enumerate(zip(members, outputs)):
-        peers = [o.logits.detach() for j, o in enumerate(outputs) if j != index] if len(members) > 1 else []
-        total, terms = member.recipe(
-            LossInputs(
-                student_logits=output.logits,
-                teacher_logits=batch.logits,
-                labels=batch.label,
-                student_features=output.features,
-                teacher_features=batch.features,
-                teacher_sparse=batch.sparse,
-                peer_logits=peers,
-                teacher_feature_bank=bank,
-                rows=rows,
-                epoch=epoch,
-            )
-        )
-        sums.add(member.name, total, terms)
-        totals.append(total)
-        member.optimizer.zero_grad(set_to_none=True)
-    (totals[0] if len(totals) == 1 else torch.stack(totals).sum()).backward()
-    for member in members:
-        member.optimizer.step()
-
-
 @dataclass(frozen=True)
 class ValidationSet:
     """The labelled val rows, read from the cache once per run (not once per epoch): inputs
@@ -278,7 +249,8 @@ def run_seed(
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
-    device: str = "cpu",
+    device: torch.device | str = "cpu",
+    ranks: Ranks = SINGLE,
 ) -> tuple[list[Member], TrainingState]:
     """Train (or resume, or just reload) one seed; returns the trained members and the final state.
 
@@ -288,17 +260,25 @@ def run_seed(
     seed is reloaded, not retrained). on_epoch(epoch, metrics)
     is called after each epoch (also replayed for epochs restored from a checkpoint, so loggers
     can rebuild their files); on_step(global_step) after every optimiser step and its checkpoint.
+    ranks: this process among those training the student (pipeline/train/distributed.py): it reads
+    its slice of each batch, and only rank 0 writes checkpoints.
     """
+    device = torch.device(device)
     members = build_members(params, data, seed, device)
     per_epoch = steps_per_epoch(len(data.train_rows), params.batch_size)
     total_steps = per_epoch * params.epochs
     warmup_steps = int(round(params.schedule.warmup_epochs * per_epoch))
+    global_batch = min(params.batch_size, len(data.train_rows))
+    micro_batch = micro_batch_size(global_batch, params, ranks)
     restored = load_checkpoint(scratch_dir, config_hash)
+    scaler_state = None
     if restored is None:
         state = TrainingState(config_hash=config_hash)
     else:
         state, payload = restored
-        torch.set_rng_state(restore_members(payload, members))
+        set_rng_states(restore_members(payload, members), device)
+        scaler_state = payload.get("scaler")
+    step = Stepper(members, params, device, ranks, scaler_state)
     for epoch, metrics in enumerate(state.history):
         if on_epoch:
             on_epoch(epoch, metrics)
@@ -312,7 +292,8 @@ def run_seed(
     def checkpoint() -> None:
         nonlocal last_checkpoint
         sums.flush_into(state.running, state.epoch)
-        save_checkpoint(scratch_dir, state, members, torch.get_rng_state())
+        if ranks.writes:
+            save_checkpoint(scratch_dir, state, members, rng_states(device), step.scaler_state())
         last_checkpoint = time.monotonic()
 
     def checkpoint_due() -> bool:  # by time: a few per run, whatever an epoch costs (docs/training.md)
@@ -331,16 +312,16 @@ def run_seed(
         member.recipe.train()
     while state.epoch < params.epochs:
         rows = _epoch_rows(data, seed, state.epoch, params.batch_size, state.step_in_epoch)
-        for batch in iter_batches(data.reader, min(params.batch_size, len(data.train_rows)), rows=rows):
+        rows = local_rows(rows, global_batch, ranks)
+        host = ((b, data.inputs[b.rows]) for b in iter_batches(data.reader, micro_batch, rows=rows))
+        for micro_batches in grouped(device_batches(host, device), params.accumulate_steps):
             lr = learning_rate(
                 state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule
             )
             for member in members:
                 set_learning_rate(member.optimizer, lr)
-            batch_rows = torch.from_numpy(np.asarray(batch.rows, np.int64))
-            batch = batch.to(device)
-            inputs = torch.from_numpy(data.inputs[batch.rows]).to(device)
-            _train_step(members, batch, inputs, batch_rows, state.epoch, bank, sums)
+            seed_step(seed, state.global_step, ranks)
+            step(micro_batches, state.epoch, bank, sums)
             sums.add_lr(lr)
             state.step_in_epoch += 1
             state.global_step += 1

@@ -109,6 +109,12 @@ class StudentParams(StrictModel):
     torch_threads: int | None = Field(
         default=1, ge=1
     )  # small students run fastest on one thread; null = torch's default
+    # How the step runs (docs/training.md, "GPUs" and "Many processes"); the defaults are the plain
+    # float32 step of one process, bit for bit.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the students' forward
+    accumulate_steps: int = Field(default=1, ge=1)  # micro-batches per optimiser step
+    compile: bool = False  # torch.compile the students' forward
+    nproc: int = Field(default=1, ge=1)  # processes (PyTorch DDP, launched by torchrun)
 
     @model_validator(mode="after")
     def _some_term_has_weight(self) -> StudentParams:
@@ -130,6 +136,9 @@ class StudentParams(StrictModel):
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds repeat: {list(self.seeds)}")
+        refusal = split_refusal(self, self.nproc)
+        if refusal:
+            raise ValueError(refusal)
         return self
 
     def members(self) -> dict[str, tuple[Any, Any]]:
@@ -140,6 +149,45 @@ class StudentParams(StrictModel):
             name: (m.arch, m.loss if m.loss is not None else self.loss)
             for name, m in self.cohort.members.items()
         }
+
+
+def whole_batch_terms(params: StudentParams) -> list[str]:
+    """The recipe terms (`term`, or `member/term` in a cohort) whose loss relates the rows of a batch
+    to each other (CRD's in-batch negatives, RKD, Gram, MMD: `whole_batch` on their params)."""
+    return [
+        f"{member}/{term}" if member else term
+        for member, (_, recipe) in params.members().items()
+        for term, term_params in (recipe or {}).items()
+        if getattr(term_params, "whole_batch", False)
+    ]
+
+
+def split_refusal(params: StudentParams, nproc: int) -> str | None:
+    """Why `params` cannot train with each batch split over `nproc` processes and
+    `accumulate_steps` micro-batches, or None. Each rank and micro-batch computes the loss on its
+    own rows, which is the loss of the whole batch only for terms that average over rows."""
+    parts = nproc * params.accumulate_steps
+    if parts == 1:
+        return None
+    split = f"nproc {nproc} x accumulate_steps {params.accumulate_steps}"
+    if params.batch_size % parts:
+        return (
+            f"batch_size {params.batch_size} does not split into {split} = {parts} equal parts; "
+            f"use a batch_size that is a multiple of {parts}"
+        )
+    if nproc > 1 and params.cohort is not None:
+        return (
+            "a cohort trains its members in one process (they share each batch); train it with "
+            "nproc: 1, or train the members as separate students"
+        )
+    terms = whole_batch_terms(params)
+    if terms:
+        return (
+            f"loss terms {', '.join(terms)} relate the rows of a batch to each other, so {split} "
+            f"would change the loss (each part would see {params.batch_size // parts} rows); train "
+            "with nproc: 1 and accumulate_steps: 1"
+        )
+    return None
 
 
 class StudentsSection(RootModel[dict[safe_name("student"), StudentParams]]):

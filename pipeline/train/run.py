@@ -8,6 +8,9 @@ killed run with the same params and data; when every seed is done it assembles t
     out_dir/seed_<k>/{model.safetensors, student.json, live/}              one student
     out_dir/<member>/seed_<k>/{model.safetensors, student.json, live/}     each cohort member
     out_dir/summary.json                                                   val accuracy per seed, mean, std
+
+On several processes (`nproc`, pipeline/train/distributed.py) every rank trains and rank 0 alone
+writes: checkpoints, dvclive logs, the outputs and the summary.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import shutil
 import statistics
 import time
@@ -24,32 +28,32 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json, replace_dir
 from pipeline.students.registry import count_parameters
 from pipeline.students.trained import save_trained_student
 from pipeline.train.budget import apply_budget, held_back_labels
 from pipeline.train.data import join_training_data
+from pipeline.train.device import resolve_device
+from pipeline.train.distributed import SINGLE, DistributedError, Ranks, process_group
 from pipeline.train.log import EpochLogger
 from pipeline.train.loop import run_seed
 from pipeline.train.params import StudentParams
 
-
-class DeviceError(DistilleryError):
-    """`device: cuda` where torch sees no CUDA GPU."""
+log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str, student: str = "<name>") -> str:
-    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu" unchanged; "cuda" checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise DeviceError(
-            f"students.{student}.device: cuda, but torch ({torch.__version__}, {build}) sees no CUDA "
-            "GPU here; set device: auto (the GPU where there is one) or cpu"
+def _processes(params: StudentParams, ranks: Ranks) -> StudentParams:
+    """`params` for the processes really running: a library caller (the sweep, the label curve)
+    trains in one process, whatever `nproc` says (the same result up to float rounding)."""
+    if params.nproc == ranks.world:
+        return params
+    if ranks.world == 1:
+        log.warning(
+            "nproc %d: this caller trains in one process; `distillery train` launches several",
+            params.nproc,
         )
-    return device
+        return params.model_copy(update={"nproc": 1})
+    raise DistributedError(f"launched on {ranks.world} processes but the student's nproc is {params.nproc}")
 
 
 def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str:
@@ -145,11 +149,13 @@ def train_from_reader(
     threads: int | None = None,
     on_step: Callable[[int], None] | None = None,
     label_pool: tuple | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, Any]:
     """`train_student` on an open cache reader (any CacheReader, e.g. a MemoryCache in tests) and a
     loaded PreparedData. Returns the summary (as written to summary.json) plus `out_dir` and
     `seconds`. label_pool: (sample_id, label) known outside the cache, read by a
-    `label_budget` with `held_back: true` (pipeline/train/budget.py)."""
+    `label_budget` with `held_back: true` (pipeline/train/budget.py). ranks: this process among
+    those launched by `distillery train --nproc` (every rank trains, rank 0 writes)."""
     started = time.perf_counter()
     threads = threads or params.torch_threads
     if threads:
@@ -160,50 +166,49 @@ def train_from_reader(
         budgeted = apply_budget(reader, prepared, params.label_budget, label_pool)
         reader, prepared, budget_report = budgeted.reader, budgeted.prepared, budgeted.report
     data = join_training_data(reader, prepared, params.train_rows)
+    params = _processes(params, ranks)
     digest = config_hash(params, prepared.fingerprint, reader)
-    device = resolve_device(params.device, name)
+    device = resolve_device(params.device, name, ranks.local_rank if ranks.world > 1 else None)
     seeds = list(params.seeds if seeds is None else seeds)
     staging = scratch_dir / "output"
-    shutil.rmtree(staging, ignore_errors=True)
+    if ranks.writes:
+        shutil.rmtree(staging, ignore_errors=True)
     per_seed, sizes = {}, {}
-    for seed in seeds:
-        seed_scratch = scratch_dir / f"seed_{seed}"
-        logger = EpochLogger(
-            {m: seed_scratch / "live" / m if m else seed_scratch / "live" for m in params.members()}
-        )
-        try:
-            members, state = run_seed(
-                params,
-                data,
-                seed,
-                seed_scratch,
-                digest,
-                progress,
-                on_epoch=logger,
-                on_step=on_step,
-                device=device,
-            )
-        finally:
-            logger.close()
-        per_seed[seed] = state.history[-1]
-        for member in members:
-            _write_seed_output(
-                _model_dir(staging, member.name, seed),
-                name,
-                params,
-                member,
-                seed,
-                data,
-                state,
-                Path(logger.lives[member.name].dir),
-            )
-            sizes[member.name] = count_parameters(member.model)
+    with process_group(ranks, device):
+        for seed in seeds:
+            seed_scratch = scratch_dir / f"seed_{seed}"
+            lives = {m: seed_scratch / "live" / m if m else seed_scratch / "live" for m in params.members()}
+            logger = EpochLogger(lives) if ranks.writes else None
+            try:
+                members, state = run_seed(
+                    params,
+                    data,
+                    seed,
+                    seed_scratch,
+                    digest,
+                    progress and ranks.writes,
+                    on_epoch=logger,
+                    on_step=on_step,
+                    device=device,
+                    ranks=ranks,
+                )
+            finally:
+                if logger is not None:
+                    logger.close()
+            per_seed[seed] = state.history[-1]
+            for member in members:
+                sizes[member.name] = count_parameters(member.model)
+                if logger is not None:
+                    target = _model_dir(staging, member.name, seed)
+                    live = Path(logger.lives[member.name].dir)
+                    _write_seed_output(target, name, params, member, seed, data, state, live)
     summary = _summarise(name, params, per_seed, sizes)
     if budget_report is not None:
         summary["label_budget"] = budget_report
-    atomic_write_json(staging / "summary.json", summary)
-    _move_into_place(staging, out_dir)
-    shutil.rmtree(scratch_dir, ignore_errors=True)
+    if ranks.writes:
+        atomic_write_json(staging / "summary.json", summary)
+        _move_into_place(staging, out_dir)
+        shutil.rmtree(scratch_dir, ignore_errors=True)
     return {**summary, "out_dir": str(out_dir), "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -223,13 +228,15 @@ def train_student(
     seeds: Sequence[int] | None = None,
     progress: bool = True,
     threads: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, Any]:
     """Train student `name` (all of `seeds`, default `params.seeds`) from the cache at `params.cache`
     joined to the prepared data in `prepared_dir`; write `out_dir` (see the module docstring).
 
     A small JSON-able summary comes back: per model the val accuracy per seed, mean, std and size.
     `threads` sets torch's intra-op threads (Dask workers pass 1); default `params.torch_threads`. Safe
-    to re-run after a kill: the seeds resume from their last checkpoint in `scratch_dir`.
+    to re-run after a kill: the seeds resume from their last checkpoint in `scratch_dir`. ranks:
+    this process among those `distillery train --nproc` launched (default: the only one).
     """
     from pipeline.data.prepared import load_prepared
 
@@ -247,4 +254,5 @@ def train_student(
         progress,
         threads,
         label_pool=held_back_labels(prepared_dir) if held_back else None,
+        ranks=ranks,
     )

@@ -80,3 +80,21 @@ class LinearTeacher:
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         flat = inputs.reshape(len(inputs), -1)
         return {"logits": flat @ self.w, "embed": np.tanh(flat @ self.v)}
+
+
+def write_disk_project(root) -> None:
+    """The synthetic data as a prepared directory (`root/prepared`) and its Zarr cache built by
+    `LinearTeacher` (`root/cache/store`): what the `train` stage reads from disk."""
+    from pipeline.cache.params import CacheParams
+    from pipeline.cache.writer import build_cache
+    from pipeline.data.prepared import load_prepared, write_prepared
+    from pipeline.data.prepared import make_prepared as prepared_data
+
+    data = make_prepared()
+    write_prepared(prepared_data(data.sample_id, data.split, data.label, data.inputs, 10), root / "prepared")
+    prepared = load_prepared(root / "prepared")
+    params = CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64)
+    store, scratch = root / "cache/store", root / "cache/scratch"
+    build_cache(
+        prepared, LinearTeacher(), "a" * 64, prepared.fingerprint, params, store, scratch, progress=False
+    )

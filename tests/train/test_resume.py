@@ -130,8 +130,9 @@ def _crash_at(step):
                 }
             },
         },
+        {"precision": "fp16", "accumulate_steps": 2, "arch": {"kind": "mlp", "hidden": [16], "dropout": 0.2}},
     ],
-    ids=["sgd-momentum", "cohort-mutual"],
+    ids=["sgd-momentum", "cohort-mutual", "fp16-scaler-accumulation"],
 )
 def test_a_crashed_run_resumes_to_identical_weights(tmp_path, overrides):
     prepared = make_prepared()
@@ -176,9 +177,9 @@ def _checkpointed_steps(monkeypatch, params, tmp_path, on_step=None):
 
     steps, real_save = [], loop.save_checkpoint
 
-    def counting_save(directory, state, members, rng_state):
+    def counting_save(directory, state, *args):
         steps.append(state.global_step)
-        real_save(directory, state, members, rng_state)
+        real_save(directory, state, *args)
 
     monkeypatch.setattr(loop, "save_checkpoint", counting_save)
     prepared = make_prepared()

@@ -8,32 +8,17 @@ import pytest
 import torch
 import yaml
 
-from pipeline.cache.params import CacheParams
-from pipeline.cache.writer import build_cache
 from pipeline.data.prepared import load_prepared, make_prepared, write_prepared
 from pipeline.students import list_trained, load_trained_student
 from stages.cli import main
-from tests.train.helpers import LinearTeacher
 from tests.train.helpers import make_prepared as synthetic_prepared
+from tests.train.helpers import write_disk_project
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    data = synthetic_prepared()
-    write_prepared(make_prepared(data.sample_id, data.split, data.label, data.inputs, 10), root / "prepared")
-    prepared = load_prepared(root / "prepared")
-    params = CacheParams(rows_per_chunk=64, chunks_per_shard=2, batch_size=64)
-    build_cache(
-        prepared,
-        LinearTeacher(),
-        "a" * 64,
-        prepared.fingerprint,
-        params,
-        root / "cache/store",
-        root / "cache/scratch",
-        progress=False,
-    )
+    write_disk_project(root)
     students = {
         "kd": {
             "arch": {"kind": "mlp", "hidden": [16]},

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import read_params_file
+from pipeline.cache.params import CacheParams
+from pipeline.config import load_section, read_params_file
 from pipeline.io import output_lock
 from pipeline.names import child_path
 from pipeline.train.params import select_student, validate_students
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--student", required=True, type=student_name, help="a name under `students:` in params.yaml"
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (section `students`)")
+    parser.add_argument("--params", default="params.yaml", help="params file (sections `students`, `cache`)")
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--out", default=None, help="output directory (default data/train/<student>)")
     parser.add_argument(
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             progress=not args.no_progress and sys.stderr.isatty(),
             threads=args.threads,
+            cache_views=load_section(CacheParams, "cache", args.params).views,
         )
     for model, figures in result["models"].items():
         print(

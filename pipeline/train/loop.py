@@ -113,7 +113,7 @@ def steps_per_epoch(num_rows: int, batch_size: int) -> int:
 
 
 def _epoch_rows(data: TrainingData, seed: int, epoch: int, batch_size: int, skip_batches: int) -> np.ndarray:
-    order = np.random.default_rng([seed, epoch]).permutation(data.train_rows)
+    order = np.random.default_rng([seed, epoch]).permutation(data.epoch_rows(seed, epoch))
     usable = steps_per_epoch(len(order), batch_size) * min(batch_size, len(order))
     return order[skip_batches * batch_size : usable]
 
@@ -220,7 +220,7 @@ class ValidationSet:
             return cls(torch.zeros((0, *data.input_shape)), empty, empty)
         order = np.concatenate([np.asarray(b.rows) for b in batches])
         return cls(
-            torch.from_numpy(data.inputs[order]).to(device),
+            torch.from_numpy(data.batch_inputs(order)).to(device),
             torch.cat([b.label for b in batches]).to(device),
             torch.cat([b.logits.argmax(1) for b in batches]).to(device),
         )
@@ -339,7 +339,7 @@ def run_seed(
                 set_learning_rate(member.optimizer, lr)
             batch_rows = torch.from_numpy(np.asarray(batch.rows, np.int64))
             batch = batch.to(device)
-            inputs = torch.from_numpy(data.inputs[batch.rows]).to(device)
+            inputs = torch.from_numpy(data.batch_inputs(batch.rows)).to(device)
             _train_step(members, batch, inputs, batch_rows, state.epoch, bank, sums)
             sums.add_lr(lr)
             state.step_in_epoch += 1

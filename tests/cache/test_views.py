@@ -11,10 +11,10 @@ import pytest
 from pipeline.cache.build import create_store
 from pipeline.cache.format import StaleCacheError
 from pipeline.cache.open import check_views, open_cache
+from pipeline.cache.params import CacheParams
 from pipeline.cache.shards import write_shard
 from pipeline.cache.views import ORIGINAL_VIEW, pool_mask
 from pipeline.config import ParamsError, validate_section
-from pipeline.cache.params import CacheParams
 from pipeline.transforms import PartnerPool, TransformError, ViewsParams, draw_table
 from tests.cache.helpers import FakeTeacher, build, make_rows, small_params, tree_bytes
 

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import read_params_file
+from pipeline.cache.params import CacheParams
+from pipeline.config import load_section, read_params_file
 from pipeline.io import output_lock
 from pipeline.names import child_path
 from pipeline.train import distributed
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--student", required=True, type=student_name, help="a name under `students:` in params.yaml"
     )
-    parser.add_argument("--params", default="params.yaml", help="params file (section `students`)")
+    parser.add_argument("--params", default="params.yaml", help="params file (sections `students`, `cache`)")
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--out", default=None, help="output directory (default data/train/<student>)")
     parser.add_argument(
@@ -71,6 +72,7 @@ def _train(args: argparse.Namespace, params, out: Path, scratch: Path, ranks: di
         progress=not args.no_progress and sys.stderr.isatty(),
         threads=args.threads,
         ranks=ranks,
+        cache_views=load_section(CacheParams, "cache", args.params).views,
     )
 
 

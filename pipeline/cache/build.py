@@ -43,8 +43,10 @@ from pipeline.cache.format import (
 from pipeline.cache.params import CacheParams
 from pipeline.cache.store import Store, open_store, store_class
 from pipeline.cache.teacher_outputs import Teacher, describe_teacher, probe_layout
+from pipeline.cache.views import view_rows
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json, replace_dir
+from pipeline.transforms import ViewsParams
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +125,37 @@ class CacheBuild:
 
 
 def bytes_params(params: CacheParams) -> dict[str, Any]:
-    """The part of `params` that decides the stored bytes (recorded in cache.json)."""
-    dumped = params.model_dump()
-    return {key: dumped[key] for key in BYTES_PARAMS}
+    """The part of `params` that decides the stored bytes (recorded in cache.json). `views` joins
+    it only when set (with its fingerprint, which holds TRANSFORMS_FORMAT), so a single-view
+    cache.json and build fingerprint are what they were before views existed."""
+    dumped = params.model_dump(exclude={"views"})
+    chosen = {key: dumped[key] for key in BYTES_PARAMS}
+    views = params.views
+    if views is not None:
+        chosen["views"] = {
+            "count": views.count,
+            "seed": views.seed,
+            "transforms": [step.model_dump(mode="json") for step in views.transforms],
+            "fingerprint": views.fingerprint(),
+        }
+    return chosen
+
+
+def recorded_views(metadata: CacheMetadata) -> ViewsParams | None:
+    """The `cache.views` params a cache (or scratch build) was made with, from its cache.json; None
+    for a single-view cache."""
+    recorded = metadata.params.get("views")
+    if recorded is None:
+        return None
+    return ViewsParams.model_validate({k: v for k, v in recorded.items() if k != "fingerprint"})
 
 
 def open_build(scratch_dir: str | Path, data: RowSource) -> CacheBuild:
-    """The build started by `create_store` in `scratch_dir` (for shard writers in other processes)."""
+    """The build started by `create_store` in `scratch_dir` (for shard writers in other processes);
+    `data` is the prepared rows (wrapped in their view rows when the build has views)."""
     scratch_dir = Path(scratch_dir)
-    return CacheBuild(scratch_dir, read_metadata(scratch_dir / "store"), data)
+    metadata = read_metadata(scratch_dir / "store")
+    return CacheBuild(scratch_dir, metadata, view_rows(data, recorded_views(metadata)))
 
 
 def create_store(
@@ -146,10 +170,13 @@ def create_store(
 
     A scratch left by another dataset, teacher or params is deleted (the log says which differs).
     The teacher is probed first (`probe_layout`): one whose outputs do not follow the batch is
-    refused before anything is written.
+    refused before anything is written. With `params.views` the rows are `ViewRows` (originals,
+    then K views per sample; pipeline/cache/views.py), and a spec that cannot apply to the inputs
+    is refused here, before the teacher runs (TransformError).
     """
     scratch_dir = Path(scratch_dir)
     _check_rows(data)
+    data = view_rows(data, params.views)
     teacher_info = describe_teacher(teacher, teacher_sha256)
     fingerprint = build_fingerprint(
         params.store, dataset_fingerprint, teacher_info, bytes_params(params), code_version()
@@ -215,12 +242,22 @@ def _why_different(
         reasons.append(f"dataset {short(existing.dataset_fingerprint)} -> {short(dataset_fingerprint)}")
     if existing.teacher_sha256 != teacher_sha256:
         reasons.append(f"teacher {short(existing.teacher_sha256)} -> {short(teacher_sha256)}")
-    changed = sorted(k for k in params if existing.params.get(k) != params[k])
+    changed = sorted(k for k in {*params, *existing.params} if existing.params.get(k) != params.get(k))
     if changed:
         reasons.append(
-            "params " + ", ".join(f"{k}: {existing.params.get(k)} -> {params[k]}" for k in changed)
+            "params "
+            + ", ".join(f"{k}: {_shown(existing.params.get(k))} -> {_shown(params.get(k))}" for k in changed)
         )
     return "; ".join(reasons) or "format or code version changed"
+
+
+def _shown(value: Any) -> Any:
+    """A param for a log line: a `views` mapping by its fingerprint's first 12 hex digits."""
+    return (
+        f"views {short(value['fingerprint'])}"
+        if isinstance(value, dict) and "fingerprint" in value
+        else value
+    )
 
 
 def completed_shards(build: CacheBuild) -> set[int]:

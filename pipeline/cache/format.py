@@ -5,6 +5,7 @@ Every store (Zarr, Parquet) holds the same named arrays, aligned by row:
     sample_id (N,) int64 | split (N,) int8 | label (N,) int64 | logits (N, C) float16/32
     features/<tap> (N, *tap_shape) float16/32
     sparse/values (N, K) float16/32 | sparse/indices (N, K) int32 | sparse/logsumexp (N,) float32
+    view (N,) int32 | view_params/<column> (N,) VIEW_DTYPE's column dtype   (a view cache only)
 
 and one metadata file, `cache.json`, at the store's root (docs/cache_format.md). It is written
 with `"complete": false` when the store is created and rewritten with `"complete": true` and the
@@ -27,6 +28,7 @@ import numpy as np
 
 from pipeline.errors import DistilleryError
 from pipeline.names import check_name, child_path
+from pipeline.transforms.views import VIEW_COLUMNS
 
 FORMAT_NAME = "distillery-cache"
 FORMAT_VERSION = 1
@@ -73,6 +75,9 @@ class CacheLayout:
     """Shapes, dtypes and chunking of one cache (everything a store needs to create its arrays).
 
     feature_shapes: tap name -> per-row shape. rows_per_shard is a multiple of rows_per_chunk.
+    view_count: K views per sample (`cache.views`, docs/transforms.md "Views in the cache"): the
+    store then also holds `view` and one `view_params/<column>` array per VIEW_DTYPE column; None
+    (a single-view cache, whose cache.json does not mention it).
     """
 
     num_rows: int
@@ -83,6 +88,7 @@ class CacheLayout:
     sparse_top_k: int | None
     rows_per_chunk: int
     rows_per_shard: int
+    view_count: int | None = None
 
     def __post_init__(self) -> None:
         counts = {"num_rows": self.num_rows, "num_classes": self.num_classes}
@@ -91,6 +97,7 @@ class CacheLayout:
             if type(value) is not int or value < (0 if key == "num_rows" else 1):
                 raise ValueError(f"layout.{key} is {value!r}, not a count")
         dims = [d for shape in self.feature_shapes.values() for d in shape] + [self.sparse_top_k or 1]
+        dims.append(1 if self.view_count is None else self.view_count - 1)
         if any(type(d) is not int or d < 0 for d in dims):
             raise ValueError("a feature shape or sparse_top_k is not made of counts")
         for tap in self.feature_shapes:
@@ -129,12 +136,18 @@ class CacheLayout:
             specs["sparse/values"] = ((k,), self.logits_dtype)
             specs["sparse/indices"] = ((k,), "int32")
             specs["sparse/logsumexp"] = ((), "float32")
+        if self.view_count is not None:
+            specs["view"] = ((), "int32")
+            for column, dtype in VIEW_COLUMNS:
+                specs[f"view_params/{column}"] = ((), np.dtype(dtype).name)
         return specs
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (tuples as lists)."""
         data = asdict(self)
         data["feature_shapes"] = {k: list(v) for k, v in self.feature_shapes.items()}
+        if self.view_count is None:  # a single-view cache.json stays byte-identical to before views
+            del data["view_count"]
         return data
 
     @classmethod

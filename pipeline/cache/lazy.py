@@ -22,8 +22,8 @@ from pipeline.cache.store import Store
 class LazyCache(ArrayCache):
     """A finished cache whose large arrays stay in `store` (its `reads_rows` must be true).
 
-    path: the store directory; metadata: its cache.json; small: sample_id, split and label, read
-    whole (and verified) by the caller.
+    path: the store directory; metadata: its cache.json; small: sample_id, split and label (and
+    view, in a view cache), read whole (and verified) by the caller.
     """
 
     def __init__(
@@ -31,6 +31,7 @@ class LazyCache(ArrayCache):
     ) -> None:
         self.path, self.metadata, self._store = path, metadata, store
         self._sample_id, self._split, self._label = (small[name] for name in ("sample_id", "split", "label"))
+        self._view = small.get("view")
         layout = metadata.layout
         self.schema = CacheSchema(
             num_rows=layout.num_rows,
@@ -38,6 +39,7 @@ class LazyCache(ArrayCache):
             logits_dtype=layout.logits_dtype,
             feature_shapes=dict(layout.feature_shapes),
             sparse_top_k=layout.sparse_top_k,
+            view_count=layout.view_count,
         )
 
     def _whole(self, name: str) -> np.ndarray:

@@ -44,6 +44,7 @@ from pipeline.cache.mmap_store import (
 from pipeline.cache.reader import CacheReader, MemoryCache
 from pipeline.cache.store import Store, open_store
 from pipeline.errors import DistilleryError
+from pipeline.transforms import ViewsParams
 
 DEFAULT_IN_MEMORY_MAX_BYTES = 8 * 1024**3
 READ_MODES = ("auto", "memory", "mmap", "lazy")
@@ -84,6 +85,20 @@ def check_fingerprints(
         raise StaleCacheError(
             f"the cache at {path} was built for teacher sha256 {short(metadata.teacher_sha256)} but the "
             f"teacher in use is {short(teacher_sha256)}; re-run `dvc repro cache`"
+        )
+
+
+def check_views(path: str | Path, metadata: CacheMetadata, views: ViewsParams | None) -> None:
+    """StaleCacheError unless the cache at `path` was built with the `cache.views` given (None: a
+    single-view cache): a changed spec, count or seed makes every stored view another one."""
+    recorded = metadata.params.get("views")
+    have = None if recorded is None else str(recorded.get("fingerprint"))
+    want = None if views is None else views.fingerprint()
+    if have != want:
+        shown = {None: "no views"}
+        raise StaleCacheError(
+            f"the cache at {path} was built with cache.views {shown.get(have) or short(have)} but the params "
+            f"ask for {shown.get(want) or short(want)}; re-run `dvc repro cache`"
         )
 
 
@@ -184,9 +199,8 @@ def open_cache(
     if mode == "mmap":
         return open_sidecar(path, metadata, store, mmap_dir, verify)
     if mode == "lazy":
-        small = {
-            name: _read_verified(store, metadata, name, verify) for name in ("sample_id", "split", "label")
-        }
+        names = ("sample_id", "split", "label") + (("view",) if metadata.layout.view_count else ())
+        small = {name: _read_verified(store, metadata, name, verify) for name in names}
         return LazyCache(path, metadata, store, small)
     arrays = {name: _read_verified(store, metadata, name, verify) for name in metadata.layout.arrays()}
     return StoredCache(path, metadata, arrays)

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from pipeline.cache.store import STORES
 from pipeline.config import StrictModel
+from pipeline.transforms.params import ViewsParams
 
 StoreName = Literal[tuple(STORES)]  # type: ignore[valid-type]
 """A key of `pipeline.cache.store.STORES`: a new store is valid here once it is in the table."""
@@ -28,6 +29,10 @@ class CacheParams(StrictModel):
     kl_sample_rows: rows whose fp32 logits are kept during the run to measure the stored
         dtype's KL error (evenly spaced over the cache).
     in_memory_max_mb: the reader loads a cache up to this size into RAM (fast random batches).
+    views: {count: K, seed, transforms: [...]}: also cache K augmented views of every sample a
+        student may train on (train and unlabelled splits), each view's drawn params stored beside
+        the teacher's outputs on it (docs/transforms.md, "Views in the cache"); null = no views,
+        today's single-view cache, byte for byte.
     The teacher's provider and threads come from the `teacher:` section.
     """
 
@@ -41,6 +46,7 @@ class CacheParams(StrictModel):
     sparse_top_k: int | None = Field(None, ge=1)
     kl_sample_rows: int = Field(20000, ge=1)
     in_memory_max_mb: int = Field(8192, ge=0)
+    views: ViewsParams | None = None
 
     @property
     def rows_per_shard(self) -> int:

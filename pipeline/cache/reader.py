@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.cache.batch import SPLITS, UNLABELLED, SparseLogits, TeacherBatch
+from pipeline.transforms.views import VIEW_DTYPE
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class CacheSchema:
     logits_dtype: "float16" or "float32", as stored (batches are always float32).
     feature_shapes: tap name -> per-row shape, e.g. {"embed": (64,), "conv": (32, 4, 4)}.
     sparse_top_k: K of the stored top-k form, or None when there is none.
+    view_count: K views per sample of a view cache (`cache.views`), or None for a single-view cache.
     """
 
     num_rows: int
@@ -35,6 +37,7 @@ class CacheSchema:
     logits_dtype: str
     feature_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     sparse_top_k: int | None = None
+    view_count: int | None = None
 
 
 class CacheReader(Protocol):
@@ -113,6 +116,7 @@ class ArrayCache:
     _sample_id: np.ndarray
     _split: np.ndarray
     _label: np.ndarray
+    _view: np.ndarray | None = None
 
     def _whole(self, name: str) -> np.ndarray:
         raise NotImplementedError
@@ -151,6 +155,20 @@ class ArrayCache:
         if self.schema.sparse_top_k is None:
             return None
         return tuple(self._whole(f"sparse/{part}") for part in ("values", "indices", "logsumexp"))
+
+    @property
+    def view(self) -> np.ndarray | None:
+        """(N,) int32 view index of every row of a view cache (-1 = the original input), else None."""
+        return None if self.schema.view_count is None else self._view
+
+    def view_records(self, rows: np.ndarray) -> np.ndarray:
+        """(B,) VIEW_DTYPE records of the rows `rows` of a view cache: the drawn params of each view
+        (the untouched record for originals), for `pipeline.transforms.apply`."""
+        rows = np.asarray(rows, np.int64)
+        records = np.empty(len(rows), VIEW_DTYPE)
+        for column in VIEW_DTYPE.names:
+            records[column] = self._gather(f"view_params/{column}", rows)
+        return records
 
     def batch(self, rows: np.ndarray) -> TeacherBatch:
         """The rows `rows` ((B,) int) as a TeacherBatch of float32 tensors (indices int64)."""
@@ -208,6 +226,7 @@ class MemoryCache(ArrayCache):
         self._split = np.asarray(arrays["split"], np.int8)
         self._label = np.asarray(arrays["label"], np.int64)
         logits, values = arrays["logits"], arrays.get("sparse/values")
+        self._view = None if "view" not in arrays else np.asarray(arrays["view"], np.int32)
         self.schema = CacheSchema(
             num_rows=n,
             num_classes=int(logits.shape[1]),
@@ -218,6 +237,7 @@ class MemoryCache(ArrayCache):
                 if name.startswith("features/")
             },
             sparse_top_k=None if values is None else int(values.shape[1]),
+            view_count=None if self._view is None else int(self._view.max(initial=-1)) + 1,
         )
 
     def _whole(self, name: str) -> np.ndarray:

@@ -44,6 +44,11 @@ def compute_shard(
     }
     for name in ("sample_id", "split", "label"):
         arrays[name][:] = getattr(data, name)[rows]
+    if layout.view_count is not None:  # data is ViewRows: draw the shard's records once
+        arrays["view"][:] = data.view[rows]
+        records = data.records(rows)
+        for column in records.dtype.names:
+            arrays[f"view_params/{column}"][:] = records[column]
     keep = keep_in_shard(keep_rows, rows)
     kept_logits = np.empty((len(keep), layout.num_classes), np.float32)
     for batch in build.batches(rows):

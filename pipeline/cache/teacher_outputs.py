@@ -206,6 +206,7 @@ def probe_layout(teacher: Teacher, data: Any, params: CacheParams) -> CacheLayou
         sparse_top_k=None if params.sparse_top_k is None else min(params.sparse_top_k, num_classes),
         rows_per_chunk=params.rows_per_chunk,
         rows_per_shard=params.rows_per_shard,
+        view_count=None if params.views is None else params.views.count,
     )
 
 

@@ -14,7 +14,15 @@ import numpy as np
 from pipeline.cache.alignment import CacheAlignmentError, check_alignment
 from pipeline.cache.batch import SPLITS, UNLABELLED
 from pipeline.cache.reader import CacheReader, rows_of_split
+from pipeline.cache.views import ORIGINAL_VIEW, PartnerIndex
 from pipeline.errors import DistilleryError
+from pipeline.train.views import (
+    MixedLabelsUnlabelled,
+    ViewReplay,
+    check_student_views,
+    originals,
+    recorded_spec,
+)
 
 
 class NoTrainingRowsError(DistilleryError):
@@ -54,8 +62,10 @@ def training_rows(reader: CacheReader, train_rows: str) -> np.ndarray:
 class TrainingData:
     """The cache plus the inputs of its rows: everything the loop reads.
 
-    reader: the teacher cache. inputs: (N_cache, *input_shape) float32, row i = cache row i.
-    train_rows / val_rows: (n,) int64 cache rows. num_classes: C.
+    reader: the teacher cache. inputs: (N_cache, *input_shape) float32, row i = cache row i; with
+    `replay` (a view cache), the prepared inputs, which `replay` turns into each row's view.
+    train_rows / val_rows: (n,) int64 cache rows (of a view cache: the originals of the training
+    samples; each epoch trains on one view of each, `epoch_rows`). num_classes: C.
     """
 
     reader: CacheReader
@@ -63,32 +73,90 @@ class TrainingData:
     train_rows: np.ndarray
     val_rows: np.ndarray
     num_classes: int
+    replay: ViewReplay | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Per-row input shape, e.g. (1, 8, 8)."""
-        return tuple(self.inputs.shape[1:])
+        """Per-row input shape, e.g. (1, 8, 8) (a view's shape in a view cache)."""
+        return self.replay.shape if self.replay is not None else tuple(self.inputs.shape[1:])
+
+    def epoch_rows(self, seed: int, epoch: int) -> np.ndarray:
+        """(n,) int64 cache rows of `epoch`, ascending by sample: `train_rows`, or with views one
+        view of each training sample (`ViewReplay.epoch_rows`)."""
+        return self.train_rows if self.replay is None else self.replay.epoch_rows(seed, epoch)
+
+    def batch_inputs(self, rows: np.ndarray) -> np.ndarray:
+        """(B, *input_shape) float32 inputs of cache rows `rows` (views replayed bit for bit)."""
+        return self.inputs[rows] if self.replay is None else self.replay.batch_inputs(rows)
 
 
-def join_training_data(reader: CacheReader, prepared, train_rows: str) -> TrainingData:
-    """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData)."""
+def join_training_data(
+    reader: CacheReader, prepared, train_rows: str, views: int | None = None, student: str = "<name>"
+) -> TrainingData:
+    """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData).
+
+    views: the k views per sample the student trains on (`students.<s>.views`; None = the
+    originals); ViewsMismatchError when the cache holds no views and k is set, or holds views and
+    k is not, or fewer than k (pipeline/train/views.py)."""
+    check_student_views(getattr(reader, "path", "(in memory)"), reader.schema.view_count, views, student)
+    if views is not None:
+        return _join_views(reader, prepared, train_rows, views)
     position = align_inputs(
         reader, prepared.sample_id, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
     )
+    _check_classes(reader, prepared)
+    return TrainingData(
+        reader,
+        np.ascontiguousarray(prepared.inputs[position], np.float32),
+        _training_rows(reader, train_rows),
+        rows_of_split(reader, "val"),
+        int(prepared.num_classes),
+    )
+
+
+def _check_classes(reader: CacheReader, prepared) -> None:
     if reader.schema.num_classes != prepared.num_classes:
         raise CacheAlignmentError(
             f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "
             "classes; re-run `dvc repro cache`"
         )
+
+
+def _training_rows(reader, train_rows: str) -> np.ndarray:
     rows = training_rows(reader, train_rows)
     if len(rows) == 0:
         raise NoTrainingRowsError(
             f"no rows to train on (train_rows: {train_rows}); the cache has no rows of split {SPLITS[0]!r}"
         )
+    return rows
+
+
+def _join_views(reader: CacheReader, prepared, train_rows: str, views: int) -> TrainingData:
+    """TrainingData of a view cache: aligned on its original rows (view -1), every row's prepared
+    row found by sample id, replayed by a ViewReplay."""
+    kept = originals(reader)
+    check_alignment(
+        kept, prepared.sample_id, True, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
+    )
+    _check_classes(reader, prepared)
+    partners = PartnerIndex(prepared.sample_id)
+    source = partners.rows(reader.sample_id)
+    if not np.array_equal(np.asarray(prepared.sample_id, np.int64)[source], np.asarray(reader.sample_id)):
+        raise CacheAlignmentError(
+            "the view cache has views of sample ids the dataset lacks; re-run `dvc repro cache` for this "
+            "dataset"
+        )
+    is_original = np.asarray(reader.view) == ORIGINAL_VIEW
+    rows = _training_rows(reader, train_rows)
+    rows = rows[is_original[rows]]
+    val = rows_of_split(reader, "val")
+    inputs = np.ascontiguousarray(prepared.inputs, np.float32)
+    replay = ViewReplay(reader, recorded_spec(reader), views, inputs, source, rows, partners)
     return TrainingData(
-        reader,
-        np.ascontiguousarray(prepared.inputs[position], np.float32),
+        MixedLabelsUnlabelled(reader),
+        inputs,
         rows,
-        rows_of_split(reader, "val"),
+        val[is_original[val]],
         int(prepared.num_classes),
+        replay,
     )

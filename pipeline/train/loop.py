@@ -119,7 +119,7 @@ def steps_per_epoch(num_rows: int, batch_size: int) -> int:
 
 
 def _epoch_rows(data: TrainingData, seed: int, epoch: int, batch_size: int, skip_batches: int) -> np.ndarray:
-    order = np.random.default_rng([seed, epoch]).permutation(data.train_rows)
+    order = np.random.default_rng([seed, epoch]).permutation(data.epoch_rows(seed, epoch))
     usable = steps_per_epoch(len(order), batch_size) * min(batch_size, len(order))
     return order[skip_batches * batch_size : usable]
 
@@ -191,7 +191,7 @@ class ValidationSet:
             return cls(torch.zeros((0, *data.input_shape)), empty, empty)
         order = np.concatenate([np.asarray(b.rows) for b in batches])
         return cls(
-            torch.from_numpy(data.inputs[order]).to(device),
+            torch.from_numpy(data.batch_inputs(order)).to(device),
             torch.cat([b.label for b in batches]).to(device),
             torch.cat([b.logits.argmax(1) for b in batches]).to(device),
         )
@@ -313,7 +313,7 @@ def run_seed(
     while state.epoch < params.epochs:
         rows = _epoch_rows(data, seed, state.epoch, params.batch_size, state.step_in_epoch)
         rows = local_rows(rows, global_batch, ranks)
-        host = ((b, data.inputs[b.rows]) for b in iter_batches(data.reader, micro_batch, rows=rows))
+        host = ((b, data.batch_inputs(b.rows)) for b in iter_batches(data.reader, micro_batch, rows=rows))
         for micro_batches in grouped(device_batches(host, device), params.accumulate_steps):
             lr = learning_rate(
                 state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule

@@ -165,7 +165,7 @@ def train_from_reader(
     if params.label_budget is not None:
         budgeted = apply_budget(reader, prepared, params.label_budget, label_pool)
         reader, prepared, budget_report = budgeted.reader, budgeted.prepared, budgeted.report
-    data = join_training_data(reader, prepared, params.train_rows)
+    data = join_training_data(reader, prepared, params.train_rows, params.views, name)
     params = _processes(params, ranks)
     digest = config_hash(params, prepared.fingerprint, reader)
     device = resolve_device(params.device, name, ranks.local_rank if ranks.world > 1 else None)
@@ -212,11 +212,20 @@ def train_from_reader(
     return {**summary, "out_dir": str(out_dir), "seconds": round(time.perf_counter() - started, 3)}
 
 
-def open_student_cache(path: str | Path, dataset_fingerprint: str):
-    """The cache reader at `path`, checked against the prepared dataset's fingerprint."""
-    from pipeline.cache.open import open_cache
+UNCHECKED = "unchecked"
+"""`cache_views` of a caller that does not know the `cache:` section (the cache is not checked)."""
 
-    return open_cache(path, dataset_fingerprint=dataset_fingerprint)
+
+def open_student_cache(path: str | Path, dataset_fingerprint: str, cache_views=UNCHECKED):
+    """The cache reader at `path`, checked against the prepared dataset's fingerprint and, unless
+    UNCHECKED, against `cache_views` (the `cache.views` params, or None): StaleCacheError when the
+    cache was built with other views (pipeline.cache.open.check_views)."""
+    from pipeline.cache.open import check_views, open_cache
+
+    reader = open_cache(path, dataset_fingerprint=dataset_fingerprint)
+    if cache_views is not UNCHECKED:
+        check_views(path, reader.metadata, cache_views)
+    return reader
 
 
 def train_student(
@@ -229,6 +238,7 @@ def train_student(
     progress: bool = True,
     threads: int | None = None,
     ranks: Ranks = SINGLE,
+    cache_views=UNCHECKED,
 ) -> dict[str, Any]:
     """Train student `name` (all of `seeds`, default `params.seeds`) from the cache at `params.cache`
     joined to the prepared data in `prepared_dir`; write `out_dir` (see the module docstring).
@@ -237,11 +247,13 @@ def train_student(
     `threads` sets torch's intra-op threads (Dask workers pass 1); default `params.torch_threads`. Safe
     to re-run after a kill: the seeds resume from their last checkpoint in `scratch_dir`. ranks:
     this process among those `distillery train --nproc` launched (default: the only one).
+    `cache_views`: the `cache.views` the cache must have been built with (the train stage passes
+    params.yaml's; a changed spec is a stale cache), or UNCHECKED.
     """
     from pipeline.data.prepared import load_prepared
 
     prepared = load_prepared(prepared_dir)
-    reader = open_student_cache(params.cache, prepared.fingerprint)
+    reader = open_student_cache(params.cache, prepared.fingerprint, cache_views)
     held_back = params.label_budget is not None and params.label_budget.held_back
     return train_from_reader(
         name,

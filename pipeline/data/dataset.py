@@ -96,7 +96,9 @@ class PreparedDataset:
         self.block_rows = int(meta["block_rows"])
         self.blocks = BlockReader(self.directory, meta["shards"], self.block_rows, self.fields)
         fixed = [name for name, spec in self.fields.items() if not spec.variable]
-        self.input_field = LEGACY_FIELD if LEGACY_FIELD in self.fields else (fixed[0] if len(fixed) == 1 else None)
+        self.input_field = (
+            LEGACY_FIELD if LEGACY_FIELD in self.fields else (fixed[0] if len(fixed) == 1 else None)
+        )
         self._inputs: FieldView | None = None
 
     def __len__(self) -> int:
@@ -128,7 +130,9 @@ class PreparedDataset:
         """An array-like over fixed field `name` (float32 after its transforms)."""
         return FieldView(self, name)
 
-    def read(self, rows, fields: Sequence[str] | None = None, transform: bool = True) -> dict[str, np.ndarray | Ragged]:
+    def read(
+        self, rows, fields: Sequence[str] | None = None, transform: bool = True
+    ) -> dict[str, np.ndarray | Ragged]:
         """Rows (n,) int64 in the given order -> {field: (n, *shape) array or Ragged}; fixed fields
         go through their read-time transforms unless `transform` is False (then the stored dtype)."""
         names = tuple(self.fields) if fields is None else tuple(fields)
@@ -152,8 +156,9 @@ class PreparedDataset:
                     values[name] = read_time(self.transforms[name], values[name])
         return values
 
-    def iter_blocks(self, order, rows_per_batch: int, fields: Sequence[str] | None = None,
-                    transform: bool = True) -> Iterator[tuple[np.ndarray, dict]]:
+    def iter_blocks(
+        self, order, rows_per_batch: int, fields: Sequence[str] | None = None, transform: bool = True
+    ) -> Iterator[tuple[np.ndarray, dict]]:
         """(rows, values) batches of `rows_per_batch` rows along `order` ((n,) int64): streamed, each
         block of the files read once when `order` comes from `block_order`."""
         order = np.asarray(order, np.int64)
@@ -194,16 +199,34 @@ class PreparedDataset:
         """A PreparedData holding the index only (inputs (N, 0)): for ids and messages."""
         from pipeline.data.prepared import PreparedData
 
-        return PreparedData(self.sample_id, self.split, self.label, np.zeros((len(self), 0), np.float32),
-                            self.num_classes, self.fingerprint, self.user_id, self.class_names)
+        return PreparedData(
+            self.sample_id,
+            self.split,
+            self.label,
+            np.zeros((len(self), 0), np.float32),
+            self.num_classes,
+            self.fingerprint,
+            self.user_id,
+            self.class_names,
+        )
 
     def to_memory(self):
         """The whole dataset as a PreparedData (inputs (N, *input_shape) float32): small data only."""
         from pipeline.data.prepared import PreparedData
 
-        inputs = self.inputs[:] if len(self) else np.zeros((0, *self.fields[self.input_field].shape), np.float32)
-        return PreparedData(self.sample_id, self.split, self.label, inputs, self.num_classes,
-                            self.fingerprint, self.user_id, self.class_names)
+        inputs = (
+            self.inputs[:] if len(self) else np.zeros((0, *self.fields[self.input_field].shape), np.float32)
+        )
+        return PreparedData(
+            self.sample_id,
+            self.split,
+            self.label,
+            inputs,
+            self.num_classes,
+            self.fingerprint,
+            self.user_id,
+            self.class_names,
+        )
 
 
 def block_order(rows, block_rows: int, seed: int, epoch: int = 0) -> np.ndarray:
@@ -234,7 +257,8 @@ def open_prepared(directory: str | Path) -> PreparedDataset:
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         if isinstance(error, KeyError) and version != FORMAT_VERSION:
             raise PreparedDataError(
-                f"{directory}: prepared data of format {version}, this version reads format {FORMAT_VERSION}; {RERUN}"
+                f"{directory}: prepared data of format {version}, this version reads format "
+                f"{FORMAT_VERSION}; {RERUN}"
             ) from None
         raise PreparedDataError(f"{meta_path}: damaged ({type(error).__name__}: {error}); {RERUN}") from None
     for shard in [{"file": INDEX_FILE}, *meta["shards"]]:
@@ -243,7 +267,9 @@ def open_prepared(directory: str | Path) -> PreparedDataset:
     try:
         table = pq.read_table(index_path)
     except (pa.ArrowException, OSError) as error:
-        raise PreparedDataError(f"{index_path}: not a readable Parquet file ({first_sentence(error)}); {RERUN}") from None
+        raise PreparedDataError(
+            f"{index_path}: not a readable Parquet file ({first_sentence(error)}); {RERUN}"
+        ) from None
     split = pc.index_in(table.column("split"), value_set=pa.array(SPLITS))
     if split.null_count:
         raise PreparedDataError(f"{index_path}: split values outside {', '.join(SPLITS)}; {RERUN}")
@@ -251,8 +277,11 @@ def open_prepared(directory: str | Path) -> PreparedDataset:
     if "user_id" in table.column_names:
         user_id = np.array(table.column("user_id").to_pylist(), dtype=object)
     dataset = PreparedDataset(
-        directory, meta, table.column("sample_id").to_numpy().astype(np.int64),
-        split.to_numpy(zero_copy_only=False).astype(np.int8), table.column("label").to_numpy().astype(np.int64),
+        directory,
+        meta,
+        table.column("sample_id").to_numpy().astype(np.int64),
+        split.to_numpy(zero_copy_only=False).astype(np.int8),
+        table.column("label").to_numpy().astype(np.int64),
         user_id,
     )
     if dataset.blocks.num_rows != len(dataset) or int(meta.get("rows", len(dataset))) != len(dataset):

@@ -47,7 +47,9 @@ class FieldSpec:
     @classmethod
     def from_json(cls, value: Mapping) -> FieldSpec:
         """The inverse of `to_json`."""
-        return cls(str(np.dtype(value["dtype"])), tuple(None if d is None else int(d) for d in value["shape"]))
+        return cls(
+            str(np.dtype(value["dtype"])), tuple(None if d is None else int(d) for d in value["shape"])
+        )
 
     def describe(self) -> str:
         """e.g. `uint8 (3, 32, 32)` or `int64 (*,)` (a variable axis shown as *)."""
@@ -114,7 +116,9 @@ def spec_of(values: np.ndarray | Ragged) -> FieldSpec:
     return FieldSpec(str(values.dtype), tuple(int(d) for d in values.shape[1:]))
 
 
-def require_fields(fields: Mapping[str, FieldSpec], wanted: Mapping[str, FieldSpec | None], consumer: str) -> None:
+def require_fields(
+    fields: Mapping[str, FieldSpec], wanted: Mapping[str, FieldSpec | None], consumer: str
+) -> None:
     """Check that every field `consumer` wants exists (MissingFieldError names the fields there are)
     and, where a FieldSpec is given, has its dtype and rank (FieldTypeError). `fields`: a
     PreparedDataset's `.fields`; a declared variable axis (None) matches any length."""
@@ -130,9 +134,12 @@ def require_fields(fields: Mapping[str, FieldSpec], wanted: Mapping[str, FieldSp
             continue
         stored = fields[name]
         same_rank = len(declared.shape) == len(stored.shape)
-        dims_match = same_rank and all(d is None or s is None or d == s for d, s in zip(declared.shape, stored.shape))
+        dims_match = same_rank and all(
+            d is None or s is None or d == s for d, s in zip(declared.shape, stored.shape)
+        )
         if np.dtype(declared.dtype) != np.dtype(stored.dtype) or not dims_match:
             raise FieldTypeError(
                 f"{consumer} declares field {name!r} as {declared.describe()} but the prepared data holds "
-                f"{stored.describe()}; add a cast/layout in prepare.transforms or fix the {consumer}'s declaration"
+                f"{stored.describe()}; add a cast/layout in prepare.transforms or fix the "
+                f"{consumer}'s declaration"
             )

@@ -22,8 +22,13 @@ LEGACY_FIELD = "input"
 def is_legacy(fields: Mapping[str, FieldSpec], transforms: Mapping[str, list]) -> bool:
     """True for the format-1 shape of data: one fixed float32 field `input`, no transforms."""
     spec = fields.get(LEGACY_FIELD)
-    return (len(fields) == 1 and spec is not None and not spec.variable and spec.dtype == "float32"
-            and not any(transforms.values()))
+    return (
+        len(fields) == 1
+        and spec is not None
+        and not spec.variable
+        and spec.dtype == "float32"
+        and not any(transforms.values())
+    )
 
 
 class Fingerprinter:
@@ -36,9 +41,17 @@ class Fingerprinter:
     field: of its row lengths <i8, then of its values) in place of the inputs.
     """
 
-    def __init__(self, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray, num_classes: int,
-                 fields: Mapping[str, FieldSpec], transforms: Mapping[str, list] | None = None,
-                 user_id: np.ndarray | None = None, class_names=None):
+    def __init__(
+        self,
+        sample_id: np.ndarray,
+        split: np.ndarray,
+        label: np.ndarray,
+        num_classes: int,
+        fields: Mapping[str, FieldSpec],
+        transforms: Mapping[str, list] | None = None,
+        user_id: np.ndarray | None = None,
+        class_names=None,
+    ):
         transforms = {k: v for k, v in (transforms or {}).items() if v}
         self.legacy = is_legacy(fields, transforms)
         self.fields = dict(sorted(fields.items()))

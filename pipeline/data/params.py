@@ -13,7 +13,7 @@ prepare:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -72,7 +72,7 @@ class ZarrSource(ArraySource):
 
 
 DatasetSource = Annotated[
-    Union[DigitsSource, ParquetSource, NpzSource, ZarrSource], Field(discriminator="kind")
+    DigitsSource | ParquetSource | NpzSource | ZarrSource, Field(discriminator="kind")
 ]
 
 
@@ -84,7 +84,7 @@ class LabelBudget(StrictModel):
     fraction: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "LabelBudget":
+    def _exactly_one(self) -> LabelBudget:
         if (self.per_class is None) == (self.fraction is None):
             raise ValueError("give exactly one of per_class or fraction")
         return self
@@ -101,7 +101,7 @@ class PrepareParams(StrictModel):
     omit_classes: list[int | str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _fractions_leave_train(self) -> "PrepareParams":
+    def _fractions_leave_train(self) -> PrepareParams:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be below 1 so train is not empty")
         return self

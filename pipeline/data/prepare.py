@@ -84,7 +84,9 @@ def describe(data: PreparedData) -> str:
         total = sum(counts.values())
         labelled = total - counts.get("-1", 0)
         if total:
-            lines.append(f"{name}: {total} rows, {labelled} labelled, {len(counts) - ('-1' in counts)} classes")
+            lines.append(
+                f"{name}: {total} rows, {labelled} labelled, {len(counts) - ('-1' in counts)} classes"
+            )
     extra = ""
     if data.class_names is not None:
         extra += f"; class names {few(data.class_names)} (indices 0..{len(data.class_names) - 1}, sorted)"

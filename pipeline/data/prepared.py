@@ -17,7 +17,14 @@ from pipeline.data.fields import FieldSpec
 from pipeline.data.fingerprint import LEGACY_FIELD, Fingerprinter
 from pipeline.data.writer import META_FILE, class_counts, write_arrays
 
-__all__ = ["PreparedData", "PreparedDataError", "load_prepared", "make_prepared", "open_prepared", "write_prepared"]
+__all__ = [
+    "PreparedData",
+    "PreparedDataError",
+    "load_prepared",
+    "make_prepared",
+    "open_prepared",
+    "write_prepared",
+]
 
 
 @dataclass(frozen=True)
@@ -91,9 +98,15 @@ class PreparedData:
         return class_counts(self.split, self.label)
 
 
-def dataset_fingerprint(sample_id: np.ndarray, split: np.ndarray, label: np.ndarray,
-                        inputs: np.ndarray, num_classes: int, user_id: np.ndarray | None = None,
-                        class_names: tuple[str, ...] | None = None) -> str:
+def dataset_fingerprint(
+    sample_id: np.ndarray,
+    split: np.ndarray,
+    label: np.ndarray,
+    inputs: np.ndarray,
+    num_classes: int,
+    user_id: np.ndarray | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> str:
     """The fingerprint of in-memory data with one float32 field `input` (`Fingerprinter`: format 1's
     hash, unchanged: the digits default keeps its value)."""
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -103,9 +116,15 @@ def dataset_fingerprint(sample_id: np.ndarray, split: np.ndarray, label: np.ndar
     return hasher.hexdigest()
 
 
-def make_prepared(sample_id: np.ndarray, split: np.ndarray, label: np.ndarray,
-                  inputs: np.ndarray, num_classes: int, user_id: np.ndarray | None = None,
-                  class_names: tuple[str, ...] | list[str] | None = None) -> PreparedData:
+def make_prepared(
+    sample_id: np.ndarray,
+    split: np.ndarray,
+    label: np.ndarray,
+    inputs: np.ndarray,
+    num_classes: int,
+    user_id: np.ndarray | None = None,
+    class_names: tuple[str, ...] | list[str] | None = None,
+) -> PreparedData:
     """A `PreparedData` with canonical dtypes and its fingerprint computed.
 
     split may be int8 codes or split names; inputs (N, *input_shape) any real dtype (-> float32);
@@ -114,15 +133,24 @@ def make_prepared(sample_id: np.ndarray, split: np.ndarray, label: np.ndarray,
     split = np.asarray(split)
     if split.dtype.kind in "USO":
         split = split_codes(split)
-    arrays = (np.ascontiguousarray(sample_id, dtype=np.int64), split.astype(np.int8),
-              np.ascontiguousarray(label, dtype=np.int64), np.ascontiguousarray(inputs, dtype=np.float32))
+    arrays = (
+        np.ascontiguousarray(sample_id, dtype=np.int64),
+        split.astype(np.int8),
+        np.ascontiguousarray(label, dtype=np.int64),
+        np.ascontiguousarray(inputs, dtype=np.float32),
+    )
     if user_id is not None:
         user_id = np.array([str(v) for v in np.asarray(user_id).tolist()], dtype=object)
     if class_names is not None:
         class_names = tuple(str(name) for name in class_names)
     fingerprint = dataset_fingerprint(*arrays, num_classes, user_id, class_names)
-    return PreparedData(*arrays, num_classes=int(num_classes), fingerprint=fingerprint,
-                        user_id=user_id, class_names=class_names)
+    return PreparedData(
+        *arrays,
+        num_classes=int(num_classes),
+        fingerprint=fingerprint,
+        user_id=user_id,
+        class_names=class_names,
+    )
 
 
 def split_codes(names: np.ndarray) -> np.ndarray:
@@ -138,9 +166,16 @@ def split_codes(names: np.ndarray) -> np.ndarray:
 def write_prepared(data: PreparedData, directory: str | Path) -> None:
     """Write in-memory `data` as format 2 (one float32 field `input`) at `directory`, atomically: the
     files are written into a scratch directory beside it, which then replaces it whole."""
-    write_arrays(directory, data.sample_id, data.split, data.label, data.num_classes,
-                 {LEGACY_FIELD: np.ascontiguousarray(data.inputs, np.float32)},
-                 user_id=data.user_id, class_names=data.class_names)
+    write_arrays(
+        directory,
+        data.sample_id,
+        data.split,
+        data.label,
+        data.num_classes,
+        {LEGACY_FIELD: np.ascontiguousarray(data.inputs, np.float32)},
+        user_id=data.user_id,
+        class_names=data.class_names,
+    )
 
 
 def load_prepared(directory: str | Path) -> PreparedData:
@@ -154,10 +189,20 @@ def load_prepared(directory: str | Path) -> PreparedData:
 def verify_fingerprint(dataset: PreparedDataset) -> None:
     """Recompute the fingerprint of every stored value, block by block; PreparedDataError when it
     differs from meta.json's (files changed or mixed up after prepare wrote them)."""
-    hasher = Fingerprinter(dataset.sample_id, dataset.split, dataset.label, dataset.num_classes, dataset.fields,
-                           {k: list(v) for k, v in dataset.transforms.items()}, dataset.user_id, dataset.class_names)
+    hasher = Fingerprinter(
+        dataset.sample_id,
+        dataset.split,
+        dataset.label,
+        dataset.num_classes,
+        dataset.fields,
+        {k: list(v) for k, v in dataset.transforms.items()},
+        dataset.user_id,
+        dataset.class_names,
+    )
     for start in range(0, len(dataset), dataset.block_rows):
-        hasher.update(dataset.read(np.arange(start, min(start + dataset.block_rows, len(dataset))), transform=False))
+        hasher.update(
+            dataset.read(np.arange(start, min(start + dataset.block_rows, len(dataset))), transform=False)
+        )
     found = hasher.hexdigest()
     if found != dataset.fingerprint:
         raise PreparedDataError(

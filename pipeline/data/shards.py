@@ -82,7 +82,9 @@ class ShardWriter:
     """Appends rows to `directory/shards/`: a new file every `rows_per_shard` rows, record batches
     of `block_rows` rows (a multiple of it per file, so blocks never straddle files)."""
 
-    def __init__(self, directory: Path, fields: Mapping[str, FieldSpec], block_rows: int, blocks_per_shard: int):
+    def __init__(
+        self, directory: Path, fields: Mapping[str, FieldSpec], block_rows: int, blocks_per_shard: int
+    ):
         self.directory, self.fields = Path(directory), dict(fields)
         self.block_rows, self.rows_per_shard = int(block_rows), int(block_rows) * int(blocks_per_shard)
         self.schema = arrow_schema(self.fields)
@@ -128,15 +130,25 @@ class ShardWriter:
 class BlockReader:
     """Reads blocks (record batches) of the shard files, a few kept: picklable (files reopen)."""
 
-    def __init__(self, directory: Path, shards: list[dict], block_rows: int, fields: Mapping[str, FieldSpec],
-                 keep_blocks: int = 4):
+    def __init__(
+        self,
+        directory: Path,
+        shards: list[dict],
+        block_rows: int,
+        fields: Mapping[str, FieldSpec],
+        keep_blocks: int = 4,
+    ):
         self.directory, self.shards, self.block_rows = Path(directory), shards, int(block_rows)
         self.fields, self.keep_blocks = dict(fields), keep_blocks
         counts = [int(s["rows"]) for s in shards]
         self.shard_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         blocks = [math.ceil(c / self.block_rows) for c in counts]
         self.block_shard = np.repeat(np.arange(len(shards)), blocks).astype(np.int64)
-        self.block_in_shard = np.concatenate([np.arange(b) for b in blocks]).astype(np.int64) if blocks else np.zeros(0, np.int64)
+        self.block_in_shard = (
+            np.concatenate([np.arange(b) for b in blocks]).astype(np.int64)
+            if blocks
+            else np.zeros(0, np.int64)
+        )
         self.block_start = np.minimum(
             self.shard_start[self.block_shard] + self.block_in_shard * self.block_rows, self.shard_start[-1]
         )
@@ -200,9 +212,15 @@ class BlockReader:
         for name in fields:
             spec = self.fields[name]
             if spec.variable:
-                joined = Ragged.concat(parts[name]) if parts[name] else Ragged(np.zeros((0, *spec.inner_shape), spec.dtype), np.zeros(1, np.int64))
+                joined = (
+                    Ragged.concat(parts[name])
+                    if parts[name]
+                    else Ragged(np.zeros((0, *spec.inner_shape), spec.dtype), np.zeros(1, np.int64))
+                )
                 out[name] = joined.take(position) if len(unique) > 1 else joined
             else:
-                joined = np.concatenate(parts[name]) if parts[name] else np.zeros((0, *spec.shape), spec.dtype)
+                joined = (
+                    np.concatenate(parts[name]) if parts[name] else np.zeros((0, *spec.shape), spec.dtype)
+                )
                 out[name] = joined[position] if len(unique) > 1 else joined
         return out

@@ -25,14 +25,21 @@ from pipeline.data.checks import (
     check_labels,
     check_rows,
     check_sample_ids,
-    first_sentence,
     few,
+    first_sentence,
     infer_num_classes,
     reshape_inputs,
 )
 from pipeline.data.ids import sample_keys
 from pipeline.data.labels import LabelTypeError, ParsedLabels, parse_labels
-from pipeline.data.params import ArraySource, DatasetSource, DigitsSource, NpzSource, ParquetSource, ZarrSource
+from pipeline.data.params import (
+    ArraySource,
+    DatasetSource,
+    DigitsSource,
+    NpzSource,
+    ParquetSource,
+    ZarrSource,
+)
 
 
 class ObjectArrayError(DatasetError):
@@ -102,7 +109,11 @@ def _finish(
     """Common checks and canonical dtypes for every user source."""
     n = len(inputs)
     check_rows(
-        source_name, np.asarray(inputs), ids=sample_id, labels=None if label is None else label.index, split=split
+        source_name,
+        np.asarray(inputs),
+        ids=sample_id,
+        labels=None if label is None else label.index,
+        split=split,
     )
     sample_id = np.arange(n, dtype=np.int64) if sample_id is None else np.asarray(sample_id)
     label = ParsedLabels(np.full(n, UNLABELLED, dtype=np.int64)) if label is None else label
@@ -158,7 +169,9 @@ def load_parquet(source: ParquetSource) -> RawDataset:
 
     path = _require_file(source.path)
     schema_names = _read_parquet(pq.read_schema, path, source.path).names
-    wanted = [c for c in (source.id_column, source.label_column, source.input_column, source.split_column) if c]
+    wanted = [
+        c for c in (source.id_column, source.label_column, source.input_column, source.split_column) if c
+    ]
     missing = [c for c in wanted if c not in schema_names]
     if missing:
         raise MissingColumnError(
@@ -198,8 +211,11 @@ def load_parquet(source: ParquetSource) -> RawDataset:
     labels = None
     if source.label_column:
         labels = parse_labels(_column_values(table.column(source.label_column)), source.path)
-    split = (np.asarray(table.column(source.split_column).to_pylist(), dtype=object)
-             if source.split_column else None)
+    split = (
+        np.asarray(table.column(source.split_column).to_pylist(), dtype=object)
+        if source.split_column
+        else None
+    )
     return _finish(source.path, ids, inputs, labels, source.num_classes, split)
 
 
@@ -254,11 +270,13 @@ def _open_arrays(source: ArraySource):
             archive = np.load(path, allow_pickle=False)
         except Exception as error:
             raise DatasetFileNotFoundError(
-                f"{source.path}: not a readable .npz archive ({error}); save it with np.savez") from None
+                f"{source.path}: not a readable .npz archive ({error}); save it with np.savez"
+            ) from None
         if not hasattr(archive, "files"):
             raise DatasetFileNotFoundError(
                 f"{source.path}: holds one array, not an .npz archive of named arrays; "
-                f"save it with np.savez(path, x=..., y=...)")
+                f"save it with np.savez(path, x=..., y=...)"
+            )
         return archive
     import zarr
 
@@ -286,8 +304,9 @@ def load_arrays(source: ArraySource) -> RawDataset:
         )
     inputs = _read_array(store, source.x_array, source.path)
     if inputs.ndim < 2:
-        raise InputShapeError(f"{source.path}: array {source.x_array!r} has shape {inputs.shape}; "
-                              f"expected (rows, *input_shape)")
+        raise InputShapeError(
+            f"{source.path}: array {source.x_array!r} has shape {inputs.shape}; expected (rows, *input_shape)"
+        )
     labels = None
     if source.y_array:
         labels = parse_labels(_read_array(store, source.y_array, source.path), source.path)

@@ -43,18 +43,36 @@ class PreparedWriter:
     exception inside `with`) removes the scratch and leaves `directory` as it was.
     """
 
-    def __init__(self, directory: str | Path, sample_id: np.ndarray, split: np.ndarray, label: np.ndarray,
-                 num_classes: int, fields: Mapping[str, FieldSpec], user_id: np.ndarray | None = None,
-                 class_names=None, transforms: Mapping[str, list] | None = None,
-                 block_rows: int = BLOCK_ROWS, blocks_per_shard: int = BLOCKS_PER_SHARD):
+    def __init__(
+        self,
+        directory: str | Path,
+        sample_id: np.ndarray,
+        split: np.ndarray,
+        label: np.ndarray,
+        num_classes: int,
+        fields: Mapping[str, FieldSpec],
+        user_id: np.ndarray | None = None,
+        class_names=None,
+        transforms: Mapping[str, list] | None = None,
+        block_rows: int = BLOCK_ROWS,
+        blocks_per_shard: int = BLOCKS_PER_SHARD,
+    ):
         self.directory = Path(directory)
         self.directory.parent.mkdir(parents=True, exist_ok=True)
-        self.index = (np.asarray(sample_id, np.int64), np.asarray(split, np.int8), np.asarray(label, np.int64))
+        self.index = (
+            np.asarray(sample_id, np.int64),
+            np.asarray(split, np.int8),
+            np.asarray(label, np.int64),
+        )
         self.user_id, self.class_names, self.num_classes = user_id, class_names, int(num_classes)
         self.fields, self.transforms = dict(fields), {k: list(v) for k, v in (transforms or {}).items() if v}
         self.block_rows = int(block_rows)
-        self.fingerprinter = Fingerprinter(*self.index, num_classes, self.fields, self.transforms, user_id, class_names)
-        self.scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{self.directory.name}.", dir=self.directory.parent))
+        self.fingerprinter = Fingerprinter(
+            *self.index, num_classes, self.fields, self.transforms, user_id, class_names
+        )
+        self.scratch = Path(
+            tempfile.mkdtemp(prefix=f".tmp-{self.directory.name}.", dir=self.directory.parent)
+        )
         self.shards = ShardWriter(self.scratch, self.fields, block_rows, blocks_per_shard)
         self.rows_written = 0
 
@@ -69,8 +87,10 @@ class PreparedWriter:
         """The next rows: {field: (n, *shape) array or Ragged} in the declared dtypes."""
         for name, spec in self.fields.items():
             got = spec_of(chunk[name])
-            if got.dtype != spec.dtype or len(got.shape) != len(spec.shape) or (
-                not spec.variable and got.shape != spec.shape
+            if (
+                got.dtype != spec.dtype
+                or len(got.shape) != len(spec.shape)
+                or (not spec.variable and got.shape != spec.shape)
             ):
                 raise ValueError(f"field {name!r}: chunk is {got.describe()}, declared {spec.describe()}")
         self.fingerprinter.update(chunk)
@@ -126,8 +146,16 @@ class PreparedWriter:
         return meta
 
 
-def write_arrays(directory: str | Path, sample_id, split, label, num_classes: int,
-                 fields: Mapping[str, np.ndarray | Ragged], rows_per_chunk: int = 65536, **kwargs) -> str:
+def write_arrays(
+    directory: str | Path,
+    sample_id,
+    split,
+    label,
+    num_classes: int,
+    fields: Mapping[str, np.ndarray | Ragged],
+    rows_per_chunk: int = 65536,
+    **kwargs,
+) -> str:
     """In-memory fields ({name: (N, *shape) array or Ragged}) -> format 2 at `directory`; the
     fingerprint. kwargs: user_id, class_names, transforms, block_rows, blocks_per_shard."""
     specs = {name: spec_of(values) for name, values in fields.items()}

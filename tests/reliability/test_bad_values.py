@@ -121,7 +121,11 @@ def test_a_damaged_prepared_dataset_is_one_line_at_train(damage, tmp_path, built
         (project / "prepared" / "meta.json").write_text('{"input_shape": [1, 4')
     line = refused(capsys, stage_argv(project, "train"))
     assert "PreparedDataError" in line and "re-run `distillery prepare`" in line
-    what = "a truncated data/prepared/shards/part-00000.arrow" if damage == "truncated" else "a damaged meta.json"
+    what = (
+        "a truncated data/prepared/shards/part-00000.arrow"
+        if damage == "truncated"
+        else "a damaged meta.json"
+    )
     record(f"{what}, at `distillery train`", line.replace(str(tmp_path), "<tmp>"))
 
 

@@ -71,9 +71,7 @@ class ZarrSource(ArraySource):
     kind: Literal["zarr"]
 
 
-DatasetSource = Annotated[
-    DigitsSource | ParquetSource | NpzSource | ZarrSource, Field(discriminator="kind")
-]
+DatasetSource = Annotated[DigitsSource | ParquetSource | NpzSource | ZarrSource, Field(discriminator="kind")]
 
 
 class LabelBudget(StrictModel):

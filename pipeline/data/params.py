@@ -104,7 +104,10 @@ class ZarrSource(ArraySource):
     kind: Literal["zarr"]
 
 
-DatasetSource = Annotated[DigitsSource | ParquetSource | NpzSource | ZarrSource, Field(discriminator="kind")]
+DatasetSource = Annotated[
+    DigitsSource | ParquetSource | NpzSource | ZarrSource | HfDiskSource | ImageFolderSource,
+    Field(discriminator="kind"),
+]
 
 
 class LabelBudget(StrictModel):

@@ -209,3 +209,19 @@ def verify_fingerprint(dataset: PreparedDataset) -> None:
             f"{dataset.directory}: content fingerprint {found[:12]}.. does not match {META_FILE} "
             f"({dataset.fingerprint[:12]}..); the files were changed or mixed up: re-run `distillery prepare`"
         )
+
+
+IN_MEMORY_MAX_BYTES = 1 << 30
+"""Prepared inputs up to this size (as float32) are held whole; larger ones are read in blocks."""
+
+
+def open_for_reading(directory: str | Path, in_memory_max_bytes: int = IN_MEMORY_MAX_BYTES):
+    """The prepared data at `directory` for a stage that reads its inputs by row ranges: a
+    `PreparedData` held whole when its float32 inputs fit `in_memory_max_bytes` (the digits default:
+    exactly what `load_prepared` gives), else the `PreparedDataset` itself, whose `inputs` reads only
+    the rows asked for (bounded memory)."""
+    dataset = open_prepared(directory)
+    if dataset.input_field is not None and dataset.in_memory_bytes() > in_memory_max_bytes:
+        return dataset
+    verify_fingerprint(dataset)
+    return dataset.to_memory()

@@ -20,7 +20,7 @@ from pipeline.cache.params import CacheParams
 from pipeline.cache.report import cache_report, write_plots
 from pipeline.cache.writer import BuildResult, build_cache
 from pipeline.config import load_section
-from pipeline.data.prepared import PreparedData, load_prepared
+from pipeline.data.prepared import PreparedData, open_for_reading
 from pipeline.io import atomic_write_json, output_lock, replace_dir
 from pipeline.teacher.params import TeacherParams
 from pipeline.teacher.session import open_teacher, teacher_sha256
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = load_section(CacheParams, "cache", args.params)
     teacher_params = load_section(TeacherParams, "teacher", args.params)
-    data = load_prepared(args.prepared)
+    data = open_for_reading(args.prepared)  # whole when small (digits), read in blocks when large
     sha256 = teacher_sha256(args.teacher)
     out = Path(args.out)
     # one writer per output and per scratch (a second run refuses at once); taking each lock

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipeline.config import load_section
 from pipeline.data.params import PrepareParams
-from pipeline.data.prepare import TEACHER_TRAIN_DIR, describe, prepare_dataset
-from pipeline.data.prepared import write_prepared
+from pipeline.data.prepare import write_prepared_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,10 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     params = load_section(PrepareParams, "prepare", args.params)
-    outputs = prepare_dataset(params)
-    out = Path(args.out)
-    write_prepared(outputs.dataset, out)
-    if outputs.teacher_train is not None:
-        write_prepared(outputs.teacher_train, out / TEACHER_TRAIN_DIR)
-    print(f"prepare: wrote {out}: {describe(outputs.dataset)}")
+    summary = write_prepared_outputs(params, args.out)
+    print(f"prepare: wrote {args.out}: {summary}")
     return 0

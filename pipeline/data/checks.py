@@ -117,8 +117,9 @@ def check_inputs_finite(inputs: np.ndarray, source: str) -> None:
         )
 
 
-def reshape_inputs(flat: np.ndarray, input_shape: list[int] | tuple[int, ...] | None,
-                   source: str) -> np.ndarray:
+def reshape_inputs(
+    flat: np.ndarray, input_shape: list[int] | tuple[int, ...] | None, source: str
+) -> np.ndarray:
     """(N, D) flat inputs -> (N, *input_shape); input_shape None keeps (N, D)."""
     if input_shape is None:
         return flat

@@ -2,22 +2,24 @@
 
 ```yaml
 prepare:
-  dataset: {kind: digits}          # or parquet / npz / zarr, see docs/data_and_teacher.md
+  dataset: {kind: digits}          # parquet / npz / zarr / hf_disk / image_folder (docs/data_and_teacher.md)
   seed: 0
   val_fraction: 0.15
   test_fraction: 0.2
   label_budget: null               # or {per_class: 15} or {fraction: 0.1}
   omit_classes: []                 # e.g. [3] (or a class name): Hinton 2015 §3, left out of the transfer set
+  transforms: {}                   # read-time steps per field: {pixels: [{kind: scale, factor: 0.0039}]}
 ```
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
 from pipeline.config import Seed, StrictModel
+from pipeline.transforms.params import READ_TIME_KINDS, TransformSpec
 
 
 class DigitsSource(StrictModel):
@@ -44,6 +46,37 @@ class ParquetSource(StrictModel):
     split_column: str | None = None
     input_shape: list[PositiveInt] | None = Field(default=None, min_length=1)
     num_classes: int | None = Field(default=None, ge=1)
+    fields: list[str] | None = Field(default=None, min_length=1)
+    """Several input columns kept as named fields, dtypes as given, streamed (then `input_column`
+    and `input_shape` are unused): a number per row, a fixed-size list, or a list of varying length
+    (a variable-length field, e.g. token ids). `field_shapes` reshapes fixed ones."""
+    field_shapes: dict[str, list[PositiveInt]] = Field(default_factory=dict)
+
+
+class HfDiskSource(StrictModel):
+    """A Hugging Face dataset saved with `save_to_disk` (a Dataset, or a DatasetDict whose splits
+    train / validation (or val) / test / unlabelled become the split), read memory-mapped with
+    `datasets`; no hub download. `fields` are the input columns kept (as the Parquet `fields`)."""
+
+    kind: Literal["hf_disk"]
+    path: str
+    fields: list[str] = Field(min_length=1)
+    field_shapes: dict[str, list[PositiveInt]] = Field(default_factory=dict)
+    id_column: str | None = None
+    label_column: str | None = "label"
+    num_classes: int | None = Field(default=None, ge=1)
+
+
+class ImageFolderSource(StrictModel):
+    """One folder per class (`path/<class>/<image>.png|jpg|jpeg`); each image decoded with Pillow at
+    prepare, converted to `mode` (RGB or L) and resized to `size` [height, width] (bilinear), stored as
+    uint8 field `field` (C, H, W). Sample ids are the paths relative to `path`; labels the folders."""
+
+    kind: Literal["image_folder"]
+    path: str
+    size: list[PositiveInt] = Field(min_length=2, max_length=2)
+    mode: Literal["RGB", "L"] = "RGB"
+    field: str = "pixels"
 
 
 class ArraySource(StrictModel):
@@ -72,7 +105,8 @@ class ZarrSource(ArraySource):
 
 
 DatasetSource = Annotated[
-    Union[DigitsSource, ParquetSource, NpzSource, ZarrSource], Field(discriminator="kind")
+    DigitsSource | ParquetSource | NpzSource | ZarrSource | HfDiskSource | ImageFolderSource,
+    Field(discriminator="kind"),
 ]
 
 
@@ -84,7 +118,7 @@ class LabelBudget(StrictModel):
     fraction: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "LabelBudget":
+    def _exactly_one(self) -> LabelBudget:
         if (self.per_class is None) == (self.fraction is None):
             raise ValueError("give exactly one of per_class or fraction")
         return self
@@ -99,9 +133,24 @@ class PrepareParams(StrictModel):
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     label_budget: LabelBudget | None = None
     omit_classes: list[int | str] = Field(default_factory=list)
+    transforms: dict[str, TransformSpec] = Field(default_factory=dict)
+    """Read-time steps per field (cast, scale, normalize, layout: pipeline/transforms), e.g.
+    {pixels: [{kind: scale, factor: 0.00392156862745098}]}: stored in meta.json and the fingerprint,
+    applied on every read by cache, train, evaluate and export parity alike."""
 
     @model_validator(mode="after")
-    def _fractions_leave_train(self) -> "PrepareParams":
+    def _read_time_only(self) -> PrepareParams:
+        for field, spec in self.transforms.items():
+            moving = [step.kind for step in spec if step.kind not in READ_TIME_KINDS]
+            if moving:
+                raise ValueError(
+                    f"transforms.{field}: {', '.join(moving)} are augmentations, not read-time steps; "
+                    f"put them in cache.views (read-time: {', '.join(sorted(READ_TIME_KINDS))})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> PrepareParams:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be below 1 so train is not empty")
         return self

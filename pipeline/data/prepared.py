@@ -1,40 +1,30 @@
-"""The prepared dataset every later stage reads: `data/prepared/dataset.parquet` + `meta.json`.
-
-On disk (docs/architecture.md): one Parquet file with columns `sample_id` int64, `split` string
-(one of `pipeline.cache.batch.SPLITS`), `label` int64 (-1 = no label) and `input`, a fixed-size
-list of float32 holding the flattened input, plus `user_id` string when the user's ids were strings
-(`sample_id` is then their 63-bit hash, pipeline/data/ids.py); and `meta.json` with `input_shape`,
-`num_classes`, `class_names` (null unless the labels were strings), the class counts per split and
-the fingerprint. The fingerprint is what the cache compares to refuse a cache built on other data.
+"""The prepared dataset held whole in memory (`PreparedData`): the form small data (the digits
+default) takes in every stage. On disk it is format 2 (pipeline/data/writer.py, docs/architecture.md);
+`load_prepared` reads it whole, `open_prepared` (pipeline/data/dataset.py) reads it in blocks.
+The fingerprint is what the cache compares to refuse a cache built on other data.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
-from pipeline.data.checks import first_sentence
-from pipeline.errors import DistilleryError
-from pipeline.io import atomic_write_json, replace_dir
+from pipeline.data.dataset import PreparedDataError, PreparedDataset, open_prepared
+from pipeline.data.fields import FieldSpec
+from pipeline.data.fingerprint import LEGACY_FIELD, Fingerprinter
+from pipeline.data.writer import META_FILE, class_counts, write_arrays
 
-DATASET_FILE = "dataset.parquet"
-META_FILE = "meta.json"
-FORMAT_VERSION = 1
-
-
-class PreparedDataError(DistilleryError):
-    """`data/prepared` is missing, incomplete or does not match its own fingerprint."""
+__all__ = [
+    "PreparedData",
+    "PreparedDataError",
+    "load_prepared",
+    "make_prepared",
+    "open_prepared",
+    "write_prepared",
+]
 
 
 @dataclass(frozen=True)
@@ -105,37 +95,36 @@ class PreparedData:
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Per split: rows per class label as a string ("-1" counts rows without a label)."""
-        counts = {}
-        for code, name in enumerate(SPLITS):
-            labels = self.label[self.split == code]
-            values, numbers = np.unique(labels, return_counts=True)
-            counts[name] = {str(int(v)): int(n) for v, n in zip(values, numbers)}
-        return counts
+        return class_counts(self.split, self.label)
 
 
-def dataset_fingerprint(sample_id: np.ndarray, split: np.ndarray, label: np.ndarray,
-                        inputs: np.ndarray, num_classes: int, user_id: np.ndarray | None = None,
-                        class_names: tuple[str, ...] | None = None) -> str:
-    """sha256 hex over the shapes, num_classes (and class_names, when given), then the
-    little-endian bytes of the ids (int64), split codes (int8), labels (int64) and inputs (float32,
-    C order), then (when given) the user's string ids, UTF-8, each followed by a NUL byte. Data with
-    integer ids and labels hashes exactly as before string ids and class names existed."""
-    digest = hashlib.sha256()
-    header = {"rows": len(sample_id), "input_shape": list(inputs.shape[1:]), "num_classes": int(num_classes)}
-    if class_names is not None:
-        header["class_names"] = list(class_names)
-    digest.update(json.dumps(header).encode())
-    for array, dtype in ((sample_id, "<i8"), (split, "i1"), (label, "<i8"), (inputs, "<f4")):
-        digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
-    if user_id is not None:
-        for text in user_id.tolist():
-            digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
+def dataset_fingerprint(
+    sample_id: np.ndarray,
+    split: np.ndarray,
+    label: np.ndarray,
+    inputs: np.ndarray,
+    num_classes: int,
+    user_id: np.ndarray | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> str:
+    """The fingerprint of in-memory data with one float32 field `input` (`Fingerprinter`: format 1's
+    hash, unchanged: the digits default keeps its value)."""
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    fields = {LEGACY_FIELD: FieldSpec("float32", tuple(int(d) for d in inputs.shape[1:]))}
+    hasher = Fingerprinter(sample_id, split, label, num_classes, fields, None, user_id, class_names)
+    hasher.update({LEGACY_FIELD: inputs})
+    return hasher.hexdigest()
 
 
-def make_prepared(sample_id: np.ndarray, split: np.ndarray, label: np.ndarray,
-                  inputs: np.ndarray, num_classes: int, user_id: np.ndarray | None = None,
-                  class_names: tuple[str, ...] | list[str] | None = None) -> PreparedData:
+def make_prepared(
+    sample_id: np.ndarray,
+    split: np.ndarray,
+    label: np.ndarray,
+    inputs: np.ndarray,
+    num_classes: int,
+    user_id: np.ndarray | None = None,
+    class_names: tuple[str, ...] | list[str] | None = None,
+) -> PreparedData:
     """A `PreparedData` with canonical dtypes and its fingerprint computed.
 
     split may be int8 codes or split names; inputs (N, *input_shape) any real dtype (-> float32);
@@ -144,15 +133,24 @@ def make_prepared(sample_id: np.ndarray, split: np.ndarray, label: np.ndarray,
     split = np.asarray(split)
     if split.dtype.kind in "USO":
         split = split_codes(split)
-    arrays = (np.ascontiguousarray(sample_id, dtype=np.int64), split.astype(np.int8),
-              np.ascontiguousarray(label, dtype=np.int64), np.ascontiguousarray(inputs, dtype=np.float32))
+    arrays = (
+        np.ascontiguousarray(sample_id, dtype=np.int64),
+        split.astype(np.int8),
+        np.ascontiguousarray(label, dtype=np.int64),
+        np.ascontiguousarray(inputs, dtype=np.float32),
+    )
     if user_id is not None:
         user_id = np.array([str(v) for v in np.asarray(user_id).tolist()], dtype=object)
     if class_names is not None:
         class_names = tuple(str(name) for name in class_names)
     fingerprint = dataset_fingerprint(*arrays, num_classes, user_id, class_names)
-    return PreparedData(*arrays, num_classes=int(num_classes), fingerprint=fingerprint,
-                        user_id=user_id, class_names=class_names)
+    return PreparedData(
+        *arrays,
+        num_classes=int(num_classes),
+        fingerprint=fingerprint,
+        user_id=user_id,
+        class_names=class_names,
+    )
 
 
 def split_codes(names: np.ndarray) -> np.ndarray:
@@ -165,88 +163,65 @@ def split_codes(names: np.ndarray) -> np.ndarray:
     return np.array([SPLITS.index(v) for v in values], dtype=np.int8)[inverse.reshape(-1)]
 
 
-def _meta(data: PreparedData) -> dict:
-    return {
-        "format_version": FORMAT_VERSION,
-        "rows": len(data),
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "class_names": None if data.class_names is None else list(data.class_names),
-        "sample_ids": "int" if data.user_id is None else "string",
-        "class_counts": data.class_counts(),
-        "fingerprint": data.fingerprint,
-    }
-
-
 def write_prepared(data: PreparedData, directory: str | Path) -> None:
-    """Write `data` as `directory/dataset.parquet` + `directory/meta.json`, atomically: the files are
-    written into a scratch directory beside `directory`, which then replaces it whole."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    width = math.prod(data.input_shape)
-    flat = np.ascontiguousarray(data.inputs, dtype=np.float32).reshape(len(data), width)
-    columns = {
-        "sample_id": pa.array(data.sample_id, pa.int64()),
-        "split": pa.array(np.asarray(SPLITS, dtype=object)[data.split], pa.string()),
-        "label": pa.array(data.label, pa.int64()),
-        "input": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float32()), width),
-    }
-    if data.user_id is not None:
-        columns["user_id"] = pa.array(data.user_id.tolist(), pa.string())
-    table = pa.table(columns)
-    scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}.", dir=directory.parent))
-    try:
-        pq.write_table(table, scratch / DATASET_FILE, row_group_size=65536)
-        atomic_write_json(scratch / META_FILE, _meta(data))
-        replace_dir(scratch, directory)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+    """Write in-memory `data` as format 2 (one float32 field `input`) at `directory`, atomically: the
+    files are written into a scratch directory beside it, which then replaces it whole."""
+    write_arrays(
+        directory,
+        data.sample_id,
+        data.split,
+        data.label,
+        data.num_classes,
+        {LEGACY_FIELD: np.ascontiguousarray(data.inputs, np.float32)},
+        user_id=data.user_id,
+        class_names=data.class_names,
+    )
 
 
 def load_prepared(directory: str | Path) -> PreparedData:
-    """Read what `write_prepared` wrote; refuse a directory whose data does not match meta.json."""
-    directory = Path(directory)
-    meta_path, data_path = directory / META_FILE, directory / DATASET_FILE
-    for path in (meta_path, data_path):
-        if not path.exists():
-            raise PreparedDataError(f"{path}: missing; run `distillery prepare` (or `dvc repro prepare`)")
-    rerun = "re-run `distillery prepare` (or `dvc repro prepare`)"
-    try:
-        meta = json.loads(meta_path.read_text())
-        input_shape = tuple(int(n) for n in meta["input_shape"])
-        meta["num_classes"], meta["fingerprint"]  # noqa: B018 - present, or the file is damaged
-    except (ValueError, KeyError, TypeError) as error:
-        raise PreparedDataError(f"{meta_path}: damaged ({type(error).__name__}: {error}); {rerun}") from None
-    try:
-        table = pq.read_table(data_path)
-    except (pa.ArrowException, OSError) as error:  # truncated or overwritten after prepare wrote it
-        raise PreparedDataError(
-            f"{data_path}: not a readable Parquet file ({first_sentence(error)}); {rerun}"
-        ) from None
-    column = table.column("input").combine_chunks()
-    flat = column.values.to_numpy(zero_copy_only=False) if len(column) else np.empty(0, np.float32)
-    split_code = pc.index_in(table.column("split"), value_set=pa.array(SPLITS))
-    if split_code.null_count:
-        raise PreparedDataError(
-            f"{data_path}: split values outside {', '.join(SPLITS)}; re-run `distillery prepare`"
-        )
-    user_id = None
-    if "user_id" in table.column_names:
-        user_id = np.array(table.column("user_id").to_pylist(), dtype=object)
-    data = make_prepared(
-        sample_id=table.column("sample_id").to_numpy(),
-        split=split_code.to_numpy(zero_copy_only=False),
-        label=table.column("label").to_numpy(),
-        inputs=flat.reshape(len(table), *input_shape),
-        num_classes=meta["num_classes"],
-        user_id=user_id,
-        class_names=meta.get("class_names"),
+    """The prepared data at `directory` whole in memory (small data: the digits default), its
+    content checked against its fingerprint. Large data: `open_prepared` reads it in blocks."""
+    dataset = open_prepared(directory)
+    verify_fingerprint(dataset)
+    return dataset.to_memory()
+
+
+def verify_fingerprint(dataset: PreparedDataset) -> None:
+    """Recompute the fingerprint of every stored value, block by block; PreparedDataError when it
+    differs from meta.json's (files changed or mixed up after prepare wrote them)."""
+    hasher = Fingerprinter(
+        dataset.sample_id,
+        dataset.split,
+        dataset.label,
+        dataset.num_classes,
+        dataset.fields,
+        {k: list(v) for k, v in dataset.transforms.items()},
+        dataset.user_id,
+        dataset.class_names,
     )
-    if data.fingerprint != meta["fingerprint"]:
-        raise PreparedDataError(
-            f"{data_path}: content fingerprint {data.fingerprint[:12]}.. does not match "
-            f"{meta_path} ({meta['fingerprint'][:12]}..); the files were changed or mixed up: "
-            f"re-run `distillery prepare`"
+    for start in range(0, len(dataset), dataset.block_rows):
+        hasher.update(
+            dataset.read(np.arange(start, min(start + dataset.block_rows, len(dataset))), transform=False)
         )
-    return data
+    found = hasher.hexdigest()
+    if found != dataset.fingerprint:
+        raise PreparedDataError(
+            f"{dataset.directory}: content fingerprint {found[:12]}.. does not match {META_FILE} "
+            f"({dataset.fingerprint[:12]}..); the files were changed or mixed up: re-run `distillery prepare`"
+        )
+
+
+IN_MEMORY_MAX_BYTES = 1 << 30
+"""Prepared inputs up to this size (as float32) are held whole; larger ones are read in blocks."""
+
+
+def open_for_reading(directory: str | Path, in_memory_max_bytes: int = IN_MEMORY_MAX_BYTES):
+    """The prepared data at `directory` for a stage that reads its inputs by row ranges: a
+    `PreparedData` held whole when its float32 inputs fit `in_memory_max_bytes` (the digits default:
+    exactly what `load_prepared` gives), else the `PreparedDataset` itself, whose `inputs` reads only
+    the rows asked for (bounded memory)."""
+    dataset = open_prepared(directory)
+    if dataset.input_field is not None and dataset.in_memory_bytes() > in_memory_max_bytes:
+        return dataset
+    verify_fingerprint(dataset)
+    return dataset.to_memory()

@@ -6,6 +6,7 @@ after the checks of `pipeline.data.checks`, so every source fails the same way o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +26,24 @@ from pipeline.data.checks import (
     check_labels,
     check_rows,
     check_sample_ids,
-    first_sentence,
     few,
+    first_sentence,
     infer_num_classes,
     reshape_inputs,
 )
+from pipeline.data.fields import spec_of
 from pipeline.data.ids import sample_keys
 from pipeline.data.labels import LabelTypeError, ParsedLabels, parse_labels
-from pipeline.data.params import ArraySource, DatasetSource, DigitsSource, NpzSource, ParquetSource, ZarrSource
+from pipeline.data.params import (
+    ArraySource,
+    DatasetSource,
+    DigitsSource,
+    HfDiskSource,
+    ImageFolderSource,
+    NpzSource,
+    ParquetSource,
+    ZarrSource,
+)
 
 
 class ObjectArrayError(DatasetError):
@@ -44,21 +55,40 @@ class RawDataset:
     """A dataset before splitting.
 
     sample_id: (N,) int64 unique keys (the user's integer ids, or the hashes of string ids).
-    inputs: (N, *input_shape) float32, finite.
+    inputs: (N, *input_shape) float32, finite, for sources read whole (digits, npz, zarr, a Parquet
+        `input_column`); None for streamed sources, whose values come from `chunks`.
     label: (N,) int64 in [0, num_classes) or -1 (no label).
     num_classes: C.
     split: (N,) split names from the user's data, or None when we split.
     user_id: (N,) the user's string ids (object array of str), or None for integer ids.
     class_names: class index -> name when the labels were strings, else None.
+    fields: {name: FieldSpec} of a streamed source (None: one float32 field `input` = inputs).
+    chunks: rows_per_chunk -> iterator of {field: (n, *shape) array or Ragged} in row order, all N rows.
     """
 
     sample_id: np.ndarray
-    inputs: np.ndarray
+    inputs: np.ndarray | None
     label: np.ndarray
     num_classes: int
     split: np.ndarray | None = None
     user_id: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
+    fields: dict | None = None
+    chunks: Callable[[int], Iterator[dict]] | None = None
+
+    def field_specs(self) -> dict:
+        """{name: FieldSpec} of the values `iter_chunks` yields."""
+        if self.fields is not None:
+            return dict(self.fields)
+        return {"input": spec_of(self.inputs)}
+
+    def iter_chunks(self, rows_per_chunk: int) -> Iterator[dict]:
+        """Every row's field values, `rows_per_chunk` rows at a time, in row order."""
+        if self.chunks is not None:
+            yield from self.chunks(rows_per_chunk)
+            return
+        for start in range(0, len(self.inputs), rows_per_chunk):
+            yield {"input": self.inputs[start : start + rows_per_chunk]}
 
 
 def load_source(source: DatasetSource) -> RawDataset:
@@ -66,7 +96,19 @@ def load_source(source: DatasetSource) -> RawDataset:
     if isinstance(source, DigitsSource):
         return load_digits()
     if isinstance(source, ParquetSource):
+        if source.fields is not None:
+            from pipeline.data.streamed_sources import load_parquet_fields
+
+            return load_parquet_fields(source)
         return load_parquet(source)
+    if isinstance(source, HfDiskSource):
+        from pipeline.data.streamed_sources import load_hf_disk
+
+        return load_hf_disk(source)
+    if isinstance(source, ImageFolderSource):
+        from pipeline.data.streamed_sources import load_image_folder
+
+        return load_image_folder(source)
     if isinstance(source, (NpzSource, ZarrSource)):
         return load_arrays(source)
     raise TypeError(f"unknown dataset source {source!r}")
@@ -102,8 +144,22 @@ def _finish(
     """Common checks and canonical dtypes for every user source."""
     n = len(inputs)
     check_rows(
-        source_name, np.asarray(inputs), ids=sample_id, labels=None if label is None else label.index, split=split
+        source_name,
+        np.asarray(inputs),
+        ids=sample_id,
+        labels=None if label is None else label.index,
+        split=split,
     )
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    raw = finish_index(source_name, n, sample_id, label, num_classes, split, inputs=inputs)
+    check_inputs_finite(inputs, source_name)
+    return raw
+
+
+def finish_index(
+    source_name: str, n: int, sample_id, label: ParsedLabels | None, num_classes, split, **values
+) -> RawDataset:
+    """The checks of every source's index (ids, labels, split; n rows) -> RawDataset(**values)."""
     sample_id = np.arange(n, dtype=np.int64) if sample_id is None else np.asarray(sample_id)
     label = ParsedLabels(np.full(n, UNLABELLED, dtype=np.int64)) if label is None else label
     for name, array in (("ids", sample_id), ("labels", label.index), ("split", split)):
@@ -111,8 +167,6 @@ def _finish(
             raise InputShapeError(f"{source_name}: {n} inputs but {len(array)} {name}; give one per row")
     keys, user_id = sample_keys(sample_id, source_name)
     check_sample_ids(keys if user_id is None else user_id, source_name)  # named as the user wrote them
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-    check_inputs_finite(inputs, source_name)
     num_classes = _class_count(label, num_classes, source_name)
     check_labels(label.index, num_classes, source_name)
     if split is not None:
@@ -124,7 +178,16 @@ def _finish(
                 f"{', '.join(SPLITS)} "
                 f"(or set the split column to null to let prepare split the data)"
             )
-    return RawDataset(keys, inputs, label.index, num_classes, split, user_id, label.class_names)
+    values.setdefault("inputs", None)
+    return RawDataset(
+        keys,
+        label=label.index,
+        num_classes=num_classes,
+        split=split,
+        user_id=user_id,
+        class_names=label.class_names,
+        **values,
+    )
 
 
 def _class_count(label: ParsedLabels, num_classes: int | None, source_name: str) -> int:
@@ -158,7 +221,9 @@ def load_parquet(source: ParquetSource) -> RawDataset:
 
     path = _require_file(source.path)
     schema_names = _read_parquet(pq.read_schema, path, source.path).names
-    wanted = [c for c in (source.id_column, source.label_column, source.input_column, source.split_column) if c]
+    wanted = [
+        c for c in (source.id_column, source.label_column, source.input_column, source.split_column) if c
+    ]
     missing = [c for c in wanted if c not in schema_names]
     if missing:
         raise MissingColumnError(
@@ -198,8 +263,11 @@ def load_parquet(source: ParquetSource) -> RawDataset:
     labels = None
     if source.label_column:
         labels = parse_labels(_column_values(table.column(source.label_column)), source.path)
-    split = (np.asarray(table.column(source.split_column).to_pylist(), dtype=object)
-             if source.split_column else None)
+    split = (
+        np.asarray(table.column(source.split_column).to_pylist(), dtype=object)
+        if source.split_column
+        else None
+    )
     return _finish(source.path, ids, inputs, labels, source.num_classes, split)
 
 
@@ -254,11 +322,13 @@ def _open_arrays(source: ArraySource):
             archive = np.load(path, allow_pickle=False)
         except Exception as error:
             raise DatasetFileNotFoundError(
-                f"{source.path}: not a readable .npz archive ({error}); save it with np.savez") from None
+                f"{source.path}: not a readable .npz archive ({error}); save it with np.savez"
+            ) from None
         if not hasattr(archive, "files"):
             raise DatasetFileNotFoundError(
                 f"{source.path}: holds one array, not an .npz archive of named arrays; "
-                f"save it with np.savez(path, x=..., y=...)")
+                f"save it with np.savez(path, x=..., y=...)"
+            )
         return archive
     import zarr
 
@@ -286,8 +356,9 @@ def load_arrays(source: ArraySource) -> RawDataset:
         )
     inputs = _read_array(store, source.x_array, source.path)
     if inputs.ndim < 2:
-        raise InputShapeError(f"{source.path}: array {source.x_array!r} has shape {inputs.shape}; "
-                              f"expected (rows, *input_shape)")
+        raise InputShapeError(
+            f"{source.path}: array {source.x_array!r} has shape {inputs.shape}; expected (rows, *input_shape)"
+        )
     labels = None
     if source.y_array:
         labels = parse_labels(_read_array(store, source.y_array, source.path), source.path)

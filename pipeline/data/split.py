@@ -26,7 +26,7 @@ def stratified_split(label: np.ndarray, seed: int, val_fraction: float, test_fra
         n_test = int(round(len(rows) * test_fraction))
         n_val = int(round(len(rows) * val_fraction))
         split[rows[:n_test]] = TEST
-        split[rows[n_test:n_test + n_val]] = VAL
+        split[rows[n_test : n_test + n_val]] = VAL
     return split
 
 
@@ -44,8 +44,9 @@ def omit_train_classes(split: np.ndarray, label: np.ndarray, omit_classes: list[
     return ~((split == TRAIN) & np.isin(label, np.asarray(omit_classes, dtype=np.int64)))
 
 
-def apply_label_budget(split: np.ndarray, label: np.ndarray, budget: LabelBudget,
-                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+def apply_label_budget(
+    split: np.ndarray, label: np.ndarray, budget: LabelBudget, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep the labels of `budget.per_class` rows per class of train (or `budget.fraction` of each
     class, at least 1 row), chosen by a generator seeded with (seed, 1); every other train row
     becomes split `unlabelled` with label -1. Returns new (split, label)."""
@@ -62,4 +63,3 @@ def apply_label_budget(split: np.ndarray, label: np.ndarray, budget: LabelBudget
         split[dropped] = UNLABELLED_SPLIT
         label[dropped] = UNLABELLED
     return split, label
-

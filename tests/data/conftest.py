@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.params import PrepareParams
 from pipeline.config import validate_section
+from pipeline.data.params import PrepareParams
 
 
 def make_params(**section) -> PrepareParams:

@@ -168,7 +168,7 @@ def test_string_ids_and_class_names_round_trip_through_data_prepared(tmp_path, n
     np.testing.assert_array_equal(loaded.sample_id, data.sample_id)
     meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
     assert meta["class_names"] == ["Cat", "cat", "dog"] and meta["sample_ids"] == "string"
-    assert pq.read_schema(tmp_path / "prepared" / "dataset.parquet").field("user_id").type == pa.string()
+    assert pq.read_schema(tmp_path / "prepared" / "index.parquet").field("user_id").type == pa.string()
 
 
 def test_the_fingerprint_covers_string_ids_and_class_names(named, arrays):

@@ -26,10 +26,16 @@ from tests.data.conftest import make_params
 def write_parquet(path, ids, x, y, split=None, names=("id", "label", "input"), fixed=True):
     flat = x.reshape(len(x), -1)
     values = pa.array(flat.reshape(-1))
-    inputs = (pa.FixedSizeListArray.from_arrays(values, flat.shape[1]) if fixed
-              else pa.array([row.tolist() for row in flat], pa.list_(pa.float32())))
-    columns = {names[0]: pa.array(ids), names[1]: pa.array([None if v < 0 else int(v) for v in y], pa.int64()),
-               names[2]: inputs}
+    inputs = (
+        pa.FixedSizeListArray.from_arrays(values, flat.shape[1])
+        if fixed
+        else pa.array([row.tolist() for row in flat], pa.list_(pa.float32()))
+    )
+    columns = {
+        names[0]: pa.array(ids),
+        names[1]: pa.array([None if v < 0 else int(v) for v in y], pa.int64()),
+        names[2]: inputs,
+    }
     if split is not None:
         columns["split"] = pa.array(split)
     pq.write_table(pa.table(columns), path)
@@ -49,6 +55,7 @@ def parquet_params(path, **dataset):
 
 # --- each adapter -------------------------------------------------------------------------------
 
+
 def test_parquet_adapter_reads_ids_labels_inputs_and_null_labels(tmp_path, arrays):
     ids, x, y = arrays
     y = y.copy()
@@ -63,8 +70,9 @@ def test_parquet_adapter_reads_ids_labels_inputs_and_null_labels(tmp_path, array
 def test_parquet_adapter_takes_configured_column_names_and_variable_lists(tmp_path, arrays):
     ids, x, y = arrays
     path = write_parquet(tmp_path / "d.parquet", ids, x, y, names=("key", "target", "pixels"), fixed=False)
-    data = prepare_dataset(parquet_params(path, id_column="key", label_column="target",
-                                         input_column="pixels")).dataset
+    data = prepare_dataset(
+        parquet_params(path, id_column="key", label_column="target", input_column="pixels")
+    ).dataset
     np.testing.assert_array_equal(data.inputs, x)
 
 
@@ -86,9 +94,17 @@ def test_parquet_without_input_shape_keeps_inputs_flat(tmp_path, arrays):
 def test_npz_adapter_reads_named_arrays_and_numbers_rows_without_ids(tmp_path, arrays):
     ids, x, y = arrays
     np.savez(tmp_path / "d.npz", images=x, targets=y)
-    data = prepare_dataset(make_params(dataset={"kind": "npz", "path": str(tmp_path / "d.npz"),
-                                                "x_array": "images", "y_array": "targets",
-                                                "id_array": None})).dataset
+    data = prepare_dataset(
+        make_params(
+            dataset={
+                "kind": "npz",
+                "path": str(tmp_path / "d.npz"),
+                "x_array": "images",
+                "y_array": "targets",
+                "id_array": None,
+            }
+        )
+    ).dataset
     np.testing.assert_array_equal(data.sample_id, np.arange(60))
     np.testing.assert_array_equal(data.inputs, x)
     assert (data.split == TRAIN).sum() == 3 * (20 - 4 - 3)
@@ -108,7 +124,9 @@ def test_zarr_adapter_reads_a_group_with_its_own_split(tmp_path, arrays):
     split = np.array(["train", "test", "val", "unlabelled"] * 15)
     y = np.where(split == "unlabelled", -1, y)
     path = write_zarr(tmp_path / "d.zarr", x=x, y=y, ids=ids, split=split.astype(np.dtypes.StringDType()))
-    data = prepare_dataset(make_params(dataset={"kind": "zarr", "path": path, "split_array": "split"})).dataset
+    data = prepare_dataset(
+        make_params(dataset={"kind": "zarr", "path": path, "split_array": "split"})
+    ).dataset
     np.testing.assert_array_equal(data.sample_id, ids)
     np.testing.assert_array_equal(data.inputs, x)
     np.testing.assert_array_equal(data.split, np.tile([0, 2, 1, 3], 15))
@@ -119,12 +137,14 @@ def test_user_train_rows_without_label_become_unlabelled(tmp_path, arrays):
     y = y.copy()
     y[0] = -1
     np.savez(tmp_path / "d.npz", x=x, y=y, ids=ids, split=np.array(["train"] * 60))
-    data = prepare_dataset(make_params(dataset={"kind": "npz", "path": str(tmp_path / "d.npz"),
-                                                "split_array": "split"})).dataset
+    data = prepare_dataset(
+        make_params(dataset={"kind": "npz", "path": str(tmp_path / "d.npz"), "split_array": "split"})
+    ).dataset
     assert data.split[0] == UNLABELLED_SPLIT and (data.split[1:] == TRAIN).all()
 
 
 # --- bad input ----------------------------------------------------------------------------------
+
 
 def _npz(tmp_path, **arrays):
     np.savez(tmp_path / "d.npz", **arrays)

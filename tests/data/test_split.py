@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import ParamsError
 from pipeline.data.prepare import prepare_dataset
@@ -42,8 +43,12 @@ def test_split_is_stratified_with_the_requested_fractions(digits):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.integers(-1, 4), min_size=1, max_size=200), st.integers(0, 10**6),
-       st.floats(0, 0.45), st.floats(0, 0.45))
+@given(
+    st.lists(st.integers(-1, 4), min_size=1, max_size=200),
+    st.integers(0, 10**6),
+    st.floats(0, 0.45),
+    st.floats(0, 0.45),
+)
 def test_every_row_lands_in_exactly_one_split_per_class_rule(labels, seed, val_fraction, test_fraction):
     label = np.asarray(labels, dtype=np.int64)
     split = stratified_split(label, seed, val_fraction, test_fraction)
@@ -83,7 +88,9 @@ def test_omitted_class_leaves_the_train_split_but_stays_in_val_and_test(digits):
     data = outputs.dataset
     assert not ((data.split == TRAIN) & (data.label == 3)).any()
     for code in (VAL, TEST):
-        assert ((data.split == code) & (data.label == 3)).sum() == ((digits.dataset.split == code) & (digits.dataset.label == 3)).sum()
+        assert ((data.split == code) & (data.label == 3)).sum() == (
+            (digits.dataset.split == code) & (digits.dataset.label == 3)
+        ).sum()
     assert set(data.sample_id) < set(digits.dataset.sample_id)
     assert (outputs.teacher_train.label == 3).any()  # the teacher still learns class 3 (Hinton 2015 §3)
     assert data.num_classes == 10

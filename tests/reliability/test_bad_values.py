@@ -115,13 +115,17 @@ def test_a_bad_dataset_is_one_line_at_prepare(item, tmp_path, capsys, record):
 def test_a_damaged_prepared_dataset_is_one_line_at_train(damage, tmp_path, built_project, capsys, record):
     project = copy_project(built_project, tmp_path / "p")
     if damage == "truncated":
-        data = project / "prepared" / "dataset.parquet"
+        data = project / "prepared" / "shards" / "part-00000.arrow"
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     else:
         (project / "prepared" / "meta.json").write_text('{"input_shape": [1, 4')
     line = refused(capsys, stage_argv(project, "train"))
     assert "PreparedDataError" in line and "re-run `distillery prepare`" in line
-    what = "a truncated data/prepared/dataset.parquet" if damage == "truncated" else "a damaged meta.json"
+    what = (
+        "a truncated data/prepared/shards/part-00000.arrow"
+        if damage == "truncated"
+        else "a damaged meta.json"
+    )
     record(f"{what}, at `distillery train`", line.replace(str(tmp_path), "<tmp>"))
 
 

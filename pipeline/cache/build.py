@@ -44,6 +44,7 @@ from pipeline.cache.params import CacheParams
 from pipeline.cache.store import Store, open_store, store_class
 from pipeline.cache.teacher_outputs import Teacher, describe_teacher, probe_layout
 from pipeline.errors import DistilleryError
+from pipeline.teacher.inputs import fields_of, num_rows
 from pipeline.io import atomic_write_json, replace_dir
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class RowSource(Protocol):
     sample_id: np.ndarray  # (N,) int64
     split: np.ndarray  # (N,) int8
     label: np.ndarray  # (N,) int64
-    inputs: np.ndarray  # (N, *input_shape) float32
+    inputs: np.ndarray  # (N, *input_shape) float32; or `fields`: name -> (N, ...) array or ragged
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def create_store(
 
 
 def _check_rows(data: RowSource) -> None:
-    lengths = {name: len(getattr(data, name)) for name in ("sample_id", "split", "label", "inputs")}
+    lengths = {name: len(getattr(data, name)) for name in ("sample_id", "split", "label")}
+    lengths |= {f"field {name!r}": num_rows({name: value}) for name, value in fields_of(data).items()}
     if len(set(lengths.values())) != 1:
         raise CacheInputError(
             f"the rows to cache are not aligned: lengths {lengths}; re-run `dvc repro prepare`"

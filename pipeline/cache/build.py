@@ -44,8 +44,8 @@ from pipeline.cache.params import CacheParams
 from pipeline.cache.store import Store, open_store, store_class
 from pipeline.cache.teacher_outputs import Teacher, describe_teacher, probe_layout
 from pipeline.errors import DistilleryError
-from pipeline.teacher.inputs import fields_of, num_rows
 from pipeline.io import atomic_write_json, replace_dir
+from pipeline.teacher.inputs import fields_of, num_rows
 
 log = logging.getLogger(__name__)
 

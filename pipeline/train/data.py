@@ -75,7 +75,10 @@ def join_training_data(reader: CacheReader, prepared, train_rows: str) -> Traini
     position = align_inputs(
         reader, prepared.sample_id, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
     )
-    if reader.schema.num_classes != prepared.num_classes:
+    if (
+        getattr(reader.schema, "logits", "row") != "none"
+        and reader.schema.num_classes != prepared.num_classes
+    ):
         raise CacheAlignmentError(
             f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "
             "classes; re-run `dvc repro cache`"

@@ -54,7 +54,10 @@ def test_a_missing_field_is_one_line_naming_input_and_field(teacher_path):
         teacher.check_fields(sequence_rows().fields)
     message = str(error.value)
     assert "\n" not in message
-    assert "input 'attention_mask' is fed from field 'mask'" in message and "['attention_mask', 'input_ids']" in message
+    assert (
+        "input 'attention_mask' is fed from field 'mask'" in message
+        and "['attention_mask', 'input_ids']" in message
+    )
 
 
 def test_a_field_of_another_dtype_names_both_dtypes(teacher_path):
@@ -74,7 +77,9 @@ def test_a_field_of_another_rank_names_both_shapes(teacher_path):
     rows = sequence_rows()
     fields = {**rows.fields, "attention_mask": np.ones(len(rows.sample_id), np.int64)}
     teacher = open_teacher(teacher_path, inputs=FIELDS, provider="cpu")
-    with pytest.raises(TeacherInputError, match=r"field 'attention_mask' is int64 \[rows\] \(the rank differs\)"):
+    with pytest.raises(
+        TeacherInputError, match=r"field 'attention_mask' is int64 \[rows\] \(the rank differs\)"
+    ):
         teacher.check_fields(fields)
 
 
@@ -86,7 +91,10 @@ def test_a_sequence_longer_than_the_model_takes_names_the_rows(teacher_path):
     with pytest.raises(TeacherInputError) as error:
         teacher.check_fields(rows.fields, lambda r: rows.sample_id[r].tolist())
     message = str(error.value)
-    assert f"rows of up to {lengths.max()} tokens" in message and "takes at most 6 (teacher.max_length)" in message
+    assert (
+        f"rows of up to {lengths.max()} tokens" in message
+        and "takes at most 6 (teacher.max_length)" in message
+    )
     assert ", ".join(map(str, long_ids)) in message
 
 

@@ -53,7 +53,9 @@ def test_per_token_hidden_states_are_cached_ragged_and_read_back_per_row(tmp_pat
             n = lengths[row]
             np.testing.assert_allclose(tokens.padded["hidden"][b, :n].numpy(), want["hidden"], rtol=1e-3)
             assert not tokens.padded["hidden"][b, n:].any() and tokens.mask[b].sum() == n
-            np.testing.assert_array_equal(tokens.flat["hidden"][start : start + n], tokens.padded["hidden"][b, :n])
+            np.testing.assert_array_equal(
+                tokens.flat["hidden"][start : start + n], tokens.padded["hidden"][b, :n]
+            )
             np.testing.assert_allclose(values[offsets[row] : offsets[row + 1]], want["hidden"], rtol=1e-3)
             np.testing.assert_allclose(batch.logits[b].numpy(), want["logits"], rtol=1e-3, atol=1e-3)
             start += n
@@ -109,4 +111,6 @@ def test_a_teacher_without_logits_caches_only_its_taps(tmp_path, store):
     assert not cache.schema.has_logits and cache.logits is None
     batch = cache.batch(np.arange(5))
     assert batch.logits is None
-    np.testing.assert_allclose(batch.features["pooled"][2].numpy(), expected_outputs(rows, 2)["pooled"], rtol=1e-3)
+    np.testing.assert_allclose(
+        batch.features["pooled"][2].numpy(), expected_outputs(rows, 2)["pooled"], rtol=1e-3
+    )

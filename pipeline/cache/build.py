@@ -194,7 +194,9 @@ def create_store(
 
 def _check_rows(data: RowSource) -> None:
     lengths = {name: len(getattr(data, name)) for name in ("sample_id", "split", "label")}
-    lengths |= {f"field {name!r}": num_rows({name: value}) for name, value in fields_of(data).items()}
+    source = fields_of(data)
+    if source.arrays is not None:  # fields on disk are aligned with their index by construction
+        lengths |= {f"field {name!r}": num_rows(value) for name, value in source.arrays.items()}
     if len(set(lengths.values())) != 1:
         raise CacheInputError(
             f"the rows to cache are not aligned: lengths {lengths}; re-run `dvc repro prepare`"

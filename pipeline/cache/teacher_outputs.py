@@ -67,7 +67,8 @@ def teacher_feed(teacher: Any, data: Any, rows: slice) -> Feed:
     feed = getattr(teacher, "feed", None)
     if feed is not None:
         return feed(fields_of(data), rows)
-    return Feed({"input": np.asarray(fields_of(data)["input"][rows])})
+    rows = np.arange(rows.start, rows.stop, dtype=np.int64)
+    return Feed({"input": np.asarray(fields_of(data).read(rows, ["input"])["input"])})
 
 
 def _source(teacher: Any) -> str:

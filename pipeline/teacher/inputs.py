@@ -81,19 +81,92 @@ def row_lengths(value: Any) -> np.ndarray:
     return np.diff(np.asarray(value.offsets, np.int64))
 
 
-def fields_of(data: Any) -> Mapping[str, Any]:
-    """The named fields of a row source: its `fields` mapping when it has one, else the one
-    `input` field (PreparedData.inputs)."""
-    fields = getattr(data, "fields", None)
-    if fields is not None:
-        return fields
-    return {DEFAULT_FIELD: data.inputs}
+class FieldSource:
+    """The named fields of a row source, read by rows, whatever holds them:
+
+    - a prepared dataset on disk (`pipeline.data.open_prepared`: `fields` maps names to specs and
+      `read(rows, names)` returns dense arrays (after read-time transforms) or Ragged);
+    - in-memory fields (`fields` maps names to (N, ...) arrays or ragged values + offsets);
+    - the single `input` field of an in-memory PreparedData (`inputs`, (N, *input_shape) float32).
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        fields = data if isinstance(data, Mapping) else getattr(data, "fields", None)
+        self.on_disk = callable(getattr(data, "read", None)) and fields is not None
+        self.arrays = (
+            None if self.on_disk else dict(fields) if fields is not None else {DEFAULT_FIELD: data.inputs}
+        )
+
+    def names(self) -> list[str]:
+        """The field names."""
+        return list(self.data.fields if self.on_disk else self.arrays)
+
+    def specs(self) -> dict[str, FieldSpec]:
+        """Field name -> dtype and per-row shape as a consumer reads it (after read-time transforms)."""
+        if not self.on_disk:
+            return {name: field_spec(value) for name, value in self.arrays.items()}
+        specs = {}
+        for name, stored in self.data.fields.items():
+            shape = tuple(stored.shape)
+            dtype = np.dtype(stored.dtype)
+            if (
+                shape
+                and shape[0] is not None
+                and getattr(self.data, "transforms", {}).get(name)
+                and len(self.data)
+            ):
+                probe = self.data.read(np.zeros(1, np.int64), [name])[name]  # a transform may change both
+                dtype, shape = probe.dtype, tuple(int(d) for d in probe.shape[1:])
+            specs[name] = FieldSpec(dtype, shape)
+        return specs
+
+    def read(self, rows: np.ndarray, names: list[str]) -> dict[str, Any]:
+        """Rows (B,) int64 of the fields `names`: dense (B, ...) arrays or ragged values + offsets."""
+        rows = np.asarray(rows, np.int64)
+        if self.on_disk:
+            return self.data.read(rows, list(dict.fromkeys(names)))
+        out = {}
+        for name in names:
+            value = self.arrays[name]
+            if is_ragged(value):
+                offsets = np.asarray(value.offsets, np.int64)
+                lengths = offsets[rows + 1] - offsets[rows]
+                picked = (
+                    np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows]) if len(rows) else []
+                )
+                values = np.asarray(value.values)[np.asarray(picked, np.int64)]
+                out[name] = _Ragged(values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            else:
+                out[name] = np.asarray(value[rows])
+        return out
+
+    def lengths(self, name: str, rows_per_read: int = 65536) -> np.ndarray:
+        """(N,) int64 row lengths of ragged field `name` (read in blocks from disk)."""
+        if not self.on_disk:
+            return row_lengths(self.arrays[name])
+        count = len(self.data.sample_id)
+        parts = [
+            row_lengths(self.data.read(np.arange(start, min(start + rows_per_read, count)), [name])[name])
+            for start in range(0, count, rows_per_read)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def num_rows(fields: Mapping[str, Any]) -> int:
-    """Row count of the fields (the first field's)."""
-    value = next(iter(fields.values()))
+@dataclass(frozen=True)
+class _Ragged:
+    values: np.ndarray
+    offsets: np.ndarray
+
+
+def num_rows(value: Any) -> int:
+    """Row count of one in-memory field (dense or ragged)."""
     return len(value.offsets) - 1 if is_ragged(value) else len(value)
+
+
+def fields_of(data: Any) -> FieldSource:
+    """The FieldSource of a row source (see FieldSource)."""
+    return data if isinstance(data, FieldSource) else FieldSource(data)
 
 
 def check_fields(
@@ -140,7 +213,7 @@ def check_lengths(
     where: str,
     specs: Mapping[str, InputSpec],
     mapping: Mapping[str, str],
-    fields: Mapping[str, Any],
+    source: FieldSource,
     max_length: int | None,
     shown_ids: Callable[[np.ndarray], list] | None = None,
 ) -> None:
@@ -150,11 +223,12 @@ def check_lengths(
     shown = shown_ids or (lambda rows: rows.tolist())
     limits = max_lengths(specs, max_length)
     first: tuple[str, np.ndarray] | None = None
+    field_specs = source.specs()
     for name in specs:
-        value = fields[mapping[name]]
-        if not is_ragged(value):
+        spec = field_specs[mapping[name]]
+        if not spec.row_shape or spec.row_shape[0] is not None:
             continue
-        lengths = row_lengths(value)
+        lengths = source.lengths(mapping[name])
         limit = limits[name]
         if limit is not None and len(lengths) and int(lengths.max()) > limit:
             long_rows = np.flatnonzero(lengths > limit)
@@ -189,38 +263,38 @@ class Feed:
     ragged: tuple[str, ...] = ()
 
 
-def _gather_ragged(value: Any, rows: np.ndarray, length: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _pad(value: Any, length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged rows -> ((B, L, ...) zero-padded, (B,) int64 lengths); L = the longest row, or `length`."""
     offsets = np.asarray(value.offsets, np.int64)
-    starts, stops = offsets[rows], offsets[rows + 1]
-    lengths = stops - starts
+    lengths = np.diff(offsets)
     width = int(lengths.max(initial=0)) if length is None else int(length)
     values = np.asarray(value.values)
-    out = np.zeros((len(rows), width, *values.shape[1:]), values.dtype)
-    for b, (start, stop) in enumerate(zip(starts, stops)):
-        out[b, : stop - start] = values[start:stop]
+    out = np.zeros((len(lengths), width, *values.shape[1:]), values.dtype)
+    out[np.arange(width)[None, :] < lengths[:, None]] = values
     return out, lengths
 
 
 def make_feed(
     specs: Mapping[str, InputSpec],
     mapping: Mapping[str, str],
-    fields: Mapping[str, Any],
+    fields: Any,
     rows: slice | np.ndarray,
 ) -> Feed:
-    """The teacher's inputs for prepared rows `rows` (a slice or (B,) int array): each input's field
-    gathered (ragged fields padded to the batch's longest row, or to the input's fixed length) and
-    made contiguous in the input's dtype."""
+    """The teacher's inputs for prepared rows `rows` (a slice or (B,) int array) of `fields` (a row
+    source or FieldSource): each input's field read (ragged fields padded to the batch's longest
+    row, or to the input's fixed length) and made contiguous in the input's dtype."""
+    source = fields_of(fields)
     if isinstance(rows, slice):
         rows = np.arange(rows.start, rows.stop, dtype=np.int64)
-    rows = np.asarray(rows, np.int64)
+    values = source.read(np.asarray(rows, np.int64), [mapping[name] for name in specs])
     limits = max_lengths(specs, None)
     arrays, lengths, ragged = {}, None, []
     for name, spec in specs.items():
-        value = fields[mapping[name]]
+        value = values[mapping[name]]
         if is_ragged(value):
-            array, lengths = _gather_ragged(value, rows, limits[name])
+            array, lengths = _pad(value, limits[name])
             ragged.append(name)
         else:
-            array = np.asarray(value[rows])
+            array = value
         arrays[name] = np.ascontiguousarray(array, dtype=spec.dtype)
     return Feed(arrays, lengths, tuple(ragged))

@@ -30,7 +30,7 @@ from pipeline.teacher.inputs import (
     TeacherModelError,
     check_fields,
     check_lengths,
-    field_spec,
+    fields_of,
     make_feed,
 )
 from pipeline.teacher.providers import (  # noqa: F401 (re-exported: the session's provider names)
@@ -200,20 +200,20 @@ class TeacherSession:
         """Declared dims of the first input, batch first."""
         return list(self.input_specs[self.input_name].dims)
 
-    def check_fields(self, fields: Mapping[str, Any], shown_ids: Any = None) -> None:
-        """TeacherFieldError (one line naming the input, the field and both dtypes/shapes) unless
-        every input can be fed from its field of `fields` (field name -> dense (N, ...) array or
-        ragged values + offsets), and no ragged row is longer than the input takes."""
-        specs = {name: field_spec(value) for name, value in fields.items()}
-        check_fields(str(self.path), self.input_specs, self.input_fields, specs)
-        check_lengths(str(self.path), self.input_specs, self.input_fields, fields, self.max_length, shown_ids)
+    def check_fields(self, fields: Any, shown_ids: Any = None) -> None:
+        """TeacherInputError (one line naming the input, the field and both dtypes/shapes) unless
+        every input can be fed from its field of `fields` (a row source, or field name -> dense
+        (N, ...) array or ragged values + offsets), and no ragged row is longer than the input takes."""
+        source = fields_of(fields)
+        check_fields(str(self.path), self.input_specs, self.input_fields, source.specs())
+        check_lengths(str(self.path), self.input_specs, self.input_fields, source, self.max_length, shown_ids)
 
     def check_input(self, input_shape: Sequence[int]) -> None:
         """The single-field form of `check_fields`: rows of `input_shape` float32 in field `input`."""
         fields = {DEFAULT_FIELD: FieldSpec(np.dtype(np.float32), tuple(int(d) for d in input_shape))}
         check_fields(str(self.path), self.input_specs, self.input_fields, fields)
 
-    def feed(self, fields: Mapping[str, Any], rows: Any) -> Feed:
+    def feed(self, fields: Any, rows: Any) -> Feed:
         """The teacher's named inputs for prepared rows `rows` of `fields` (ragged fields padded)."""
         return make_feed(self.input_specs, self.input_fields, fields, rows)
 

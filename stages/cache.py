@@ -53,13 +53,7 @@ def _build(
     from pipeline.cluster.params import load_cluster_params
 
     cluster = load_cluster_params(args.params)
-    names = dict(
-        input_name=teacher_params.input_name,
-        logits_name=teacher_params.logits_name,
-        tap_names=teacher_params.tap_names,
-        provider=teacher_params.provider,
-        intra_op_threads=teacher_params.intra_op_threads,
-    )
+    names = teacher_params.session_options()
     if cluster.shard_cache:
         from pipeline.cluster.sharded_cache import build_cache_on_cluster
 

@@ -47,6 +47,7 @@ def _reference(cache, args):
         meta.teacher["input_name"],
         meta.teacher["logits_name"],
         meta.teacher["tap_names"] or None,
+        inputs=meta.teacher.get("inputs"),
     )
     build = CacheBuild(Path(args.cache), meta, data)
     rows = reference_rows(len(cache), args.sample_rows, meta.layout.num_classes)

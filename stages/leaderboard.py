@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         # the row puts the file's size and latency beside the cache's accuracy: refuse a cache of
         # another teacher
         cache = open_cache(args.cache, teacher_sha256=teacher_sha256(args.teacher))
+        if cache.schema.logits != "row":  # nothing to score a teacher without logits per row on
+            print(f"leaderboard: no teacher row ({args.cache} holds no per-row teacher logits)")
+            args.no_teacher = True
+    if not args.no_teacher:
         latency = onnx_latency_ms(
             args.teacher,
             params.latency.batch_sizes,

@@ -42,6 +42,31 @@ class SparseLogits:
 
 
 @dataclass(frozen=True)
+class TokenBatch:
+    """The per-token teacher outputs of a batch (docs/cache_format.md, "Per-token outputs").
+
+    lengths: (B,) int64 real tokens per row. mask: (B, L) bool, L = the batch's longest row, true
+    on real tokens. padded: output -> (B, L, *token_shape) float32, zeros past each row's tokens.
+    flat: output -> (sum(lengths), *token_shape) float32, the rows' tokens back to back (row b's
+    are flat[offsets[b]:offsets[b+1]], offsets = the cumulative sum of lengths). "logits" is among
+    them when the logits are per token (then also `TeacherBatch.logits`, padded).
+    """
+
+    lengths: torch.Tensor
+    mask: torch.Tensor
+    padded: Mapping[str, torch.Tensor]
+    flat: Mapping[str, torch.Tensor]
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(
+            self.lengths.to(device),
+            self.mask.to(device),
+            {k: v.to(device, non_blocking=True) for k, v in self.padded.items()},
+            {k: v.to(device, non_blocking=True) for k, v in self.flat.items()},
+        )
+
+
+@dataclass(frozen=True)
 class TeacherBatch:
     """One mini-batch of cached teacher outputs, aligned by row.
 
@@ -49,18 +74,21 @@ class TeacherBatch:
     sample_id: (B,) int64 ids that join the cache to the prepared dataset.
     split: (B,) int8 split codes (index into `SPLITS`).
     label: (B,) int64 class index, or `UNLABELLED` (-1).
-    logits: (B, C) float32 raw teacher logits (stored as float16 or float32).
+    logits: (B, C) float32 raw teacher logits (stored as float16 or float32); (B, L, V) padded when
+        the cache holds them per token; None for a teacher without logits.
     features: tap name -> (B, *tap_shape) float32 teacher features.
     sparse: the top-k form when the cache stores one, else None.
+    tokens: the per-token outputs when the cache has any, else None.
     """
 
     rows: np.ndarray
     sample_id: np.ndarray
     split: np.ndarray
     label: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     sparse: SparseLogits | None = None
+    tokens: TokenBatch | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -72,7 +100,8 @@ class TeacherBatch:
             sample_id=self.sample_id,
             split=self.split,
             label=self.label.to(device, non_blocking=True),
-            logits=self.logits.to(device, non_blocking=True),
+            logits=None if self.logits is None else self.logits.to(device, non_blocking=True),
             features={k: v.to(device, non_blocking=True) for k, v in self.features.items()},
             sparse=None if self.sparse is None else self.sparse.to(device),
+            tokens=None if self.tokens is None else self.tokens.to(device),
         )

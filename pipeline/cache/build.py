@@ -47,6 +47,7 @@ from pipeline.cache.views import view_rows
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json, replace_dir
 from pipeline.transforms import ViewsParams
+from pipeline.teacher.inputs import fields_of, num_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class RowSource(Protocol):
     sample_id: np.ndarray  # (N,) int64
     split: np.ndarray  # (N,) int8
     label: np.ndarray  # (N,) int64
-    inputs: np.ndarray  # (N, *input_shape) float32
+    inputs: np.ndarray  # (N, *input_shape) float32; or `fields`: name -> (N, ...) array or ragged
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,10 @@ def create_store(
 
 
 def _check_rows(data: RowSource) -> None:
-    lengths = {name: len(getattr(data, name)) for name in ("sample_id", "split", "label", "inputs")}
+    lengths = {name: len(getattr(data, name)) for name in ("sample_id", "split", "label")}
+    source = fields_of(data)
+    if source.arrays is not None:  # fields on disk are aligned with their index by construction
+        lengths |= {f"field {name!r}": num_rows(value) for name, value in source.arrays.items()}
     if len(set(lengths.values())) != 1:
         raise CacheInputError(
             f"the rows to cache are not aligned: lengths {lengths}; re-run `dvc repro prepare`"

@@ -35,6 +35,13 @@ FORMAT_VERSION = 1
 METADATA_FILE = "cache.json"
 STORED_FLOATS = ("float16", "float32")
 """The dtypes logits and features may be stored in."""
+LOGITS_FORMS = ("row", "token", "none")
+"""How a cache holds logits: (N, C) per row, ragged per token (an LM's (B, L, V)), or not at all
+(a teacher without logits, `teacher.logits_name: null`)."""
+TOKEN_LENGTHS = "token_lengths"
+"""The (N,) int64 array of real tokens per row, present when any output is per token."""
+TOKENS = "tokens"
+"""Prefix of the ragged arrays: `tokens/<output>` (M, *per-token shape), M = sum of token_lengths."""
 
 
 class StaleCacheError(DistilleryError):
@@ -78,6 +85,9 @@ class CacheLayout:
     view_count: K views per sample (`cache.views`, docs/transforms.md "Views in the cache"): the
     store then also holds `view` and one `view_params/<column>` array per VIEW_DTYPE column; None
     (a single-view cache, whose cache.json does not mention it).
+    logits: "row" (N, C), "token" (ragged `tokens/logits` (M, C)) or "none" (num_classes 0).
+    token_shapes: per-token tap name -> per-token shape, stored ragged as `tokens/<tap>` (M, *shape)
+    beside `token_lengths` (N,); every per-token output of a row has its `token_lengths` tokens.
     """
 
     num_rows: int
@@ -89,19 +99,30 @@ class CacheLayout:
     rows_per_chunk: int
     rows_per_shard: int
     view_count: int | None = None
+    logits: str = "row"
+    token_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        counts = {"num_rows": self.num_rows, "num_classes": self.num_classes}
+        if self.logits not in LOGITS_FORMS:
+            raise ValueError(f"layout.logits is {self.logits!r}, not one of {', '.join(LOGITS_FORMS)}")
+        if (self.logits == "none") != (self.num_classes == 0):
+            raise ValueError(f"layout.num_classes is {self.num_classes} with logits {self.logits!r}")
+        counts = {"num_rows": self.num_rows, "num_classes": max(self.num_classes, 1)}
         counts |= {"rows_per_chunk": self.rows_per_chunk, "rows_per_shard": self.rows_per_shard}
         for key, value in counts.items():
             if type(value) is not int or value < (0 if key == "num_rows" else 1):
                 raise ValueError(f"layout.{key} is {value!r}, not a count")
-        dims = [d for shape in self.feature_shapes.values() for d in shape] + [self.sparse_top_k or 1]
+        shapes = [*self.feature_shapes.values(), *self.token_shapes.values()]
+        dims = [d for shape in shapes for d in shape] + [self.sparse_top_k or 1]
         dims.append(1 if self.view_count is None else self.view_count - 1)
         if any(type(d) is not int or d < 0 for d in dims):
             raise ValueError("a feature shape or sparse_top_k is not made of counts")
-        for tap in self.feature_shapes:
+        for tap in (*self.feature_shapes, *self.token_shapes):
             check_name(tap, "teacher output")  # it becomes a path in the store and the sidecar
+        if self.sparse_top_k is not None and self.logits != "row":
+            raise ValueError(
+                "the sparse top-k form needs logits per row"
+            )  # it becomes a path in the store and the sidecar
         for dtype in (self.logits_dtype, self.features_dtype):
             if dtype not in STORED_FLOATS:
                 raise ValueError(f"stored dtype {dtype!r} is not one of {', '.join(STORED_FLOATS)}")
@@ -127,8 +148,11 @@ class CacheLayout:
             "sample_id": ((), "int64"),
             "split": ((), "int8"),
             "label": ((), "int64"),
-            "logits": ((self.num_classes,), self.logits_dtype),
         }
+        if self.logits == "row":
+            specs["logits"] = ((self.num_classes,), self.logits_dtype)
+        if self.ragged_arrays():
+            specs[TOKEN_LENGTHS] = ((), "int64")
         for tap, shape in self.feature_shapes.items():
             specs[f"features/{tap}"] = (tuple(shape), self.features_dtype)
         if self.sparse_top_k is not None:
@@ -142,12 +166,33 @@ class CacheLayout:
                 specs[f"view_params/{column}"] = ((), np.dtype(dtype).name)
         return specs
 
+    def ragged_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Ragged array name (`tokens/<output>`) -> (per-token shape, stored dtype): each holds the
+        real tokens of every row back to back, row r's being the `token_lengths[r]` after the
+        previous rows' (docs/cache_format.md, "Per-token outputs")."""
+        specs: dict[str, tuple[tuple[int, ...], str]] = {}
+        if self.logits == "token":
+            specs[f"{TOKENS}/logits"] = ((self.num_classes,), self.logits_dtype)
+        for tap, shape in self.token_shapes.items():
+            specs[f"{TOKENS}/{tap}"] = (tuple(shape), self.features_dtype)
+        return specs
+
+    def stored_names(self) -> list[str]:
+        """Every array a shard holds: the row-aligned ones, then the ragged ones."""
+        return [*self.arrays(), *self.ragged_arrays()]
+
     def to_json(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples as lists)."""
+        """Plain-JSON form (tuples as lists); `logits` and `token_shapes` only when not the
+        defaults, so a cache of per-row outputs reads as it always did."""
         data = asdict(self)
         data["feature_shapes"] = {k: list(v) for k, v in self.feature_shapes.items()}
         if self.view_count is None:  # a single-view cache.json stays byte-identical to before views
             del data["view_count"]
+        data["token_shapes"] = {k: list(v) for k, v in self.token_shapes.items()}
+        if data["logits"] == "row":
+            del data["logits"]
+        if not data["token_shapes"]:
+            del data["token_shapes"]
         return data
 
     @classmethod
@@ -155,6 +200,7 @@ class CacheLayout:
         """Inverse of `to_json`."""
         data = dict(data)
         data["feature_shapes"] = {k: tuple(v) for k, v in data["feature_shapes"].items()}
+        data["token_shapes"] = {k: tuple(v) for k, v in data.get("token_shapes", {}).items()}
         return cls(**data)
 
 
@@ -198,6 +244,10 @@ class CacheMetadata:
             "arrays": {
                 name: {"row_shape": list(shape), "dtype": dtype}
                 for name, (shape, dtype) in self.layout.arrays().items()
+            }
+            | {
+                name: {"token_shape": list(shape), "dtype": dtype, "ragged_by": TOKEN_LENGTHS}
+                for name, (shape, dtype) in self.layout.ragged_arrays().items()
             },
             "params": self.params,
             "manifest": self.manifest,

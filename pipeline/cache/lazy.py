@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache.format import CacheMetadata
+from pipeline.cache.format import TOKEN_LENGTHS, CacheMetadata
 from pipeline.cache.reader import ArrayCache, CacheSchema
 from pipeline.cache.store import Store
 
@@ -40,12 +40,36 @@ class LazyCache(ArrayCache):
             feature_shapes=dict(layout.feature_shapes),
             sparse_top_k=layout.sparse_top_k,
             view_count=layout.view_count,
+            logits=layout.logits,
+            token_shapes=dict(layout.token_shapes),
         )
+        self._small = dict(small)
+        if TOKEN_LENGTHS in small:
+            self._offsets = np.concatenate([[0], np.cumsum(small[TOKEN_LENGTHS], dtype=np.int64)])
 
     def _whole(self, name: str) -> np.ndarray:
         """Array `name` read whole (large: prefer `batch`)."""
+        if name in self._small:
+            return self._small[name]
+        if name in self.metadata.layout.ragged_arrays():
+            layout = self.metadata.layout
+            return np.concatenate(
+                [self._store.read(name, layout.shard_rows(k)) for k in range(layout.num_shards)]
+            )
         return self._store.read(name, slice(0, len(self)))
 
     def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        if name in self._small:
+            return self._small[name][rows]
         unique, inverse = np.unique(rows, return_inverse=True)
         return self._store.read_rows(name, unique)[inverse]
+
+    def _gather_tokens(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The tokens of `rows`, reading each touched shard's part of the ragged array whole."""
+        layout, parts = self.metadata.layout, []
+        shards = np.asarray(rows, np.int64) // layout.rows_per_shard
+        values = {int(k): self._store.read(name, layout.shard_rows(int(k))) for k in np.unique(shards)}
+        for row, shard in zip(rows, shards):
+            base = self._offsets[int(shard) * layout.rows_per_shard]
+            parts.append(values[int(shard)][self._offsets[row] - base : self._offsets[row + 1] - base])
+        return np.concatenate(parts) if parts else np.empty((0, *layout.ragged_arrays()[name][0]))

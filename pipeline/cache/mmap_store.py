@@ -113,6 +113,30 @@ def _marker(metadata: CacheMetadata, store: str) -> dict:
             for name, (shape, dtype) in metadata.layout.arrays().items()
         },
         "num_rows": metadata.layout.num_rows,
+    } | _ragged_marker(metadata)
+
+
+def _ragged_marker(metadata: CacheMetadata) -> dict:
+    """The ragged arrays' part of the marker (absent without any, so older sidecars stay valid)."""
+    ragged = metadata.layout.ragged_arrays()
+    if not ragged:
+        return {}
+    tokens = sum(int(record["tokens"]) for record in metadata.manifest)
+    return {
+        "ragged": {
+            name: {"token_shape": list(shape), "dtype": dtype} for name, (shape, dtype) in ragged.items()
+        },
+        "num_tokens": tokens,
+    }
+
+
+def _shapes(metadata: CacheMetadata) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Array name -> (whole shape, dtype) of every .npy of the sidecar."""
+    layout = metadata.layout
+    tokens = sum(int(record.get("tokens", 0)) for record in metadata.manifest)
+    shapes = {name: ((layout.num_rows, *shape), dtype) for name, (shape, dtype) in layout.arrays().items()}
+    return shapes | {
+        name: ((tokens, *shape), dtype) for name, (shape, dtype) in layout.ragged_arrays().items()
     }
 
 
@@ -122,9 +146,9 @@ def _open_finished(directory: Path, metadata: CacheMetadata, store: str) -> dict
         if json.loads((directory / MARKER_FILE).read_text()) != _marker(metadata, store):
             return None
         arrays = {}
-        for name, (shape, dtype) in metadata.layout.arrays().items():
+        for name, (shape, dtype) in _shapes(metadata).items():
             array = np.load(_npy_path(directory, name), mmap_mode="r")
-            if array.shape != (metadata.layout.num_rows, *shape) or array.dtype != np.dtype(dtype):
+            if array.shape != shape or array.dtype != np.dtype(dtype):
                 return None
             arrays[name] = array
         return arrays
@@ -138,20 +162,24 @@ def _build(
     """Write every array into `directory` shard by shard (verified), then the marker."""
     layout = metadata.layout
     maps = {}
-    for name, (shape, dtype) in layout.arrays().items():
+    for name, (shape, dtype) in _shapes(metadata).items():
         _npy_path(directory, name).parent.mkdir(parents=True, exist_ok=True)
         maps[name] = np.lib.format.open_memmap(
-            _npy_path(directory, name), mode="w+", dtype=np.dtype(dtype), shape=(layout.num_rows, *shape)
+            _npy_path(directory, name), mode="w+", dtype=np.dtype(dtype), shape=shape
         )
     records = metadata.manifest
     if progress:
         from tqdm import tqdm
 
         records = tqdm(records, desc="cache -> mmap sidecar", unit="shard")
+    token = 0
     for record in records:
         rows = slice(int(record["start"]), int(record["stop"]))
+        tokens = slice(token, token + int(record.get("tokens", 0)))
         for name, target in maps.items():
-            target[rows] = read_shard_verified(store, metadata, name, record, verify)
+            ragged = name in layout.ragged_arrays()
+            target[tokens if ragged else rows] = read_shard_verified(store, metadata, name, record, verify)
+        token = tokens.stop
     for target in maps.values():
         target.flush()
     del maps

@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.cache.alignment import CacheAlignmentError, check_alignment  # noqa: F401 (re-exported)
 from pipeline.cache.format import (
     METADATA_FILE,
+    TOKEN_LENGTHS,
     CacheCorruptError,
     CacheLayout,
     CacheMetadata,
@@ -54,12 +55,20 @@ class CacheModeError(DistilleryError):
     """An unknown read mode, or one the cache's store cannot serve."""
 
 
-def layout_nbytes(layout: CacheLayout) -> int:
-    """Bytes of every array of a cache held uncompressed in RAM."""
+def layout_nbytes(layout: CacheLayout, tokens: int = 0) -> int:
+    """Bytes of every array of a cache held uncompressed in RAM (`tokens`: the ragged arrays' length)."""
     return sum(
         layout.num_rows * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         for shape, dtype in layout.arrays().values()
+    ) + sum(
+        tokens * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        for shape, dtype in layout.ragged_arrays().values()
     )
+
+
+def token_count(metadata: CacheMetadata) -> int:
+    """Tokens in each ragged array of the cache: the manifest's per-shard counts summed (0 without)."""
+    return sum(int(record.get("tokens", 0)) for record in metadata.manifest)
 
 
 class StoredCache(MemoryCache):
@@ -138,8 +147,9 @@ def check_store(path: Path, metadata: CacheMetadata, store: Store) -> None:
         rows = layout.shard_rows(index)
         try:
             whole = (record["start"], record["stop"]) == (rows.start, rows.stop) and all(
-                isinstance(record["sha256"][name], str) for name in layout.arrays()
+                isinstance(record["sha256"][name], str) for name in layout.stored_names()
             )
+            whole = whole and (not layout.ragged_arrays() or type(record["tokens"]) is int)
         except (KeyError, TypeError):
             whole = False
         if not whole:
@@ -147,10 +157,24 @@ def check_store(path: Path, metadata: CacheMetadata, store: Store) -> None:
                 f"{path / METADATA_FILE} is damaged: manifest record {index} is not shard {index} "
                 f"(rows {rows.start}..{rows.stop - 1}) with a sha256 per array; re-run `dvc repro cache`"
             )
+    tokens = token_count(metadata)
+    for name, (token_shape, dtype) in layout.ragged_arrays().items():
+        claimed = ((tokens, *token_shape), dtype)
+        if stored.get(name) != claimed:
+            held = _shape(*stored[name]) if name in stored else "no such array"
+            raise CacheCorruptError(
+                f"{path / METADATA_FILE} does not match the store: it says ragged array {name!r} is "
+                f"{_shape(*claimed)}, the store holds {held}; the cache is damaged (cache.json or a shard "
+                "file): re-run `dvc repro cache`"
+            )
 
 
 def _read_verified(store: Store, metadata: CacheMetadata, name: str, verify: bool) -> np.ndarray:
     """One whole array, shard by shard, each shard checked against the manifest's sha256."""
+    if name in metadata.layout.ragged_arrays():
+        shape, dtype = metadata.layout.ragged_arrays()[name]
+        parts = [read_shard_verified(store, metadata, name, record, verify) for record in metadata.manifest]
+        return np.concatenate(parts) if parts else np.empty((0, *shape), dtype)
     shape, dtype = metadata.layout.arrays()[name]
     out = np.empty((metadata.layout.num_rows, *shape), dtype)
     for record in metadata.manifest:
@@ -199,10 +223,16 @@ def open_cache(
     if mode == "mmap":
         return open_sidecar(path, metadata, store, mmap_dir, verify)
     if mode == "lazy":
-        names = ("sample_id", "split", "label") + (("view",) if metadata.layout.view_count else ())
-        small = {name: _read_verified(store, metadata, name, verify) for name in names}
+        small_names = (
+            "sample_id",
+            "split",
+            "label",
+            *([TOKEN_LENGTHS] * bool(metadata.layout.ragged_arrays())),
+            *(("view",) if metadata.layout.view_count else ()),
+        )
+        small = {name: _read_verified(store, metadata, name, verify) for name in small_names}
         return LazyCache(path, metadata, store, small)
-    arrays = {name: _read_verified(store, metadata, name, verify) for name in metadata.layout.arrays()}
+    arrays = {name: _read_verified(store, metadata, name, verify) for name in metadata.layout.stored_names()}
     return StoredCache(path, metadata, arrays)
 
 
@@ -217,5 +247,6 @@ def _resolve_mode(
             'use mode="mmap" or "memory"'
         )
     if mode == "auto":
-        return "memory" if layout_nbytes(metadata.layout) <= in_memory_max_bytes else "mmap"
+        size = layout_nbytes(metadata.layout, token_count(metadata))
+        return "memory" if size <= in_memory_max_bytes else "mmap"
     return mode

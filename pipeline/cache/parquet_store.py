@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
-from pipeline.cache.format import CacheCorruptError, CacheLayout
+from pipeline.cache.format import TOKEN_LENGTHS, CacheCorruptError, CacheLayout
 from pipeline.io import atomic_write_bytes
 
 
@@ -64,14 +65,25 @@ class ParquetStore:
                 columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
             else:
                 columns[name] = pa.array(values)
+        if self.layout.ragged_arrays():
+            offsets = np.concatenate([[0], np.cumsum(arrays[TOKEN_LENGTHS])]).astype(np.int64)
+        for name, (token_shape, dtype) in self.layout.ragged_arrays().items():
+            values = pa.array(np.ascontiguousarray(arrays[name], dtype=dtype).reshape(-1))
+            if token_shape:
+                values = pa.FixedSizeListArray.from_arrays(values, int(np.prod(token_shape)))
+            columns[name] = pa.LargeListArray.from_arrays(pa.array(offsets), values)
         return pa.table(columns)
 
     def _float_column_paths(self) -> list[str]:
-        return [
+        paths = [
             f"{name}.list.element" if row_shape else name
             for name, (row_shape, dtype) in self.layout.arrays().items()
             if dtype.startswith("float")
         ]
+        for name, (token_shape, dtype) in self.layout.ragged_arrays().items():
+            if dtype.startswith("float"):
+                paths.append(f"{name}.list.element.list.element" if token_shape else f"{name}.list.element")
+        return paths
 
     def write_shard(self, shard_index: int, rows: slice, arrays: Mapping[str, np.ndarray]) -> None:
         """Write shard `shard_index` (rows `rows`) as one Parquet file, atomically and fsynced."""
@@ -94,8 +106,10 @@ class ParquetStore:
         atomic_write_bytes(self.path / shard_file_name(shard_index), data)
 
     def read(self, name: str, rows: slice) -> np.ndarray:
-        """Rows `rows` (one shard's range) of array `name`; CacheCorruptError on a bad page."""
-        row_shape, dtype = self.layout.arrays()[name]
+        """Rows `rows` (one shard's range) of array `name` (a ragged array: every token of those
+        rows, (M, *token_shape)); CacheCorruptError on a bad page."""
+        ragged = name in self.layout.ragged_arrays()
+        row_shape, dtype = self.layout.ragged_arrays()[name] if ragged else self.layout.arrays()[name]
         shard_index = rows.start // self.layout.rows_per_shard
         path = self.path / shard_file_name(shard_index)
         where = f"cache array {name!r} rows {rows.start}..{rows.stop - 1} ({path})"
@@ -104,6 +118,8 @@ class ParquetStore:
         try:
             column = pq.read_table(path, columns=[name], page_checksum_verification=True).column(name)
             column = column.combine_chunks()
+            if ragged:
+                column = column.flatten()
             values = (
                 column.values.to_numpy(zero_copy_only=False)
                 if row_shape
@@ -114,7 +130,7 @@ class ParquetStore:
                 f"{where} fail their checksum or cannot be decoded ({error}); re-run `dvc repro cache`"
             ) from None
         values = np.asarray(values, dtype=dtype).reshape(-1, *row_shape)
-        if len(values) != rows.stop - rows.start:
+        if not ragged and len(values) != rows.stop - rows.start:
             raise CacheCorruptError(f"{where}: holds {len(values)} rows, expected {rows.stop - rows.start}")
         return values
 
@@ -150,7 +166,36 @@ class ParquetStore:
             if specs and None not in specs:
                 row_shape, dtype = next((s for s in specs if s != expected[name]), expected[name])
                 stored[name] = ((rows, *row_shape), dtype)
+        stored |= self._stored_ragged(files)
         return stored
+
+    def _stored_ragged(self, files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Ragged array -> ((tokens, *token_shape), dtype): tokens summed from each file's
+        `token_lengths` column (8 bytes a row), the type from its footer; left out when a file lacks it."""
+        ragged = self.layout.ragged_arrays()
+        if not ragged or TOKEN_LENGTHS not in self.layout.arrays():
+            return {}
+        tokens, found = 0, {name: set() for name in ragged}
+        for path in files:
+            try:
+                footer = pq.ParquetFile(path)
+                tokens += int(pa.compute.sum(footer.read(columns=[TOKEN_LENGTHS]).column(0)).as_py() or 0)
+            except (OSError, pa.ArrowException, ValueError, KeyError) as error:
+                raise CacheCorruptError(
+                    f"{path} is not a readable Parquet file ({error}); re-run `dvc repro cache`"
+                ) from None
+            for name, (token_shape, _) in ragged.items():
+                index = footer.schema_arrow.get_field_index(name)
+                column = None if index < 0 else footer.schema_arrow.field(index).type
+                if column is None or not pa.types.is_large_list(column):
+                    found[name].add(None)
+                else:
+                    found[name].add(_row_spec(column.value_type, token_shape))
+        return {
+            name: ((tokens, *next(iter(specs))[0]), next(iter(specs))[1])
+            for name, specs in found.items()
+            if len(specs) == 1 and None not in specs
+        }
 
     def remove_debris(self) -> None:
         """Delete temporary files a killed write leaves behind."""

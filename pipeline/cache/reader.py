@@ -18,6 +18,8 @@ import torch
 
 from pipeline.cache.batch import SPLITS, UNLABELLED, SparseLogits, TeacherBatch
 from pipeline.transforms.views import VIEW_DTYPE
+from pipeline.cache.batch import SPLITS, UNLABELLED, SparseLogits, TeacherBatch, TokenBatch
+from pipeline.cache.format import TOKEN_LENGTHS, TOKENS
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class CacheSchema:
     feature_shapes: tap name -> per-row shape, e.g. {"embed": (64,), "conv": (32, 4, 4)}.
     sparse_top_k: K of the stored top-k form, or None when there is none.
     view_count: K views per sample of a view cache (`cache.views`), or None for a single-view cache.
+    logits: "row" (N, C), "token" (per token, ragged) or "none" (a teacher without logits; C = 0).
+    token_shapes: per-token tap -> per-token shape (stored ragged; batches: `TeacherBatch.tokens`).
     """
 
     num_rows: int
@@ -38,6 +42,13 @@ class CacheSchema:
     feature_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     sparse_top_k: int | None = None
     view_count: int | None = None
+    logits: str = "row"
+    token_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def has_logits(self) -> bool:
+        """Whether the cache holds teacher logits (per row or per token)."""
+        return self.logits != "none"
 
 
 class CacheReader(Protocol):
@@ -124,6 +135,22 @@ class ArrayCache:
     def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _gather_tokens(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The tokens of rows `rows` of ragged array `name`, back to back ((T, *token_shape))."""
+        raise NotImplementedError
+
+    def _token_names(self) -> list[str]:
+        names = list(self.schema.token_shapes)
+        return ["logits", *names] if self.schema.logits == "token" else names
+
+    def token_values(self, output: str) -> tuple[np.ndarray, np.ndarray]:
+        """The flat form of per-token output `output` ("logits" or a per-token tap): values
+        (M, *token_shape) in the stored dtype and offsets (N + 1,) int64, row r's tokens being
+        values[offsets[r]:offsets[r + 1]]."""
+        lengths = self._whole(TOKEN_LENGTHS)
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        return self._whole(f"{TOKENS}/{output}"), offsets
+
     def __len__(self) -> int:
         return len(self._sample_id)
 
@@ -140,9 +167,10 @@ class ArrayCache:
         return self._label
 
     @property
-    def logits(self) -> np.ndarray:
-        """(N, C) raw logits in their stored dtype (for whole-cache analyses such as inspect)."""
-        return self._whole("logits")
+    def logits(self) -> np.ndarray | None:
+        """(N, C) raw logits in their stored dtype (for whole-cache analyses such as inspect); None
+        unless the cache holds logits per row (per token: `token_values("logits")`)."""
+        return self._whole("logits") if self.schema.logits == "row" else None
 
     @property
     def features(self) -> Mapping[str, np.ndarray]:
@@ -181,23 +209,41 @@ class ArrayCache:
         if self.schema.sparse_top_k is not None:
             indices = torch.from_numpy(self._gather("sparse/indices", rows).astype(np.int64))
             sparse = SparseLogits(floats("sparse/values"), indices, floats("sparse/logsumexp"))
+        tokens = self._token_batch(rows) if self._token_names() else None
+        logits = {"row": lambda: floats("logits"), "none": lambda: None}.get(
+            self.schema.logits, lambda: tokens.padded["logits"]
+        )()
         return TeacherBatch(
             rows=rows,
             sample_id=self._sample_id[rows],
             split=self._split[rows],
             label=torch.from_numpy(self._label[rows]),
-            logits=floats("logits"),
+            logits=logits,
             features={tap: floats(f"features/{tap}") for tap in self.schema.feature_shapes},
             sparse=sparse,
+            tokens=tokens,
         )
+
+    def _token_batch(self, rows: np.ndarray) -> TokenBatch:
+        """The per-token outputs of `rows`: flat, and padded to the batch's longest row with a mask."""
+        lengths = np.asarray(self._gather(TOKEN_LENGTHS, rows), np.int64)
+        width = int(lengths.max(initial=0))
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        padded, flat = {}, {}
+        for name in self._token_names():
+            values = self._gather_tokens(f"{TOKENS}/{name}", rows).astype(np.float32, copy=False)
+            out = np.zeros((len(rows), width, *values.shape[1:]), np.float32)
+            out[mask] = values
+            flat[name], padded[name] = torch.from_numpy(values), torch.from_numpy(out)
+        return TokenBatch(torch.from_numpy(lengths), torch.from_numpy(mask), padded, flat)
 
 
 class MemoryCache(ArrayCache):
     """A cache held in RAM: every array a numpy array, aligned by row.
 
     sample_id: (N,) int64; split: (N,) int8 codes into SPLITS; label: (N,) int64, -1 = unlabelled;
-    logits: (N, C) float16 or float32; features: tap -> (N, *shape); sparse: optional
-    (values (N, K), indices (N, K), logsumexp (N,)).
+    logits: (N, C) float16 or float32, or None (a teacher without logits); features: tap -> (N, *shape);
+    sparse: optional (values (N, K), indices (N, K), logsumexp (N,)).
     """
 
     def __init__(
@@ -205,32 +251,39 @@ class MemoryCache(ArrayCache):
         sample_id: np.ndarray,
         split: np.ndarray,
         label: np.ndarray,
-        logits: np.ndarray,
+        logits: np.ndarray | None,
         features: Mapping[str, np.ndarray] | None = None,
         sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        arrays = {"sample_id": sample_id, "split": split, "label": label, "logits": logits}
+        arrays = {"sample_id": sample_id, "split": split, "label": label}
+        if logits is not None:
+            arrays["logits"] = logits
         arrays |= {f"features/{tap}": array for tap, array in (features or {}).items()}
         if sparse is not None:
             arrays |= dict(zip(("sparse/values", "sparse/indices", "sparse/logsumexp"), sparse))
         self._hold(arrays)
 
     def _hold(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Keep `arrays` (cache array name -> (N, ...) array) and derive the schema."""
+        """Keep `arrays` (cache array name -> (N, ...) array; ragged `tokens/<output>` arrays
+        (M, ...) beside `token_lengths` (N,)) and derive the schema."""
         n = len(arrays["sample_id"])
         for name, array in arrays.items():
-            if len(array) != n:
+            if len(array) != n and not name.startswith(f"{TOKENS}/"):
                 raise ValueError(f"cache array {name!r} has {len(array)} rows, sample_id has {n}")
         self._arrays = dict(arrays)
         self._sample_id = np.asarray(arrays["sample_id"], np.int64)
         self._split = np.asarray(arrays["split"], np.int8)
         self._label = np.asarray(arrays["label"], np.int64)
-        logits, values = arrays["logits"], arrays.get("sparse/values")
         self._view = None if "view" not in arrays else np.asarray(arrays["view"], np.int32)
+        if TOKEN_LENGTHS in arrays:
+            self._offsets = np.concatenate([[0], np.cumsum(arrays[TOKEN_LENGTHS], dtype=np.int64)])
+        token_logits = arrays.get(f"{TOKENS}/logits")
+        logits, values = arrays.get("logits", token_logits), arrays.get("sparse/values")
+        form = "none" if logits is None else "row" if "logits" in arrays else "token"
         self.schema = CacheSchema(
             num_rows=n,
-            num_classes=int(logits.shape[1]),
-            logits_dtype=str(logits.dtype),
+            num_classes=0 if logits is None else int(logits.shape[-1]),
+            logits_dtype="float32" if logits is None else str(logits.dtype),
             feature_shapes={
                 name.split("/", 1)[1]: tuple(a.shape[1:])
                 for name, a in arrays.items()
@@ -238,6 +291,12 @@ class MemoryCache(ArrayCache):
             },
             sparse_top_k=None if values is None else int(values.shape[1]),
             view_count=None if self._view is None else int(self._view.max(initial=-1)) + 1,
+            logits=form,
+            token_shapes={
+                name.split("/", 1)[1]: tuple(a.shape[1:])
+                for name, a in arrays.items()
+                if name.startswith(f"{TOKENS}/") and name != f"{TOKENS}/logits"
+            },
         )
 
     def _whole(self, name: str) -> np.ndarray:
@@ -245,6 +304,17 @@ class MemoryCache(ArrayCache):
 
     def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
         return self._arrays[name][rows]
+
+    def _gather_tokens(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self._arrays[name][token_positions(self._offsets, rows)]
+
+
+def token_positions(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(T,) int64 positions in a ragged array of the tokens of `rows` ((B,) int64), row by row;
+    offsets: (N + 1,) int64."""
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + within
 
 
 __all__ = [

@@ -124,6 +124,8 @@ def cache_report(
     (kept by `build_cache`); without them the stored-dtype KL error is reported as null.
     """
     logits = reader.logits  # stored dtype; statistics are computed in row blocks
+    if logits is None:  # no logits per row (a teacher without logits, or logits per token)
+        return _report_without_row_logits(reader)
     labels, splits = np.asarray(reader.label), np.asarray(reader.split)
     num_rows, num_classes = logits.shape
     predicted = rowwise(lambda z: z.argmax(axis=1), logits)
@@ -188,8 +190,38 @@ def cache_report(
     return report
 
 
+def _report_without_row_logits(reader: Any) -> dict[str, Any]:
+    """What can be said of a cache without per-row logits: rows, splits, size, tokens, the outputs."""
+    splits = np.asarray(reader.split)
+    schema = reader.schema
+    report: dict[str, Any] = {
+        "rows": len(reader),
+        "logits": schema.logits,
+        "num_classes": schema.num_classes,
+        "feature_shapes": {k: list(v) for k, v in schema.feature_shapes.items()},
+        "token_shapes": {k: list(v) for k, v in schema.token_shapes.items()},
+        "rows_per_split": {name: int((splits == code).sum()) for code, name in enumerate(SPLITS)},
+        "teacher_accuracy": {},
+        "stored_kl_vs_fp32": None,
+    }
+    stored = _store_bytes(getattr(reader, "path", None))
+    if stored is not None and len(reader):
+        report["bytes_per_sample"] = stored / len(reader)
+    if schema.logits == "token" or schema.token_shapes:
+        name = "logits" if schema.logits == "token" else next(iter(schema.token_shapes))
+        _, offsets = reader.token_values(name)
+        report["tokens"] = int(offsets[-1])
+        if stored is not None and offsets[-1]:
+            report["bytes_per_token"] = stored / int(offsets[-1])
+    return report
+
+
 def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> list[Path]:
-    """PNG plots of the report into `directory`: entropy vs T, reliability diagram, KL error vs T."""
+    """PNG plots of the report into `directory`: entropy vs T, reliability diagram, KL error vs T
+    (none for a cache without per-row logits)."""
+    if reader.logits is None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return []
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.cache.build import CacheBuild, completed_shards
-from pipeline.cache.format import array_digest
+from pipeline.cache.format import TOKEN_LENGTHS, TOKENS, array_digest
 from pipeline.cache.reference import keep_in_batch, keep_in_shard
 from pipeline.cache.sparse import top_k_form
 from pipeline.cache.teacher_outputs import Teacher, batch_outputs, cast_output, shown_ids_of
+from pipeline.cache.tokens import flatten_tokens
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json
 
@@ -49,23 +50,30 @@ def compute_shard(
         records = data.records(rows)
         for column in records.dtype.names:
             arrays[f"view_params/{column}"][:] = records[column]
+    ragged = {name: [] for name in layout.ragged_arrays()}
     keep = keep_in_shard(keep_rows, rows)
     kept_logits = np.empty((len(keep), layout.num_classes), np.float32)
     for batch in build.batches(rows):
         outputs = batch_outputs(teacher, data, batch, layout)
         local = slice(batch.start - rows.start, batch.stop - rows.start)
-        logits = outputs["logits"]
-        arrays["logits"][local] = cast_output("logits", logits, layout.logits_dtype, batch, shown)
-        for tap in layout.feature_shapes:
-            arrays[f"features/{tap}"][local] = cast_output(
-                tap, outputs[tap], layout.features_dtype, batch, shown
-            )
+        for name, (_, dtype) in layout.arrays().items():
+            if name in outputs or name.startswith("features/"):
+                output = name.removeprefix("features/")
+                arrays[name][local] = cast_output(output, outputs[output], dtype, batch, shown)
+        for name, (_, dtype) in layout.ragged_arrays().items():
+            output = name.removeprefix(f"{TOKENS}/")
+            values = cast_output(output, outputs[output], dtype, batch, shown)
+            ragged[name].append(flatten_tokens(values, outputs[TOKEN_LENGTHS]))
         if layout.sparse_top_k is not None:
-            values, indices, lse = top_k_form(logits, layout.sparse_top_k)
+            values, indices, lse = top_k_form(outputs["logits"], layout.sparse_top_k)
             arrays["sparse/values"][local] = values.astype(layout.logits_dtype)
             arrays["sparse/indices"][local] = indices
             arrays["sparse/logsumexp"][local] = lse
-        keep_in_batch(kept_logits, keep, batch, logits)
+        if layout.logits == "row":
+            keep_in_batch(kept_logits, keep, batch, outputs["logits"])
+    for name, (shape, dtype) in layout.ragged_arrays().items():
+        parts = ragged[name]
+        arrays[name] = np.concatenate(parts) if parts else np.empty((0, *shape), dtype)
     return arrays, kept_logits
 
 
@@ -83,8 +91,10 @@ def commit_shard(build: CacheBuild, shard_index: int, arrays: Mapping[str, np.nd
         "shard": shard_index,
         "start": rows.start,
         "stop": rows.stop,
-        "sha256": {name: array_digest(arrays[name]) for name in build.layout.arrays()},
+        "sha256": {name: array_digest(arrays[name]) for name in build.layout.stored_names()},
     }
+    if build.layout.ragged_arrays():  # the value count of each ragged array, checked on open
+        record["tokens"] = int(np.sum(arrays[TOKEN_LENGTHS]))
     try:
         build.store().write_shard(shard_index, rows, arrays)
         _record_shard(build, shard_index, record)

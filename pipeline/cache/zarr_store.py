@@ -21,6 +21,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from pipeline.cache.format import CacheCorruptError, CacheLayout, array_path
 
+RAGGED_CHUNK_VALUES = 1 << 18
+"""Values per inner chunk of a ragged array (256k: ~0.5 MiB of float16, one read unit)."""
+
 
 class ZarrStore:
     """A cache's arrays in a Zarr v3 group at `path` (a `pipeline.cache.store.Store`)."""
@@ -31,12 +34,15 @@ class ZarrStore:
     def __init__(self, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> None:
         self.path = Path(path)
         self.layout = layout
+        self.zstd_level = zstd_level
         self._readers: dict[str, zarr.Array] = {}
 
     @classmethod
     def create(cls, path: str | Path, layout: CacheLayout, zstd_level: int = 3) -> ZarrStore:
         """Create the group and every (empty) array at `path`, replacing what was there."""
         root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        for name in layout.ragged_arrays():  # its per-shard arrays appear as shards are written
+            root.create_group(name)
         for name, (row_shape, dtype) in layout.arrays().items():
             root.create_array(
                 name,
@@ -64,7 +70,27 @@ class ZarrStore:
         """Write every array of shard `shard_index` (rows `rows`), then fsync its files."""
         for name in self.layout.arrays():
             self.write_array(name, rows, arrays[name])
+        for name, (token_shape, dtype) in self.layout.ragged_arrays().items():
+            self._write_ragged(name, shard_index, np.ascontiguousarray(arrays[name], dtype), token_shape)
         self._fsync_shard(shard_index)
+
+    def _ragged_path(self, name: str, shard_index: int) -> Path:
+        """`<name>/<k>`: one 1-D (per token) array per shard, its length the shard's token count."""
+        return array_path(self.path, name) / f"{shard_index:06d}"
+
+    def _write_ragged(self, name: str, shard_index: int, values: np.ndarray, token_shape: tuple) -> None:
+        chunk = max(1, RAGGED_CHUNK_VALUES // max(1, int(np.prod(token_shape, dtype=np.int64))))
+        array = zarr.create_array(
+            str(self._ragged_path(name, shard_index)),
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=(chunk, *token_shape),
+            compressors=[ZstdCodec(level=self.zstd_level), Crc32cCodec()],
+            fill_value=0,
+            zarr_format=3,
+            overwrite=True,
+        )
+        array[...] = values
 
     def _fsync_shard(self, shard_index: int) -> None:
         """Flush the shard's files to disk (zarr's LocalStore renames but never fsyncs)."""
@@ -75,10 +101,19 @@ class ZarrStore:
             if key.exists():
                 with open(key, "rb") as handle:
                     os.fsync(handle.fileno())
+        for name in self.layout.ragged_arrays():
+            for key in sorted(self._ragged_path(name, shard_index).rglob("*")):
+                if key.is_file():
+                    with open(key, "rb") as handle:
+                        os.fsync(handle.fileno())
 
     def read(self, name: str, rows: slice) -> np.ndarray:
-        """Rows `rows` of array `name` in the stored dtype; CacheCorruptError on a bad checksum."""
+        """Rows `rows` of array `name` in the stored dtype (a ragged array: every token of the shard
+        whose rows `rows` are); CacheCorruptError on a bad checksum."""
         try:
+            if name in self.layout.ragged_arrays():
+                shard = rows.start // self.layout.rows_per_shard
+                return zarr.open_array(str(self._ragged_path(name, shard)), mode="r")[...]
             return self._array(name)[rows]
         except (ValueError, RuntimeError, OSError) as error:
             raise CacheCorruptError(
@@ -111,6 +146,25 @@ class ZarrStore:
                     f"{metadata} is damaged ({type(error).__name__}: {error}); re-run `dvc repro cache`"
                 ) from None
             stored[name] = (tuple(int(d) for d in array.shape), str(array.dtype))
+        for name, (token_shape, dtype) in self.layout.ragged_arrays().items():
+            shapes = []
+            for shard in range(self.layout.num_shards):
+                metadata = self._ragged_path(name, shard) / "zarr.json"
+                if not metadata.is_file():
+                    break
+                try:
+                    array = zarr.open_array(str(metadata.parent), mode="r")
+                except Exception as error:  # as above
+                    raise CacheCorruptError(
+                        f"{metadata} is damaged ({type(error).__name__}: {error}); re-run `dvc repro cache`"
+                    ) from None
+                shapes.append((tuple(int(d) for d in array.shape), str(array.dtype)))
+            if len(shapes) == self.layout.num_shards:
+                inner = {shape[1:] for shape, _ in shapes} | {tuple(token_shape)}
+                dtypes = {d for _, d in shapes} | {dtype}
+                total = sum(shape[0] for shape, _ in shapes)
+                row = next(iter(inner - {tuple(token_shape)}), tuple(token_shape))
+                stored[name] = ((total, *row), next(iter(dtypes - {dtype}), dtype))
         return stored
 
     def remove_debris(self) -> None:

@@ -190,11 +190,14 @@ def build_cache_on_cluster(
     out_dir: str | Path,
     scratch_dir: str | Path,
     input_name: str = "input",
-    logits_name: str = "logits",
+    logits_name: str | None = "logits",
     tap_names: Any = None,
     provider: str = "auto",
     intra_op_threads: int | None = None,
     progress: bool = True,
+    inputs: dict[str, str] | None = None,
+    max_length: int | None = None,
+    per_token: Any = None,
 ) -> BuildResult:
     """The cache stage's sharded build: workers load `prepared_dir` and open the ONNX teacher at
     `teacher_path` themselves (names and provider as in the `teacher:` section; ORT threads:
@@ -202,7 +205,15 @@ def build_cache_on_cluster(
     The cache stage calls it where `cluster.shard_cache` is true."""
     threads = intra_op_threads or getattr(cluster, "threads_per_worker", 1) or 1
     teacher = onnx_teacher_opener(
-        teacher_path, provider, threads, input_name=input_name, logits_name=logits_name, tap_names=tap_names
+        teacher_path,
+        provider,
+        threads,
+        input_name=input_name,
+        logits_name=logits_name,
+        tap_names=tap_names,
+        inputs=inputs,
+        max_length=max_length,
+        per_token=per_token,
     )
     return build_cache_sharded(
         cluster,

@@ -31,14 +31,15 @@ class EvaluationError(DistilleryError):
 @dataclass(frozen=True)
 class EvalSplit:
     """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32,
-    labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32; class_names: the user's
-    class names by index (None: the labels were integers, shown as "0", "1", ...)."""
+    labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32 (None when the teacher has no
+    logits: the teacher metrics are left out); class_names: the user's class names by index (None:
+    the labels were integers, shown as "0", "1", ...)."""
 
     name: str
     sample_id: np.ndarray
     inputs: np.ndarray
     labels: np.ndarray
-    teacher_logits: np.ndarray
+    teacher_logits: np.ndarray | None
     class_names: tuple[str, ...] | None = None
 
     def class_name(self, index: int) -> str:
@@ -63,12 +64,14 @@ def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: in
     if len(rows) == 0:
         raise EvaluationError(f"the cache has no rows in split {split!r}; re-run `dvc repro prepare cache`")
     cached_ids = np.asarray(cache.sample_id)[rows]
-    teacher_logits = np.concatenate(
-        [
-            cache.batch(rows[start : start + rows_per_read]).logits.numpy()
-            for start in range(0, len(rows), rows_per_read)
-        ]
-    ).astype(np.float32, copy=False)
+    teacher_logits = None
+    if getattr(cache.schema, "logits", "row") == "row":  # per token or none: no per-row teacher metrics
+        teacher_logits = np.concatenate(
+            [
+                cache.batch(rows[start : start + rows_per_read]).logits.numpy()
+                for start in range(0, len(rows), rows_per_read)
+            ]
+        ).astype(np.float32, copy=False)
     order = np.argsort(prepared.sample_id, kind="stable")
     sorted_ids = prepared.sample_id[order]
     position = np.clip(np.searchsorted(sorted_ids, cached_ids), 0, len(sorted_ids) - 1)
@@ -152,6 +155,9 @@ def evaluate_seed(
     labelled = data.labelled
     if not labelled.any():
         raise EvaluationError(f"split {data.name!r} has no labelled rows; accuracy, NLL and ECE need labels")
+    if data.teacher_logits is None:  # a teacher without logits: the label metrics only
+        metrics = classification_metrics(logits[labelled], data.labels[labelled], ece_bins, top_k)
+        return metrics, calibration_bins(logits[labelled], data.labels[labelled], ece_bins)
     if logits.shape != data.teacher_logits.shape:
         raise EvaluationError(
             f"model logits {logits.shape} and teacher logits {data.teacher_logits.shape} differ; "

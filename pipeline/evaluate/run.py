@@ -118,7 +118,9 @@ def evaluate_trained_model(
         latency,
         int8,
     )
-    if root is None:
+    if data.teacher_logits is None:  # a teacher without logits: no agreement to report
+        root_values = []
+    elif root is None:
         root_values = [seed["agreement"] for seed in evaluation.per_seed.values()]
     else:
         root_values = [
@@ -143,8 +145,11 @@ def evaluate_trained_model(
 def _with_lineage(
     report: dict[str, Any], teacher: str | None, root_values: Sequence[float]
 ) -> dict[str, Any]:
-    """`report` with `teacher` after `recipe` and `root_agreement` {"mean", "std"} after `agreement`."""
+    """`report` with `teacher` after `recipe` and `root_agreement` {"mean", "std"} after `agreement`
+    (none without `root_values`: a teacher without logits)."""
     values = np.asarray(root_values, dtype=np.float64)
+    if not len(values):
+        return {**report, **({"teacher": teacher} if teacher is not None else {})}
     spread = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
     result: dict[str, Any] = {}
     for key, value in report.items():

@@ -26,11 +26,14 @@ class TapShapes:
     num_classes: C.
     student: student tap name -> per-row shape, e.g. {"embed": (32,), "conv": (16, 4, 4)}.
     teacher: teacher tap name -> per-row shape, e.g. {"embed": (64,), "conv": (32, 4, 4)}.
+    teacher_logits: whether the cache holds teacher logits (false for a teacher without logits,
+        `teacher.logits_name: null`: terms that read them are refused when the recipe is built).
     """
 
     num_classes: int
     student: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     teacher: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher_logits: bool = True
 
 
 @dataclass(frozen=True)

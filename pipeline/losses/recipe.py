@@ -33,8 +33,18 @@ RecipeParams = dict[str, AnyTermParams]
 """A recipe's params: term name -> term params (usable as a pydantic field)."""
 
 
+LOGIT_FAMILIES = ("hinton", "vanilla", "combined", "dkd", "self_training", "token_kd")
+"""Families that read the teacher's logits (KL/CE against the teacher, pseudo-labels, token KD)."""
+FEATURE_FAMILIES = ("feature", "crd", "rkd", "mmd", "gram", "hidden", "attention")
+"""Families that learn from the teacher's feature taps alone: what a teacher without logits allows."""
+
+
 class RecipeError(DistilleryError, ValueError):
     """A recipe cannot be built (no terms, or a term name that cannot be a log key)."""
+
+
+class NoTeacherLogitsError(RecipeError):
+    """A term reads the teacher's logits but the cache holds none (a teacher without logits)."""
 
 
 class Recipe(nn.Module):
@@ -81,6 +91,15 @@ def build_recipe(params: RecipeParams | Mapping[str, Any], shapes: TapShapes) ->
     for name in params:
         if not name or "." in name or "/" in name:
             raise RecipeError(f"term name {name!r} cannot be a log key; use letters, digits, _ or -")
+    if not shapes.teacher_logits:
+        wanting = [(name, term.kind) for name, term in params.items() if term.kind in LOGIT_FAMILIES]
+        if wanting:
+            named = ", ".join(f"{name!r} ({kind})" for name, kind in wanting)
+            raise NoTeacherLogitsError(
+                f"loss term {named} needs the teacher's logits but the cache holds none (its teacher has "
+                f"teacher.logits_name: null); use terms that learn from the teacher's taps: "
+                f"{', '.join(FEATURE_FAMILIES)} (ce and smoothing learn from labels alone)"
+            )
     terms = {}
     for name, term in params.items():
         try:

@@ -11,13 +11,14 @@ import onnx
 import torch
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
-from pipeline.cache.teacher_outputs import probe_row_shapes
+from pipeline.cache.teacher_outputs import probe_row_shapes, shown_ids_of
 from pipeline.data.prepare import TEACHER_TRAIN_DIR
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.io import atomic_copy
 from pipeline.teacher.builtin import parameter_count, train_builtin_teacher
 from pipeline.teacher.export import check_onnx_parity, export_onnx, parity_batches
 from pipeline.teacher.external_data import external_data_files
+from pipeline.teacher.inputs import fields_of
 from pipeline.teacher.params import TeacherParams
 from pipeline.teacher.session import (
     TeacherModelError,
@@ -38,11 +39,14 @@ def teacher_training_data(prepared_dir: str | Path, data: PreparedData, train_on
     return data
 
 
-def teacher_logits(session: TeacherSession, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """(N, *input_shape) -> (N, C) float32 raw logits, run in batches of `batch_size`."""
+def teacher_logits(session: TeacherSession, data: PreparedData, batch_size: int = 512) -> np.ndarray:
+    """(N, C) float32 raw logits of every row of `data`, run in batches of `batch_size`."""
+    fields, count = fields_of(data), len(data.sample_id)
     parts = [
-        session.run(inputs[begin : begin + batch_size])[session.logits_name]
-        for begin in range(0, len(inputs), batch_size)
+        session.run(session.feed(fields, slice(begin, min(begin + batch_size, count))).arrays)[
+            session.logits_name
+        ]
+        for begin in range(0, count, batch_size)
     ]
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
 
@@ -51,8 +55,10 @@ def accuracy_per_split(
     session: TeacherSession, data: PreparedData, batch_size: int = 512
 ) -> dict[str, float]:
     """Split name -> top-1 accuracy of the teacher on that split's labelled rows (splits without
-    labelled rows are left out)."""
-    logits = teacher_logits(session, data.inputs, batch_size)
+    labelled rows are left out; none for a teacher without logits)."""
+    if session.logits_name is None:
+        return {}
+    logits = teacher_logits(session, data, batch_size)
     predicted = logits.argmax(axis=1)
     accuracy = {}
     for code, name in enumerate(SPLITS):
@@ -63,17 +69,13 @@ def accuracy_per_split(
 
 
 def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSession:
-    session = open_teacher(
-        path,
-        params.input_name,
-        params.logits_name,
-        params.tap_names,
-        params.provider,
-        params.intra_op_threads,
-    )
-    session.check_input(data.input_shape)
-    probe_row_shapes(session, data.inputs)  # two batch sizes: every output follows the batch
-    shapes = session.every_output_shape(data.inputs[:1])
+    session = open_teacher(path, **params.session_options())
+    fields = fields_of(data)
+    session.check_fields(fields, shown_ids_of(data))
+    probe_row_shapes(session, data)  # two batch sizes: every output follows the batch
+    shapes = session.every_output_shape(session.feed(fields, slice(0, 1)).arrays)
+    if session.logits_name is None:
+        return session
     logits_shape = shapes[session.logits_name]
     if logits_shape != (data.num_classes,):
         raise TeacherModelError(wrong_logits_message(path, session.logits_name, shapes, data.num_classes))

@@ -4,8 +4,11 @@
 teacher:
   onnx: null              # path to your teacher ONNX; null = train and export the built-in CNN
   input_name: input
-  logits_name: logits
+  inputs: null            # ONNX input -> prepared field; null = {<input_name>: input}
+  logits_name: logits     # null: a teacher without logits (only taps are cached)
   tap_names: null         # null = every output except logits
+  max_length: null        # the longest sequence a dynamic sequence axis takes (checked up front)
+  per_token: null         # outputs stored per token (ragged); null = those sharing an input's sequence axis
   provider: auto          # auto | cpu | cuda
   intra_op_threads: null  # ONNX Runtime threads; null = its default (physical cores)
   builtin: {...}          # see BuiltinTeacherParams
@@ -76,9 +79,26 @@ class TeacherParams(StrictModel):
 
     onnx: str | None = None
     input_name: str = "input"
-    logits_name: str = "logits"
+    inputs: dict[str, str] | None = Field(default=None, min_length=1)
+    logits_name: str | None = "logits"
     tap_names: list[safe_name("teacher tap")] | None = None  # cache arrays features/<tap>
+    max_length: int | None = Field(default=None, ge=1)
+    per_token: list[str] | None = None  # outputs stored per token; null = detected from the ONNX dims
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int | None = Field(default=None, ge=1)
     builtin: BuiltinTeacherParams = Field(default_factory=BuiltinTeacherParams)
     parity: ParityParams = Field(default_factory=ParityParams)
+
+    def session_options(self) -> dict:
+        """The keyword arguments of `pipeline.teacher.session.open_teacher` this section sets
+        (input names and fields, output names, provider, threads, max_length)."""
+        return {
+            "input_name": self.input_name,
+            "inputs": self.inputs,
+            "logits_name": self.logits_name,
+            "tap_names": self.tap_names,
+            "provider": self.provider,
+            "intra_op_threads": self.intra_op_threads,
+            "max_length": self.max_length,
+            "per_token": self.per_token,
+        }

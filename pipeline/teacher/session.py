@@ -11,9 +11,7 @@ session, logged in one line, and ONNX Runtime's own messages are silenced while 
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,32 +20,27 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pipeline.errors import DistilleryError
 from pipeline.teacher.external_data import external_data_files, external_data_locations
-
-log = logging.getLogger(__name__)
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": 0}
-"""HEURISTIC: EXHAUSTIVE re-benchmarks every new batch shape; use_tf32 0: fp32 results comparable
-with the CPU (docs/data_and_teacher.md, "Where it runs")."""
-PROVIDERS = ("auto", "cpu", "cuda")
-_ORT_DEFAULT_SEVERITY = 2  # warnings and above: ONNX Runtime's own default
-_QUIET_RUN = ort.RunOptions()
-_QUIET_RUN.log_severity_level = 4  # a failing run raises with the same text; ORT's log line would repeat it
-
-
-class TeacherModelError(DistilleryError):
-    """The teacher ONNX file is missing, unreadable, or lacks the named inputs/outputs."""
-
-
-class TeacherInputError(TeacherModelError):
-    """The teacher's input does not fit the data (dtype, rank, sizes) or has a fixed batch size."""
-
-
-class TeacherProviderError(DistilleryError):
-    """The requested execution provider (e.g. cuda) cannot run here."""
+from pipeline.teacher.inputs import (
+    DEFAULT_FIELD,
+    Feed,
+    FieldSpec,
+    InputSpec,
+    TeacherInputError,
+    TeacherModelError,
+    check_fields,
+    check_lengths,
+    fields_of,
+    make_feed,
+)
+from pipeline.teacher.providers import (  # noqa: F401 (re-exported: the session's provider names)
+    _QUIET_RUN,
+    CPU,
+    CUDA,
+    PROVIDERS,
+    TeacherProviderError,
+    _open_session,
+)
 
 
 def _hash_file(digest: Any, path: Path) -> None:
@@ -103,117 +96,68 @@ def _load_graph(path: Path) -> onnx.ModelProto:
     return model
 
 
+def _input_spec(value: onnx.ValueInfoProto) -> InputSpec:
+    elem_type = value.type.tensor_type.elem_type
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        dtype = np.dtype(object)
+    return InputSpec(value.name, dtype, tuple(_dims(value)))
+
+
 def _check_names(
-    model: onnx.ModelProto, path: Path, input_name: str, logits_name: str, tap_names: Sequence[str] | None
-) -> tuple[onnx.ValueInfoProto, tuple[str, ...]]:
+    model: onnx.ModelProto,
+    path: Path,
+    input_fields: Mapping[str, str],
+    logits_name: str | None,
+    tap_names: Sequence[str] | None,
+) -> tuple[dict[str, InputSpec], tuple[str, ...]]:
+    """The specs of the mapped inputs (in the mapping's order) and the taps; TeacherModelError for an
+    input the mapping misses or names wrongly, an output that is not there; TeacherInputError for a
+    non-numeric input or one without a dynamic batch axis."""
     initializers = {init.name for init in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
     outputs = [o.name for o in model.graph.output]
-    if input_name not in inputs:
+    unknown = [name for name in input_fields if name not in inputs]
+    if unknown:
         raise TeacherModelError(
-            f"{path}: no input named {input_name!r}; the model has inputs {sorted(inputs)}; set "
-            f"teacher.input_name, or re-export with input_names=[{input_name!r}]"
+            f"{path}: no input named {', '.join(map(repr, unknown))}; the model has inputs {sorted(inputs)}; "
+            f"set teacher.inputs (ONNX input -> prepared field), or re-export with input_names={unknown!r}"
         )
-    if len(inputs) != 1:
+    unfed = [name for name in inputs if name not in input_fields]
+    if unfed:
         raise TeacherModelError(
-            f"{path}: the teacher must take one input, it takes {sorted(inputs)}; export a wrapper "
-            f"taking only {input_name!r}"
+            f"{path}: the teacher takes inputs {sorted(inputs)} but teacher.inputs feeds only "
+            f"{sorted(input_fields)}; map {', '.join(map(repr, unfed))} to prepared fields in teacher.inputs"
         )
     taps = tuple(o for o in outputs if o != logits_name) if tap_names is None else tuple(tap_names)
-    missing = [name for name in (logits_name, *taps) if name not in outputs]
+    wanted = (*([logits_name] if logits_name is not None else []), *taps)
+    missing = [name for name in wanted if name not in outputs]
     if missing:
         raise TeacherModelError(
             f"{path}: no output named {', '.join(map(repr, missing))}; the model has outputs "
             f"{outputs}; set teacher.logits_name / teacher.tap_names to some of those, or re-export "
             f"with output_names=[{logits_name!r}, ...]"
         )
-    value = inputs[input_name]
-    elem_type = value.type.tensor_type.elem_type
-    if elem_type != onnx.TensorProto.FLOAT:
-        raise TeacherInputError(
-            f"{path}: input {input_name!r} is {onnx.TensorProto.DataType.Name(elem_type)}, the "
-            f"teacher must take float32; re-export from a float32 model (cast inside if needed)"
-        )
-    dims = _dims(value)
-    if not dims:
-        raise TeacherInputError(f"{path}: input {input_name!r} has no batch axis (shape {dims})")
-    if isinstance(dims[0], int):
-        raise TeacherInputError(
-            f"{path}: input {input_name!r} has a fixed batch size of {dims[0]} (shape {dims}); "
-            f"re-export with a dynamic batch axis: torch.onnx.export(..., dynamo=True, "
-            f"dynamic_shapes=({{0: torch.export.Dim('batch')}},)) "
-            f"or dynamic_axes={{{input_name!r}: {{0: 'batch'}}}}"
-        )
-    return value, taps
-
-
-def _cuda_plausible() -> tuple[bool, str]:
-    """Whether the CUDA provider could load here, and if not, why (cheap checks, no session)."""
-    if CUDA not in ort.get_available_providers():
-        return False, "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False, "CUDA_VISIBLE_DEVICES hides every GPU"
-    if not (Path("/dev/nvidiactl").exists() or Path("/dev/dxg").exists()):
-        return False, "no NVIDIA GPU device on this machine"
-    return True, ""
-
-
-def _session_options(intra_op_threads: int | None, quiet: bool) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    if intra_op_threads:
-        options.intra_op_num_threads = int(intra_op_threads)
-    if quiet:
-        options.log_severity_level = 3
-    return options
-
-
-def _create(path: Path, providers: list, intra_op_threads: int | None, quiet: bool) -> ort.InferenceSession:
-    """An ORT session; `quiet` silences ORT's own provider-loading messages (default logger at 4)."""
-    if quiet:
-        ort.set_default_logger_severity(4)
-    try:
-        return ort.InferenceSession(str(path), _session_options(intra_op_threads, quiet), providers=providers)
-    except Exception as error:  # ORT raises Fail/InvalidGraph/InvalidArgument/NotImplemented
-        raise TeacherModelError(
-            f"{path}: ONNX Runtime cannot load the model ({type(error).__name__}: {error}); "
-            f"re-export it with an opset and IR version this onnxruntime {ort.__version__} supports "
-            f"(torch.onnx.export with dynamo=True writes IR 10)"
-        ) from None
-    finally:
-        if quiet:
-            ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
-
-
-def _open_session(path: Path, provider: str, intra_op_threads: int | None) -> ort.InferenceSession:
-    if provider not in PROVIDERS:
-        raise TeacherProviderError(f"provider {provider!r} is not known; valid: {', '.join(PROVIDERS)}")
-    if provider == "cpu":
-        session = _create(path, [CPU], intra_op_threads, quiet=False)
-        log.info("teacher runs on %s (requested)", CPU)
-        return session
-    plausible, reason = _cuda_plausible()
-    if provider == "cuda" and not plausible:
-        raise TeacherProviderError(
-            f"teacher.provider is cuda but {reason}; run on a machine with an NVIDIA GPU or set "
-            f"teacher.provider: auto or cpu"
-        )
-    if not plausible:
-        session = _create(path, [CPU], intra_op_threads, quiet=False)
-        log.info("teacher runs on %s (CUDA provider unavailable: %s)", CPU, reason)
-        return session
-    session = _create(path, [(CUDA, dict(CUDA_OPTIONS)), CPU], intra_op_threads, quiet=True)
-    used = session.get_providers()[0]
-    if used == CUDA:
-        log.info("teacher runs on %s", CUDA)
-        return session
-    reason = reason or "the CUDA provider failed to load (it needs the CUDA 13 and cuDNN 9 libraries)"
-    if provider == "cuda":
-        raise TeacherProviderError(
-            f"teacher.provider is cuda but {reason}; install the CUDA libraries "
-            f"(pip install 'onnxruntime-gpu[cuda,cudnn]') or set teacher.provider: auto or cpu"
-        )
-    log.info("teacher runs on %s (CUDA provider unavailable: %s)", used, reason)
-    return session
+    specs = {name: _input_spec(inputs[name]) for name in input_fields}
+    for name, spec in specs.items():
+        if spec.dtype.kind not in "biuf":
+            raise TeacherInputError(
+                f"{path}: input {name!r} is "
+                f"{onnx.TensorProto.DataType.Name(inputs[name].type.tensor_type.elem_type)}, not a number "
+                "type; the teacher's inputs must be numeric tensors (token ids, masks, pixels, floats)"
+            )
+        dims = list(spec.dims)
+        if not dims:
+            raise TeacherInputError(f"{path}: input {name!r} has no batch axis (shape {dims})")
+        if isinstance(dims[0], int):
+            raise TeacherInputError(
+                f"{path}: input {name!r} has a fixed batch size of {dims[0]} (shape {dims}); "
+                f"re-export with a dynamic batch axis: torch.onnx.export(..., dynamo=True, "
+                f"dynamic_shapes=({{0: torch.export.Dim('batch')}},)) "
+                f"or dynamic_axes={{{name!r}: {{0: 'batch'}}}}"
+            )
+    return specs, taps
 
 
 @dataclass
@@ -221,87 +165,115 @@ class TeacherSession:
     """One validated ONNX Runtime session of the teacher.
 
     provider: the provider really in use, "CUDAExecutionProvider" or "CPUExecutionProvider".
-    input_name: the graph input, (B, *input_shape) float32 with a dynamic batch axis B.
-    logits_name: the output holding raw logits (B, C).
+    input_fields: ONNX input -> the prepared field it is fed from (`teacher.inputs`).
+    input_specs: ONNX input -> its dtype and declared dims (batch first, dynamic).
+    logits_name: the output holding raw logits (B, C) or (B, L, V); None for a teacher without logits.
     tap_names: the feature outputs cached beside the logits, e.g. ("embed", "conv").
-    input_dims: the declared input shape (ints, symbolic names, or None), batch axis first.
-    output_dims: output name -> declared shape, same convention.
+    output_dims: output name -> declared shape (ints, symbolic names, or None), batch axis first.
+    max_length: the longest sequence a symbolic sequence axis takes (`teacher.max_length`), or None.
+    per_token: the outputs declared per token (`teacher.per_token`); None: detected from the dims.
     """
 
     path: Path
     provider: str
-    input_name: str
-    logits_name: str
+    input_fields: dict[str, str]
+    input_specs: dict[str, InputSpec]
+    logits_name: str | None
     tap_names: tuple[str, ...]
-    input_dims: list[int | str | None]
     output_dims: dict[str, list[int | str | None]]
     _session: ort.InferenceSession = field(repr=False)
+    max_length: int | None = None
+    per_token: tuple[str, ...] | None = None
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        """(logits_name, *tap_names): the outputs `run` returns, in that order."""
-        return (self.logits_name, *self.tap_names)
+        """(logits_name, *tap_names) (no logits_name when None): the outputs `run` returns, in order."""
+        return (*([self.logits_name] if self.logits_name is not None else []), *self.tap_names)
+
+    @property
+    def input_name(self) -> str:
+        """The first ONNX input (the only one of a single-input teacher)."""
+        return next(iter(self.input_specs))
+
+    @property
+    def input_dims(self) -> list[int | str | None]:
+        """Declared dims of the first input, batch first."""
+        return list(self.input_specs[self.input_name].dims)
+
+    def check_fields(self, fields: Any, shown_ids: Any = None) -> None:
+        """TeacherInputError (one line naming the input, the field and both dtypes/shapes) unless
+        every input can be fed from its field of `fields` (a row source, or field name -> dense
+        (N, ...) array or ragged values + offsets), and no ragged row is longer than the input takes."""
+        source = fields_of(fields)
+        check_fields(str(self.path), self.input_specs, self.input_fields, source.specs())
+        check_lengths(str(self.path), self.input_specs, self.input_fields, source, self.max_length, shown_ids)
 
     def check_input(self, input_shape: Sequence[int]) -> None:
-        """Raise TeacherInputError unless per-row inputs of `input_shape` (e.g. (1, 8, 8)) fit the
-        model's input (same rank; fixed sizes equal, symbolic ones accept anything)."""
-        declared = self.input_dims[1:]
-        wrong = len(declared) != len(input_shape) or any(
-            isinstance(d, int) and d != s for d, s in zip(declared, input_shape)
-        )
-        if wrong:
-            raise TeacherInputError(
-                f"{self.path}: input {self.input_name!r} has shape {self.input_dims} (batch first) but "
-                f"the prepared data has rows of shape {list(input_shape)}; export the teacher for "
-                f"inputs (batch, {', '.join(map(str, input_shape))}) or reshape the data in prepare "
-                f"(prepare.dataset.input_shape)"
-            )
+        """The single-field form of `check_fields`: rows of `input_shape` float32 in field `input`."""
+        fields = {DEFAULT_FIELD: FieldSpec(np.dtype(np.float32), tuple(int(d) for d in input_shape))}
+        check_fields(str(self.path), self.input_specs, self.input_fields, fields)
 
-    def every_output_shape(self, inputs: np.ndarray) -> dict[str, tuple[int, ...]]:
+    def feed(self, fields: Any, rows: Any) -> Feed:
+        """The teacher's named inputs for prepared rows `rows` of `fields` (ragged fields padded)."""
+        return make_feed(self.input_specs, self.input_fields, fields, rows)
+
+    def _named(self, inputs: Any) -> dict[str, np.ndarray]:
+        """ONNX input -> contiguous numpy array in its dtype; a bare array feeds the single input."""
+        if not isinstance(inputs, Mapping):
+            inputs = {self.input_name: inputs}
+        named = {}
+        for name, value in inputs.items():
+            if type(value).__module__.startswith("torch"):
+                value = value.detach().cpu().numpy()
+            named[name] = np.ascontiguousarray(value, dtype=self.input_specs[name].dtype)
+        return named
+
+    def every_output_shape(self, inputs: Any) -> dict[str, tuple[int, ...]]:
         """Per-row shape of every output of the model (not only logits_name and tap_names), in the
-        model's order, from one run on `inputs` (B, *input_shape) float32 (a row or two)."""
+        model's order, from one run on `inputs` (an array for the single input, or ONNX input ->
+        (B, ...) array; a row or two)."""
         names = [output.name for output in self._session.get_outputs()]
-        array = np.ascontiguousarray(inputs, dtype=np.float32)
-        values = self._session.run(names, {self.input_name: array})
+        values = self._session.run(names, self._named(inputs))
         return {name: tuple(int(d) for d in np.shape(value)[1:]) for name, value in zip(names, values)}
 
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
-        """(B, *input_shape) float32 inputs (numpy, or a torch tensor on CPU or CUDA) ->
-        {logits_name: (B, C), tap: (B, ...)} as float32 numpy arrays on the CPU."""
+        """Named inputs (ONNX input -> (B, ...) numpy array or torch tensor; a bare array or tensor
+        feeds a single-input teacher) -> {logits_name: (B, C), tap: (B, ...)} as float32 numpy
+        arrays on the CPU. Inputs are cast to each input's dtype (int64 ids stay int64)."""
         if self.provider == CUDA:
             return self._run_bound(inputs)
-        if type(inputs).__module__.startswith("torch"):
-            inputs = inputs.detach().cpu().numpy()
-        array = np.ascontiguousarray(inputs, dtype=np.float32)
-        values = self._session.run(list(self.output_names), {self.input_name: array}, _QUIET_RUN)
-        return dict(zip(self.output_names, values))
+        values = self._session.run(list(self.output_names), self._named(inputs), _QUIET_RUN)
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self.output_names, values)}
 
     def _run_bound(self, inputs: Any, device_type: str = "cuda") -> dict[str, np.ndarray]:
-        """CUDA path: IO binding; the input goes to the GPU once (or is read in place from a CUDA
+        """CUDA path: IO binding; each input goes to the GPU once (or is read in place from a CUDA
         torch tensor), outputs come back to CPU memory (docs/data_and_teacher.md). `device_type` "cpu"
         exercises the same binding calls on a machine without a GPU (tests)."""
         binding = self._session.io_binding()
-        keep_alive = None
-        if type(inputs).__module__.startswith("torch") and inputs.is_cuda:
-            keep_alive = inputs.detach().float().contiguous()
-            import torch  # only reached with a torch tensor in hand
+        if not isinstance(inputs, Mapping):
+            inputs = {self.input_name: inputs}
+        keep_alive = []
+        for name, value in inputs.items():
+            dtype = self.input_specs[name].dtype
+            if type(value).__module__.startswith("torch") and value.is_cuda:
+                import torch  # only reached with a torch tensor in hand
 
-            torch.cuda.current_stream(keep_alive.device).synchronize()  # ORT runs on its own stream
-            binding.bind_input(
-                self.input_name,
-                device_type="cuda",
-                device_id=keep_alive.device.index or 0,
-                element_type=np.float32,
-                shape=tuple(keep_alive.shape),
-                buffer_ptr=keep_alive.data_ptr(),
-            )
-        else:
-            if type(inputs).__module__.startswith("torch"):
-                inputs = inputs.detach().cpu().numpy()
-            keep_alive = ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(inputs, dtype=np.float32), device_type, 0
-            )
-            binding.bind_ortvalue_input(self.input_name, keep_alive)
+                tensor = value.detach().to(getattr(torch, dtype.name)).contiguous()
+                torch.cuda.current_stream(tensor.device).synchronize()  # ORT runs on its own stream
+                binding.bind_input(
+                    name,
+                    device_type="cuda",
+                    device_id=tensor.device.index or 0,
+                    element_type=dtype.type,
+                    shape=tuple(tensor.shape),
+                    buffer_ptr=tensor.data_ptr(),
+                )
+                keep_alive.append(tensor)
+            else:
+                array = self._named({name: value})[name]
+                ort_value = ort.OrtValue.ortvalue_from_numpy(array, device_type, 0)
+                binding.bind_ortvalue_input(name, ort_value)
+                keep_alive.append(ort_value)
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         binding.synchronize_inputs()
@@ -314,30 +286,42 @@ class TeacherSession:
 def open_teacher(
     path,
     input_name: str = "input",
-    logits_name: str = "logits",
+    logits_name: str | None = "logits",
     tap_names: Sequence[str] | None = None,
     provider: str = "auto",
     intra_op_threads: int | None = None,
+    inputs: Mapping[str, str] | None = None,
+    max_length: int | None = None,
+    per_token: Sequence[str] | None = None,
 ) -> TeacherSession:
     """Validate the ONNX file at `path` and open it on `provider` ("auto": CUDA when it really
     loads, else CPU, with one log line saying which; "cpu"/"cuda": that one or an error).
-    tap_names None = every output except `logits_name`. Raises TeacherModelError/TeacherInputError
-    naming the problem and the fix, or TeacherProviderError."""
+
+    inputs: ONNX input -> prepared field (`teacher.inputs`); None = {input_name: "input"}, the
+    single-input form. logits_name None: a teacher without logits (only taps are cached).
+    tap_names None = every output except `logits_name`. max_length: the longest sequence a
+    symbolic sequence axis takes. per_token: outputs stored per token (None: those whose
+    axis 1 is a ragged input's sequence axis). Raises TeacherModelError/TeacherInputError naming
+    the problem and the fix, or TeacherProviderError."""
     path = Path(path)
     model = _load_graph(path)
-    input_value, taps = _check_names(model, path, input_name, logits_name, tap_names)
+    input_fields = dict(inputs) if inputs else {input_name: DEFAULT_FIELD}
+    specs, taps = _check_names(model, path, input_fields, logits_name, tap_names)
     output_dims = {o.name: _dims(o) for o in model.graph.output}
     del model
     session = _open_session(path, provider, intra_op_threads)
+    names = (*([logits_name] if logits_name is not None else []), *taps)
     return TeacherSession(
         path=path,
         provider=session.get_providers()[0],
-        input_name=input_name,
+        input_fields=input_fields,
+        input_specs=specs,
         logits_name=logits_name,
         tap_names=taps,
-        input_dims=_dims(input_value),
-        output_dims={name: output_dims[name] for name in (logits_name, *taps)},
+        output_dims={name: output_dims[name] for name in names},
         _session=session,
+        max_length=max_length,
+        per_token=None if per_token is None else tuple(per_token),
     )
 
 

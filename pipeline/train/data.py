@@ -115,7 +115,10 @@ def join_training_data(
 
 
 def _check_classes(reader: CacheReader, prepared) -> None:
-    if reader.schema.num_classes != prepared.num_classes:
+    if (
+        getattr(reader.schema, "logits", "row") != "none"
+        and reader.schema.num_classes != prepared.num_classes
+    ):
         raise CacheAlignmentError(
             f"the cache has {reader.schema.num_classes} logits per row, the dataset {prepared.num_classes} "
             "classes; re-run `dvc repro cache`"

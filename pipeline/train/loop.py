@@ -64,7 +64,13 @@ def build_members(params: StudentParams, data: TrainingData, seed: int, device="
     member_params = params.members()
     for name, (arch, loss) in member_params.items():
         model = build_student(arch, data.input_shape, data.num_classes)
-        shapes = TapShapes(data.num_classes, dict(model.tap_shapes), dict(data.reader.schema.feature_shapes))
+        schema = data.reader.schema
+        shapes = TapShapes(
+            data.num_classes,
+            dict(model.tap_shapes),
+            dict(schema.feature_shapes),
+            getattr(schema, "logits", "row") != "none",
+        )
         recipe = build_recipe(loss, shapes)
         if recipe.needs_peers and len(member_params) < 2:
             raise CohortError(

@@ -88,7 +88,7 @@ def test_user_teacher_is_validated_copied_and_measured(tmp_path, tiny_data):
 
 def test_user_teacher_for_other_inputs_is_refused_and_nothing_is_copied(tmp_path, tiny_data):
     source = tiny_onnx(tmp_path / "mine.onnx", input_shape=(1, 8, 8))
-    with pytest.raises(TeacherInputError, match=r"rows of shape \[1, 4, 4\]"):
+    with pytest.raises(TeacherInputError, match=r"is float32 \[rows, 1, 4, 4\]"):
         adopt_user_teacher(source, tiny_data, TeacherParams(provider="cpu"), tmp_path / "out" / "model.onnx")
     assert not (tmp_path / "out" / "model.onnx").exists()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-import pipeline.teacher.session as session_module
+import pipeline.teacher.providers as providers_module
 from pipeline.teacher.session import (
     TeacherInputError,
     TeacherModelError,
@@ -78,23 +78,23 @@ def test_fixed_batch_of_one_asks_for_a_dynamic_batch_axis(tmp_path):
         open_teacher(path)
 
 
-def test_non_float32_input_is_refused(tmp_path):
-    path = tiny_onnx(tmp_path / "t.onnx", elem_type=TensorProto.DOUBLE)
-    with pytest.raises(TeacherInputError, match="DOUBLE.*float32"):
-        open_teacher(path)
+def test_an_input_whose_dtype_differs_from_its_field_is_refused_naming_both(tmp_path):
+    teacher = open_teacher(tiny_onnx(tmp_path / "t.onnx", elem_type=TensorProto.DOUBLE), provider="cpu")
+    with pytest.raises(TeacherInputError, match=r"input 'input' takes float64 .* field 'input' is float32"):
+        teacher.check_input((1, 4, 4))
 
 
 def test_input_shape_must_match_the_data(tmp_path):
     teacher = open_teacher(tiny_onnx(tmp_path / "t.onnx", input_shape=(1, 4, 4)), provider="cpu")
     teacher.check_input((1, 4, 4))
-    with pytest.raises(TeacherInputError, match=r"rows of shape \[1, 8, 8\]"):
+    with pytest.raises(TeacherInputError, match=r"field 'input' is float32 \[rows, 1, 8, 8\] \(the shape"):
         teacher.check_input((1, 8, 8))
-    with pytest.raises(TeacherInputError, match=r"rows of shape \[16\]"):
+    with pytest.raises(TeacherInputError, match=r"field 'input' is float32 \[rows, 16\] \(the rank"):
         teacher.check_input((16,))
 
 
 def test_auto_without_a_gpu_logs_one_clean_line(tiny_teacher, caplog, capfd):
-    with caplog.at_level(logging.INFO, logger="pipeline.teacher.session"):
+    with caplog.at_level(logging.INFO, logger="pipeline.teacher.providers"):
         teacher = open_teacher(tiny_teacher, provider="auto")
     assert teacher.provider == "CPUExecutionProvider"
     lines = [r.getMessage() for r in caplog.records]
@@ -108,8 +108,8 @@ def test_auto_falls_back_quietly_when_the_cuda_provider_fails_to_load(
     tiny_teacher, caplog, capfd, monkeypatch
 ):
     # as on a GPU machine without the CUDA 13 / cuDNN 9 libraries: the probe session falls back
-    monkeypatch.setattr(session_module, "_cuda_plausible", lambda: (True, ""))
-    with caplog.at_level(logging.INFO, logger="pipeline.teacher.session"):
+    monkeypatch.setattr(providers_module, "_cuda_plausible", lambda: (True, ""))
+    with caplog.at_level(logging.INFO, logger="pipeline.teacher.providers"):
         teacher = open_teacher(tiny_teacher, provider="auto")
     if teacher.provider == "CUDAExecutionProvider":
         pytest.skip("CUDA really works here")

@@ -46,8 +46,8 @@ from pipeline.cache.teacher_outputs import Teacher, describe_teacher, probe_layo
 from pipeline.cache.views import view_rows
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json, replace_dir
-from pipeline.transforms import ViewsParams
 from pipeline.teacher.inputs import fields_of, num_rows
+from pipeline.transforms import ViewsParams
 
 log = logging.getLogger(__name__)
 

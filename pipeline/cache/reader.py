@@ -16,10 +16,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from pipeline.cache.batch import SPLITS, UNLABELLED, SparseLogits, TeacherBatch
-from pipeline.transforms.views import VIEW_DTYPE
 from pipeline.cache.batch import SPLITS, UNLABELLED, SparseLogits, TeacherBatch, TokenBatch
 from pipeline.cache.format import TOKEN_LENGTHS, TOKENS
+from pipeline.transforms.views import VIEW_DTYPE
 
 
 @dataclass(frozen=True)

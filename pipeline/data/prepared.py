@@ -219,9 +219,9 @@ def open_for_reading(directory: str | Path, in_memory_max_bytes: int = IN_MEMORY
     """The prepared data at `directory` for a stage that reads its inputs by row ranges: a
     `PreparedData` held whole when its float32 inputs fit `in_memory_max_bytes` (the digits default:
     exactly what `load_prepared` gives), else the `PreparedDataset` itself, whose `inputs` reads only
-    the rows asked for (bounded memory)."""
+    the rows asked for (bounded memory); also for data of several named fields (no single `input`)."""
     dataset = open_prepared(directory)
-    if dataset.input_field is not None and dataset.in_memory_bytes() > in_memory_max_bytes:
+    if dataset.input_field is None or dataset.in_memory_bytes() > in_memory_max_bytes:
         return dataset
     verify_fingerprint(dataset)
     return dataset.to_memory()

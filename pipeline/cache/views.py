@@ -178,8 +178,17 @@ class _ViewInputs:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        """(R, *shape) float32 inputs of cache rows `rows`: a slice, or (R,) int64 row numbers (the
+        teacher's field reader asks by index; a run of consecutive rows is read as one slice)."""
         source = self._rows
+        if not isinstance(rows, slice):
+            rows = np.asarray(rows, np.int64)
+            if len(rows) == 0:
+                return np.empty((0, *source.shape), np.float32)
+            if not np.all(np.diff(rows) == 1):
+                return np.concatenate([self[slice(int(r), int(r) + 1)] for r in rows])
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)
         rows = slice(*rows.indices(len(self)))
         return view_inputs(
             source.spec,

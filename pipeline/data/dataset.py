@@ -81,6 +81,17 @@ class FieldView:
         return whole if dtype is None else whole.astype(dtype)
 
 
+def split_rows(split: np.ndarray, label: np.ndarray, name: str, labelled_only: bool = False) -> np.ndarray:
+    """(n,) int64 row numbers of split `name` (split: (N,) int8 codes, label: (N,) int64), ascending;
+    only rows with a label if asked. ValueError for an unknown split name."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
+    mask = split == SPLITS.index(name)
+    if labelled_only:
+        mask &= label != UNLABELLED
+    return np.flatnonzero(mask).astype(np.int64)
+
+
 class PreparedDataset:
     """Prepared data on disk (see the module docstring and docs/architecture.md)."""
 
@@ -168,12 +179,7 @@ class PreparedDataset:
 
     def rows(self, split: str, labelled_only: bool = False) -> np.ndarray:
         """(n,) int64 row numbers of one split, ascending; only rows with a label if asked."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        mask = self.split == SPLITS.index(split)
-        if labelled_only:
-            mask &= self.label != UNLABELLED
-        return np.flatnonzero(mask).astype(np.int64)
+        return split_rows(self.split, self.label, split, labelled_only)
 
     def shown_ids(self, rows) -> list[int | str]:
         """The user's ids of `rows` (row numbers), as Python ints or strs, for messages."""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache.batch import SPLITS, UNLABELLED
-from pipeline.data.dataset import PreparedDataError, PreparedDataset, open_prepared
+from pipeline.cache.batch import SPLITS
+from pipeline.data.dataset import PreparedDataError, PreparedDataset, open_prepared, split_rows
 from pipeline.data.fields import FieldSpec
 from pipeline.data.fingerprint import LEGACY_FIELD, Fingerprinter
 from pipeline.data.writer import META_FILE, class_counts, write_arrays
@@ -62,12 +62,7 @@ class PreparedData:
 
     def rows(self, split: str, labelled_only: bool = False) -> np.ndarray:
         """(n,) int64 row numbers of one split, ascending; only rows with a label if asked."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        mask = self.split == SPLITS.index(split)
-        if labelled_only:
-            mask &= self.label != UNLABELLED
-        return np.flatnonzero(mask).astype(np.int64)
+        return split_rows(self.split, self.label, split, labelled_only)
 
     def shown_ids(self, rows) -> list[int | str]:
         """The user's ids of `rows` (row numbers), as Python ints or strs, for messages."""

@@ -202,7 +202,8 @@ class ArrayCache:
         rows = np.asarray(rows, np.int64)
 
         def floats(name: str) -> torch.Tensor:
-            return torch.from_numpy(self._gather(name, rows).astype(np.float32, copy=False))
+            # torch widens float16 about twice as fast as numpy's astype: it is paid on every step
+            return torch.from_numpy(self._gather(name, rows)).float()
 
         sparse = None
         if self.schema.sparse_top_k is not None:

@@ -1,5 +1,5 @@
 """`distillery label-curve`: CE-only and KD students at several label budgets from one cache ->
-data/label_curve/."""
+data/label_curve/. Every run (student, budget, seed) is a Dask task on the `cluster:` engine."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.cluster.params import load_cluster_params
 from pipeline.config import load_section, read_params_file
 from pipeline.data.prepared import load_prepared
-from pipeline.train.budget import held_back_labels
 from pipeline.train.label_curve import (
     LabelCurveParams,
     clear_scratch,
-    run_label_curve,
+    run_label_curve_on_cluster,
     summarise,
     write_curve,
 )
@@ -23,7 +23,7 @@ from pipeline.train.run import open_student_cache
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--params", default="params.yaml", help="params file (sections `label_curve`, `students`)"
+        "--params", default="params.yaml", help="params file (sections `label_curve`, `students`, `cluster`)"
     )
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument("--cache", default="data/cache/store", help="the one teacher cache every point reads")
@@ -37,16 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     curve = load_section(LabelCurveParams, "label_curve", args.params)
     students = validate_students(read_params_file(args.params).get("students"))
+    cluster = load_cluster_params(args.params)
     prepared = load_prepared(args.prepared)
-    reader = open_student_cache(args.cache, prepared.fingerprint)
-    pool = held_back_labels(args.prepared) if curve.held_back else None
-    rows = run_label_curve(
+    # a stale or missing cache is one line here, before any worker starts
+    open_student_cache(args.cache, prepared.fingerprint)
+    rows = run_label_curve_on_cluster(
+        cluster,
         curve,
         students,
-        reader,
-        prepared,
+        args.prepared,
+        args.cache,
         args.scratch,
-        pool,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     write_curve(rows, args.out)

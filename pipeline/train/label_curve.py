@@ -20,6 +20,7 @@ on 1,200 rows. A budget above the labels known clips to them (`clipped` in the o
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import shutil
@@ -98,23 +99,8 @@ def _test_accuracy(out_dir: Path, test) -> list[float]:
     ]
 
 
-def run_label_curve(
-    curve: LabelCurveParams,
-    students: Mapping[str, StudentParams],
-    reader: Any,
-    prepared: Any,
-    scratch_dir: str | Path,
-    label_pool: tuple[np.ndarray, np.ndarray] | None = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Train every (student, budget) of `curve` from `reader` (the one cache) joined to `prepared`
-    and return one row per (student, budget, seed): `student`, `per_class` (asked; "all"),
-    `labels` (kept), `clipped` (bool), `clipped_classes` (the user's names of the classes with fewer
-    known labels than asked), `seed`, `epochs`, `accuracy` (test split, labelled rows)."""
-    from pipeline.evaluate.evaluation import join_split
-    from pipeline.train.budget import apply_budget
-    from pipeline.train.run import train_from_reader
-
+def _check_students(curve: LabelCurveParams, students: Mapping[str, StudentParams]) -> None:
+    """LabelCurveError when `curve.students` names a student that is missing or a cohort."""
     missing = [name for name in curve.students if name not in students]
     if missing:
         raise LabelCurveError(
@@ -124,48 +110,152 @@ def run_label_curve(
     cohorts = [name for name in curve.students if students[name].cohort is not None]
     if cohorts:
         raise LabelCurveError(f"label_curve.students: {', '.join(cohorts)} is a cohort; name single students")
+
+
+def curve_runs(curve: LabelCurveParams) -> list[tuple[str, int | str, int]]:
+    """Every run of the curve as (student, per_class asked, seed), in the order of the outputs."""
+    return [
+        (name, asked, seed) for name in curve.students for asked in curve.per_class for seed in curve.seeds
+    ]
+
+
+def train_run(
+    run: tuple[str, int | str, int],
+    curve: LabelCurveParams,
+    base: StudentParams,
+    reader: Any,
+    prepared: Any,
+    test: Any,
+    scratch_dir: str | Path,
+    label_pool: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one run (student `base` at one budget, one seed) and score it on `test` (an EvalSplit
+    of the same cache); returns its row (see `run_label_curve`). A seed trained alone is the same
+    model as that seed trained among others: each seed starts from its own generator state."""
+    from pipeline.train.budget import apply_budget
+    from pipeline.train.run import train_from_reader
+
+    name, asked, seed = run
+    per_class = None if asked == "all" else int(asked)
+    probe = apply_budget(
+        reader,
+        prepared,
+        StudentLabelBudget(per_class=per_class, seed=curve.label_seed, held_back=curve.held_back),
+        label_pool,
+    )
+    candidates = int(np.isin(probe.reader.split, [TRAIN, UNLABELLED_SPLIT]).sum())
+    train_rows = probe.report["labelled_rows"] if base.train_rows == "labelled" else candidates
+    params = point_params(base, per_class, curve, train_rows).model_copy(update={"seeds": (seed,)})
+    tag = f"{name}/per_class_{asked}/seed_{seed}"
+    out = Path(scratch_dir) / "models" / tag
+    train_from_reader(
+        name,
+        params,
+        reader,
+        prepared,
+        out,
+        Path(scratch_dir) / "runs" / tag,
+        progress=progress,
+        label_pool=label_pool,
+    )
+    (accuracy,) = _test_accuracy(out, test)
+    return {
+        "student": name,
+        "per_class": asked,
+        "labels": probe.report["labelled_rows"],
+        "clipped": bool(probe.report["clipped"]),
+        "clipped_classes": [prepared.class_name(c) for c in probe.report["clipped"]],
+        "seed": seed,
+        "epochs": params.epochs,
+        "accuracy": accuracy,
+    }
+
+
+def run_label_curve(
+    curve: LabelCurveParams,
+    students: Mapping[str, StudentParams],
+    reader: Any,
+    prepared: Any,
+    scratch_dir: str | Path,
+    label_pool: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train every (student, budget, seed) of `curve` in this process from `reader` (the one cache)
+    joined to `prepared` and return one row per run: `student`, `per_class` (asked; "all"),
+    `labels` (kept), `clipped` (bool), `clipped_classes` (the user's names of the classes with fewer
+    known labels than asked), `seed`, `epochs`, `accuracy` (test split, labelled rows)."""
+    from pipeline.evaluate.evaluation import join_split
+
+    _check_students(curve, students)
     test = join_split(prepared, reader, "test")
-    scratch_dir = Path(scratch_dir)
-    rows = []
-    for name in curve.students:
-        for asked in curve.per_class:
-            per_class = None if asked == "all" else int(asked)
-            base = students[name]
-            probe = apply_budget(
-                reader,
-                prepared,
-                StudentLabelBudget(per_class=per_class, seed=curve.label_seed, held_back=curve.held_back),
-                label_pool,
-            )
-            candidates = int(np.isin(probe.reader.split, [TRAIN, UNLABELLED_SPLIT]).sum())
-            train_rows = probe.report["labelled_rows"] if base.train_rows == "labelled" else candidates
-            params = point_params(base, per_class, curve, train_rows)
-            tag = f"{name}/per_class_{asked}"
-            out = scratch_dir / "models" / tag
-            train_from_reader(
-                name,
-                params,
-                reader,
-                prepared,
-                out,
-                scratch_dir / "runs" / tag,
-                progress=progress,
-                label_pool=label_pool,
-            )
-            for seed, accuracy in zip(params.seeds, _test_accuracy(out, test)):
-                rows.append(
-                    {
-                        "student": name,
-                        "per_class": asked,
-                        "labels": probe.report["labelled_rows"],
-                        "clipped": bool(probe.report["clipped"]),
-                        "clipped_classes": [prepared.class_name(c) for c in probe.report["clipped"]],
-                        "seed": seed,
-                        "epochs": params.epochs,
-                        "accuracy": accuracy,
-                    }
-                )
-    return rows
+    return [
+        train_run(run, curve, students[run[0]], reader, prepared, test, scratch_dir, label_pool, progress)
+        for run in curve_runs(curve)
+    ]
+
+
+def run_label_curve_on_cluster(
+    cluster: Any,
+    curve: LabelCurveParams,
+    students: Mapping[str, StudentParams],
+    prepared_dir: str | Path,
+    cache_dir: str | Path,
+    scratch_dir: str | Path,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """`run_label_curve` with each run a Dask task on `cluster` (the `cluster:` params, or an open
+    Client): the runs are independent, so two cores train two at once. Each worker process opens the
+    prepared data and the cache by path once (`_opened`). The rows are those of `run_label_curve`, in
+    the same order; LabelCurveError names every run that failed, with the last line of its error."""
+    from pipeline.cluster.runner import run_tasks
+
+    _check_students(curve, students)
+    prepared_dir, cache_dir, scratch_dir = (
+        str(Path(p).resolve()) for p in (prepared_dir, cache_dir, scratch_dir)
+    )
+    tasks = {
+        f"{name}/per_class_{asked}/seed_{seed}": (
+            _run_task,
+            ((name, asked, seed), curve, students[name], prepared_dir, cache_dir, scratch_dir),
+            {},
+        )
+        for name, asked, seed in curve_runs(curve)
+    }
+    results = run_tasks(cluster, tasks, progress=progress, desc="label-curve runs")
+    failed = {key: result.error for key, result in results.items() if not result.ok}
+    if failed:
+        raise LabelCurveError(
+            f"{len(failed)} of {len(tasks)} label-curve runs failed: "
+            + "; ".join(f"{key}: {_last_line(error)}" for key, error in failed.items())
+        )
+    return [result.value for result in results.values()]
+
+
+def _last_line(error: str | None) -> str:
+    lines = (error or "").strip().splitlines()
+    return lines[-1] if lines else "no error text"
+
+
+def _run_task(run, curve, base, prepared_dir: str, cache_dir: str, scratch_dir: str) -> dict[str, Any]:
+    """One run on a Dask worker (paths in, its row out)."""
+    reader, prepared, test, pool = _opened(prepared_dir, cache_dir, curve.held_back)
+    return train_run(run, curve, base, reader, prepared, test, scratch_dir, pool, progress=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _opened(prepared_dir: str, cache_dir: str, held_back: bool):
+    """(cache reader, prepared data, test EvalSplit, held-back label pool) by path, kept for the
+    worker's next run (all of them read the same cache)."""
+    from pipeline.data.prepared import load_prepared
+    from pipeline.evaluate.evaluation import join_split
+    from pipeline.train.budget import held_back_labels
+    from pipeline.train.run import open_student_cache
+
+    prepared = load_prepared(prepared_dir)
+    reader = open_student_cache(cache_dir, prepared.fingerprint)
+    pool = held_back_labels(prepared_dir) if held_back else None
+    return reader, prepared, join_split(prepared, reader, "test"), pool
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:

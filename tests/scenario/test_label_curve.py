@@ -139,3 +139,31 @@ def test_every_run_gets_the_same_number_of_steps_and_unknown_students_are_named(
     assert point_params(base, 5, curve, 50).label_budget.per_class == 5
     with pytest.raises(LabelCurveError, match="no student named nope"):
         run_label_curve(LabelCurveParams(students=["nope"]), {"ce": base}, None, None, "unused")
+
+
+def test_the_runs_on_a_dask_cluster_are_the_models_trained_in_process(project, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from pipeline.train.budget import held_back_labels
+    from pipeline.train.label_curve import run_label_curve_on_cluster
+    from pipeline.train.run import open_student_cache
+
+    students, curve = validate_students(STUDENTS), LabelCurveParams(**CURVE)
+    prepared = load_prepared(project / "prepared")
+    reader = open_student_cache(project / "cache/store", prepared.fingerprint)
+    pool = held_back_labels(project / "prepared")
+    in_process = run_label_curve(curve, students, reader, prepared, tmp_path / "a", pool, progress=False)
+    with (
+        LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        on_cluster = run_label_curve_on_cluster(
+            client,
+            curve,
+            students,
+            project / "prepared",
+            project / "cache/store",
+            tmp_path / "b",
+            progress=False,
+        )
+    assert on_cluster == in_process and len(on_cluster) == 2 * 3 * 2

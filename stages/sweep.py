@@ -12,9 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.cache.params import CacheParams
 from pipeline.cluster.params import load_cluster_params, load_sweep_params
 from pipeline.cluster.sweep import sweep_students, write_sweep_report
-from pipeline.config import read_params_file
+from pipeline.config import load_section, read_params_file
 from pipeline.io import output_lock
 from pipeline.train.params import select_student, validate_students
 from stages.cli import seed, student_name
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print("sweep: no students selected (sweep.students in params.yaml, or --students); nothing to train")
     results = {}
     if grid:
+        _check_caches(grid, args.prepared, args.params)
         with output_lock(args.out, "distillery sweep"):
             results = sweep_students(
                 cluster,
@@ -76,3 +78,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"sweep: {name}: FAILED\n{result.error}", file=sys.stderr)
     print(f"sweep: {len(report['ok'])} ok, {len(report['failed'])} failed; report in {Path(args.report)}")
     return 1 if report["failed"] else 0
+
+
+def _check_caches(grid: dict, prepared_dir: str, params_path: str) -> None:
+    """Every cache the students read, checked here as `distillery train` checks it (the prepared
+    data's fingerprint; built with params.yaml's `cache.views`), so a stale cache is one line before
+    any task starts rather than one failed task per student."""
+    from pipeline.data.dataset import open_prepared
+    from pipeline.train.run import open_student_cache
+
+    fingerprint = open_prepared(prepared_dir).fingerprint
+    views = load_section(CacheParams, "cache", params_path).views
+    for cache in sorted({params.cache for params in grid.values()}):
+        open_student_cache(cache, fingerprint, views)

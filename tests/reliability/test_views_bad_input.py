@@ -96,3 +96,27 @@ def test_a_student_asking_for_views_of_a_single_view_cache_is_refused(
     line = refused(capsys, argv)
     assert "ViewsMismatchError: students.kd.views is 2 but the cache at" in line and "holds no views" in line
     record("a student asking for views of a single-view cache", line)
+
+
+def test_the_sweep_refuses_a_stale_view_cache_before_any_task_starts(view_project, tmp_path, capsys, record):
+    params = _params(view_project, VIEWS | {"seed": 1}, student_views=2, path=tmp_path / "stale.yaml")
+    argv = [
+        "sweep",
+        "--params",
+        str(params),
+        "--prepared",
+        str(view_project / "prepared"),
+        "--students",
+        "kd",
+        "--out",
+        str(tmp_path / "sweep"),
+        "--scratch",
+        str(tmp_path / "scratch"),
+        "--report",
+        str(tmp_path / "report.json"),
+        "--no-progress",
+    ]
+    line = refused(capsys, argv)
+    assert "StaleCacheError: the cache at" in line and "re-run `dvc repro cache`" in line, line
+    assert not (tmp_path / "report.json").exists()  # refused before the cluster started
+    record("a stale view cache given to `distillery sweep`", line)

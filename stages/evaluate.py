@@ -71,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw: dict, prepared) -> None:
     recipe = (raw.get("students") or {}).get(student) or {}
     cache_path = args.cache or recipe.get("cache", args.root_cache)
+    taps = (params.embedding.teacher_tap,) if params.embedding is not None else ()
     data = join_split(
-        prepared, open_cache(cache_path, dataset_fingerprint=prepared.fingerprint), params.split
+        prepared,
+        open_cache(cache_path, dataset_fingerprint=prepared.fingerprint),
+        params.split,
+        features=taps,
     )
     root = None
     if not is_root_cache(
@@ -103,10 +107,15 @@ def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw
     for model, report in reports.items():
         accuracy, latency = report["accuracy"], report["latency_ms"].get("cpu_b1")
         latency = f"{latency:.3f}" if isinstance(latency, float) else latency
+        scores = [
+            f"{name} {report[name]['mean']:.4f}"
+            for name in ("agreement", "mean_cosine", "knn_agreement", "similarity_spearman")
+            if name in report  # a teacher without logits has no agreement; the embedding metrics are opt-in
+        ]
         print(
             f"evaluate: {model}: {data.name} accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over "
-            f"{report['seeds']} seeds, agreement {report['agreement']['mean']:.4f}, "
-            f"CPU latency b1 {latency} ms -> {out / 'metrics.json'}"
+            f"{report['seeds']} seeds, {', '.join(scores + [f'CPU latency b1 {latency} ms'])} "
+            f"-> {out / 'metrics.json'}"
         )
         if "bias_correction" in report:
             fixed = report["bias_correction"]

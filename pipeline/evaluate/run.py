@@ -38,6 +38,7 @@ from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.plots import reliability_diagram
 from pipeline.evaluate.recipe import model_recipe, recipe_summary, recipe_temperature
 from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.text.tokenizer import TokenizedText
 
 
 class MissingExportError(DistilleryError):
@@ -82,6 +83,7 @@ def evaluate_trained_model(
     root: EvalSplit | None = None,
     teacher: str | None = None,
     bias: tuple[EvalSplit, Sequence[int]] | None = None,
+    encode: tuple[str | Path, TokenizedText] | None = None,
 ) -> tuple[dict[str, Any], dict[str, CalibrationBins]]:
     """Evaluate every seed of `model` (its recipe: `recipe`) and time its exported ONNX (when
     `export_dir` is given); returns (metrics report, calibration bins per seed).
@@ -89,14 +91,17 @@ def evaluate_trained_model(
     root: the split joined to the root teacher's cache when the student learned from another cache
     (a chain); `root_agreement` is then measured on it, else it equals `agreement`.
     teacher: what the model learned from (`lineage.learned_from`), written as `teacher`.
-    bias: (val split, classes): add `bias_correction` (pipeline/evaluate/bias_correction.py)."""
+    bias: (val split, classes): add `bias_correction` (pipeline/evaluate/bias_correction.py).
+    With `params.embedding`, add the embedding metrics against the split's cached teacher tap, and
+    with `encode` = (teacher ONNX, its tokenised sentences) and an export, the encode speed of both
+    (`embedding_block`)."""
     from pipeline.students.registry import count_parameters
     from pipeline.students.trained import load_trained_student
 
     modules = {seed_dir.name: load_trained_student(seed_dir) for seed_dir in seed_dirs}
     temperature = recipe_temperature(recipe)
     evaluation = evaluate_model(modules, data, temperature, params.ece_bins, params.top_k, params.batch_size)
-    latency, int8 = None, None
+    latency, int8, onnx_path = None, None, None
     if export_dir is not None:
         onnx_path, parity = exported_model(export_dir, seed_dirs)
         latency = onnx_latency_ms(
@@ -128,6 +133,8 @@ def evaluate_trained_model(
             for module in modules.values()
         ]
     report = _with_lineage(report, teacher, root_values)
+    if params.embedding is not None:
+        report.update(embedding_block(modules, data, params, onnx_path, encode))
     if bias is not None:
         from pipeline.evaluate.bias_correction import BiasCorrectionParams, correct_model
 
@@ -140,6 +147,45 @@ def evaluate_trained_model(
             params.batch_size,
         )
     return report, evaluation.bins
+
+
+def embedding_block(
+    modules: Mapping[str, Any],
+    data: EvalSplit,
+    params: EvaluateParams,
+    student_onnx: str | Path | None = None,
+    encode: tuple[str | Path, TokenizedText] | None = None,
+) -> dict[str, Any]:
+    """{"mean_cosine", "knn_agreement", "similarity_spearman": {"mean", "std"} over seeds (mean
+    cosine only when the widths agree), "embedding": {"teacher_tap", "student_tap", "k", "rows",
+    "per_seed"[, "encode"]}} of each seed's student tap against `data.teacher_features`; "encode"
+    (`encode_speed`) when both the student's ONNX file and `encode` are given."""
+    from pipeline.evaluate.embedding_eval import embedding_report, encode_speed, student_embeddings
+
+    settings = params.embedding
+    student_tap = settings.student_tap or settings.teacher_tap
+    if settings.teacher_tap not in data.teacher_features:
+        raise EvaluationError(
+            f"split {data.name!r} was joined without the teacher tap {settings.teacher_tap!r}; "
+            "join it with features=(teacher_tap,)"
+        )
+    per_seed = {
+        seed: student_embeddings(module, data.inputs, student_tap, params.batch_size)
+        for seed, module in modules.items()
+    }
+    spread, scores = embedding_report(per_seed, data.teacher_features[settings.teacher_tap], settings.k)
+    block: dict[str, Any] = {
+        "teacher_tap": settings.teacher_tap,
+        "student_tap": student_tap,
+        "k": settings.k,
+        "rows": len(data.sample_id),
+        "per_seed": scores,
+    }
+    if student_onnx is not None and encode is not None:
+        block["encode"] = encode_speed(
+            student_onnx, encode[0], encode[1], settings.encode_batch_sizes, settings.encode_sentences
+        )
+    return {**spread, "embedding": block}
 
 
 def _with_lineage(

@@ -81,13 +81,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_caches(grid: dict, prepared_dir: str, params_path: str) -> None:
-    """Every cache the students read, checked here as `distillery train` checks it (the prepared
-    data's fingerprint; built with params.yaml's `cache.views`), so a stale cache is one line before
-    any task starts rather than one failed task per student."""
+    """Every cache the students read that exists, checked here as `distillery train` checks it (the
+    prepared data's fingerprint; built with params.yaml's `cache.views`), so a stale cache is one
+    line before any task starts rather than one failed task per student. A missing cache fails its
+    students' tasks alone, which the report lists."""
     from pipeline.data.dataset import open_prepared
     from pipeline.train.run import open_student_cache
 
     fingerprint = open_prepared(prepared_dir).fingerprint
     views = load_section(CacheParams, "cache", params_path).views
     for cache in sorted({params.cache for params in grid.values()}):
-        open_student_cache(cache, fingerprint, views)
+        if Path(cache).exists():
+            open_student_cache(cache, fingerprint, views)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import load_section
-from pipeline.data.prepared import load_prepared
+from pipeline.data.prepared import load_prepared, open_for_reading
 from pipeline.io import atomic_write_json
 from pipeline.teacher.build import adopt_user_teacher, build_builtin_teacher, teacher_training_data
 from pipeline.teacher.params import TeacherParams
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = load_section(TeacherParams, "teacher", args.params)
-    data = load_prepared(args.prepared)
+    # your ONNX reads fields by name (several, ragged): the data in blocks when it is not one input
+    data = load_prepared(args.prepared) if params.onnx is None else open_for_reading(args.prepared)
     out = Path(args.out)
     if params.onnx is None:
         teacher_train = teacher_training_data(args.prepared, data, params.builtin.train_on)

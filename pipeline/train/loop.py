@@ -27,6 +27,7 @@ from pipeline.cache.reader import iter_batches
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import TapShapes
 from pipeline.losses.recipe import Recipe, build_recipe
+from pipeline.students.inputs import call_student, check_student_inputs, to_tensors
 from pipeline.students.registry import build_student
 from pipeline.train.checkpoint import TrainingState, load_checkpoint, restore_members, save_checkpoint
 from pipeline.train.data import TrainingData
@@ -64,12 +65,13 @@ def build_members(params: StudentParams, data: TrainingData, seed: int, device="
     member_params = params.members()
     for name, (arch, loss) in member_params.items():
         model = build_student(arch, data.input_shape, data.num_classes)
-        schema = data.reader.schema
+        if data.fields is not None:
+            check_student_inputs(data.student, data.fields.mapping, data.fields.source.specs(), model)
         shapes = TapShapes(
             data.num_classes,
             dict(model.tap_shapes),
-            dict(schema.feature_shapes),
-            getattr(schema, "logits", "row") != "none",
+            teacher_tap_shapes(data.reader.schema),
+            getattr(data.reader.schema, "logits", "row") != "none",
         )
         recipe = build_recipe(loss, shapes)
         if recipe.needs_peers and len(member_params) < 2:
@@ -82,6 +84,13 @@ def build_members(params: StudentParams, data: TrainingData, seed: int, device="
         optimizer = build_optimizer([*model.parameters(), *recipe.parameters()], params.optimizer)
         members.append(Member(name, model, recipe, optimizer))
     return members
+
+
+def teacher_tap_shapes(schema) -> dict[str, tuple]:
+    """Teacher tap -> per-row shape: the cache's per-row taps, and its per-token taps as
+    (None, *token_shape) (a variable axis of the batch's longest row, padded, with `tap_mask`)."""
+    per_token = {tap: (None, *shape) for tap, shape in getattr(schema, "token_shapes", {}).items()}
+    return {**dict(schema.feature_shapes), **per_token}
 
 
 def bank_taps(members: list[Member]) -> set[str] | None:
@@ -180,12 +189,19 @@ class EpochSums:
 @dataclass(frozen=True)
 class ValidationSet:
     """The labelled val rows, read from the cache once per run (not once per epoch): inputs
-    (n, *input_shape) float32, labels (n,) int64 and the cached teacher's top-1 (n,) int64, on the
-    training device."""
+    (n, *input_shape) float32 (or argument -> (n, ...) tensor), labels (n,) int64 and the cached
+    teacher's top-1 (n,) int64, on the training device. Named inputs are held per eval batch
+    (`batches`), each padded to its own longest row as in training."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
     teacher_top1: torch.Tensor
+    batches: tuple = ()
+
+    def batch(self, begin: int, batch_size: int):
+        """The inputs of val rows begin:begin + batch_size (begin a multiple of the eval batch size
+        `read` was given)."""
+        return self.batches[begin // batch_size] if self.batches else self.inputs[begin : begin + batch_size]
 
     @classmethod
     def read(cls, data: TrainingData, batch_size: int, device) -> ValidationSet:
@@ -196,11 +212,13 @@ class ValidationSet:
             empty = torch.zeros(0, dtype=torch.int64)
             return cls(torch.zeros((0, *data.input_shape)), empty, empty)
         order = np.concatenate([np.asarray(b.rows) for b in batches])
-        return cls(
-            torch.from_numpy(data.batch_inputs(order)).to(device),
-            torch.cat([b.label for b in batches]).to(device),
-            torch.cat([b.logits.argmax(1) for b in batches]).to(device),
-        )
+        labels = torch.cat([b.label for b in batches]).to(device)
+        top1 = torch.cat([b.logits.argmax(1) for b in batches]).to(device)
+        if data.fields is not None:
+            chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            held = tuple(to_tensors(data.batch_inputs(chunk), device) for chunk in chunks)
+            return cls(torch.zeros((len(order), 0)), labels, top1, held)
+        return cls(torch.from_numpy(data.batch_inputs(order)).to(device), labels, top1)
 
 
 @torch.no_grad()
@@ -214,9 +232,9 @@ def evaluate_members(members: list[Member], val: ValidationSet, batch_size: int)
     for member in members:
         member.model.eval()
     for begin in range(0, len(val.labels), batch_size):
-        inputs = val.inputs[begin : begin + batch_size]
+        inputs = val.batch(begin, batch_size)
         for index, member in enumerate(members):
-            predicted = member.model(inputs).logits.argmax(1)
+            predicted = call_student(member.model, inputs).logits.argmax(1)
             correct[index] += (predicted == val.labels[begin : begin + batch_size]).sum().item()
             agree[index] += (predicted == val.teacher_top1[begin : begin + batch_size]).sum().item()
     for member in members:

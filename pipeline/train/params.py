@@ -16,6 +16,7 @@ students:
     train_rows: all                                 # labelled | all (+ the unlabelled split)
     label_budget: null                              # {per_class: 15, seed: 0, held_back: false}
     views: null                                     # k: train on k cached views per sample (cache.views)
+    inputs: null                                    # [input_ids, attention_mask]: named fields (arg -> field)
   cohort4:                                          # M students, one pass over the cache
     cohort:
       members:
@@ -105,6 +106,9 @@ class StudentParams(StrictModel):
     train_rows: Literal["labelled", "all"] = "all"
     label_budget: StudentLabelBudget | None = None  # labels masked at train time; the cache stays as it is
     views: int | None = Field(default=None, ge=1)  # k cached views per sample (cache.views); None = originals
+    inputs: dict[str, str] | list[str] | None = (
+        None  # forward argument -> prepared field; None: one float32 input
+    )
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     checkpoint_every_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     device: Literal["cpu", "cuda", "auto"] = "cpu"

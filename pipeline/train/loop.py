@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.cache.reader import iter_batches
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import TapShapes
 from pipeline.losses.recipe import Recipe, build_recipe
@@ -33,6 +32,7 @@ from pipeline.train.checkpoint import TrainingState, load_checkpoint, restore_me
 from pipeline.train.data import TrainingData
 from pipeline.train.device import rng_states, set_rng_states
 from pipeline.train.distributed import SINGLE, Ranks, local_rows, seed_step
+from pipeline.train.loader import host_batches
 from pipeline.train.params import StudentParams
 from pipeline.train.prefetch import device_batches
 from pipeline.train.schedule import build_optimizer, learning_rate, set_learning_rate
@@ -279,7 +279,7 @@ def run_seed(
     while state.epoch < params.epochs:
         rows = _epoch_rows(data, seed, state.epoch, params.batch_size, state.step_in_epoch)
         rows = local_rows(rows, global_batch, ranks)
-        host = ((b, data.batch_inputs(b.rows)) for b in iter_batches(data.reader, micro_batch, rows=rows))
+        host = host_batches(data, rows, micro_batch, params.loader_workers)
         for micro_batches in grouped(device_batches(host, device), params.accumulate_steps):
             lr = learning_rate(
                 state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule

@@ -64,6 +64,7 @@ def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str
     the cache's shape and identity. A checkpoint with another hash is never resumed."""
     schema = reader.schema
     unused = {"seeds", "cache", "torch_threads", "checkpoint_every_steps", "checkpoint_every_seconds"}
+    unused.add("loader_workers")  # where the named inputs are read changes no result
     if params.inputs is None:  # the default single input: the hash of earlier checkpoints stays valid
         unused.add("inputs")
     identity = {

@@ -210,3 +210,21 @@ def test_evaluate_feeds_a_token_student_the_same_padded_fields(sequence_cache, t
     np.testing.assert_allclose(whole, one_by_one, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
     evaluation = evaluate_model({"seed_0": student}, data)
     assert 0.0 <= evaluation.per_seed["seed_0"]["accuracy"] <= 1.0
+
+
+def test_dataloader_workers_read_the_named_inputs_and_change_no_weight(tmp_path, sequence_cache):
+    rows, cache = sequence_cache
+    _train(tmp_path, rows, cache, token_params(epochs=1), "inline")
+    _train(tmp_path, rows, cache, token_params(epochs=1, loader_workers=2), "workers")
+    inline = (tmp_path / "inline/out/seed_0/model.safetensors").read_bytes()
+    assert inline == (tmp_path / "workers/out/seed_0/model.safetensors").read_bytes()
+
+
+def test_loader_workers_without_named_inputs_are_refused():
+    from pipeline.config import ParamsError
+    from pipeline.train.params import validate_students
+
+    with pytest.raises(ParamsError, match="loader_workers reads named inputs"):
+        validate_students(
+            {"kd": {"arch": {"kind": "mlp"}, "loss": {"ce": {"kind": "ce"}}, "loader_workers": 2}}
+        )

@@ -228,3 +228,15 @@ def test_loader_workers_without_named_inputs_are_refused():
         validate_students(
             {"kd": {"arch": {"kind": "mlp"}, "loss": {"ce": {"kind": "ce"}}, "loader_workers": 2}}
         )
+
+
+def test_exporting_a_token_student_without_its_fields_or_as_int8_is_refused_before_writing(tmp_path, trained):
+    from pipeline.export.params import ExportParams
+    from pipeline.export.run import ExportError, export_seed
+
+    _, seed_dir = trained
+    with pytest.raises(ExportError, match="reads named fields; give the prepared data"):
+        export_seed(seed_dir, tmp_path / "a", ExportParams())
+    with pytest.raises(ExportError, match="export.int8 is not supported yet for a student of named inputs"):
+        export_seed(seed_dir, tmp_path / "b", ExportParams(int8=True), fields=object())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

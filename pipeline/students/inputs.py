@@ -76,7 +76,7 @@ def check_student_inputs(
 ) -> None:
     """StudentInputError (one line naming the student, the argument, the field and the fix) unless
     every argument of `mapping` is taken by `model.forward`, every required argument is mapped,
-    each field exists (`specs`: `field_specs(source)`), and a model declaring `input_kinds`
+    each field exists (`specs`: a FieldSource's `specs()`), and a model declaring `input_kinds`
     (argument -> (numpy dtype kinds such as "iu", per-row rank)) gets fields of those kinds and rank."""
     readable = _readable(specs)
     parameters = list(inspect.signature(model.forward).parameters.values())
@@ -113,12 +113,6 @@ def check_student_inputs(
                 f"{mapping[argument]!r} is {dtype} of rank {rank}; map students.{student}.inputs.{argument} "
                 "to such a field, or cast it in prepare.transforms"
             )
-
-
-def field_specs(source: Any) -> dict[str, Any]:
-    """Field name -> spec (`dtype`, per-row `row_shape`, None on a variable axis) of a row source:
-    a PreparedDataset, in-memory fields, or a PreparedData's single `input`."""
-    return fields_of(source).specs()
 
 
 class FieldBatches:
@@ -173,7 +167,7 @@ class FieldBatches:
 class PreparedRows:
     """Rows of prepared data whose fields are not one float32 array (named, variable-length):
     `source` (what `fields_of` reads: a PreparedDataset or in-memory fields) and `rows` (N,) int64
-    prepared row numbers. `rows_of[key]` with an index or bool array keeps those rows; a student of
+    prepared row numbers. Indexing with an index or bool array keeps those rows; a student of
     named inputs reads them in batches (`named_batches`)."""
 
     source: Any

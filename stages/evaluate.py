@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.cache.open import open_cache
 from pipeline.config import load_section, read_params_file
-from pipeline.data.prepared import load_prepared
+from pipeline.data.prepared import open_for_reading
 from pipeline.evaluate.bias_correction import bias_classes
 from pipeline.evaluate.evaluation import join_split
 from pipeline.evaluate.lineage import is_root_cache, learned_from, validate_chains
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     params = load_section(EvaluateParams, "evaluate", args.params)
     raw = read_params_file(args.params)
-    prepared = load_prepared(args.prepared)
+    prepared = open_for_reading(args.prepared)  # whole when small; named fields read per batch
     if not args.all:
         out = Path(args.out) if args.out else child_path("data/evaluate", args.student, "student")
         _evaluate_student(args, args.student, out, params, raw, prepared)

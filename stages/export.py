@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.data.prepared import load_prepared
+    from pipeline.data.prepared import load_prepared, open_prepared
     from pipeline.students.trained import trained_student_dirs
     from pipeline.teacher.export import worst_output
 
@@ -46,16 +46,19 @@ def run(args: argparse.Namespace) -> int:
     if not students:
         print(f"export: no trained students under {train_dir}; nothing to export")
         return 0
-    prepared = load_prepared(args.prepared)
+    fields = open_prepared(args.prepared)  # what a student of named inputs reads, per batch
+    prepared = load_prepared(args.prepared) if fields.input_field is not None else None
     int8_data = None
-    if params.int8:
+    if params.int8 and prepared is not None:
         rows = prepared.rows("test", labelled_only=True)
         int8_data = (prepared.inputs[rows], prepared.label[rows])
     out = Path(args.out)
     for student_dir in students:
         student = student_dir.name
         with output_lock(child_path(out, student, "student"), f"distillery export --student {student}"):
-            reports = export_student_dir(student_dir, out, params, int8_data, prepared.inputs)
+            reports = export_student_dir(
+                student_dir, out, params, int8_data, None if prepared is None else prepared.inputs, fields
+            )
         for model, report in reports.items():
             parity = report["parity"]
             name, worst = worst_output(parity)

@@ -22,6 +22,8 @@ from pipeline.evaluate.metrics import (
     classification_metrics,
     teacher_metrics,
 )
+from pipeline.students.inputs import PreparedRows, call_student, named_batches
+from pipeline.teacher.inputs import DEFAULT_FIELD
 
 
 class EvaluationError(DistilleryError):
@@ -30,7 +32,8 @@ class EvaluationError(DistilleryError):
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32,
+    """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32 (or, for
+    data of named fields, a PreparedRows that students of named inputs read in padded batches),
     labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32 (None when the teacher has no
     logits: the teacher metrics are left out); class_names: the user's class names by index (None:
     the labels were integers, shown as "0", "1", ...); teacher_features: tap -> (N, *tap_shape)
@@ -38,7 +41,7 @@ class EvalSplit:
 
     name: str
     sample_id: np.ndarray
-    inputs: np.ndarray
+    inputs: np.ndarray | PreparedRows
     labels: np.ndarray
     teacher_logits: np.ndarray | None
     class_names: tuple[str, ...] | None = None
@@ -90,10 +93,11 @@ def join_split(
             "re-run `dvc repro cache`"
         )
     prepared_rows = order[position]
+    single = getattr(prepared, "input_field", DEFAULT_FIELD) is not None and hasattr(prepared, "inputs")
     return EvalSplit(
         split,
         cached_ids,
-        prepared.inputs[prepared_rows],
+        prepared.inputs[prepared_rows] if single else PreparedRows(prepared, prepared_rows),
         prepared.label[prepared_rows],
         teacher_logits,
         getattr(prepared, "class_names", None),
@@ -125,14 +129,14 @@ def _shown(prepared: Any, keys: np.ndarray) -> list:
 
 
 @torch.no_grad()
-def predict_logits(module: torch.nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def predict_logits(module: torch.nn.Module, inputs: Any, batch_size: int = 512) -> np.ndarray:
     """(N, *input_shape) float32 -> (N, C) float32 logits of a StudentOutput-returning module, in eval
-    mode."""
+    mode; for a student of named inputs, `inputs` is a PreparedRows, padded per batch as in training."""
     module.eval()
-    chunks = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32))
-        chunks.append(module(batch).logits.float().cpu().numpy())
+    chunks = [
+        call_student(module, batch).logits.float().cpu().numpy()
+        for batch in named_batches(module, inputs, batch_size)
+    ]
     return np.concatenate(chunks)
 
 

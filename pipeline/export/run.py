@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DistilleryError
+from pipeline.export.named_inputs import export_named_student
 from pipeline.export.params import ExportParams
 from pipeline.export.quantize import int8_report, quantize_int8
 from pipeline.export.student_onnx import export_student
@@ -49,21 +50,32 @@ def export_seed(
     params: ExportParams,
     int8_data: tuple[np.ndarray, np.ndarray] | None = None,
     parity_rows: np.ndarray | None = None,
+    fields: Any = None,
 ) -> dict[str, Any]:
     """Export the student in `seed_dir` to `out_dir` and return (and write) its parity report.
 
     int8_data: labelled rows (inputs (N, *input_shape), labels (N,)) to measure the int8 model's
     accuracy change on; required when params.int8 is true. parity_rows: (N, *input_shape) float32
     real inputs (the prepared data's) the parity batches are drawn from (`export_student`).
+    fields: the prepared fields (a PreparedDataset) a student of named inputs reads, padded as at
+    train time for its parity batches (pipeline/export/named_inputs.py).
     """
     from pipeline.students.registry import count_parameters
     from pipeline.students.trained import load_trained_student, read_student_config, weights_sha256
 
     seed_dir, out_dir = Path(seed_dir), Path(out_dir)
+    config = read_student_config(seed_dir)
+    named = config.get("inputs")
+    if named and params.int8:
+        raise ExportError(
+            f"{seed_dir}: export.int8 is not supported yet for a student of named inputs "
+            f"({', '.join(named)}); set export.int8: false"
+        )
     if params.int8 and int8_data is None:
         raise ExportError("export.int8 is true but no labelled rows were given to measure its accuracy on")
+    if named and fields is None:
+        raise ExportError(f"{seed_dir}: the student reads named fields; give the prepared data to export it")
     (out_dir / PARITY_FILE).unlink(missing_ok=True)
-    config = read_student_config(seed_dir)
     student = load_trained_student(seed_dir)
     report: dict[str, Any] = {
         "student": config.get("student"),
@@ -74,16 +86,28 @@ def export_seed(
         "params": count_parameters(student),
         "file": MODEL_FILE,
     }
-    report["parity"] = export_student(
-        student,
-        tuple(config["input_shape"]),
-        out_dir / MODEL_FILE,
-        parity_batch_sizes=params.parity_batch_sizes,
-        rtol=params.rtol,
-        atol=params.atol,
-        seed=params.parity_seed,
-        parity_rows=parity_rows,
-    )
+    if named:
+        report["parity"] = export_named_student(
+            student,
+            named,
+            fields,
+            out_dir / MODEL_FILE,
+            parity_batch_sizes=params.parity_batch_sizes,
+            rtol=params.rtol,
+            atol=params.atol,
+            seed=params.parity_seed,
+        )
+    else:
+        report["parity"] = export_student(
+            student,
+            tuple(config["input_shape"]),
+            out_dir / MODEL_FILE,
+            parity_batch_sizes=params.parity_batch_sizes,
+            rtol=params.rtol,
+            atol=params.atol,
+            seed=params.parity_seed,
+            parity_rows=parity_rows,
+        )
     if params.int8:
         quantize_int8(out_dir / MODEL_FILE, out_dir / INT8_FILE)
         report["int8"] = int8_report(out_dir / MODEL_FILE, out_dir / INT8_FILE, *int8_data)
@@ -111,13 +135,14 @@ def export_student_dir(
     params: ExportParams,
     int8_data: tuple[np.ndarray, np.ndarray] | None = None,
     parity_rows: np.ndarray | None = None,
+    fields: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Export every model under `data/train/<student>/` into `export_root/<model name>/`;
-    returns model name -> parity report. int8_data, parity_rows: as `export_seed`."""
+    returns model name -> parity report. int8_data, parity_rows, fields: as `export_seed`."""
     models = trained_models(student_dir)
     return {
         name: export_seed(
-            pick_seed(seeds, params.seed), Path(export_root) / name, params, int8_data, parity_rows
+            pick_seed(seeds, params.seed), Path(export_root) / name, params, int8_data, parity_rows, fields
         )
         for name, seeds in models.items()
     }

@@ -24,7 +24,8 @@ class TapShapes:
     """Per-row shapes a recipe is built for (projections are sized from these).
 
     num_classes: C.
-    student: student tap name -> per-row shape, e.g. {"embed": (32,), "conv": (16, 4, 4)}.
+    student: student tap name -> per-row shape, e.g. {"embed": (32,), "conv": (16, 4, 4)}; a
+        per-token tap has None first, (None, D): (B, L, D) padded per batch (`LossInputs.tap_mask`).
     teacher: teacher tap name -> per-row shape, e.g. {"embed": (64,), "conv": (32, 4, 4)}.
     teacher_logits: whether the cache holds teacher logits (false for a teacher without logits,
         `teacher.logits_name: null`: terms that read them are refused when the recipe is built).
@@ -55,6 +56,8 @@ class LossInputs:
     teacher_tokens: per-token sampled or top-k teacher targets, leading axes as the student's logits,
         which token-level terms (`token_kd`) read as (N, V) or (B, L, V) next-token logits.
     token_mask: the student logits' leading axes, bool, True on real tokens (None: every token).
+    tap_mask: (B, L) bool, True on real tokens of the per-token taps (B, L, ...) of this batch
+        (student and teacher padded alike to the batch's longest row); None: no tap is per token.
     """
 
     student_logits: torch.Tensor
@@ -69,6 +72,7 @@ class LossInputs:
     epoch: int = 0
     teacher_tokens: SampledTokens | TopKTokens | None = None
     token_mask: torch.Tensor | None = None
+    tap_mask: torch.Tensor | None = None
 
 
 class TermParams(StrictModel):

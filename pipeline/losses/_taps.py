@@ -53,8 +53,14 @@ def _listing(available: Mapping[str, Sequence[int]]) -> str:
     return ", ".join(f"{tap} {_shape(available[tap])}" for tap in sorted(available)) or "(none)"
 
 
-def _shape(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+def _shape(shape: Sequence[int | None]) -> str:
+    dims = ("*" if d is None else str(int(d)) for d in shape)
+    return "(" + ", ".join(dims) + ("," if len(shape) == 1 else "") + ")"
+
+
+def is_per_token(shape: Sequence[int | None]) -> bool:
+    """Whether a per-row tap shape is per token: (None, *inner), padded per batch to (B, L, *inner)."""
+    return len(shape) >= 2 and shape[0] is None
 
 
 def check_tap(name: str, side: Literal["student", "teacher"], shapes: TapShapes) -> tuple[int, ...]:
@@ -75,9 +81,9 @@ def check_tap(name: str, side: Literal["student", "teacher"], shapes: TapShapes)
             )
         valid = ", ".join(sorted(available)) or "(none)"
         raise MissingTapError(f"student tap {name!r} does not exist; valid student taps: {valid}")
-    shape = tuple(int(d) for d in available[name])
-    if math.prod(shape) <= 1:
-        wider = {tap: s for tap, s in available.items() if math.prod(s) > 1}
+    shape = tuple(None if d is None else int(d) for d in available[name])
+    if None not in shape and math.prod(shape) <= 1:
+        wider = {tap: s for tap, s in available.items() if None in s or math.prod(s) > 1}
         raise NarrowTapError(
             f"{side} tap {name!r} has shape {_shape(shape)}, one value per row: too narrow for a feature, "
             f"relational or contrastive term to carry anything; use a wider {side} tap "
@@ -106,7 +112,8 @@ class ProjectedPair(nn.Module):
     """Reads one (student tap, teacher tap) pair and brings both into one space.
 
     forward(inputs) -> (student_side, teacher_side), both (B, *shape) float32; the teacher tensor
-    is detached, so gradients reach the student and the projection, never the cache.
+    is detached, so gradients reach the student and the projection, never the cache. `per_token`:
+    both taps are per token ((B, L, ...) padded; the term masks them with `LossInputs.tap_mask`).
     """
 
     def __init__(self, pair: TapPair, shapes: TapShapes, project: Projection, where: str):
@@ -114,6 +121,7 @@ class ProjectedPair(nn.Module):
         self.student_tap, self.teacher_tap = pair.student, pair.teacher
         student_shape = check_tap(pair.student, "student", shapes)
         teacher_shape = check_tap(pair.teacher, "teacher", shapes)
+        self.per_token = is_per_token(student_shape) and is_per_token(teacher_shape)
         self.direction = project
         if project == "teacher_to_student":
             self.projection = make_projection(teacher_shape, student_shape, where)
@@ -134,6 +142,8 @@ class ProjectedPair(nn.Module):
     def forward(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         student = as_float32(inputs.student_features[self.student_tap])
         teacher = as_float32(inputs.teacher_features[self.teacher_tap].detach())
+        if self.per_token:
+            check_token_axes(self.student_tap, student, self.teacher_tap, teacher, inputs.tap_mask)
         if self.direction == "teacher_to_student":
             teacher = self.apply_projection(teacher)
         elif self.direction == "student_to_teacher":
@@ -169,6 +179,31 @@ class TapTermParams(TermParams):
         if self.taps:
             return list(self.taps)
         return [TapPair(student=self.student_tap, teacher=self.teacher_tap)]
+
+
+def check_token_axes(
+    student_tap: str, student: torch.Tensor, teacher_tap: str, teacher: torch.Tensor, mask
+) -> None:
+    """TapShapeError unless per-token taps (B, L, ...) of both sides (and the (B, L) mask) have the
+    same B and L: the student's padded input and the teacher's cached tokens have one length per row."""
+    lengths = {tuple(student.shape[:2]), tuple(teacher.shape[:2])}
+    if mask is not None:
+        lengths.add(tuple(mask.shape))
+    if len(lengths) > 1:
+        raise TapShapeError(
+            f"per-token taps: student tap {student_tap!r} is (B, L) {tuple(student.shape[:2])}, teacher tap "
+            f"{teacher_tap!r} {tuple(teacher.shape[:2])}"
+            + (f", the token mask {tuple(mask.shape)}" if mask is not None else "")
+            + "; the student's input field and the teacher's tokens must have one length per row "
+            "(feed the student the field the teacher read)"
+        )
+
+
+def masked_tokens(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, *inner) per-token values with the padded positions (mask False) set to zero."""
+    if mask is None:
+        return values
+    return values * mask.reshape(*mask.shape, *([1] * (values.dim() - 2))).to(values.dtype)
 
 
 def read_taps(inputs: LossInputs, pair: TapPair) -> tuple[torch.Tensor, torch.Tensor]:

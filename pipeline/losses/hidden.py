@@ -14,30 +14,47 @@ from torch import nn
 
 from pipeline.losses._contract import LossInputs, TapShapes, TermParams
 from pipeline.losses._probs import as_float32
-from pipeline.losses._taps import ProjectedPair, TapPair, check_pairs, read_taps
+from pipeline.losses._taps import (
+    ProjectedPair,
+    TapPair,
+    check_pairs,
+    check_token_axes,
+    is_per_token,
+    masked_tokens,
+    read_taps,
+)
 
 
-def hidden_state_distance(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+def hidden_state_distance(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """(1/B) ||h_S - phi(h_T)||_F^2 for one layer pair already in one space.
 
     student_hidden, teacher_hidden: (B, *shape) (e.g. (B, D) or (B, N, D) tokens); the squared
     Frobenius norm of the whole difference, divided by B so the weight is batch-size free.
-    Source: the hidden-state loss of Jiao et al. 2020.
+    mask: (B, L) bool for per-token (B, L, D) states, True on real tokens: the norm runs over the
+    real tokens only (padding contributes nothing). Source: the hidden-state loss of Jiao et al. 2020.
     """
-    return (student_hidden - teacher_hidden).pow(2).sum() / student_hidden.shape[0]
+    difference = masked_tokens(student_hidden - teacher_hidden, mask)
+    return difference.pow(2).sum() / student_hidden.shape[0]
 
 
 def closed_form_residual(
-    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, ridge: float = 1e-3
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    ridge: float = 1e-3,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(1/B) min_W ||h_S - W h_T||_F^2 with W solved on this batch (rows flattened).
 
     W* = h_S h_T^T (h_T h_T^T + ridge I)^-1 (ridge least squares, in row layout
     W*^T = (T^T T + ridge I)^-1 T^T S with T = (B, D_T), S = (B, D_S)); the ridge keeps it defined
     when B < D_T. Gradients reach h_S (W* is a function of it). Returns a float32 scalar.
+    mask: (B, L) bool for per-token states: both sides are zero at padded positions, so their
+    columns of W* are zero and they add nothing to the residual.
     """
-    student_rows = as_float32(student_hidden).flatten(1)
-    teacher_rows = as_float32(teacher_hidden.detach()).flatten(1)
+    student_rows = masked_tokens(as_float32(student_hidden), mask).flatten(1)
+    teacher_rows = masked_tokens(as_float32(teacher_hidden.detach()), mask).flatten(1)
     eye = torch.eye(teacher_rows.shape[1], device=teacher_rows.device, dtype=teacher_rows.dtype)
     # W*^T (D_T, D_S) by the normal equations; the ridge keeps the solve defined when B < D_T
     weight_transposed = torch.linalg.solve(
@@ -73,6 +90,10 @@ class HiddenLoss(nn.Module):
         super().__init__()
         self.params = params
         check_pairs(params.layers, shapes)
+        self.per_token = [
+            is_per_token(shapes.student[pair.student]) and is_per_token(shapes.teacher[pair.teacher])
+            for pair in params.layers
+        ]
         if params.project == "closed_form":
             self.pairs = nn.ModuleList()
         else:
@@ -84,11 +105,14 @@ class HiddenLoss(nn.Module):
             )
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        masks = [inputs.tap_mask if per_token else None for per_token in self.per_token]
         if self.params.project == "closed_form":
-            values = [
-                closed_form_residual(*read_taps(inputs, pair), self.params.ridge)
-                for pair in self.params.layers
-            ]
+            values = []
+            for pair, per_token, mask in zip(self.params.layers, self.per_token, masks):
+                student, teacher = read_taps(inputs, pair)
+                if per_token:
+                    check_token_axes(pair.student, student, pair.teacher, teacher, mask)
+                values.append(closed_form_residual(student, teacher, self.params.ridge, mask))
         else:
-            values = [hidden_state_distance(*pair(inputs)) for pair in self.pairs]
+            values = [hidden_state_distance(*pair(inputs), mask) for pair, mask in zip(self.pairs, masks)]
         return {"hidden": sum(values)}

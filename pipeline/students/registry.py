@@ -1,6 +1,7 @@
 """Students made by name: `arch: {kind: <name>, ...}` -> an nn.Module returning StudentOutput.
 
-The built-in `mlp` and `cnn`, and any torch module: a user factory (`python`), a timm model, a
+The built-in `mlp` and `cnn`, `tokens` over token ids (named inputs, pipeline/students/inputs.py),
+and any torch module: a user factory (`python`), a timm model, a
 Hugging Face model (pipeline/students/external.py), all entries of one registry. Adding an
 architecture is one file (a params model with `kind: Literal["<name>"]` and a builder
 `(params, input_shape, num_classes) -> module` whose forward returns `StudentOutput` and which
@@ -19,6 +20,7 @@ from pipeline.config import StrictModel, validate_section
 from pipeline.students.cnn import CNNParams, CNNStudent
 from pipeline.students.external import HFArchParams, PythonArchParams, TimmArchParams, tapped_student
 from pipeline.students.mlp import MLPParams, MLPStudent
+from pipeline.students.sequence import TokenParams, TokenStudent
 
 ARCHITECTURES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "mlp": (MLPParams, MLPStudent),
@@ -26,6 +28,7 @@ ARCHITECTURES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "python": (PythonArchParams, tapped_student),
     "timm": (TimmArchParams, tapped_student),
     "hf": (HFArchParams, tapped_student),
+    "tokens": (TokenParams, TokenStudent),
 }
 """kind -> (params model, builder called as builder(params, input_shape, num_classes))."""
 

@@ -92,7 +92,8 @@ def load_weights_into(model: torch.nn.Module, weights: Mapping[str, torch.Tensor
 def load_trained_student(seed_dir: str | Path) -> torch.nn.Module:
     """The student saved in `seed_dir`, rebuilt from student.json, weights loaded, in eval mode.
 
-    Returns a module whose forward maps (B, *input_shape) float32 to StudentOutput.
+    Returns a module whose forward maps (B, *input_shape) float32 to StudentOutput; a student of
+    named inputs takes them by keyword and carries `named_inputs` (argument -> prepared field).
     """
     seed_dir = Path(seed_dir)
     config = read_student_config(seed_dir)
@@ -117,6 +118,8 @@ def load_trained_student(seed_dir: str | Path) -> torch.nn.Module:
             "loaded from safetensors, never unpickled: re-train the student"
         ) from None
     load_weights_into(model, weights, str(weights_path))
+    if config.get("inputs"):  # a student of named inputs: argument -> the prepared field it reads
+        model.named_inputs = {argument: spec["field"] for argument, spec in config["inputs"].items()}
     return model.eval()
 
 

@@ -16,6 +16,7 @@ from pipeline.cache.batch import SPLITS, UNLABELLED
 from pipeline.cache.reader import CacheReader, rows_of_split
 from pipeline.cache.views import ORIGINAL_VIEW, PartnerIndex
 from pipeline.errors import DistilleryError
+from pipeline.students.inputs import FieldBatches, StudentInputError, StudentInputs
 from pipeline.train.views import (
     MixedLabelsUnlabelled,
     ViewReplay,
@@ -66,6 +67,8 @@ class TrainingData:
     `replay` (a view cache), the prepared inputs, which `replay` turns into each row's view.
     train_rows / val_rows: (n,) int64 cache rows (of a view cache: the originals of the training
     samples; each epoch trains on one view of each, `epoch_rows`). num_classes: C.
+    fields: for a student of named inputs (`students.<s>.inputs`), what reads them (then `inputs` is
+    (N_cache, 0)); position: (N_cache,) int64 prepared row of each cache row. student: its name.
     """
 
     reader: CacheReader
@@ -74,6 +77,9 @@ class TrainingData:
     val_rows: np.ndarray
     num_classes: int
     replay: ViewReplay | None = None
+    fields: FieldBatches | None = None
+    position: np.ndarray | None = None
+    student: str = "<name>"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -85,32 +91,61 @@ class TrainingData:
         view of each training sample (`ViewReplay.epoch_rows`)."""
         return self.train_rows if self.replay is None else self.replay.epoch_rows(seed, epoch)
 
-    def batch_inputs(self, rows: np.ndarray) -> np.ndarray:
-        """(B, *input_shape) float32 inputs of cache rows `rows` (views replayed bit for bit)."""
+    def batch_inputs(self, rows: np.ndarray) -> StudentInputs:
+        """(B, *input_shape) float32 inputs of cache rows `rows` (views replayed bit for bit); for a
+        student of named inputs, argument -> (B, ...) array (variable fields padded per batch)."""
+        if self.fields is not None:
+            return self.fields(self.position[np.asarray(rows, np.int64)])
         return self.inputs[rows] if self.replay is None else self.replay.batch_inputs(rows)
 
 
 def join_training_data(
-    reader: CacheReader, prepared, train_rows: str, views: int | None = None, student: str = "<name>"
+    reader: CacheReader,
+    prepared,
+    train_rows: str,
+    views: int | None = None,
+    student: str = "<name>",
+    inputs: dict[str, str] | None = None,
+    source=None,
 ) -> TrainingData:
-    """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData).
+    """Check alignment once and gather the inputs in cache-row order (prepared: PreparedData, or
+    any index with sample_id, split, label, num_classes).
 
     views: the k views per sample the student trains on (`students.<s>.views`; None = the
     originals); ViewsMismatchError when the cache holds no views and k is set, or holds views and
-    k is not, or fewer than k (pipeline/train/views.py)."""
+    k is not, or fewer than k (pipeline/train/views.py). inputs: forward argument -> field of a
+    student of named inputs (`students.<s>.inputs`), read per batch from `source` (default
+    `prepared`: a PreparedDataset or in-memory fields), never gathered whole."""
     check_student_views(getattr(reader, "path", "(in memory)"), reader.schema.view_count, views, student)
     if views is not None:
+        if inputs is not None:
+            raise StudentInputError(
+                f"student {student!r}: views and named inputs (students.{student}.inputs) do not go "
+                f"together yet; drop students.{student}.views"
+            )
         return _join_views(reader, prepared, train_rows, views)
     position = align_inputs(
         reader, prepared.sample_id, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
     )
     _check_classes(reader, prepared)
+    if inputs is not None:
+        return TrainingData(
+            reader,
+            np.zeros((len(reader), 0), np.float32),
+            _training_rows(reader, train_rows),
+            rows_of_split(reader, "val"),
+            int(prepared.num_classes),
+            fields=FieldBatches(prepared if source is None else source, inputs),
+            position=position,
+            student=student,
+        )
     return TrainingData(
         reader,
         np.ascontiguousarray(prepared.inputs[position], np.float32),
         _training_rows(reader, train_rows),
         rows_of_split(reader, "val"),
         int(prepared.num_classes),
+        student=student,
     )
 
 

@@ -23,19 +23,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.cache.reader import iter_batches
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import TapShapes
 from pipeline.losses.recipe import Recipe, build_recipe
+from pipeline.students.inputs import check_student_inputs
 from pipeline.students.registry import build_student
 from pipeline.train.checkpoint import TrainingState, load_checkpoint, restore_members, save_checkpoint
 from pipeline.train.data import TrainingData
 from pipeline.train.device import rng_states, set_rng_states
 from pipeline.train.distributed import SINGLE, Ranks, local_rows, seed_step
+from pipeline.train.loader import host_batches
 from pipeline.train.params import StudentParams
 from pipeline.train.prefetch import device_batches
 from pipeline.train.schedule import build_optimizer, learning_rate, set_learning_rate
 from pipeline.train.step import Stepper, grouped, micro_batch_size
+from pipeline.train.validation import ValidationSet, evaluate_members
 
 
 class CohortError(DistilleryError, ValueError):
@@ -64,12 +66,13 @@ def build_members(params: StudentParams, data: TrainingData, seed: int, device="
     member_params = params.members()
     for name, (arch, loss) in member_params.items():
         model = build_student(arch, data.input_shape, data.num_classes)
-        schema = data.reader.schema
+        if data.fields is not None:
+            check_student_inputs(data.student, data.fields.mapping, data.fields.source.specs(), model)
         shapes = TapShapes(
             data.num_classes,
             dict(model.tap_shapes),
-            dict(schema.feature_shapes),
-            getattr(schema, "logits", "row") != "none",
+            teacher_tap_shapes(data.reader.schema),
+            getattr(data.reader.schema, "logits", "row") != "none",
         )
         recipe = build_recipe(loss, shapes)
         if recipe.needs_peers and len(member_params) < 2:
@@ -82,6 +85,13 @@ def build_members(params: StudentParams, data: TrainingData, seed: int, device="
         optimizer = build_optimizer([*model.parameters(), *recipe.parameters()], params.optimizer)
         members.append(Member(name, model, recipe, optimizer))
     return members
+
+
+def teacher_tap_shapes(schema) -> dict[str, tuple]:
+    """Teacher tap -> per-row shape: the cache's per-row taps, and its per-token taps as
+    (None, *token_shape) (a variable axis of the batch's longest row, padded, with `tap_mask`)."""
+    per_token = {tap: (None, *shape) for tap, shape in getattr(schema, "token_shapes", {}).items()}
+    return {**dict(schema.feature_shapes), **per_token}
 
 
 def bank_taps(members: list[Member]) -> set[str] | None:
@@ -177,56 +187,6 @@ class EpochSums:
         self._sums, self._lr_sum = {}, 0.0
 
 
-@dataclass(frozen=True)
-class ValidationSet:
-    """The labelled val rows, read from the cache once per run (not once per epoch): inputs
-    (n, *input_shape) float32, labels (n,) int64 and the cached teacher's top-1 (n,) int64, on the
-    training device."""
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    teacher_top1: torch.Tensor
-
-    @classmethod
-    def read(cls, data: TrainingData, batch_size: int, device) -> ValidationSet:
-        """The labelled rows of `data.val_rows`, in order, read in batches of `batch_size`."""
-        rows = data.val_rows[np.asarray(data.reader.label)[data.val_rows] >= 0]
-        batches = list(iter_batches(data.reader, batch_size, rows=rows)) if len(rows) else []
-        if not batches:
-            empty = torch.zeros(0, dtype=torch.int64)
-            return cls(torch.zeros((0, *data.input_shape)), empty, empty)
-        order = np.concatenate([np.asarray(b.rows) for b in batches])
-        return cls(
-            torch.from_numpy(data.batch_inputs(order)).to(device),
-            torch.cat([b.label for b in batches]).to(device),
-            torch.cat([b.logits.argmax(1) for b in batches]).to(device),
-        )
-
-
-@torch.no_grad()
-def evaluate_members(members: list[Member], val: ValidationSet, batch_size: int) -> list[dict[str, float]]:
-    """Per member: `val/acc` (against the labels) and `val/teacher_agreement` (top-1 match with the
-    cached teacher) over the labelled val rows; an empty mapping when there are none."""
-    if len(val.labels) == 0:
-        return [{} for _ in members]
-    correct = np.zeros(len(members))
-    agree = np.zeros(len(members))
-    for member in members:
-        member.model.eval()
-    for begin in range(0, len(val.labels), batch_size):
-        inputs = val.inputs[begin : begin + batch_size]
-        for index, member in enumerate(members):
-            predicted = member.model(inputs).logits.argmax(1)
-            correct[index] += (predicted == val.labels[begin : begin + batch_size]).sum().item()
-            agree[index] += (predicted == val.teacher_top1[begin : begin + batch_size]).sum().item()
-    for member in members:
-        member.model.train()
-    return [
-        {"val/acc": float(c / len(val.labels)), "val/teacher_agreement": float(a / len(val.labels))}
-        for c, a in zip(correct, agree)
-    ]
-
-
 def _close_epoch(
     members: list[Member], state: TrainingState, val: ValidationSet, params: StudentParams
 ) -> dict[str, dict[str, float]]:
@@ -319,7 +279,7 @@ def run_seed(
     while state.epoch < params.epochs:
         rows = _epoch_rows(data, seed, state.epoch, params.batch_size, state.step_in_epoch)
         rows = local_rows(rows, global_batch, ranks)
-        host = ((b, data.batch_inputs(b.rows)) for b in iter_batches(data.reader, micro_batch, rows=rows))
+        host = host_batches(data, rows, micro_batch, params.loader_workers)
         for micro_batches in grouped(device_batches(host, device), params.accumulate_steps):
             lr = learning_rate(
                 state.global_step, total_steps, warmup_steps, params.optimizer.lr, params.schedule

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.cache.batch import SparseLogits, TeacherBatch
+from pipeline.cache.batch import SparseLogits, TeacherBatch, TokenBatch
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,13 @@ class DeviceBatch:
 
     rows: (B,) int64 cache rows, on the CPU (the CRD bank sampler compares them there).
     teacher: the cached teacher outputs, every tensor on the training device.
-    inputs: (B, *input_shape) float32 student inputs on the training device.
+    inputs: (B, *input_shape) float32 student inputs on the training device, or, for a student of
+        named inputs, argument -> (B, ...) tensor.
     """
 
     rows: torch.Tensor
     teacher: TeacherBatch
-    inputs: torch.Tensor
+    inputs: torch.Tensor | dict[str, torch.Tensor]
 
 
 def device_batches(
@@ -45,7 +46,7 @@ def device_batches(
             yield DeviceBatch(
                 torch.from_numpy(np.asarray(teacher.rows, np.int64)),
                 teacher.to(device),
-                torch.from_numpy(inputs).to(device),
+                _each(inputs, lambda array: torch.from_numpy(array).to(device)),
             )
         return
     stream = torch.cuda.Stream(device)
@@ -67,12 +68,30 @@ def _map(teacher: TeacherBatch, function) -> TeacherBatch:
         sample_id=teacher.sample_id,
         split=teacher.split,
         label=function(teacher.label),
-        logits=function(teacher.logits),
+        logits=None if teacher.logits is None else function(teacher.logits),
         features={name: function(value) for name, value in teacher.features.items()},
         sparse=None
         if sparse is None
         else SparseLogits(function(sparse.values), function(sparse.indices), function(sparse.logsumexp)),
+        tokens=None if teacher.tokens is None else _map_tokens(teacher.tokens, function),
     )
+
+
+def _map_tokens(tokens: TokenBatch, function) -> TokenBatch:
+    """`tokens` with `function` applied to each of its tensors."""
+    return TokenBatch(
+        function(tokens.lengths),
+        function(tokens.mask),
+        {name: function(value) for name, value in tokens.padded.items()},
+        {name: function(value) for name, value in tokens.flat.items()},
+    )
+
+
+def _each(inputs, function):
+    """`function` applied to the inputs array, or to each array of named inputs."""
+    if isinstance(inputs, dict):
+        return {name: function(value) for name, value in inputs.items()}
+    return function(inputs)
 
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:
@@ -83,13 +102,13 @@ def _copy_ahead(
     teacher: TeacherBatch, inputs: np.ndarray, device: torch.device, stream: torch.cuda.Stream
 ) -> tuple[DeviceBatch, torch.cuda.Event]:
     """Start the copy of one batch on `stream`; the event marks its end."""
-    pinned_inputs = _pinned(torch.from_numpy(np.ascontiguousarray(inputs)))
+    pinned_inputs = _each(inputs, lambda array: _pinned(torch.from_numpy(np.ascontiguousarray(array))))
     pinned = _map(teacher, _pinned)
     with torch.cuda.stream(stream):
         batch = DeviceBatch(
             torch.from_numpy(np.asarray(teacher.rows, np.int64)),
             _map(pinned, lambda tensor: tensor.to(device, non_blocking=True)),
-            pinned_inputs.to(device, non_blocking=True),
+            _each(pinned_inputs, lambda tensor: tensor.to(device, non_blocking=True)),
         )
         done = torch.cuda.Event()
         done.record(stream)
@@ -98,7 +117,7 @@ def _copy_ahead(
 
 def _ready(batch: DeviceBatch, done: torch.cuda.Event) -> DeviceBatch:
     """Make the training (current) stream wait for this batch's copy, and own its memory."""
-    current = torch.cuda.current_stream(batch.inputs.device)
+    current = torch.cuda.current_stream(batch.teacher.label.device)
     current.wait_event(done)
     teacher = batch.teacher
     sparse = (
@@ -106,6 +125,18 @@ def _ready(batch: DeviceBatch, done: torch.cuda.Event) -> DeviceBatch:
         if teacher.sparse is None
         else (teacher.sparse.values, teacher.sparse.indices, teacher.sparse.logsumexp)
     )
-    for tensor in (batch.inputs, teacher.label, teacher.logits, *teacher.features.values(), *sparse):
-        tensor.record_stream(current)
+    inputs = tuple(batch.inputs.values()) if isinstance(batch.inputs, dict) else (batch.inputs,)
+    tokens = (
+        ()
+        if teacher.tokens is None
+        else (
+            teacher.tokens.lengths,
+            teacher.tokens.mask,
+            *teacher.tokens.padded.values(),
+            *teacher.tokens.flat.values(),
+        )
+    )
+    for tensor in (*inputs, teacher.label, teacher.logits, *teacher.features.values(), *sparse, *tokens):
+        if tensor is not None:
+            tensor.record_stream(current)
     return batch

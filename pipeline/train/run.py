@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from pipeline.io import atomic_write_json, replace_dir
+from pipeline.students.inputs import input_map
 from pipeline.students.registry import count_parameters
 from pipeline.students.trained import save_trained_student
 from pipeline.train.budget import apply_budget, held_back_labels
@@ -63,6 +64,9 @@ def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str
     the cache's shape and identity. A checkpoint with another hash is never resumed."""
     schema = reader.schema
     unused = {"seeds", "cache", "torch_threads", "checkpoint_every_steps", "checkpoint_every_seconds"}
+    unused.add("loader_workers")  # where the named inputs are read changes no result
+    if params.inputs is None:  # the default single input: the hash of earlier checkpoints stays valid
+        unused.add("inputs")
     identity = {
         "params": params.model_dump(mode="json", exclude=unused),
         "dataset": prepared_fingerprint,
@@ -119,21 +123,21 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
 def _write_seed_output(
     target: Path, name: str, params: StudentParams, member, seed: int, data, state, live_dir: Path
 ) -> None:
-    """model.safetensors + student.json + the dvclive directory of one trained member and seed."""
-    save_trained_student(
-        target,
-        member.model.cpu(),
-        {
-            "student": name,
-            "member": member.name or None,
-            "seed": seed,
-            "arch": params.members()[member.name][0].model_dump(mode="json"),
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "epochs": state.epoch,
-            "val_acc": state.history[-1][member.name].get("val/acc"),
-        },
-    )
+    """model.safetensors + student.json + the dvclive directory of one trained member and seed;
+    a student of named inputs also records them (`inputs`: argument -> {field, dtype, shape})."""
+    config = {
+        "student": name,
+        "member": member.name or None,
+        "seed": seed,
+        "arch": params.members()[member.name][0].model_dump(mode="json"),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "epochs": state.epoch,
+        "val_acc": state.history[-1][member.name].get("val/acc"),
+    }
+    if data.fields is not None:
+        config["inputs"] = data.fields.describe(data.position[data.train_rows[:2]])
+    save_trained_student(target, member.model.cpu(), config)
     shutil.copytree(live_dir, target / "live")
 
 
@@ -150,12 +154,15 @@ def train_from_reader(
     on_step: Callable[[int], None] | None = None,
     label_pool: tuple | None = None,
     ranks: Ranks = SINGLE,
+    source=None,
 ) -> dict[str, Any]:
     """`train_student` on an open cache reader (any CacheReader, e.g. a MemoryCache in tests) and a
-    loaded PreparedData. Returns the summary (as written to summary.json) plus `out_dir` and
-    `seconds`. label_pool: (sample_id, label) known outside the cache, read by a
-    `label_budget` with `held_back: true` (pipeline/train/budget.py). ranks: this process among
-    those launched by `distillery train --nproc` (every rank trains, rank 0 writes)."""
+    loaded PreparedData (or, for a student of named inputs, any index with sample_id, split, label,
+    num_classes and fingerprint; `source` holds its fields, default `prepared`). Returns the
+    summary (as written to summary.json) plus `out_dir` and `seconds`. label_pool: (sample_id,
+    label) known outside the cache, read by a `label_budget` with `held_back: true`
+    (pipeline/train/budget.py). ranks: this process among those launched by `distillery train
+    --nproc` (every rank trains, rank 0 writes)."""
     started = time.perf_counter()
     threads = threads or params.torch_threads
     if threads:
@@ -165,7 +172,9 @@ def train_from_reader(
     if params.label_budget is not None:
         budgeted = apply_budget(reader, prepared, params.label_budget, label_pool)
         reader, prepared, budget_report = budgeted.reader, budgeted.prepared, budgeted.report
-    data = join_training_data(reader, prepared, params.train_rows, params.views, name)
+    data = join_training_data(
+        reader, prepared, params.train_rows, params.views, name, input_map(params.inputs), source
+    )
     params = _processes(params, ranks)
     digest = config_hash(params, prepared.fingerprint, reader)
     device = resolve_device(params.device, name, ranks.local_rank if ranks.world > 1 else None)
@@ -250,9 +259,15 @@ def train_student(
     `cache_views`: the `cache.views` the cache must have been built with (the train stage passes
     params.yaml's; a changed spec is a stale cache), or UNCHECKED.
     """
-    from pipeline.data.prepared import load_prepared
+    from pipeline.data.prepared import load_prepared, open_prepared, verify_fingerprint
 
-    prepared = load_prepared(prepared_dir)
+    source = None
+    if params.inputs is None:
+        prepared = load_prepared(prepared_dir)
+    else:  # named fields are read per batch from the shards, never held whole
+        source = open_prepared(prepared_dir)
+        verify_fingerprint(source)
+        prepared = source.to_index()
     reader = open_student_cache(params.cache, prepared.fingerprint, cache_views)
     held_back = params.label_budget is not None and params.label_budget.held_back
     return train_from_reader(
@@ -267,4 +282,5 @@ def train_student(
         threads,
         label_pool=held_back_labels(prepared_dir) if held_back else None,
         ranks=ranks,
+        source=source,
     )

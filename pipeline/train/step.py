@@ -28,6 +28,7 @@ import torch
 
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs
+from pipeline.students.inputs import call_student
 from pipeline.train.device import autocast, grad_scaler
 from pipeline.train.distributed import SINGLE, DistributedError, Ranks, mean_over_ranks, wrap
 from pipeline.train.prefetch import DeviceBatch
@@ -59,6 +60,16 @@ def micro_batch_size(global_batch: int, params: StudentParams, ranks: Ranks) -> 
             f"{params.accumulate_steps} equal parts; change batch_size, nproc or accumulate_steps"
         )
     return global_batch // parts
+
+
+def teacher_taps(teacher) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The teacher taps a loss term reads: the per-row ones (B, *shape) and the per-token ones
+    padded (B, L, *shape), with the (B, L) bool mask of real tokens (None when none is per token)."""
+    tokens = getattr(teacher, "tokens", None)
+    if tokens is None:
+        return teacher.features, None
+    padded = {name: value for name, value in tokens.padded.items() if name != "logits"}
+    return {**teacher.features, **padded}, tokens.mask
 
 
 def grouped(batches, size: int):
@@ -171,9 +182,10 @@ class Stepper:
         """Each member's total loss on one micro-batch; the values go to `sums` directly, or, when
         None, into `logged` (member -> term names -> summed values / parts) for one add per step."""
         with autocast(self.device, self.precision):
-            outputs = [model(batch.inputs) for model in self.models]
+            outputs = [call_student(model, batch.inputs) for model in self.models]
         logits = [output.logits.float() for output in outputs]  # the same tensor when float32
         teacher = batch.teacher
+        teacher_features, tap_mask = teacher_taps(teacher)
         totals = []
         for index, (member, recipe, output) in enumerate(zip(self.members, self.recipes, outputs)):
             peers = [o.detach() for j, o in enumerate(logits) if j != index] if len(outputs) > 1 else []
@@ -183,12 +195,13 @@ class Stepper:
                     teacher_logits=teacher.logits,
                     labels=teacher.label,
                     student_features={name: value.float() for name, value in output.features.items()},
-                    teacher_features=teacher.features,
+                    teacher_features=teacher_features,
                     teacher_sparse=teacher.sparse,
                     peer_logits=peers,
                     teacher_feature_bank=bank,
                     rows=batch.rows,
                     epoch=epoch,
+                    tap_mask=tap_mask,
                 )
             )
             if sums is not None:

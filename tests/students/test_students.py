@@ -28,6 +28,8 @@ ARCHS = {
     "timm": {"kind": "timm", "name": "resnet18", "taps": {"embed": "global_pool"}},
     "hf": VIT,
 }
+SEQUENCE_ARCHS = {"tokens": {"kind": "tokens", "vocab_size": 30, "width": 8, "layers": 1}}
+"""Architectures over named inputs (token ids + mask), not a float32 tensor."""
 NEEDS = {"timm": TIMM_MISSING, "hf": HF_MISSING}
 """kind -> why it cannot be built here (its optional package is not importable), or None."""
 
@@ -39,7 +41,20 @@ def _buildable(kind: str) -> str:
 
 
 def test_every_registered_architecture_has_a_test_config():
-    assert set(ARCHS) == set(ARCHITECTURES)
+    assert set(ARCHS) | set(SEQUENCE_ARCHS) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("layers", [0, 1])
+def test_the_token_student_returns_per_token_and_pooled_taps(layers):
+    model = build_student({**SEQUENCE_ARCHS["tokens"], "layers": layers}, (), num_classes=4)
+    ids = torch.randint(0, 30, (5, 7))
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[0, 3:] = False
+    output = model(input_ids=ids, attention_mask=mask)
+    assert output.logits.shape == (5, 4)
+    assert model.tap_shapes == {"tokens": (None, 8), "embed": (8,)}
+    assert output.features["tokens"].shape == (5, 7, 8) and output.features["embed"].shape == (5, 8)
+    assert not output.features["tokens"][0, 3:].any()
 
 
 @pytest.mark.parametrize("kind", sorted(ARCHS))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pipeline.cache.token_batch import SampledTokens, TopKTokens
+
 UNLABELLED = -1
 """Label value of a row that has no hard label (docs/cache_format.md: unlabelled rows are first-class)."""
 
@@ -49,13 +51,16 @@ class TokenBatch:
     on real tokens. padded: output -> (B, L, *token_shape) float32, zeros past each row's tokens.
     flat: output -> (sum(lengths), *token_shape) float32, the rows' tokens back to back (row b's
     are flat[offsets[b]:offsets[b+1]], offsets = the cumulative sum of lengths). "logits" is among
-    them when the logits are per token (then also `TeacherBatch.logits`, padded).
+    them when the logits are per token and dense (then also `TeacherBatch.logits`, padded).
+    targets: the per-token logits stored sampled or top-k (`cache.token_logits`), leading axes
+    (B, L) like `mask`, as `token_kd` takes them (`LossInputs.teacher_tokens`), else None.
     """
 
     lengths: torch.Tensor
     mask: torch.Tensor
     padded: Mapping[str, torch.Tensor]
     flat: Mapping[str, torch.Tensor]
+    targets: SampledTokens | TopKTokens | None = None
 
     def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(
@@ -63,6 +68,7 @@ class TokenBatch:
             self.mask.to(device),
             {k: v.to(device, non_blocking=True) for k, v in self.padded.items()},
             {k: v.to(device, non_blocking=True) for k, v in self.flat.items()},
+            None if self.targets is None else self.targets.to(device),
         )
 
 

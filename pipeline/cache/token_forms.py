@@ -111,7 +111,8 @@ def _checked_temperature(name: str, value: float) -> float:
     return value
 
 
-def _id_dtype(vocab_size: int) -> np.dtype:
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The stored dtype of token ids below `vocab_size`: uint16 up to 65536 ids, else int32."""
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
 
 
@@ -155,7 +156,7 @@ def sample_token_targets(
     temperatures = tuple(dict.fromkeys([temperature, *extra]))
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     num_tokens, vocab_size = logits.shape
-    ids = np.zeros((num_tokens, draws), _id_dtype(vocab_size))
+    ids = np.zeros((num_tokens, draws), id_dtype(vocab_size))
     counts = np.zeros((num_tokens, draws), np.uint8 if draws <= 255 else np.uint16)
     log_probs = np.zeros((num_tokens, draws), log_prob_dtype)
     normalizers = np.zeros((num_tokens, len(temperatures)), np.float32)
@@ -214,7 +215,7 @@ def top_k_token_targets(
         )
     num_tokens, vocab_size = logits.shape
     k = min(int(k), vocab_size)
-    ids = np.zeros((num_tokens, k), _id_dtype(vocab_size))
+    ids = np.zeros((num_tokens, k), id_dtype(vocab_size))
     log_probs = np.zeros((num_tokens, k), log_prob_dtype)
     log_normalizer = np.zeros(num_tokens, np.float32)
     log_tail = np.zeros(num_tokens, np.float32)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-
-from pipeline.cache.token_batch import SampledTokens, TopKTokens
 
 UNLABELLED = -1
 """Label value of a row that has no hard label (docs/cache_format.md: unlabelled rows are first-class)."""
@@ -60,7 +59,7 @@ class TokenBatch:
     mask: torch.Tensor
     padded: Mapping[str, torch.Tensor]
     flat: Mapping[str, torch.Tensor]
-    targets: SampledTokens | TopKTokens | None = None
+    targets: Any = None  # token_batch.SampledTokens | TopKTokens (not imported: batch.py stays light)
 
     def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(

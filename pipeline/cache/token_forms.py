@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.cache.token_layout import id_dtype
 from pipeline.cache.token_sampling import (
     CHUNK_BYTES,
     block_size_for,
@@ -109,11 +110,6 @@ def _checked_temperature(name: str, value: float) -> float:
     if not np.isfinite(value) or value <= 0:
         raise TokenFormError(f"{name} must be a finite number > 0; got {value}")
     return value
-
-
-def id_dtype(vocab_size: int) -> np.dtype:
-    """The stored dtype of token ids below `vocab_size`: uint16 up to 65536 ids, else int32."""
-    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
 
 
 def sample_token_targets(

@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.cache.token_forms import id_dtype
-
 TOKENS = "tokens"
 """Prefix of the ragged arrays: `tokens/<output>` (M, *per-token shape), M = sum of token_lengths
 (`format` re-exports it)."""
@@ -21,6 +19,11 @@ FORM_PARTS = {
 """The arrays of each stored form, as `tokens/<form>_<part>`."""
 
 
+def id_dtype(vocab_size: int) -> str:
+    """The stored dtype of token ids below `vocab_size`: uint16 up to 65536 ids, else int32."""
+    return "uint16" if vocab_size <= 2**16 else "int32"
+
+
 def token_form_spec(params: Any, vocab_size: int) -> dict[str, Any] | None:
     """The layout's `token_form` for `params` (a `TokenLogitsParams`) over V = vocab_size ids: the
     plain-JSON dict of everything that decides the stored arrays; None for the dense form."""
@@ -29,7 +32,7 @@ def token_form_spec(params: Any, vocab_size: int) -> dict[str, Any] | None:
     spec: dict[str, Any] = {"form": params.form, "vocab_size": int(vocab_size)}
     spec["temperature"] = float(params.temperature)
     spec["log_prob_dtype"] = params.log_prob_dtype
-    spec["id_dtype"] = id_dtype(vocab_size).name
+    spec["id_dtype"] = id_dtype(vocab_size)
     if params.form == "sampled":
         temperatures = list(
             dict.fromkeys([float(params.temperature), *map(float, params.normalizer_temperatures)])

@@ -3,6 +3,7 @@ million tokens through the real cache writer in the sampled form, then student s
 
     python benchmarks/bench_token_cache.py [--vocab 128000] [--tokens 1048576] [--draws 32]
         [--row-tokens 256] [--student-rows 2] [--steps 5] [--out data/.scratch/bench_token_cache]
+        [--steps-from STORE]   # only the student steps, on a finished store
 
 The teacher is an ONNX Gather over a table of `--contexts` logit rows (sigma x N(0, 1), sigma ~ U[4, 7]
 per row, as benchmarks/bench_token_forms.py): input_ids (batch, sequence) -> logits (batch, sequence,
@@ -120,6 +121,15 @@ def student_steps(store: Path, vocab: int, rows: int, steps: int, hidden: int = 
     return steps / elapsed, tokens / elapsed
 
 
+def print_steps(store: Path, vocab: int, rows: int, row_tokens: int, steps: int) -> None:
+    """Time the student steps on `store` and print steps/s and tokens/s."""
+    per_second, tokens_per_second = student_steps(store, vocab, rows, steps)
+    print(
+        f"student steps (Linear(64, {vocab}), {rows} rows = {rows * row_tokens} tokens a step, lazy reads "
+        f"+ forward KL + backward + SGD): {per_second:.2f} steps/s, {tokens_per_second:,.0f} tokens/s"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=128_000)
@@ -132,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-every", type=float, default=120.0, help="seconds between progress lines")
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT threads")
     parser.add_argument("--out", type=Path, default=Path("data/.scratch/bench_token_cache"))
+    parser.add_argument("--steps-from", type=Path, help="only time the student steps on this finished store")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.steps_from is not None:
+        print_steps(args.steps_from, args.vocab, args.student_rows, args.row_tokens, args.steps)
+        return 0
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     rows = -(-args.tokens // args.row_tokens)
@@ -188,13 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{dense * tokens / on_disk:,.0f}x smaller"
     )
     print(f"peak RSS after the build: {rss_build:,.0f} MiB")
-    per_second, tokens_per_second = student_steps(result.store_dir, args.vocab, args.student_rows, args.steps)
-    print(
-        f"student steps (Linear(64, {args.vocab}), {args.student_rows} rows = "
-        f"{args.student_rows * args.row_tokens} tokens a step, lazy reads + forward KL + backward + SGD): "
-        f"{per_second:.2f} steps/s, "
-        f"{tokens_per_second:,.0f} tokens/s"
-    )
+    print_steps(result.store_dir, args.vocab, args.student_rows, args.row_tokens, args.steps)
     print(f"peak RSS after the steps: {peak_rss_mib():,.0f} MiB")
     return 0
 

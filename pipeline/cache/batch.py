@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,13 +50,16 @@ class TokenBatch:
     on real tokens. padded: output -> (B, L, *token_shape) float32, zeros past each row's tokens.
     flat: output -> (sum(lengths), *token_shape) float32, the rows' tokens back to back (row b's
     are flat[offsets[b]:offsets[b+1]], offsets = the cumulative sum of lengths). "logits" is among
-    them when the logits are per token (then also `TeacherBatch.logits`, padded).
+    them when the logits are per token and dense (then also `TeacherBatch.logits`, padded).
+    targets: the per-token logits stored sampled or top-k (`cache.token_logits`), leading axes
+    (B, L) like `mask`, as `token_kd` takes them (`LossInputs.teacher_tokens`), else None.
     """
 
     lengths: torch.Tensor
     mask: torch.Tensor
     padded: Mapping[str, torch.Tensor]
     flat: Mapping[str, torch.Tensor]
+    targets: Any = None  # token_batch.SampledTokens | TopKTokens (not imported: batch.py stays light)
 
     def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(
@@ -63,6 +67,7 @@ class TokenBatch:
             self.mask.to(device),
             {k: v.to(device, non_blocking=True) for k, v in self.padded.items()},
             {k: v.to(device, non_blocking=True) for k, v in self.flat.items()},
+            None if self.targets is None else self.targets.to(device),
         )
 
 

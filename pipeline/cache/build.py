@@ -128,9 +128,12 @@ class CacheBuild:
 def bytes_params(params: CacheParams) -> dict[str, Any]:
     """The part of `params` that decides the stored bytes (recorded in cache.json). `views` joins
     it only when set (with its fingerprint, which holds TRANSFORMS_FORMAT), so a single-view
-    cache.json and build fingerprint are what they were before views existed."""
+    cache.json and build fingerprint are what they were before views existed; `token_logits` only
+    when its form is not dense (likewise)."""
     dumped = params.model_dump(exclude={"views"})
     chosen = {key: dumped[key] for key in BYTES_PARAMS}
+    if params.token_logits is not None and params.token_logits.form != "dense":
+        chosen["token_logits"] = params.token_logits.model_dump(mode="json")
     views = params.views
     if views is not None:
         chosen["views"] = {

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cache.token_layout import TOKENS, form_arrays
 from pipeline.errors import DistilleryError
 from pipeline.names import check_name, child_path
 from pipeline.transforms.views import VIEW_COLUMNS
@@ -40,8 +41,6 @@ LOGITS_FORMS = ("row", "token", "none")
 (a teacher without logits, `teacher.logits_name: null`)."""
 TOKEN_LENGTHS = "token_lengths"
 """The (N,) int64 array of real tokens per row, present when any output is per token."""
-TOKENS = "tokens"
-"""Prefix of the ragged arrays: `tokens/<output>` (M, *per-token shape), M = sum of token_lengths."""
 
 
 class StaleCacheError(DistilleryError):
@@ -88,6 +87,8 @@ class CacheLayout:
     logits: "row" (N, C), "token" (ragged `tokens/logits` (M, C)) or "none" (num_classes 0).
     token_shapes: per-token tap name -> per-token shape, stored ragged as `tokens/<tap>` (M, *shape)
     beside `token_lengths` (N,); every per-token output of a row has its `token_lengths` tokens.
+    token_form: per-token logits stored sampled or top-k instead of dense `tokens/logits`
+    (`cache.token_logits`; pipeline/cache/token_layout.py); None = dense, and absent from cache.json.
     """
 
     num_rows: int
@@ -101,6 +102,7 @@ class CacheLayout:
     view_count: int | None = None
     logits: str = "row"
     token_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    token_form: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.logits not in LOGITS_FORMS:
@@ -119,6 +121,8 @@ class CacheLayout:
             raise ValueError("a feature shape or sparse_top_k is not made of counts")
         for tap in (*self.feature_shapes, *self.token_shapes):
             check_name(tap, "teacher output")  # it becomes a path in the store and the sidecar
+        if self.token_form is not None and self.logits != "token":
+            raise ValueError("a per-token logits form needs logits per token")
         if self.sparse_top_k is not None and self.logits != "row":
             raise ValueError(
                 "the sparse top-k form needs logits per row"
@@ -171,7 +175,9 @@ class CacheLayout:
         real tokens of every row back to back, row r's being the `token_lengths[r]` after the
         previous rows' (docs/cache_format.md, "Per-token outputs")."""
         specs: dict[str, tuple[tuple[int, ...], str]] = {}
-        if self.logits == "token":
+        if self.logits == "token" and self.token_form is not None:
+            specs |= form_arrays(self.token_form)
+        elif self.logits == "token":
             specs[f"{TOKENS}/logits"] = ((self.num_classes,), self.logits_dtype)
         for tap, shape in self.token_shapes.items():
             specs[f"{TOKENS}/{tap}"] = (tuple(shape), self.features_dtype)
@@ -193,6 +199,8 @@ class CacheLayout:
             del data["logits"]
         if not data["token_shapes"]:
             del data["token_shapes"]
+        if data["token_form"] is None:
+            del data["token_form"]
         return data
 
     @classmethod

@@ -42,6 +42,7 @@ class LazyCache(ArrayCache):
             view_count=layout.view_count,
             logits=layout.logits,
             token_shapes=dict(layout.token_shapes),
+            token_form=layout.token_form,
         )
         self._small = dict(small)
         if TOKEN_LENGTHS in small:

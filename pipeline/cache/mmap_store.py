@@ -86,7 +86,7 @@ class MmapCache(MemoryCache):
         arrays: Mapping[str, np.ndarray],
         built: bool,
     ) -> None:
-        self._hold(arrays)
+        self._hold(arrays, metadata.layout.token_form)
         self.path, self.metadata, self.sidecar, self.built = path, metadata, sidecar, built
 
 

@@ -75,7 +75,7 @@ class StoredCache(MemoryCache):
     """A finished cache loaded into RAM; `metadata` is its cache.json, `path` its directory."""
 
     def __init__(self, path: Path, metadata: CacheMetadata, arrays: Mapping[str, np.ndarray]) -> None:
-        self._hold(arrays)
+        self._hold(arrays, metadata.layout.token_form)
         self.path = path
         self.metadata = metadata
 

@@ -14,6 +14,32 @@ StoreName = Literal[tuple(STORES)]  # type: ignore[valid-type]
 """A key of `pipeline.cache.store.STORES`: a new store is valid here once it is in the table."""
 
 
+class TokenLogitsParams(StrictModel):
+    """How per-token teacher logits (an LM's (batch, sequence, V)) are stored
+    (docs/token_distillation.md, "The forms in the cache").
+
+    form: "dense" (V logits a token, `logits_dtype`), "sampled" (`draws` draws from softmax(z / T)
+        kept as distinct ids + counts + the teacher's log-probs, unbiased; Anshumann et al. 2025,
+        arXiv:2503.16870) or "top_k" (the k most likely ids + exact tail mass, biased; the report
+        gives its KL error).
+    draws / seed: draws per token and the seed of the sampled form (each teacher batch draws from
+        `np.random.default_rng([seed, first row])`). normalizer_temperatures: further T whose full-row
+        logsumexp is stored (4 B a token each) so a student at that T gets exact weights.
+    temperature: the T of the draws / of the top-k log-probs. k: ids kept by top-k.
+    log_prob_dtype: stored dtype of the teacher's log-probs. kl_tokens: top-k only, tokens per
+        teacher batch whose KL error against the dense row the build measures for the report.
+    """
+
+    form: Literal["dense", "sampled", "top_k"] = "dense"
+    draws: int = Field(32, ge=1, le=2**16 - 1)
+    seed: int = Field(0, ge=0)
+    normalizer_temperatures: list[float] = Field(default_factory=list)
+    temperature: float = Field(1.0, gt=0)
+    k: int = Field(16, ge=1)
+    log_prob_dtype: Literal["float16", "float32"] = "float16"
+    kl_tokens: int = Field(64, ge=0)
+
+
 class CacheParams(StrictModel):
     """How the `cache` stage writes the teacher cache (docs/cache_format.md).
 
@@ -33,6 +59,7 @@ class CacheParams(StrictModel):
         student may train on (train and unlabelled splits), each view's drawn params stored beside
         the teacher's outputs on it (docs/transforms.md, "Views in the cache"); null = no views,
         today's single-view cache, byte for byte.
+    token_logits: how per-token logits are stored (`TokenLogitsParams`); null = dense.
     The teacher's provider and threads come from the `teacher:` section.
     """
 
@@ -47,6 +74,7 @@ class CacheParams(StrictModel):
     kl_sample_rows: int = Field(20000, ge=1)
     in_memory_max_mb: int = Field(8192, ge=0)
     views: ViewsParams | None = None
+    token_logits: TokenLogitsParams | None = None
 
     @property
     def rows_per_shard(self) -> int:

@@ -18,6 +18,8 @@ import torch
 
 from pipeline.cache.batch import SPLITS, UNLABELLED, SparseLogits, TeacherBatch, TokenBatch
 from pipeline.cache.format import TOKEN_LENGTHS, TOKENS
+from pipeline.cache.token_layout import form_arrays, is_form_array
+from pipeline.cache.token_store import padded_tokens, targets_of
 from pipeline.transforms.views import VIEW_DTYPE
 
 
@@ -33,6 +35,8 @@ class CacheSchema:
     view_count: K views per sample of a view cache (`cache.views`), or None for a single-view cache.
     logits: "row" (N, C), "token" (per token, ragged) or "none" (a teacher without logits; C = 0).
     token_shapes: per-token tap -> per-token shape (stored ragged; batches: `TeacherBatch.tokens`).
+    token_form: the layout's `token_form` when the per-token logits are stored sampled or top-k
+        (batches: `TokenBatch.targets`), else None.
     """
 
     num_rows: int
@@ -43,6 +47,7 @@ class CacheSchema:
     view_count: int | None = None
     logits: str = "row"
     token_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    token_form: Mapping | None = None
 
     @property
     def has_logits(self) -> bool:
@@ -140,7 +145,8 @@ class ArrayCache:
 
     def _token_names(self) -> list[str]:
         names = list(self.schema.token_shapes)
-        return ["logits", *names] if self.schema.logits == "token" else names
+        dense = self.schema.logits == "token" and self.schema.token_form is None
+        return ["logits", *names] if dense else names
 
     def token_values(self, output: str) -> tuple[np.ndarray, np.ndarray]:
         """The flat form of per-token output `output` ("logits" or a per-token tap): values
@@ -209,9 +215,9 @@ class ArrayCache:
         if self.schema.sparse_top_k is not None:
             indices = torch.from_numpy(self._gather("sparse/indices", rows).astype(np.int64))
             sparse = SparseLogits(floats("sparse/values"), indices, floats("sparse/logsumexp"))
-        tokens = self._token_batch(rows) if self._token_names() else None
+        tokens = self._token_batch(rows) if self._token_names() or self.schema.token_form else None
         logits = {"row": lambda: floats("logits"), "none": lambda: None}.get(
-            self.schema.logits, lambda: tokens.padded["logits"]
+            self.schema.logits, lambda: tokens.padded.get("logits")
         )()
         return TeacherBatch(
             rows=rows,
@@ -235,7 +241,12 @@ class ArrayCache:
             out = np.zeros((len(rows), width, *values.shape[1:]), np.float32)
             out[mask] = values
             flat[name], padded[name] = torch.from_numpy(values), torch.from_numpy(out)
-        return TokenBatch(torch.from_numpy(lengths), torch.from_numpy(mask), padded, flat)
+        targets = None
+        if self.schema.token_form is not None:
+            spec = self.schema.token_form
+            stored = {name: self._gather_tokens(name, rows) for name in form_arrays(spec)}
+            targets = padded_tokens(targets_of(spec, stored, self.schema.num_classes), mask)
+        return TokenBatch(torch.from_numpy(lengths), torch.from_numpy(mask), padded, flat, targets)
 
 
 class MemoryCache(ArrayCache):
@@ -263,9 +274,10 @@ class MemoryCache(ArrayCache):
             arrays |= dict(zip(("sparse/values", "sparse/indices", "sparse/logsumexp"), sparse))
         self._hold(arrays)
 
-    def _hold(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def _hold(self, arrays: Mapping[str, np.ndarray], token_form: Mapping | None = None) -> None:
         """Keep `arrays` (cache array name -> (N, ...) array; ragged `tokens/<output>` arrays
-        (M, ...) beside `token_lengths` (N,)) and derive the schema."""
+        (M, ...) beside `token_lengths` (N,)) and derive the schema; token_form: the layout's, when
+        the per-token logits are stored sampled or top-k."""
         n = len(arrays["sample_id"])
         for name, array in arrays.items():
             if len(array) != n and not name.startswith(f"{TOKENS}/"):
@@ -280,6 +292,8 @@ class MemoryCache(ArrayCache):
         token_logits = arrays.get(f"{TOKENS}/logits")
         logits, values = arrays.get("logits", token_logits), arrays.get("sparse/values")
         form = "none" if logits is None else "row" if "logits" in arrays else "token"
+        if token_form is not None:
+            form, logits = "token", np.empty((0, int(token_form["vocab_size"])), np.float32)
         self.schema = CacheSchema(
             num_rows=n,
             num_classes=0 if logits is None else int(logits.shape[-1]),
@@ -295,8 +309,9 @@ class MemoryCache(ArrayCache):
             token_shapes={
                 name.split("/", 1)[1]: tuple(a.shape[1:])
                 for name, a in arrays.items()
-                if name.startswith(f"{TOKENS}/") and name != f"{TOKENS}/logits"
+                if name.startswith(f"{TOKENS}/") and name != f"{TOKENS}/logits" and not is_form_array(name)
             },
+            token_form=token_form,
         )
 
     def _whole(self, name: str) -> np.ndarray:

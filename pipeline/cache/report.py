@@ -10,7 +10,9 @@ The `cache` stage writes this as `data/cache/report.json` (dvc metrics) and `dat
   "Distilling the Knowledge in a Neural Network", arXiv:1503.02531) each T exposes;
 - the stored dtype's error: KL(p_T(fp32 logits) || p_T(stored logits)) per row, mean / p99 / max,
   against the fp32 logits the build kept for a sample of rows (goal p99 <= 1e-5 nats);
-- with the sparse form, its KL error against the dense logits at the same temperatures.
+- with the sparse form, its KL error against the dense logits at the same temperatures;
+- with per-token logits stored sampled or top-k (`cache.token_logits`), `token_form`: bytes per
+  token of the stored form, and for top-k the KL error measured during the build.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
 from pipeline.cache.sparse import densify_top_k, kl_per_row, log_softmax
+from pipeline.cache.token_store import form_report
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 KL_GOAL_P99_NATS = 1e-5
@@ -207,12 +210,15 @@ def _report_without_row_logits(reader: Any) -> dict[str, Any]:
     stored = _store_bytes(getattr(reader, "path", None))
     if stored is not None and len(reader):
         report["bytes_per_sample"] = stored / len(reader)
-    if schema.logits == "token" or schema.token_shapes:
+    if schema.token_form is not None:
+        report["token_form"] = form_report(schema.token_form, reader.metadata.manifest)
+        report["tokens"] = report["token_form"]["tokens"]
+    elif schema.logits == "token" or schema.token_shapes:
         name = "logits" if schema.logits == "token" else next(iter(schema.token_shapes))
         _, offsets = reader.token_values(name)
         report["tokens"] = int(offsets[-1])
-        if stored is not None and offsets[-1]:
-            report["bytes_per_token"] = stored / int(offsets[-1])
+    if stored is not None and report.get("tokens"):
+        report["bytes_per_token"] = stored / report["tokens"]
     return report
 
 

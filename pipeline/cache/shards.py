@@ -19,6 +19,8 @@ from pipeline.cache.format import TOKEN_LENGTHS, TOKENS, array_digest
 from pipeline.cache.reference import keep_in_batch, keep_in_shard
 from pipeline.cache.sparse import top_k_form
 from pipeline.cache.teacher_outputs import Teacher, batch_outputs, cast_output, shown_ids_of
+from pipeline.cache.token_layout import is_form_array
+from pipeline.cache.token_store import FORM_STATS, compute_form, fold_stats
 from pipeline.cache.tokens import flatten_tokens
 from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json
@@ -51,6 +53,7 @@ def compute_shard(
         for column in records.dtype.names:
             arrays[f"view_params/{column}"][:] = records[column]
     ragged = {name: [] for name in layout.ragged_arrays()}
+    stats: list[dict[str, float]] = []
     keep = keep_in_shard(keep_rows, rows)
     kept_logits = np.empty((len(keep), layout.num_classes), np.float32)
     for batch in build.batches(rows):
@@ -61,9 +64,17 @@ def compute_shard(
                 output = name.removeprefix("features/")
                 arrays[name][local] = cast_output(output, outputs[output], dtype, batch, shown)
         for name, (_, dtype) in layout.ragged_arrays().items():
+            if is_form_array(name):
+                continue
             output = name.removeprefix(f"{TOKENS}/")
             values = cast_output(output, outputs[output], dtype, batch, shown)
             ragged[name].append(flatten_tokens(values, outputs[TOKEN_LENGTHS]))
+        if layout.token_form is not None:  # the sparse form straight from the fp32 logits
+            logits = flatten_tokens(outputs["logits"], outputs[TOKEN_LENGTHS])
+            form, batch_stats = compute_form(layout.token_form, logits, batch.start)
+            for name, values in form.items():
+                ragged[name].append(values)
+            stats.append(batch_stats)
         if layout.sparse_top_k is not None:
             values, indices, lse = top_k_form(outputs["logits"], layout.sparse_top_k)
             arrays["sparse/values"][local] = values.astype(layout.logits_dtype)
@@ -74,6 +85,8 @@ def compute_shard(
     for name, (shape, dtype) in layout.ragged_arrays().items():
         parts = ragged[name]
         arrays[name] = np.concatenate(parts) if parts else np.empty((0, *shape), dtype)
+    if layout.token_form is not None:  # not an array: commit_shard moves it into the progress record
+        arrays[FORM_STATS] = fold_stats([{"token_form": s} for s in stats])
     return arrays, kept_logits
 
 
@@ -95,6 +108,8 @@ def commit_shard(build: CacheBuild, shard_index: int, arrays: Mapping[str, np.nd
     }
     if build.layout.ragged_arrays():  # the value count of each ragged array, checked on open
         record["tokens"] = int(np.sum(arrays[TOKEN_LENGTHS]))
+    if FORM_STATS in arrays:  # what the report says of a sampled / top-k form (token_store.compute_form)
+        record["token_form"] = dict(arrays[FORM_STATS])
     try:
         build.store().write_shard(shard_index, rows, arrays)
         _record_shard(build, shard_index, record)

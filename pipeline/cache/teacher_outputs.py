@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pipeline.cache.format import TOKEN_LENGTHS, CacheLayout
+from pipeline.cache.token_layout import TOKENS, is_form_array, token_form_spec
 from pipeline.cache.tokens import cut_padding, per_token_outputs
 from pipeline.errors import DistilleryError
 from pipeline.names import NAME_PATTERN, NAME_RULE
@@ -241,6 +242,19 @@ def probe_layout(teacher: Teacher, data: Any, params: CacheParams) -> CacheLayou
     if logits != "none":
         check_class_count(num_classes, getattr(data, "num_classes", None))
     sparse = None if params.sparse_top_k is None or logits != "row" else min(params.sparse_top_k, num_classes)
+    token_form = token_form_spec(params.token_logits, num_classes)
+    if token_form is not None and logits != "token":
+        raise TeacherOutputError(
+            f"cache.token_logits.form is {token_form['form']} but {_source(teacher)} gives its logits "
+            f"{'per row' if logits == 'row' else 'not at all'}, not per token (batch, sequence, V); "
+            "set cache.token_logits: null, or use a teacher whose logits are per token"
+        )
+    clashes = sorted(name for name in tokens if token_form is not None and is_form_array(f"{TOKENS}/{name}"))
+    if clashes:
+        raise TeacherOutputError(
+            f"{_source(teacher)} per-token output {clashes[0]!r} has the name of an array of the "
+            f"{token_form['form']} form (cache.token_logits); leave it out of teacher.per_token or rename it"
+        )
     taps = {name: shape for name, shape in shapes.items() if name != "logits"}
     return CacheLayout(
         num_rows=len(data.sample_id),
@@ -254,6 +268,7 @@ def probe_layout(teacher: Teacher, data: Any, params: CacheParams) -> CacheLayou
         view_count=None if params.views is None else params.views.count,
         logits=logits,
         token_shapes={name: shape for name, shape in taps.items() if name in tokens},
+        token_form=token_form,
     )
 
 

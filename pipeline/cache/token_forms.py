@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.cache.token_layout import id_dtype
 from pipeline.cache.token_sampling import (
     CHUNK_BYTES,
     block_size_for,
@@ -111,10 +112,6 @@ def _checked_temperature(name: str, value: float) -> float:
     return value
 
 
-def _id_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
-
-
 def sample_token_targets(
     logits,
     draws: int,
@@ -155,7 +152,7 @@ def sample_token_targets(
     temperatures = tuple(dict.fromkeys([temperature, *extra]))
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     num_tokens, vocab_size = logits.shape
-    ids = np.zeros((num_tokens, draws), _id_dtype(vocab_size))
+    ids = np.zeros((num_tokens, draws), id_dtype(vocab_size))
     counts = np.zeros((num_tokens, draws), np.uint8 if draws <= 255 else np.uint16)
     log_probs = np.zeros((num_tokens, draws), log_prob_dtype)
     normalizers = np.zeros((num_tokens, len(temperatures)), np.float32)
@@ -214,7 +211,7 @@ def top_k_token_targets(
         )
     num_tokens, vocab_size = logits.shape
     k = min(int(k), vocab_size)
-    ids = np.zeros((num_tokens, k), _id_dtype(vocab_size))
+    ids = np.zeros((num_tokens, k), id_dtype(vocab_size))
     log_probs = np.zeros((num_tokens, k), log_prob_dtype)
     log_normalizer = np.zeros(num_tokens, np.float32)
     log_tail = np.zeros(num_tokens, np.float32)

@@ -175,6 +175,7 @@ def train_from_reader(
     data = join_training_data(
         reader, prepared, params.train_rows, params.views, name, input_map(params.inputs), source
     )
+    check_token_targets(reader, params)
     params = _processes(params, ranks)
     digest = config_hash(params, prepared.fingerprint, reader)
     device = resolve_device(params.device, name, ranks.local_rank if ranks.world > 1 else None)
@@ -223,6 +224,24 @@ def train_from_reader(
 
 UNCHECKED = "unchecked"
 """`cache_views` of a caller that does not know the `cache:` section (the cache is not checked)."""
+
+
+def check_token_targets(reader, params: StudentParams) -> None:
+    """Before the first step: every token_kd term that names its teacher form (`teacher_source`
+    dense, sampled or top_k) finds that form in a cache of per-token logits, or one line
+    (TokenFormMismatchError) names `cache.token_logits.form` and the `dvc repro cache` to run."""
+    schema = reader.schema
+    if getattr(schema, "logits", "row") != "token":
+        return
+    from pipeline.cache.token_store import check_token_form
+
+    spec = schema.token_form
+    vocab = int(spec["vocab_size"]) if spec is not None else int(schema.num_classes)
+    for _arch, loss in params.members().values():
+        for term in loss.values():
+            source = getattr(term, "teacher_source", "auto")
+            if getattr(term, "kind", None) == "token_kd" and source != "auto":
+                check_token_form(getattr(reader, "path", "(in memory)"), spec, vocab, source)
 
 
 def open_student_cache(path: str | Path, dataset_fingerprint: str, cache_views=UNCHECKED):

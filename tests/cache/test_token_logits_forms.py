@@ -154,3 +154,31 @@ def test_a_killed_token_form_build_resumes_byte_identical(tmp_path, store):
     assert (tmp_path / "run" / "cache" / "scratch").exists()
     assert run().returncode == 0
     assert tree_bytes(tmp_path / "run" / "cache" / "store") == tree_bytes(reference.store_dir)
+
+
+def test_training_refuses_a_token_form_the_cache_does_not_hold_before_the_first_step():
+    from types import SimpleNamespace
+
+    from pipeline.cache.token_store import TokenFormMismatchError
+    from pipeline.train.run import check_token_targets
+    from tests.train.helpers import student_params
+
+    sampled = SimpleNamespace(
+        path="data/cache/store",
+        schema=SimpleNamespace(
+            logits="token", token_form={"form": "sampled", "vocab_size": 50}, num_classes=50
+        ),
+    )
+
+    def asking(source):
+        return student_params(loss={"kd": {"kind": "token_kd", "weight": 1.0, "teacher_source": source}})
+
+    check_token_targets(sampled, asking("sampled"))  # the form it holds
+    check_token_targets(sampled, asking("auto"))  # whatever it holds
+    with pytest.raises(TokenFormMismatchError, match=r"holds per-token logits in the sampled form but top_k"):
+        check_token_targets(sampled, asking("top_k"))
+    dense = SimpleNamespace(path="c", schema=SimpleNamespace(logits="token", token_form=None, num_classes=50))
+    with pytest.raises(
+        TokenFormMismatchError, match=r"cache\.token_logits\.form: sampled .* `dvc repro cache`"
+    ):
+        check_token_targets(dense, asking("sampled"))

@@ -17,11 +17,21 @@ takes about 3 min, `--epochs 30` a fifth of that (accuracy then is not the patie
 
     .venv/bin/python benchmarks/bench_views.py [--prepared data/prepared] [--teacher data/teacher/model.onnx]
         [--epochs 150] [--seeds 0 1 2] [--plot docs/views_k_sweep.png]
+        [--spec JSON] [--k 1 8 32] [--with-originals] [--only-views | --no-online]
+
+--spec sets the transforms (default SPEC), --k the views trained on (the cache holds max(k)),
+--with-originals adds, for each k, a run whose cycles also train once on each sample's original row
+(k + 1 choices per sample, without replacement), --only-views skips the single-view and online runs
+(and the plot), --no-online the online run only. The search of docs/transforms.md section 6 ran, e.g.:
+
+    nice -n 10 .venv/bin/python benchmarks/bench_views.py --only-views --with-originals --k 8 \
+        --spec '[{"kind": "rotate", "degrees": 5}]'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -143,6 +153,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--plot", default=str(ROOT / "docs" / "views_k_sweep.png"))
+    parser.add_argument("--spec", type=json.loads, default=SPEC, help="the transforms, JSON list")
+    parser.add_argument("--k", type=int, nargs="+", default=list(VIEW_COUNTS), help="views trained on")
+    parser.add_argument(
+        "--with-originals",
+        action="store_true",
+        help="also train each k with the original row as one more view per cycle (k + 1 choices)",
+    )
+    parser.add_argument("--only-views", action="store_true", help="skip the single-view and online runs")
+    parser.add_argument("--no-online", action="store_true", help="skip the online KD run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     prepared = load_prepared(args.prepared)
@@ -155,7 +174,7 @@ def main() -> None:
         builds = {}
         for name, views in (
             ("single", None),
-            ("views", {"count": CACHED_VIEWS, "seed": 0, "transforms": SPEC}),
+            ("views", {"count": max(args.k), "seed": 0, "transforms": args.spec}),
         ):
             started = time.perf_counter()
             result = build_cache(
@@ -179,18 +198,26 @@ def main() -> None:
         runs: dict[str, tuple[StudentParams, TrainingData]] = {
             "single-view cache": (student(args.epochs, None), join_training_data(single, prepared, "all"))
         }
-        for k in VIEW_COUNTS:
+        for k in args.k:
             runs[f"view cache, k = {k}"] = (
                 student(args.epochs, k),
                 join_training_data(views_cache, prepared, "all", k),
             )
-        online = OnlineViews(single, prepared, teacher, SPEC)
+            if args.with_originals:
+                runs[f"view cache, k = {k} + originals"] = (
+                    student(args.epochs, k),
+                    with_originals(join_training_data(views_cache, prepared, "all", k)),
+                )
         base = runs["single-view cache"][1]
-        online.train_rows = base.train_rows
-        runs["online KD (same views drawn live)"] = (
-            student(args.epochs, None),
-            TrainingData(online, base.inputs, base.train_rows, base.val_rows, base.num_classes, online),
-        )
+        if not (args.only_views or args.no_online):
+            online = OnlineViews(single, prepared, teacher, args.spec)
+            online.train_rows = base.train_rows
+            runs["online KD (same views drawn live)"] = (
+                student(args.epochs, None),
+                TrainingData(online, base.inputs, base.train_rows, base.val_rows, base.num_classes, online),
+            )
+        if args.only_views:
+            del runs["single-view cache"]
         results = {}
         for name, (params, data) in runs.items():
             results[name] = [
@@ -204,13 +231,15 @@ def main() -> None:
     )
     print(
         f"single-view cache: built in {builds['single'][1]:.1f} s, {builds['single'][2]} bytes; view cache "
-        f"(K = {CACHED_VIEWS}, {view_rows} views): built in {builds['views'][1]:.1f} s, "
+        f"(K = {max(args.k)}, {view_rows} views, spec {json.dumps(args.spec)}): "
+        f"built in {builds['views'][1]:.1f} s, "
         f"{builds['views'][2]} bytes, "
         f"{per_view:.1f} bytes per view on disk"
     )
     print("| run | test accuracy (mean +- std) | train s / seed | online / this |")
     print("| --- | --- | --- | --- |")
-    online_s = statistics.fmean(s for _, s in results["online KD (same views drawn live)"])
+    online = results.get("online KD (same views drawn live)")
+    online_s = statistics.fmean(s for _, s in online) if online else float("nan")
     for name, values in results.items():
         accuracy = [a for a, _ in values]
         seconds = statistics.fmean(s for _, s in values)
@@ -219,7 +248,17 @@ def main() -> None:
             f"| {name} | {statistics.fmean(accuracy):.4f} +- {std:.4f} | {seconds:.1f} "
             f"| {online_s / seconds:.2f} |"
         )
-    plot(results, args.plot)
+    if not (args.only_views or args.no_online) and tuple(args.k) == VIEW_COUNTS:
+        plot(results, args.plot)
+
+
+def with_originals(data: TrainingData) -> TrainingData:
+    """`data` whose every cycle also trains once on each sample's original row (view -1): k + 1 choices
+    per sample, drawn without replacement like the views (the replay serves view -1 unchanged)."""
+    replay = data.replay
+    replay.view_rows = np.concatenate([replay.view_rows, data.train_rows[:, None]], axis=1)
+    replay.views += 1
+    return data
 
 
 def plot(results, path: str) -> None:

@@ -32,4 +32,5 @@ Readers (store -> batches)
     alignment.py      check_alignment / CacheAlignmentError: does the dataset match the cache?
     sparse.py         the top-k form and KL error of any stored form
     report.py         cache_report and plots (the `inspect` view)
+    view_report.py    a view cache's report: the figures on its originals, plus a `views` block
 """

@@ -12,7 +12,8 @@ The `cache` stage writes this as `data/cache/report.json` (dvc metrics) and `dat
   against the fp32 logits the build kept for a sample of rows (goal p99 <= 1e-5 nats);
 - with the sparse form, its KL error against the dense logits at the same temperatures;
 - with per-token logits stored sampled or top-k (`cache.token_logits`), `token_form`: bytes per
-  token of the stored form, and for top-k the KL error measured during the build.
+  token of the stored form, and for top-k the KL error measured during the build;
+- of a view cache, the figures above on its original rows and a `views` block (view_report.py).
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ def cache_report(
     logits = reader.logits  # stored dtype; statistics are computed in row blocks
     if logits is None:  # no logits per row (a teacher without logits, or logits per token)
         return _report_without_row_logits(reader)
+    if getattr(reader, "view", None) is not None:  # a view cache: originals, plus a `views` block
+        from pipeline.cache.view_report import view_cache_report  # it builds on this module
+
+        return view_cache_report(reader, cache_report, reference_rows, reference_logits, temperatures)
     labels, splits = np.asarray(reader.label), np.asarray(reader.split)
     num_rows, num_classes = logits.shape
     predicted = rowwise(lambda z: z.argmax(axis=1), logits)
@@ -228,6 +233,10 @@ def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> l
     if reader.logits is None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         return []
+    if getattr(reader, "view", None) is not None:  # a view cache: plot its originals, as the report
+        from pipeline.cache.view_report import RowSubset
+
+        reader = RowSubset(reader, np.flatnonzero(np.asarray(reader.view) < 0))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,6 +13,10 @@ Known labels are the cache's, plus, with `held_back: true`, the labels `prepare`
 own budget (`data/prepared/teacher_train/`): that is how the accuracy-vs-labels curve goes past the
 150 labels of the default scenario. A budget larger than the labels available clips to them, and
 the report says so.
+
+On a view cache (`cache.views`) the budget counts samples, not rows: the candidates are the original
+rows (view -1), and each view takes its sample's budgeted split and label, so a budgeted-away
+sample's views lose their label too (a mixed view is unlabelled anyway, at batch time).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from pydantic import Field
 
 from pipeline.cache.batch import SPLITS, UNLABELLED
+from pipeline.cache.views import PartnerIndex
 from pipeline.config import Seed, StrictModel
 from pipeline.errors import DistilleryError
 
@@ -155,11 +160,13 @@ def apply_budget(
     """
     label = known_labels(reader, label_pool if budget.held_back else None, getattr(prepared, "ids_of", None))
     split = np.asarray(reader.split, np.int8)
-    candidates = np.flatnonzero((split == TRAIN) | (split == UNLABELLED_SPLIT)).astype(np.int64)
+    is_view = _view_rows(reader)
+    candidates = np.flatnonzero(((split == TRAIN) | (split == UNLABELLED_SPLIT)) & ~is_view).astype(np.int64)
     kept = budget_rows(label, candidates, budget.per_class, budget.seed)
     new_split, new_label = split.copy(), np.asarray(reader.label, np.int64).copy()
     new_split[candidates], new_label[candidates] = UNLABELLED_SPLIT, UNLABELLED
     new_split[kept], new_label[kept] = TRAIN, label[kept]
+    _views_follow_their_sample(reader, is_view, new_split, new_label)
     available = {
         int(c): int(n)
         for c, n in zip(*np.unique(label[candidates][label[candidates] >= 0], return_counts=True))
@@ -180,6 +187,26 @@ def apply_budget(
         _relabel_prepared(prepared, reader, new_split, new_label),
         report,
     )
+
+
+def _view_rows(reader: Any) -> np.ndarray:
+    """(N,) bool: the rows of a view cache that are views (not originals); all False without views."""
+    view = getattr(reader, "view", None)
+    return np.zeros(len(reader), bool) if view is None else np.asarray(view) >= 0
+
+
+def _views_follow_their_sample(
+    reader: Any, is_view: np.ndarray, split: np.ndarray, label: np.ndarray
+) -> None:
+    """Give every view its sample's budgeted split and label (in place): the budget counts samples
+    (original rows), so a budgeted-away sample's views lose their label too. (A mixed view is
+    unlabelled later, at batch time: pipeline/train/views.py.)"""
+    if not is_view.any():
+        return
+    sample_id = np.asarray(reader.sample_id, np.int64)
+    originals, views = np.flatnonzero(~is_view), np.flatnonzero(is_view)
+    original_of = originals[PartnerIndex(sample_id[originals]).rows(sample_id[views])]
+    split[views], label[views] = split[original_of], label[original_of]
 
 
 def _class_name(prepared: Any, index: int) -> str:

@@ -13,6 +13,7 @@ from pipeline.cache.open import open_cache
 from pipeline.cache.params import CacheParams
 from pipeline.cache.writer import build_cache
 from pipeline.config import ParamsError
+from pipeline.train.budget import StudentLabelBudget, apply_budget
 from pipeline.train.data import join_training_data
 from pipeline.train.params import validate_students
 from pipeline.train.run import train_from_reader
@@ -35,12 +36,10 @@ class EchoTeacher(LinearTeacher):
         return {**super().run(inputs), "echo": np.asarray(inputs, np.float32).reshape(len(inputs), -1)}
 
 
-@pytest.fixture(scope="module")
-def view_cache(tmp_path_factory):
+def build_view_cache(tmp, views):
     prepared = make_prepared({"train": 60, "val": 20, "test": 10, "unlabelled": 20})
-    tmp = tmp_path_factory.mktemp("views")
     params = CacheParams(
-        views=VIEWS, features_dtype="float32", rows_per_chunk=32, chunks_per_shard=2, batch_size=50
+        views=views, features_dtype="float32", rows_per_chunk=32, chunks_per_shard=2, batch_size=50
     )
     result = build_cache(
         prepared,
@@ -53,6 +52,18 @@ def view_cache(tmp_path_factory):
         progress=False,
     )
     return prepared, open_cache(result.store_dir, prepared.fingerprint)
+
+
+@pytest.fixture(scope="module")
+def view_cache(tmp_path_factory):
+    return build_view_cache(tmp_path_factory.mktemp("views"), VIEWS)
+
+
+@pytest.fixture(scope="module")
+def unmixed_view_cache(tmp_path_factory):
+    return build_view_cache(
+        tmp_path_factory.mktemp("unmixed"), {**VIEWS, "transforms": VIEWS["transforms"][:2]}
+    )
 
 
 def test_replayed_inputs_are_bit_equal_to_what_the_teacher_saw(view_cache):
@@ -131,3 +142,33 @@ def test_views_that_do_not_fit_the_cache_are_refused_with_one_line(view_cache):
         join_training_data(make_cache(prepared), prepared, "all", 2, "kd")
     with pytest.raises(ParamsError, match=r"students\.kd\.views"):
         validate_students({"kd": student_params().model_dump(mode="json") | {"views": 0}})
+
+
+@pytest.mark.parametrize("cache", ["view_cache", "unmixed_view_cache"])
+def test_a_budgeted_student_on_a_view_cache_hides_labels_on_budgeted_away_samples_and_their_views(
+    cache, request, tmp_path
+):
+    prepared, reader = request.getfixturevalue(cache)
+    budgeted = apply_budget(reader, prepared, StudentLabelBudget(per_class=2, seed=1))
+    data = join_training_data(budgeted.reader, budgeted.prepared, "all", 3)
+    original = reader.view < 0
+    kept = reader.sample_id[original & (budgeted.reader.split == 0) & (budgeted.reader.label >= 0)]
+    assert 0 < len(kept) == budgeted.report["labelled_rows"] <= 2 * prepared.num_classes  # samples, not rows
+    rows = np.concatenate([data.epoch_rows(0, epoch) for epoch in range(3)])  # views 0..2 of every sample
+    label, in_budget = data.reader.batch(rows).label.numpy(), np.isin(reader.sample_id[rows], kept)
+    mixed = reader.view_records(rows)["lam"] < 1
+    assert (label[~in_budget] == -1).all()  # a budgeted-away sample's views carry no label
+    assert (label[mixed] == -1).all()  # nor does a mixed view
+    plain = in_budget & ~mixed  # a plain view of a labelled sample keeps its sample's label
+    assert (label[plain] == reader.label[rows][plain]).all() and (label[plain] >= 0).all()
+    assert plain.any() if cache == "unmixed_view_cache" else mixed.any()
+    train_from_reader(
+        "b",
+        student_params(views=3, epochs=2, label_budget={"per_class": 2, "seed": 1}),
+        reader,
+        prepared,
+        tmp_path / "out",
+        tmp_path / "scratch",
+        progress=False,
+    )
+    assert (tmp_path / "out" / "seed_0" / "model.safetensors").exists()

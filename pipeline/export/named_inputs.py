@@ -39,15 +39,14 @@ class _NamedForward(nn.Module):
 def parity_feeds(
     batches: FieldBatches, rows: np.ndarray, batch_sizes: Sequence[int], seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
-    """One padded batch (argument -> array) per size, of prepared `rows` ((N,) int64) drawn by a
-    generator seeded with `seed` as `pipeline.teacher.export.parity_batches` draws them."""
-    from pipeline.teacher.export import OnnxParityError
+    """One padded batch (argument -> array) per size, of prepared `rows` ((N,) int64) drawn by
+    `pipeline.teacher.export.parity_draws`, as every parity check draws them."""
+    from pipeline.teacher.export import OnnxParityError, parity_draws
 
     rows = np.asarray(rows, np.int64)
     if len(rows) == 0:
         raise OnnxParityError("no prepared rows to check ONNX Runtime against torch on; give at least one")
-    rng = np.random.default_rng(seed)
-    return [batches(rows[rng.choice(len(rows), size=size, replace=size > len(rows))]) for size in batch_sizes]
+    return [batches(rows[drawn]) for drawn in parity_draws(len(rows), batch_sizes, seed)]
 
 
 def export_named_student(

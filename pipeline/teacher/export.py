@@ -161,11 +161,17 @@ def parity_batches(rows: np.ndarray, batch_sizes: Sequence[int], seed: int = 0) 
     rows = np.asarray(rows)
     if len(rows) == 0:
         raise OnnxParityError("no input rows to check ONNX Runtime against torch on; give at least one")
-    rng = np.random.default_rng(seed)
     return [
-        np.ascontiguousarray(rows[rng.choice(len(rows), size=size, replace=size > len(rows))], np.float32)
-        for size in batch_sizes
+        np.ascontiguousarray(rows[drawn], np.float32) for drawn in parity_draws(len(rows), batch_sizes, seed)
     ]
+
+
+def parity_draws(count: int, batch_sizes: Sequence[int], seed: int = 0) -> list[np.ndarray]:
+    """The positions ((b,) int64, into `count` >= 1 rows) of one parity batch per size, drawn by a
+    generator seeded with `seed`: distinct while the batch fits in `count`, with replacement beyond.
+    Every parity check draws its rows here, so the same seed picks the same rows."""
+    rng = np.random.default_rng(seed)
+    return [rng.choice(count, size=size, replace=size > count) for size in batch_sizes]
 
 
 def compare_outputs(

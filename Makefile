@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup repro test lint bench clean-venv
+.PHONY: setup repro test lint bench clean-venv repro-%
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ setup: $(STAMP)
 # dvc.yaml's commands call `distillery`, so the venv's bin goes first on PATH.
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# An optional scenario (scenarios/<name>/dvc.yaml, its own params.yaml and outputs), e.g. `make repro-lm`.
+repro-%: setup
+	cd scenarios/$* && PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/dvc repro
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q

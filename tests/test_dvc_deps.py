@@ -69,15 +69,25 @@ def import_closure(module: str) -> set[str]:
     return {str(path.relative_to(ROOT)) for path in seen if path.name != "__init__.py" or _runs_code(path)}
 
 
+def _dvc_files() -> list[Path]:
+    """The main dvc.yaml and each optional scenario's (scenarios/<name>/dvc.yaml, docs/pipeline.md)."""
+    return [ROOT / "dvc.yaml", *sorted(ROOT.glob("scenarios/*/dvc.yaml"))]
+
+
 def _dvc_stages() -> dict[str, tuple[str, list[str]]]:
-    """Stage name -> (its distillery subcommand, its deps) for every stage of dvc.yaml that runs one."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """Stage key -> (its distillery subcommand, its deps as repository-relative paths) for every stage
+    of every dvc.yaml that runs one; a scenario's stages are keyed `scenarios/<name>:<stage>` and
+    their deps, written relative to their dvc.yaml, are resolved from the repository root."""
     found = {}
-    for name, stage in stages.items():
-        body = stage.get("do", stage)
-        words = body["cmd"].split()
-        if words[0] == "distillery":
-            found[name] = (words[1], [str(dep) for dep in body.get("deps", [])])
+    for dvc_file in _dvc_files():
+        where = dvc_file.parent
+        prefix = "" if where == ROOT else f"{where.relative_to(ROOT)}:"
+        for name, stage in yaml.safe_load(dvc_file.read_text())["stages"].items():
+            body = stage.get("do", stage)
+            words = body["cmd"].split()
+            if words[0] == "distillery":
+                deps = [str((where / str(dep)).resolve().relative_to(ROOT)) for dep in body.get("deps", [])]
+                found[prefix + name] = (words[1], deps)
     return found
 
 

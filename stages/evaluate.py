@@ -1,5 +1,5 @@
-"""`distillery evaluate --student NAME` (or `--all`): metrics of every seed of a student on the test
-split."""
+"""`distillery evaluate --student NAME` (or `--params-students`, or `--all`): metrics of every seed of
+a student on the test split."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="every student directory under --train-dir, into <out>/<student>/ (the `sweep` students)",
     )
+    which.add_argument(
+        "--params-students",
+        action="store_true",
+        help="every student under `students:` in params.yaml, in one process, into <out>/<student>/ "
+        "(the pipeline's `evaluate` stage: one process start instead of one per student)",
+    )
     parser.add_argument(
         "--params", default="params.yaml", help="params file (sections `evaluate`, `students`)"
     )
@@ -42,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default data/evaluate/<student>; with --all, the root of one per student)",
+        help="output directory (default data/evaluate/<student>; with --all or --params-students, the "
+        "root of one per student)",
     )
 
 
@@ -50,22 +57,38 @@ def run(args: argparse.Namespace) -> int:
     params = load_section(EvaluateParams, "evaluate", args.params)
     raw = read_params_file(args.params)
     prepared = open_for_reading(args.prepared)  # whole when small; named fields read per batch
-    if not args.all:
+    if args.student:
         out = Path(args.out) if args.out else child_path("data/evaluate", args.student, "student")
         _evaluate_student(args, args.student, out, params, raw, prepared)
         return 0
     from pipeline.students.trained import trained_student_dirs
 
     out_root = Path(args.out or "data/evaluate")
+    if args.all:
+        students = [d.name for d in trained_student_dirs(args.train_dir)]
+    else:
+        students = list(raw.get("students") or {})
+        _check_trained(students, Path(args.train_dir))
     out_root.mkdir(parents=True, exist_ok=True)  # the DVC output exists even when nothing is trained
-    students = trained_student_dirs(args.train_dir)
     if not students:
         print(f"evaluate: no trained students under {args.train_dir}; nothing to evaluate")
-    for student_dir in students:
-        _evaluate_student(
-            args, student_dir.name, child_path(out_root, student_dir.name, "student"), params, raw, prepared
-        )
+    for student in students:
+        _evaluate_student(args, student, child_path(out_root, student, "student"), params, raw, prepared)
     return 0
+
+
+def _check_trained(students: list[str], train_dir: Path) -> None:
+    """Refuse, before any student is scored, when a student of params.yaml has no trained seeds."""
+    from pipeline.evaluate.evaluation import EvaluationError
+    from pipeline.students.trained import list_trained
+
+    for student in students:
+        student_dir = child_path(train_dir, student, "student")
+        if not student_dir.is_dir() or not list_trained(student_dir):
+            raise EvaluationError(
+                f"student {student!r} of params.yaml has no trained seeds under {student_dir}; "
+                f"train it first: dvc repro train@{student}"
+            )
 
 
 def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw: dict, prepared) -> None:

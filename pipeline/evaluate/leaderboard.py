@@ -287,12 +287,29 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
     return "\n".join([f"# {title}", "", note, "", header, rule, *body, ""])
 
 
-def write_leaderboard(rows: list[dict[str, Any]], directory: str | Path) -> tuple[Path, Path]:
-    """Write `leaderboard.md` and `leaderboard.csv` into `directory`, each atomically."""
+def metrics_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Model name -> its numeric columns (the CSV's, unmeasured ones left out): the DVC metrics file
+    `dvc metrics show` / `dvc metrics diff` read, one entry per model of the leaderboard."""
+    return {
+        str(row["model"]): {
+            key: row[key]
+            for key in CSV_COLUMNS
+            if isinstance(row.get(key), (int, float))
+            and not isinstance(row.get(key), bool)
+            and math.isfinite(row[key])  # a NaN is not JSON
+        }
+        for row in rows
+    }
+
+
+def write_leaderboard(rows: list[dict[str, Any]], directory: str | Path) -> tuple[Path, Path, Path]:
+    """Write `leaderboard.md`, `leaderboard.csv` and `metrics.json` (`metrics_by_model`) into
+    `directory`, each atomically."""
     directory = Path(directory)
     return (
         atomic_write_text(directory / "leaderboard.md", to_markdown(rows)),
         atomic_write_text(directory / "leaderboard.csv", to_csv(rows)),
+        atomic_write_text(directory / "metrics.json", json.dumps(metrics_by_model(rows), indent=1) + "\n"),
     )
 
 

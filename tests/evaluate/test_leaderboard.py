@@ -76,7 +76,7 @@ def test_leaderboard_ranks_students_by_accuracy_under_the_teacher(evaluate_dir):
 
 def test_csv_and_markdown_hold_the_same_rows(evaluate_dir, tmp_path):
     rows = leaderboard_rows(collect_metrics(evaluate_dir))
-    md_path, csv_path = write_leaderboard(rows, tmp_path / "board")
+    md_path, csv_path, _ = write_leaderboard(rows, tmp_path / "board")
     table = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert tuple(table[0]) == CSV_COLUMNS
     assert [r["model"] for r in table] == ["kd", "cohort/a", "small"]
@@ -87,6 +87,16 @@ def test_csv_and_markdown_hold_the_same_rows(evaluate_dir, tmp_path):
     assert len(lines) == 2 + 3  # header, rule, three students
     assert "| kd | kd recipe | 5,000 | 0.9300 ± 0.0040 |" in markdown
     assert "-0.0125" in markdown and "n/a" in markdown
+
+
+def test_the_dvc_metrics_file_holds_every_model_s_measured_numbers(evaluate_dir, tmp_path):
+    rows = leaderboard_rows(collect_metrics(evaluate_dir))
+    rows[0]["nll_mean"] = float("nan")  # not JSON: left out, like an unmeasured column
+    metrics = json.loads(write_leaderboard(rows, tmp_path / "board")[2].read_text())
+    assert list(metrics) == ["kd", "cohort/a", "small"]
+    assert metrics["kd"]["accuracy_mean"] == 0.93 and metrics["kd"]["int8_accuracy_change"] == -0.0125
+    assert "kl_T_mean" not in metrics["small"] and "nll_mean" not in metrics["kd"]
+    assert "latency_ms_cuda_b1" not in metrics["kd"]  # "n/a" is not a number
 
 
 def test_an_empty_evaluate_directory_says_what_to_run(tmp_path):

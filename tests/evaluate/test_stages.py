@@ -170,3 +170,36 @@ def test_an_empty_sweep_leaves_empty_outputs_and_a_line_saying_so(tmp_path, caps
     assert main(["export", "--all", *argv, "--out", str(tmp_path / "sweep" / "export")]) == 0
     assert "nothing to export" in capsys.readouterr().out
     assert list((tmp_path / "sweep" / "export").iterdir()) == []
+
+
+def test_the_pipeline_evaluates_the_students_of_params_yaml_in_one_process(
+    tmp_path, prepared_and_cache, monkeypatch, capsys
+):
+    prepared, cache = prepared_and_cache
+    write_prepared(prepared, tmp_path / "prepared")
+    recipe = {"arch": {"kind": "mlp", "hidden": [16]}, "loss": {"ce": {"kind": "ce", "weight": 1.0}}}
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {"students": {"kd": recipe, "ce": recipe}, "evaluate": {"latency": {"warmup": 1, "repeats": 2}}}
+        )
+    )
+    for name in ("kd", "ce", "removed"):  # `removed`: trained once, since taken out of params.yaml
+        save_student(tmp_path / "train" / name / "seed_0", name=name)
+    import stages.evaluate
+
+    monkeypatch.setattr(stages.evaluate, "open_cache", lambda path, dataset_fingerprint=None: cache)
+    common = ["--params", str(params), "--prepared", str(tmp_path / "prepared")]
+    common += ["--train-dir", str(tmp_path / "train")]
+    assert main(["export", "--all", *common, "--out", str(tmp_path / "export")]) == 0
+    argv = ["evaluate", "--params-students", *common, "--export-dir", str(tmp_path / "export")]
+    assert main([*argv, "--out", str(tmp_path / "evaluate")]) == 0
+    assert sorted(p.name for p in (tmp_path / "evaluate").iterdir() if p.is_dir()) == ["ce", "kd"]
+    assert json.loads((tmp_path / "evaluate" / "ce" / "metrics.json").read_text())["model"] == "ce"
+
+    params.write_text(yaml.safe_dump({"students": {"kd": recipe, "new": recipe}}))
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 1
+    err = capsys.readouterr().err
+    assert "student 'new' of params.yaml has no trained seeds" in err and "dvc repro train@new" in err
+    assert not (tmp_path / "again" / "kd").exists()  # refused before any student is scored

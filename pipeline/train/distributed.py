@@ -105,18 +105,22 @@ def launch(nproc: int, module: str, arguments: Sequence[str]) -> None:
 def die_with_launcher() -> None:
     """In a process started by `launch`: be killed when the launcher dies (even by SIGKILL)."""
     launcher = int(os.environ.get(WORKER_ENV) or 0)
-    if not launcher:
-        return
+    if launcher:
+        die_with_parent(launcher)
+
+
+def die_with_parent(parent: int) -> None:
+    """Be killed (SIGKILL) when process `parent`, this one's parent, dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1  # noqa: N806 (linux/prctl.h)
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
-    def watch() -> None:  # the portable fallback (and the case of a launcher already gone)
-        while os.getppid() == launcher:
+    def watch() -> None:  # the portable fallback (and the case of a parent already gone)
+        while os.getppid() == parent:
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    threading.Thread(target=watch, name="distillery-launcher-watch", daemon=True).start()
+    threading.Thread(target=watch, name="distillery-parent-watch", daemon=True).start()
 
 
 @contextlib.contextmanager

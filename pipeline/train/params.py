@@ -116,6 +116,9 @@ class StudentParams(StrictModel):
     torch_threads: int | None = Field(
         default=1, ge=1
     )  # small students run fastest on one thread; null = torch's default
+    # processes training seeds side by side on the CPU (pipeline/train/seed_pool.py); null: as many as
+    # the seeds and the cores at torch_threads each allow; 1: one after the other
+    seed_processes: int | None = Field(default=None, ge=1)
     # How the step runs (docs/training.md, "GPUs" and "Many processes"); the defaults are the plain
     # float32 step of one process, bit for bit.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the students' forward

@@ -39,6 +39,7 @@ from pipeline.train.distributed import SINGLE, DistributedError, Ranks, process_
 from pipeline.train.log import EpochLogger
 from pipeline.train.loop import run_seed
 from pipeline.train.params import StudentParams
+from pipeline.train.seed_pool import map_seeds, seed_processes
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,17 @@ def _processes(params: StudentParams, ranks: Ranks) -> StudentParams:
 def config_hash(params: StudentParams, prepared_fingerprint: str, reader) -> str:
     """sha256 of everything a seed's checkpoint depends on: the params (less `seeds`, which only
     picks which seeds run, the `cache` path, which the cache's own shape and fingerprint replace,
-    and the threads and checkpoint intervals, which change no result), the dataset fingerprint,
-    the cache's shape and identity. A checkpoint with another hash is never resumed."""
+    and the threads, seed processes and checkpoint intervals, which change no result), the dataset
+    fingerprint, the cache's shape and identity. A checkpoint with another hash is never resumed."""
     schema = reader.schema
-    unused = {"seeds", "cache", "torch_threads", "checkpoint_every_steps", "checkpoint_every_seconds"}
+    unused = {
+        "seeds",
+        "cache",
+        "torch_threads",
+        "seed_processes",
+        "checkpoint_every_steps",
+        "checkpoint_every_seconds",
+    }
     unused.add("loader_workers")  # where the named inputs are read changes no result
     if params.inputs is None:  # the default single input: the hash of earlier checkpoints stays valid
         unused.add("inputs")
@@ -155,6 +163,7 @@ def train_from_reader(
     label_pool: tuple | None = None,
     ranks: Ranks = SINGLE,
     source=None,
+    fork_seeds: bool = False,
 ) -> dict[str, Any]:
     """`train_student` on an open cache reader (any CacheReader, e.g. a MemoryCache in tests) and a
     loaded PreparedData (or, for a student of named inputs, any index with sample_id, split, label,
@@ -162,7 +171,9 @@ def train_from_reader(
     summary (as written to summary.json) plus `out_dir` and `seconds`. label_pool: (sample_id,
     label) known outside the cache, read by a `label_budget` with `held_back: true`
     (pipeline/train/budget.py). ranks: this process among those launched by `distillery train
-    --nproc` (every rank trains, rank 0 writes)."""
+    --nproc` (every rank trains, rank 0 writes). fork_seeds: train the seeds side by side in forked
+    processes as `params.seed_processes` and the cores allow (pipeline/train/seed_pool.py; the train
+    stage; never inside a Dask worker, whose processes are daemonic and may not fork)."""
     started = time.perf_counter()
     threads = threads or params.torch_threads
     if threads:
@@ -183,35 +194,48 @@ def train_from_reader(
     staging = scratch_dir / "output"
     if ranks.writes:
         shutil.rmtree(staging, ignore_errors=True)
-    per_seed, sizes = {}, {}
+
+    def train_seed(seed: int) -> tuple[dict, dict[str, int]]:
+        """Train one seed, write its output into `staging`; (its last epoch's metrics, member sizes)."""
+        if threads and processes > 1:  # a forked child: keep to its own core(s)
+            torch.set_num_threads(threads)
+        seed_scratch = scratch_dir / f"seed_{seed}"
+        lives = {m: seed_scratch / "live" / m if m else seed_scratch / "live" for m in params.members()}
+        logger = EpochLogger(lives) if ranks.writes else None
+        try:
+            members, state = run_seed(
+                params,
+                data,
+                seed,
+                seed_scratch,
+                digest,
+                progress and ranks.writes and processes == 1,
+                on_epoch=logger,
+                on_step=on_step,
+                device=device,
+                ranks=ranks,
+            )
+        finally:
+            if logger is not None:
+                logger.close()
+        for member in members:
+            if logger is not None:
+                target = _model_dir(staging, member.name, seed)
+                live = Path(logger.lives[member.name].dir)
+                _write_seed_output(target, name, params, member, seed, data, state, live)
+        return state.history[-1], {member.name: count_parameters(member.model) for member in members}
+
+    processes = (
+        seed_processes(params.seed_processes, len(seeds), threads, device.type, ranks.world)
+        if fork_seeds and on_step is None
+        else 1
+    )
     with process_group(ranks, device):
-        for seed in seeds:
-            seed_scratch = scratch_dir / f"seed_{seed}"
-            lives = {m: seed_scratch / "live" / m if m else seed_scratch / "live" for m in params.members()}
-            logger = EpochLogger(lives) if ranks.writes else None
-            try:
-                members, state = run_seed(
-                    params,
-                    data,
-                    seed,
-                    seed_scratch,
-                    digest,
-                    progress and ranks.writes,
-                    on_epoch=logger,
-                    on_step=on_step,
-                    device=device,
-                    ranks=ranks,
-                )
-            finally:
-                if logger is not None:
-                    logger.close()
-            per_seed[seed] = state.history[-1]
-            for member in members:
-                sizes[member.name] = count_parameters(member.model)
-                if logger is not None:
-                    target = _model_dir(staging, member.name, seed)
-                    live = Path(logger.lives[member.name].dir)
-                    _write_seed_output(target, name, params, member, seed, data, state, live)
+        results = map_seeds(
+            train_seed, seeds, processes, f"{name}: seeds in {processes} processes" if progress else None
+        )
+    per_seed = {seed: last for seed, (last, _) in results.items()}
+    sizes = {member: size for _, seed_sizes in results.values() for member, size in seed_sizes.items()}
     summary = _summarise(name, params, per_seed, sizes)
     if budget_report is not None:
         summary["label_budget"] = budget_report
@@ -302,4 +326,5 @@ def train_student(
         label_pool=held_back_labels(prepared_dir) if held_back else None,
         ranks=ranks,
         source=source,
+        fork_seeds=True,
     )

@@ -284,7 +284,7 @@ def check_references(data: dict[str, Any], path: str | Path) -> None:
     `label_curve.students`, `sweep.students`) or a chain store whose chain is not under `chains:`
     (`students.<s>.cache: data/chains/<c>/store`), one line each (pipeline.params_references). Every
     stage reads params through here, so the first stage to run says it in one line, before DVC
-    resolves a path such as `data/export/<teacher>/model.onnx` that nothing will write."""
+    resolves a path such as `data/train/<teacher>` that nothing will write."""
     lines = unknown_references(data)
     if lines:
         raise ParamsError("\n".join(f"{path}: {line}" for line in lines))

@@ -3,7 +3,7 @@
 Outputs (under --out, default data/cache): store/ (the cache), report.json (dvc metrics), plots/.
 Resumable: a killed run continues from --scratch (docs/cache_format.md). The teacher is any ONNX
 file with the `teacher:` section's input/logits names: the built-in teacher, yours, or an exported
-student (`data/export/<student>/model.onnx`), which makes a chain cache (docs/pipeline.md).
+student (`data/chains/<chain>/teacher/<student>/model.onnx`), which makes a chain cache (docs/pipeline.md).
 With `cluster.shard_cache: true` the shards are computed by Dask workers (docs/cluster.md); the
 store is byte-identical to the single-process build.
 """

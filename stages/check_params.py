@@ -3,7 +3,7 @@
 Every section through its own model, and the names one section takes from another (a chain's
 teacher, `label_curve.students`, `sweep.students`, a student's chain cache): the first DVC stage, so
 a mistake anywhere is one line before anything trains, and before DVC itself trips over a path that
-a misspelt name makes up (`data/export/<teacher>/model.onnx`) or a `students.<name>` param that is
+a misspelt name makes up (`data/train/<teacher>`) or a `students.<name>` param that is
 not there. Writes `--out` (default data/params_checked.json), which `prepare` depends on: its content
 only lists the sections checked, so a re-run that passes changes nothing downstream.
 """

@@ -66,14 +66,23 @@ def seed(text: str) -> int:
     return value
 
 
-def student_name(text: str) -> str:
-    """argparse type: a student name, held to `pipeline.names` (it becomes a directory)."""
+def _name_of(what: str, text: str) -> str:
     from pipeline.names import InvalidNameError, check_name
 
     try:
-        return check_name(text, "student")
+        return check_name(text, what)
     except InvalidNameError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def student_name(text: str) -> str:
+    """argparse type: a student name, held to `pipeline.names` (it becomes a directory)."""
+    return _name_of("student", text)
+
+
+def chain_name(text: str) -> str:
+    """argparse type: a chain name (a key of `chains:`), held to `pipeline.names`."""
+    return _name_of("chain", text)
 
 
 def _integer(text: str) -> int:

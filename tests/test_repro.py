@@ -114,14 +114,16 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
         "prepare",
         "teacher",
         "cache",
+        "chain_teacher@ta",
         "chain_cache@ta",
         "sweep",
         "sweep_export",
         "sweep_evaluate",
         "leaderboard",
         "label_curve",
-        "evaluate",  # every student in one process (docs/pipeline.md)
-        *(f"{stage}@{s}" for stage in ("train", "export") for s in students),
+        "export",  # every student in one process (docs/pipeline.md)
+        "evaluate",
+        *(f"train@{s}" for s in students),
     }
     every_stage = set(_run(["dvc", "stage", "list", "--name-only"], root, env).split())
     assert expected <= every_stage and _stages_run(first) == every_stage
@@ -130,7 +132,7 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
     assert teacher["test_accuracy"] > 0.5
     assert (
         json.loads((root / "data/chains/ta/report.json").read_text())["teacher"]
-        == "data/export/assistant/model.onnx"
+        == "data/chains/ta/teacher/assistant/model.onnx"
     )
     reports = {s: json.loads((root / f"data/evaluate/{s}/metrics.json").read_text()) for s in students}
     for name, report in reports.items():
@@ -161,7 +163,7 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_change_t
     assert _stages_run(experiment) == {
         "check_params",  # reads every section; its output is unchanged, so prepare does not re-run
         "train@ta_student",
-        "export@ta_student",
+        "export",
         "evaluate",
         "leaderboard",
         "sweep",

@@ -3,7 +3,8 @@
 A chain (a teaching assistant: Mirzadeh et al. 2020, "Improved Knowledge Distillation via Teacher
 Assistant", arXiv:1902.03393; or born-again networks: Furlanello et al. 2018, "Born-Again Neural
 Networks", arXiv:1805.04770) is a cache built by the
-`chain_cache@<chain>` stage from an exported student, `data/export/<teacher>/model.onnx`, into
+`chain_cache@<chain>` stage from an exported student, `data/chains/<chain>/teacher/<teacher>/model.onnx`
+(the `chain_teacher@<chain>` stage), into
 `data/chains/<chain>/store`; a student learns from it by naming that store as its `cache`. The
 `chains:` section of params.yaml maps chain name -> {teacher: <student>}, which is all this
 module reads (besides the student's own recipe).
@@ -35,7 +36,7 @@ class ChainParams(StrictModel):
     @field_validator("teacher")
     @classmethod
     def _a_student_or_a_member(cls, teacher: str) -> str:
-        # `data/export/<teacher>/model.onnx` in dvc.yaml: a student, or `<cohort>/<member>`
+        # `data/chains/<chain>/teacher/<teacher>/model.onnx` in dvc.yaml: a student, or `<cohort>/<member>`
         parts = teacher.split("/")
         if len(parts) > 2:
             raise ValueError(

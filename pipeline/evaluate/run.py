@@ -68,7 +68,7 @@ def exported_model(export_dir: str | Path, seed_dirs: Sequence[Path] = ()) -> tu
         raise StaleExportError(
             f"{onnx_path} was exported from other weights than those in {seed_dirs[0].parent} "
             f"(trained again since); re-run `distillery export --student {student}` (or `dvc repro "
-            f"export@{student}`), then evaluate"
+            "export`), then evaluate"
         )
     return onnx_path, parity
 

@@ -172,7 +172,7 @@ def test_an_empty_sweep_leaves_empty_outputs_and_a_line_saying_so(tmp_path, caps
     assert list((tmp_path / "sweep" / "export").iterdir()) == []
 
 
-def test_the_pipeline_evaluates_the_students_of_params_yaml_in_one_process(
+def test_the_pipeline_exports_and_evaluates_the_students_of_params_yaml_in_one_process(
     tmp_path, prepared_and_cache, monkeypatch, capsys
 ):
     prepared, cache = prepared_and_cache
@@ -181,7 +181,11 @@ def test_the_pipeline_evaluates_the_students_of_params_yaml_in_one_process(
     params = tmp_path / "params.yaml"
     params.write_text(
         yaml.safe_dump(
-            {"students": {"kd": recipe, "ce": recipe}, "evaluate": {"latency": {"warmup": 1, "repeats": 2}}}
+            {
+                "students": {"kd": recipe, "ce": recipe},
+                "chains": {"c": {"teacher": "kd"}},
+                "evaluate": {"latency": {"warmup": 1, "repeats": 2}},
+            }
         )
     )
     for name in ("kd", "ce", "removed"):  # `removed`: trained once, since taken out of params.yaml
@@ -191,7 +195,14 @@ def test_the_pipeline_evaluates_the_students_of_params_yaml_in_one_process(
     monkeypatch.setattr(stages.evaluate, "open_cache", lambda path, dataset_fingerprint=None: cache)
     common = ["--params", str(params), "--prepared", str(tmp_path / "prepared")]
     common += ["--train-dir", str(tmp_path / "train")]
-    assert main(["export", "--all", *common, "--out", str(tmp_path / "export")]) == 0
+    assert main(["export", "--params-students", *common, "--out", str(tmp_path / "export")]) == 0
+    assert sorted(p.name for p in (tmp_path / "export").iterdir() if p.is_dir()) == ["ce", "kd"]
+    assert main(["export", "--chain", "c", *common, "--out", str(tmp_path / "chain")]) == 0
+    assert (tmp_path / "chain" / "kd" / "model.onnx").is_file()  # the chain's teacher, alone
+    assert sorted(p.name for p in (tmp_path / "chain").iterdir() if p.is_dir()) == ["kd"]
+    capsys.readouterr()
+    assert main(["export", "--chain", "nope", *common, "--out", str(tmp_path / "none")]) == 1
+    assert "no chain named 'nope' under `chains:`" in capsys.readouterr().err
     argv = ["evaluate", "--params-students", *common, "--export-dir", str(tmp_path / "export")]
     assert main([*argv, "--out", str(tmp_path / "evaluate")]) == 0
     assert sorted(p.name for p in (tmp_path / "evaluate").iterdir() if p.is_dir()) == ["ce", "kd"]

@@ -263,7 +263,7 @@ DVC_CASES = {
 @pytest.mark.parametrize("section", list(DVC_CASES))
 def test_dvc_repro_gives_the_one_line_before_dvc_trips_over_the_missing_student(section, tmp_path, record):
     """Without check_params, DVC itself fails first: `No such file or directory:
-    data/export/assistent/model.onnx` (chains) or `Parameters 'students.kd_new' are missing` (a
+    data/train/assistent` (chains) or `Parameters 'students.kd_new' are missing` (a
     label_curve student listed in dvc.yaml, as its comment says to)."""
     import os
     import subprocess

@@ -25,7 +25,7 @@ repro-%: setup
 	cd scenarios/$* && PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/dvc repro
 
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q --durations=15
 
 # ruff: the formatter and the linter configured in pyproject.toml ([tool.ruff]).
 lint: setup

@@ -32,11 +32,14 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_every_name_dvc_puts_into_a_command_is_quoted():
     """Each `${key}` / `${item.*}` DVC interpolates into a `cmd:` sits inside single quotes, so the
-    shell hands it to `distillery` as one word, whatever the name holds."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    commands = {name: (stage.get("do") or stage)["cmd"] for name, stage in stages.items()}
+    shell hands it to `distillery` as one word, whatever the name holds; in the default dvc.yaml and
+    in every optional scenario's (scenarios/<name>/dvc.yaml)."""
+    commands = {}
+    for dvc_file in [ROOT / "dvc.yaml", *sorted(ROOT.glob("scenarios/*/dvc.yaml"))]:
+        for name, stage in yaml.safe_load(dvc_file.read_text())["stages"].items():
+            commands[f"{dvc_file.parent.name}:{name}"] = (stage.get("do") or stage)["cmd"]
     interpolated = {name: cmd for name, cmd in commands.items() if "${" in cmd}
-    assert {"train", "export", "evaluate", "chain_cache"} <= set(interpolated)
+    assert {f"{ROOT.name}:{s}" for s in ("train", "chain_teacher", "chain_cache")} <= set(interpolated)
     for name, cmd in interpolated.items():
         unquoted = re.sub(r"'[^']*'", "", cmd)
         assert "${" not in unquoted, f"{name}: {cmd}"

@@ -130,7 +130,10 @@ def load_parquet_fields(source: ParquetSource) -> RawDataset:
 
     def chunks(rows_per_chunk: int):
         first = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_chunk, columns=source.fields):
+        # pre_buffer off: with it, the reader's buffers grew with the file (740 MiB of Arrow pool at
+        # 200k 3x32x32 rows, 300 at 50k); without, ~160 MiB at any size (benchmarks/bench_data.py pipeline)
+        reader = pq.ParquetFile(path, pre_buffer=False)
+        for batch in reader.iter_batches(batch_size=rows_per_chunk, columns=source.fields):
             yield {n: _to_field(batch.column(n), spec, n, source.path, first) for n, spec in specs.items()}
             first += batch.num_rows
 

@@ -57,7 +57,7 @@ def _params_students(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.data.prepared import load_prepared, open_prepared
+    from pipeline.data.prepared import open_for_reading, open_prepared
     from pipeline.students.trained import trained_student_dirs
     from pipeline.teacher.export import worst_output
 
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"export: no trained students under {train_dir}; nothing to export")
         return 0
     fields = open_prepared(args.prepared)  # what a student of named inputs reads, per batch
-    prepared = load_prepared(args.prepared) if fields.input_field is not None else None
+    # the single input: whole when small (digits), else a view reading only the parity rows drawn
+    prepared = open_for_reading(args.prepared) if fields.input_field is not None else None
     int8_data = None
     if params.int8 and prepared is not None:
         rows = prepared.rows("test", labelled_only=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.cluster.params import load_cluster_params
 from pipeline.config import load_section, read_params_file
-from pipeline.data.prepared import load_prepared
+from pipeline.data.prepared import open_for_training
 from pipeline.train.label_curve import (
     LabelCurveParams,
     clear_scratch,
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     curve = load_section(LabelCurveParams, "label_curve", args.params)
     students = validate_students(read_params_file(args.params).get("students"))
     cluster = load_cluster_params(args.params)
-    prepared = load_prepared(args.prepared)
+    prepared, _ = open_for_training(args.prepared)  # the content checked; large data left on disk
     # a stale or missing cache is one line here, before any worker starts
     open_student_cache(args.cache, prepared.fingerprint)
     rows = run_label_curve_on_cluster(

@@ -50,14 +50,21 @@ class FieldView:
     """Array-like over one fixed field, float32 after its read-time transforms: `view[slice]`,
     `view[int array]` read only those rows; len, shape, dtype, ndim as a numpy array would have."""
 
-    def __init__(self, dataset: PreparedDataset, name: str):
+    def __init__(self, dataset: PreparedDataset, name: str, position: np.ndarray | None = None):
         self.dataset, self.name = dataset, name
+        self.position = None if position is None else np.asarray(position, np.int64)
         spec = dataset.fields[name]
         probe = dataset.read(np.zeros(1, np.int64), [name])[name] if len(dataset) else None
         inner = tuple(probe.shape[1:]) if probe is not None else spec.shape
-        self.shape = (len(dataset), *inner)
+        self.shape = (len(dataset) if position is None else len(self.position), *inner)
         self.dtype = np.dtype(np.float32)
         self.ndim = len(self.shape)
+
+    def at(self, position: np.ndarray) -> FieldView:
+        """The view whose row i is this view's row `position[i]` ((n,) int64): the inputs of the
+        cache rows, say, read only when asked for."""
+        position = np.asarray(position, np.int64)
+        return FieldView(self.dataset, self.name, position if self.position is None else self.position[position])
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -73,6 +80,8 @@ class FieldView:
             rows = np.asarray(key)
             rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
             rows = np.where(rows < 0, rows + len(self), rows)
+        if self.position is not None:
+            rows = self.position[rows]
         values = self.dataset.read(rows, [self.name])[self.name]
         return np.ascontiguousarray(values, dtype=np.float32)
 

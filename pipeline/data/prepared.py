@@ -22,6 +22,8 @@ __all__ = [
     "PreparedDataError",
     "load_prepared",
     "make_prepared",
+    "open_for_reading",
+    "open_for_training",
     "open_prepared",
     "write_prepared",
 ]
@@ -214,9 +216,22 @@ def open_for_reading(directory: str | Path, in_memory_max_bytes: int = IN_MEMORY
     """The prepared data at `directory` for a stage that reads its inputs by row ranges: a
     `PreparedData` held whole when its float32 inputs fit `in_memory_max_bytes` (the digits default:
     exactly what `load_prepared` gives), else the `PreparedDataset` itself, whose `inputs` reads only
-    the rows asked for (bounded memory); also for data of several named fields (no single `input`)."""
+    the rows asked for (bounded memory); also for data whose fields have their own names (`pixels`,
+    token ids): a consumer that feeds fields by name (a user's ONNX teacher) finds them."""
     dataset = open_prepared(directory)
-    if dataset.input_field is None or dataset.in_memory_bytes() > in_memory_max_bytes:
+    if dataset.input_field != LEGACY_FIELD or dataset.in_memory_bytes() > in_memory_max_bytes:
         return dataset
     verify_fingerprint(dataset)
     return dataset.to_memory()
+
+
+def open_for_training(directory: str | Path, whole_if_small: bool = True) -> tuple[PreparedData, PreparedDataset | None]:
+    """(index, source) for a stage that trains students: small single-input data (the digits default)
+    whole in memory and no source, exactly as `load_prepared`; else (or when not `whole_if_small`:
+    a student of named fields) the index only (inputs (N, 0): ids, splits, labels, fingerprint) and
+    the `PreparedDataset` its inputs are read from per batch, its content checked first."""
+    data = open_for_reading(directory) if whole_if_small else open_prepared(directory)
+    if isinstance(data, PreparedData):
+        return data, None
+    verify_fingerprint(data)
+    return data.to_index(), data

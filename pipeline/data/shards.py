@@ -1,16 +1,16 @@
 """The field values of prepared data on disk: uncompressed Arrow IPC files (`shards/part-NNNNN.arrow`)
-of record batches of `block_rows` rows, the unit read (docs/data_and_teacher.md §6 says why).
+of record batches of `block_rows` rows (docs/data_and_teacher.md §6 says why).
 
 A fixed field is a fixed-size list of its dtype (the row flattened, C order); a variable-length field
-a large list of its items (each item a fixed-size list when items have a shape). Reading a block reads
-only that block's bytes of the requested columns (`pa.OSFile`, no memory map: the pages read do not
-stay in the process), so memory is bounded by the blocks in flight.
+a large list of its items (each item a fixed-size list when items have a shape). A read memory-maps
+the files for the length of the call and copies out the rows asked for (`BlockReader`): memory is
+bounded by the rows in flight.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+import mmap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -128,18 +128,17 @@ class ShardWriter:
 
 
 class BlockReader:
-    """Reads blocks (record batches) of the shard files, a few kept: picklable (files reopen)."""
+    """Reads rows of the shard files: picklable (nothing open between calls).
 
-    def __init__(
-        self,
-        directory: Path,
-        shards: list[dict],
-        block_rows: int,
-        fields: Mapping[str, FieldSpec],
-        keep_blocks: int = 4,
-    ):
+    Each `read` memory-maps the shards it needs and copies out only the rows asked for (a fixed
+    field's row is one contiguous run of bytes in an uncompressed IPC file), then unmaps them: a
+    random batch costs its own bytes, not the whole blocks it falls in, and the pages read do not
+    stay mapped in the process (its RSS does not grow with the files read). docs/data_and_teacher.md §6.
+    """
+
+    def __init__(self, directory: Path, shards: list[dict], block_rows: int, fields: Mapping[str, FieldSpec]):
         self.directory, self.shards, self.block_rows = Path(directory), shards, int(block_rows)
-        self.fields, self.keep_blocks = dict(fields), keep_blocks
+        self.fields = dict(fields)
         counts = [int(s["rows"]) for s in shards]
         self.shard_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         blocks = [math.ceil(c / self.block_rows) for c in counts]
@@ -152,13 +151,9 @@ class BlockReader:
         self.block_start = np.minimum(
             self.shard_start[self.block_shard] + self.block_in_shard * self.block_rows, self.shard_start[-1]
         )
-        self._files: dict = {}
-        self._cache: OrderedDict = OrderedDict()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_files"], state["_cache"] = {}, OrderedDict()
-        return state
+        # fixed fields of numbers are read row by row from their bytes; bool is bit-packed in Arrow
+        self._direct = {n for n, s in self.fields.items() if not s.variable and np.dtype(s.dtype) != bool}
+        self._layouts: dict[int, dict[str, np.ndarray]] = {}
 
     @property
     def num_rows(self) -> int:
@@ -169,45 +164,96 @@ class BlockReader:
         """(n,) global block index of each row."""
         return np.searchsorted(self.block_start, rows, side="right") - 1
 
-    def block(self, index: int, fields: tuple[str, ...]) -> dict[str, np.ndarray | Ragged]:
-        """Block `index`'s values of `fields`."""
-        key = (int(index), fields)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        shard = int(self.block_shard[index])
+    def _open(self, shard: int):
         path = self.directory / self.shards[shard]["file"]
         try:
-            reader = self._files.get(shard)
-            if reader is None:
-                reader = pa.ipc.open_file(pa.OSFile(str(path)))
-                self._files[shard] = reader
-            batch = reader.get_batch(int(self.block_in_shard[index]))
+            return pa.ipc.open_file(pa.memory_map(str(path)))
         except (pa.ArrowException, OSError) as error:
             raise ShardReadError(path, error) from None
-        values = {name: from_arrow(batch.column(name), self.fields[name]) for name in fields}
-        self._cache[key] = values
-        while len(self._cache) > self.keep_blocks:
-            self._cache.popitem(last=False)
-        return values
+
+    def _block(self, readers: dict, index: int, fields: tuple[str, ...]) -> dict[str, np.ndarray | Ragged]:
+        """Block `index`'s values of `fields`: views into the memory map (no copy)."""
+        shard = int(self.block_shard[index])
+        if shard not in readers:
+            readers[shard] = self._open(shard)
+        try:
+            batch = readers[shard].get_batch(int(self.block_in_shard[index]))
+        except (pa.ArrowException, OSError) as error:
+            raise ShardReadError(self.directory / self.shards[shard]["file"], error) from None
+        return {name: from_arrow(batch.column(name), self.fields[name]) for name in fields}
+
+    def _layout(self, shard: int) -> dict[str, np.ndarray]:
+        """Per fixed field, (blocks in the shard,) int64 byte offset in the file of each block's first
+        row (computed once per shard; the values of an uncompressed IPC file lie in it as written)."""
+        if shard not in self._layouts:
+            path = self.directory / self.shards[shard]["file"]
+            try:
+                mapped = pa.memory_map(str(path))
+                base = mapped.read_buffer(mapped.size()).address
+                reader = pa.ipc.open_file(mapped)
+                offsets = {name: np.zeros(reader.num_record_batches, np.int64) for name in self._direct}
+                for index in range(reader.num_record_batches):
+                    batch = reader.get_batch(index)
+                    for name in self._direct:
+                        flat = batch.column(name).flatten()
+                        item = np.dtype(self.fields[name].dtype).itemsize
+                        offsets[name][index] = flat.buffers()[1].address + flat.offset * item - base
+            except (pa.ArrowException, OSError) as error:
+                raise ShardReadError(path, error) from None
+            self._layouts[shard] = offsets
+        return self._layouts[shard]
+
+    def _fixed_rows(self, rows: np.ndarray, blocks: np.ndarray, name: str) -> np.ndarray:
+        """(n, *shape) values of fixed field `name` at `rows`, each row's bytes copied from the file."""
+        spec = self.fields[name]
+        out = np.empty((len(rows), *spec.shape), spec.dtype)
+        row_bytes = out.itemsize * math.prod(spec.shape)
+        target = out.reshape(len(rows), -1).view(np.uint8)
+        shards = self.block_shard[blocks]
+        for shard in np.unique(shards):
+            picked = np.flatnonzero(shards == shard)
+            first = self._layout(int(shard))[name][self.block_in_shard[blocks[picked]]]
+            starts = first + (rows[picked] - self.block_start[blocks[picked]]) * row_bytes
+            path = self.directory / self.shards[int(shard)]["file"]
+            try:
+                with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    source = np.frombuffer(mapped, np.uint8)
+                    for index, start in zip(picked.tolist(), starts.tolist()):
+                        target[index] = source[start : start + row_bytes]
+                    del source  # the map closes only once no view of it is left
+            except (OSError, ValueError) as error:
+                raise ShardReadError(path, error) from None
+        return out
 
     def read(self, rows: np.ndarray, fields: tuple[str, ...]) -> dict[str, np.ndarray | Ragged]:
-        """Rows (n,) int64 in the given order: (n, *shape) arrays / Ragged, the stored dtypes."""
+        """Rows (n,) int64 in the given order: (n, *shape) arrays / Ragged, the stored dtypes (copies)."""
         rows = np.asarray(rows, np.int64)
         blocks = self.block_of(rows)
+        out = {name: self._fixed_rows(rows, blocks, name) for name in fields if name in self._direct}
+        rest = tuple(name for name in fields if name not in self._direct)
+        if rest:
+            out |= self._block_rows(rows, blocks, rest)
+        return {name: out[name] for name in fields}
+
+    def _block_rows(self, rows: np.ndarray, blocks: np.ndarray, fields: tuple[str, ...]) -> dict:
+        """`read` of variable-length (and bool) fields: each block's column viewed, the rows taken."""
         unique = np.unique(blocks)
         parts: dict[str, list] = {name: [] for name in fields}
         position = np.empty(len(rows), np.int64)
         done = 0
+        readers: dict = {}
+        values: dict = {}
         for block in unique:
             picked = np.flatnonzero(blocks == block)
-            values = self.block(int(block), fields)
+            values = self._block(readers, int(block), fields)
             local = rows[picked] - self.block_start[block]
             for name in fields:
                 value = values[name]
                 parts[name].append(value.take(local) if isinstance(value, Ragged) else value[local])
             position[picked] = np.arange(done, done + len(picked))
             done += len(picked)
+        values = {}
+        readers.clear()  # the maps close once no view is left: copies only from here on
         out: dict[str, np.ndarray | Ragged] = {}
         for name in fields:
             spec = self.fields[name]

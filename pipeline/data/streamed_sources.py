@@ -130,7 +130,10 @@ def load_parquet_fields(source: ParquetSource) -> RawDataset:
 
     def chunks(rows_per_chunk: int):
         first = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_chunk, columns=source.fields):
+        # pre_buffer off: with it, the reader's buffers grew with the file (740 MiB of Arrow pool at
+        # 200k 3x32x32 rows, 300 at 50k); without, ~160 MiB at any size (benchmarks/bench_data.py pipeline)
+        reader = pq.ParquetFile(path, pre_buffer=False)
+        for batch in reader.iter_batches(batch_size=rows_per_chunk, columns=source.fields):
             yield {n: _to_field(batch.column(n), spec, n, source.path, first) for n, spec in specs.items()}
             first += batch.num_rows
 
@@ -223,9 +226,10 @@ def load_image_folder(source: ImageFolderSource) -> RawDataset:
                 f"{folder}: class {folder.name!r} has no .png/.jpg/.jpeg image; add images or remove "
                 "the folder"
             )
-        files += images
+        # held as the relative path strings (the ids) only: a Path per image costs ~3x the memory
+        files += [image.relative_to(root).as_posix() for image in images]
         labels += [folder.name] * len(images)
-    ids = np.array([p.relative_to(root).as_posix() for p in files], dtype=object)
+    ids = np.array(files, dtype=object)
     index = finish_index(
         source.path, len(files), ids, parse_labels(np.array(labels, dtype=object), source.path), None, None
     )
@@ -235,6 +239,6 @@ def load_image_folder(source: ImageFolderSource) -> RawDataset:
     def chunks(rows_per_chunk: int):
         for first in range(0, len(files), rows_per_chunk):
             part = files[first : first + rows_per_chunk]
-            yield {source.field: np.stack([decode_image(p, size, source.mode) for p in part])}
+            yield {source.field: np.stack([decode_image(root / p, size, source.mode) for p in part])}
 
     return _streamed(index, {source.field: spec}, chunks)

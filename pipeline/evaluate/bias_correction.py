@@ -158,8 +158,8 @@ def correct_model(
 
     per_seed = {}
     for seed, module in modules.items():
-        val_logits = predict_logits(module, val.inputs[val.labelled], batch_size)
-        test_logits = predict_logits(module, test.inputs[test.labelled], batch_size)
+        val_logits = predict_logits(module, val.labelled_inputs(), batch_size)
+        test_logits = predict_logits(module, test.labelled_inputs(), batch_size)
         per_seed[seed] = bias_correction(
             val_logits,
             val.labels[val.labelled],

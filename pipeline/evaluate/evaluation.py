@@ -32,8 +32,9 @@ class EvaluationError(DistilleryError):
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32 (or, for
-    data of named fields, a PreparedRows that students of named inputs read in padded batches),
+    """One split, aligned by row: sample_id (N,) int64, inputs (N, *input_shape) float32 (an array,
+    or for data on disk a `FieldView` reading the rows sliced from it; for data of named fields, a
+    PreparedRows that students of named inputs read in padded batches),
     labels (N,) int64 (-1 = unlabelled), teacher_logits (N, C) float32 (None when the teacher has no
     logits: the teacher metrics are left out); class_names: the user's class names by index (None:
     the labels were integers, shown as "0", "1", ...); teacher_features: tap -> (N, *tap_shape)
@@ -56,6 +57,12 @@ class EvalSplit:
         """(N,) bool, rows that have a label."""
         return self.labels != UNLABELLED
 
+    def labelled_inputs(self):
+        """The inputs of the labelled rows, as `inputs` holds them (a view stays a view)."""
+        if hasattr(self.inputs, "at"):
+            return self.inputs.at(np.flatnonzero(self.labelled))
+        return self.inputs[self.labelled]
+
 
 def join_split(
     prepared: Any, cache: Any, split: str = "test", rows_per_read: int = 4096, features: Sequence[str] = ()
@@ -63,7 +70,8 @@ def join_split(
     """The rows of `split` in the cache joined by sample_id to the prepared data (inputs, labels),
     with the cached teacher taps named in `features` (EvaluationError naming the taps there are).
 
-    prepared: a `pipeline.data.prepared.PreparedData`; cache: a `CacheReader`. Every cached row
+    prepared: a `pipeline.data.prepared.PreparedData` or a `PreparedDataset` (read per batch);
+    cache: a `CacheReader`. Every cached row
     of the split must exist in the prepared data, or EvaluationError names the missing ids.
     """
     if split not in SPLITS:
@@ -94,10 +102,14 @@ def join_split(
         )
     prepared_rows = order[position]
     single = getattr(prepared, "input_field", DEFAULT_FIELD) is not None and hasattr(prepared, "inputs")
+    inputs = PreparedRows(prepared, prepared_rows)
+    if single:  # a dataset on disk: a view reading the rows asked for (bounded memory), else an array
+        view = prepared.inputs
+        inputs = view.at(prepared_rows) if hasattr(view, "at") else view[prepared_rows]
     return EvalSplit(
         split,
         cached_ids,
-        prepared.inputs[prepared_rows] if single else PreparedRows(prepared, prepared_rows),
+        inputs,
         prepared.label[prepared_rows],
         teacher_logits,
         getattr(prepared, "class_names", None),

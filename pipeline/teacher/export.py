@@ -158,7 +158,7 @@ def parity_batches(rows: np.ndarray, batch_sizes: Sequence[int], seed: int = 0) 
     generator seeded with `seed`: distinct rows while the batch fits in N, with replacement beyond.
     Real inputs give the activations a shipped model sees (the ranges, the zeros of ReLU), which
     standard-normal noise does not."""
-    rows = np.asarray(rows)
+    rows = rows if hasattr(rows, "shape") else np.asarray(rows)  # a view of rows on disk reads the drawn ones
     if len(rows) == 0:
         raise OnnxParityError("no input rows to check ONNX Runtime against torch on; give at least one")
     return [

@@ -63,7 +63,8 @@ def training_rows(reader: CacheReader, train_rows: str) -> np.ndarray:
 class TrainingData:
     """The cache plus the inputs of its rows: everything the loop reads.
 
-    reader: the teacher cache. inputs: (N_cache, *input_shape) float32, row i = cache row i; with
+    reader: the teacher cache. inputs: (N_cache, *input_shape) float32, row i = cache row i (an
+    array, or for data read from the shards a `FieldView` reading only the rows asked for); with
     `replay` (a view cache), the prepared inputs, which `replay` turns into each row's view.
     train_rows / val_rows: (n,) int64 cache rows (of a view cache: the originals of the training
     samples; each epoch trains on one view of each, `epoch_rows`). num_classes: C.
@@ -115,7 +116,8 @@ def join_training_data(
     originals); ViewsMismatchError when the cache holds no views and k is set, or holds views and
     k is not, or fewer than k (pipeline/train/views.py). inputs: forward argument -> field of a
     student of named inputs (`students.<s>.inputs`), read per batch from `source` (default
-    `prepared`: a PreparedDataset or in-memory fields), never gathered whole."""
+    `prepared`: a PreparedDataset or in-memory fields), never gathered whole; without `inputs`, a
+    `source` (a PreparedDataset) has its single input read per batch too."""
     check_student_views(getattr(reader, "path", "(in memory)"), reader.schema.view_count, views, student)
     if views is not None:
         if inputs is not None:
@@ -141,7 +143,10 @@ def join_training_data(
         )
     return TrainingData(
         reader,
-        np.ascontiguousarray(prepared.inputs[position], np.float32),
+        # read per batch from a dataset on disk (`source`), else gathered once in cache-row order
+        source.inputs.at(position)
+        if source is not None
+        else np.ascontiguousarray(prepared.inputs[position], np.float32),
         _training_rows(reader, train_rows),
         rows_of_split(reader, "val"),
         int(prepared.num_classes),

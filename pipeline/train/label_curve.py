@@ -129,10 +129,13 @@ def train_run(
     scratch_dir: str | Path,
     label_pool: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
+    source: Any = None,
 ) -> dict[str, Any]:
     """Train one run (student `base` at one budget, one seed) and score it on `test` (an EvalSplit
     of the same cache); returns its row (see `run_label_curve`). A seed trained alone is the same
-    model as that seed trained among others: each seed starts from its own generator state."""
+    model as that seed trained among others: each seed starts from its own generator state.
+    source: the PreparedDataset the inputs are read from per batch when `prepared` is its index
+    (`pipeline.data.prepared.open_for_training`), else None."""
     from pipeline.train.budget import apply_budget
     from pipeline.train.run import train_from_reader
 
@@ -158,6 +161,7 @@ def train_run(
         Path(scratch_dir) / "runs" / tag,
         progress=progress,
         label_pool=label_pool,
+        source=source,
     )
     (accuracy,) = _test_accuracy(out, test)
     return {
@@ -184,13 +188,18 @@ def run_label_curve(
     """Train every (student, budget, seed) of `curve` in this process from `reader` (the one cache)
     joined to `prepared` and return one row per run: `student`, `per_class` (asked; "all"),
     `labels` (kept), `clipped` (bool), `clipped_classes` (the user's names of the classes with fewer
-    known labels than asked), `seed`, `epochs`, `accuracy` (test split, labelled rows)."""
+    known labels than asked), `seed`, `epochs`, `accuracy` (test split, labelled rows). prepared: a
+    PreparedData, or a PreparedDataset (large data: its inputs read per batch)."""
     from pipeline.evaluate.evaluation import join_split
 
     _check_students(curve, students)
     test = join_split(prepared, reader, "test")
+    # a dataset on disk (PreparedDataset): train on its index, its inputs read per batch
+    source, index = (prepared, prepared.to_index()) if hasattr(prepared, "to_index") else (None, prepared)
     return [
-        train_run(run, curve, students[run[0]], reader, prepared, test, scratch_dir, label_pool, progress)
+        train_run(
+            run, curve, students[run[0]], reader, index, test, scratch_dir, label_pool, progress, source
+        )
         for run in curve_runs(curve)
     ]
 
@@ -239,23 +248,25 @@ def _last_line(error: str | None) -> str:
 
 def _run_task(run, curve, base, prepared_dir: str, cache_dir: str, scratch_dir: str) -> dict[str, Any]:
     """One run on a Dask worker (paths in, its row out)."""
-    reader, prepared, test, pool = _opened(prepared_dir, cache_dir, curve.held_back)
-    return train_run(run, curve, base, reader, prepared, test, scratch_dir, pool, progress=False)
+    reader, prepared, test, pool, source = _opened(prepared_dir, cache_dir, curve.held_back)
+    return train_run(run, curve, base, reader, prepared, test, scratch_dir, pool, False, source)
 
 
 @functools.lru_cache(maxsize=1)
 def _opened(prepared_dir: str, cache_dir: str, held_back: bool):
-    """(cache reader, prepared data, test EvalSplit, held-back label pool) by path, kept for the
-    worker's next run (all of them read the same cache)."""
-    from pipeline.data.prepared import load_prepared
+    """(cache reader, prepared data, test EvalSplit, held-back label pool, source) by path, kept for
+    the worker's next run (all of them read the same cache). Large data: `prepared` is the index and
+    `source` the dataset its inputs are read from per batch (`open_for_training`)."""
+    from pipeline.data.prepared import open_for_training
     from pipeline.evaluate.evaluation import join_split
     from pipeline.train.budget import held_back_labels
     from pipeline.train.run import open_student_cache
 
-    prepared = load_prepared(prepared_dir)
+    prepared, source = open_for_training(prepared_dir)
     reader = open_student_cache(cache_dir, prepared.fingerprint)
     pool = held_back_labels(prepared_dir) if held_back else None
-    return reader, prepared, join_split(prepared, reader, "test"), pool
+    test = join_split(prepared if source is None else source, reader, "test")
+    return reader, prepared, test, pool, source
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:

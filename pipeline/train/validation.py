@@ -17,7 +17,8 @@ class ValidationSet:
     """The labelled val rows, read from the cache once per run (not once per epoch): inputs
     (n, *input_shape) float32 (or argument -> (n, ...) tensor), labels (n,) int64 and the cached
     teacher's top-1 (n,) int64, on the training device. Named inputs are held per eval batch
-    (`batches`), each padded to its own longest row as in training."""
+    (`batches`), each padded to its own longest row as in training; a single input read from the
+    shards is read per eval batch at each evaluation (`batches` reads on demand)."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -40,11 +41,27 @@ class ValidationSet:
         order = np.concatenate([np.asarray(b.rows) for b in batches])
         labels = torch.cat([b.label for b in batches]).to(device)
         top1 = torch.cat([b.logits.argmax(1) for b in batches]).to(device)
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         if data.fields is not None:
-            chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             held = tuple(to_tensors(data.batch_inputs(chunk), device) for chunk in chunks)
             return cls(torch.zeros((len(order), 0)), labels, top1, held)
+        if data.replay is None and not isinstance(data.inputs, np.ndarray):  # on disk: read per epoch
+            return cls(torch.zeros((len(order), 0)), labels, top1, _ReadPerBatch(data, chunks, device))
         return cls(torch.from_numpy(data.batch_inputs(order)).to(device), labels, top1)
+
+
+class _ReadPerBatch:
+    """The val inputs of data read from the shards, batch i read when asked for (memory stays
+    bounded however large the val split)."""
+
+    def __init__(self, data: TrainingData, chunks: list[np.ndarray], device) -> None:
+        self.data, self.chunks, self.device = data, chunks, device
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int):
+        return to_tensors(self.data.batch_inputs(self.chunks[index]), self.device)
 
 
 @torch.no_grad()

@@ -6,7 +6,10 @@ per batch, and optionally `attention_mask` (B, L) (non-zero on real tokens; with
 position is real). Taps: `tokens` (B, L, width), zero at padded positions, and `embed` (B, width),
 the mean of the real tokens. `layers: 0` is a bag of embeddings (fast, exact under padding);
 `layers > 0` adds learned positions and that many pre-norm Transformer encoder layers (Vaswani et al.
-2017, "Attention Is All You Need", arXiv:1706.03762) with padded keys masked out.
+2017, "Attention Is All You Need", arXiv:1706.03762) with padded keys masked out. `embed_width: E`
+adds a linear map of the pooled mean to E wide as the `embed` tap (a sentence encoder's student
+that emits the teacher's embedding width, e.g. 384 for all-MiniLM-L6-v2, so its embeddings replace
+the teacher's and mean cosine compares them directly: FitNets' regressor kept in the student).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class TokenParams(StrictModel):
     heads: int = Field(default=2, ge=1)
     max_length: int = Field(default=512, ge=1, description="longest sequence (positions) when layers > 0")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    embed_width: Width | None = Field(default=None, description="the `embed` tap's width; null: width")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TokenParams:
@@ -65,8 +69,10 @@ class TokenStudent(nn.Module):
             if params.layers
             else None
         )
-        self.classifier = nn.Linear(params.width, num_classes)
-        self.tap_shapes = {"tokens": (None, params.width), "embed": (params.width,)}
+        embed_width = params.embed_width or params.width
+        self.head = nn.Linear(params.width, embed_width) if params.embed_width else None
+        self.classifier = nn.Linear(embed_width, num_classes)
+        self.tap_shapes = {"tokens": (None, params.width), "embed": (embed_width,)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> StudentOutput:
         """input_ids: (B, L) int; attention_mask: (B, L) bool/int, non-zero on real tokens, or None."""
@@ -78,4 +84,6 @@ class TokenStudent(nn.Module):
         weight = real.unsqueeze(-1).to(hidden.dtype)
         hidden = hidden * weight
         pooled = hidden.sum(1) / weight.sum(1).clamp(min=1.0)
+        if self.head is not None:
+            pooled = self.head(pooled)
         return StudentOutput(self.classifier(pooled), {"tokens": hidden, "embed": pooled})

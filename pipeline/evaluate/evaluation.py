@@ -185,7 +185,9 @@ def evaluate_seed(
     labelled = data.labelled
     if not labelled.any() and data.teacher_logits is None:  # sentences of an encoder: nothing to score
         empty = np.full(ece_bins, np.nan)
-        return {}, CalibrationBins(np.linspace(0.0, 1.0, ece_bins + 1), np.zeros(ece_bins, np.int64), empty, empty)
+        return {}, CalibrationBins(
+            np.linspace(0.0, 1.0, ece_bins + 1), np.zeros(ece_bins, np.int64), empty, empty
+        )
     if not labelled.any():
         raise EvaluationError(f"split {data.name!r} has no labelled rows; accuracy, NLL and ECE need labels")
     if data.teacher_logits is None:  # a teacher without logits: the label metrics only

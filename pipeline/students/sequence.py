@@ -10,6 +10,9 @@ the mean of the real tokens. `layers: 0` is a bag of embeddings (fast, exact und
 adds a linear map of the pooled mean to E wide as the `embed` tap (a sentence encoder's student
 that emits the teacher's embedding width, e.g. 384 for all-MiniLM-L6-v2, so its embeddings replace
 the teacher's and mean cosine compares them directly: FitNets' regressor kept in the student).
+`init_embeddings: data/teacher/model.onnx` starts the embedding table from the teacher ONNX's word
+embeddings, narrowed by PCA (pipeline/students/token_init.py); the file is read whenever the
+student is built, before trained weights replace the table.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class TokenParams(StrictModel):
     max_length: int = Field(default=512, ge=1, description="longest sequence (positions) when layers > 0")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     embed_width: Width | None = Field(default=None, description="the `embed` tap's width; null: width")
+    init_embeddings: str | None = Field(
+        default=None, description="teacher ONNX whose (vocab_size, E) word embeddings start the table (PCA)"
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TokenParams:
@@ -52,6 +58,12 @@ class TokenStudent(nn.Module):
     def __init__(self, params: TokenParams, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         self.embedding = nn.Embedding(params.vocab_size, params.width)
+        if params.init_embeddings is not None:
+            from pipeline.students.token_init import principal_rows, teacher_token_embeddings
+
+            table = teacher_token_embeddings(params.init_embeddings, params.vocab_size)
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.from_numpy(principal_rows(table, params.width)))
         self.positions = nn.Embedding(params.max_length, params.width) if params.layers else None
         self.encoder = (
             nn.TransformerEncoder(

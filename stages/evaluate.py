@@ -144,18 +144,17 @@ def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw
         latency = f"{latency:.3f}" if isinstance(latency, float) else latency
         scores = [
             f"{name} {report[name]['mean']:.4f}"
-            + (f" ± {report[name]['std']:.4f}" if name == "accuracy" else "")
-            for name in ("accuracy", "agreement", "mean_cosine", "knn_agreement", "similarity_spearman")
-            if name in report  # unlabelled sentences have no accuracy, a teacher without logits no agreement
+            for name in ("agreement", "mean_cosine", "knn_agreement", "similarity_spearman")
+            if name in report  # a teacher without logits has no agreement; the embedding metrics are opt-in
         ]
         speedup = (report.get("embedding") or {}).get("encode", {})
         scores += [
-            f"encode {k.removeprefix('speedup_')} {v:.2f}x"
-            for k, v in speedup.items()
-            if k.startswith("speedup")
+            f"encode {k.removeprefix('speedup_')} {v:.2f}x" for k, v in speedup.items() if "speedup" in k
         ]
+        accuracy = report.get("accuracy")  # none on unlabelled sentences
+        accuracy = f" accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f}" if accuracy else ""
         print(
-            f"evaluate: {model}: {data.name} over {report['seeds']} seeds: "
+            f"evaluate: {model}: {data.name}{accuracy} over {report['seeds']} seeds, "
             f"{', '.join(scores + [f'CPU latency b1 {latency} ms'])} -> {out / 'metrics.json'}"
         )
         if "bias_correction" in report:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.cache.open import open_cache
 from pipeline.config import load_section, read_params_file
 from pipeline.data.prepared import open_for_reading
+from pipeline.errors import DistilleryError
 from pipeline.evaluate.bias_correction import bias_classes
 from pipeline.evaluate.evaluation import join_split
 from pipeline.evaluate.lineage import is_root_cache, learned_from, validate_chains
@@ -17,6 +18,10 @@ from pipeline.evaluate.run import evaluate_student_dir
 from pipeline.io import output_lock
 from pipeline.names import child_path
 from stages.cli import student_name
+
+
+class MissingTeacherError(DistilleryError):
+    """The teacher ONNX the encode speed is compared with does not exist."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the root teacher's cache (a chain student's `root_agreement` is measured on it)",
     )
     parser.add_argument("--export-dir", default="data/export", help="export root (ONNX for latency)")
+    parser.add_argument(
+        "--teacher",
+        default="data/teacher/model.onnx",
+        help="the teacher ONNX whose encode speed a sentence encoder's student is compared with "
+        "(evaluate.embedding on token-id data)",
+    )
     parser.add_argument(
         "--out",
         default=None,
@@ -123,22 +134,28 @@ def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw
         else None
     )
     student_dir = child_path(args.train_dir, student, "student")
+    encode = _encode_inputs(args.teacher, data, params, raw)
     with output_lock(out, f"distillery evaluate --student {student}"):
         reports = evaluate_student_dir(
-            student_dir, data, params, recipe, args.export_dir, out, root, teacher, bias
+            student_dir, data, params, recipe, args.export_dir, out, root, teacher, bias, encode
         )
     for model, report in reports.items():
-        accuracy, latency = report["accuracy"], report["latency_ms"].get("cpu_b1")
+        latency = report["latency_ms"].get("cpu_b1")
         latency = f"{latency:.3f}" if isinstance(latency, float) else latency
         scores = [
             f"{name} {report[name]['mean']:.4f}"
             for name in ("agreement", "mean_cosine", "knn_agreement", "similarity_spearman")
             if name in report  # a teacher without logits has no agreement; the embedding metrics are opt-in
         ]
+        speedup = (report.get("embedding") or {}).get("encode", {})
+        scores += [
+            f"encode {k.removeprefix('speedup_')} {v:.2f}x" for k, v in speedup.items() if "speedup" in k
+        ]
+        accuracy = report.get("accuracy")  # none on unlabelled sentences
+        accuracy = f" accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f}" if accuracy else ""
         print(
-            f"evaluate: {model}: {data.name} accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over "
-            f"{report['seeds']} seeds, {', '.join(scores + [f'CPU latency b1 {latency} ms'])} "
-            f"-> {out / 'metrics.json'}"
+            f"evaluate: {model}: {data.name}{accuracy} over {report['seeds']} seeds, "
+            f"{', '.join(scores + [f'CPU latency b1 {latency} ms'])} -> {out / 'metrics.json'}"
         )
         if "bias_correction" in report:
             fixed = report["bias_correction"]
@@ -152,3 +169,24 @@ def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw
                     for c, name in zip(fixed["classes"], names)
                 )
             )
+
+
+def _encode_inputs(teacher_onnx: str, data, params: EvaluateParams, raw: dict):
+    """(teacher ONNX, the evaluated sentences' token ids) for the encode speed of a sentence
+    encoder's student (`embedding_block`), or None: without evaluate.embedding, or on data that
+    holds no token ids (one float32 input)."""
+    from pipeline.evaluate.embedding_eval import encode_sentences
+    from pipeline.students.inputs import PreparedRows
+    from pipeline.teacher.inputs import fields_of
+
+    if params.embedding is None or not isinstance(data.inputs, PreparedRows):
+        return None
+    field = ((raw.get("teacher") or {}).get("inputs") or {}).get("input_ids", "input_ids")
+    if field not in fields_of(data.inputs.source).names():
+        return None
+    if not Path(teacher_onnx).is_file():
+        raise MissingTeacherError(
+            f"{teacher_onnx}: no teacher ONNX to compare encode speed with; run `distillery teacher` "
+            "first, or pass --teacher PATH"
+        )
+    return teacher_onnx, encode_sentences(data.inputs[: params.embedding.encode_sentences], field)

@@ -2,7 +2,7 @@
 
 ```yaml
 prepare:
-  dataset: {kind: digits}          # parquet / npz / zarr / hf_disk / image_folder (docs/data_and_teacher.md)
+  dataset: {kind: digits}          # parquet / npz / zarr / hf_disk / image_folder / sentences (docs/data_and_teacher.md)
   seed: 0
   val_fraction: 0.15
   test_fraction: 0.2
@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from pipeline.config import Seed, StrictModel
+from pipeline.data.sentence_source import SentencesSource
 from pipeline.transforms.params import READ_TIME_KINDS, TransformSpec
 
 
@@ -105,7 +106,7 @@ class ZarrSource(ArraySource):
 
 
 DatasetSource = Annotated[
-    DigitsSource | ParquetSource | NpzSource | ZarrSource | HfDiskSource | ImageFolderSource,
+    DigitsSource | ParquetSource | NpzSource | ZarrSource | HfDiskSource | ImageFolderSource | SentencesSource,
     Field(discriminator="kind"),
 ]
 

@@ -111,6 +111,10 @@ def load_source(source: DatasetSource) -> RawDataset:
         return load_image_folder(source)
     if isinstance(source, (NpzSource, ZarrSource)):
         return load_arrays(source)
+    if source.kind == "sentences":  # the offline corpus, tokenised (pipeline/data/sentence_source.py)
+        from pipeline.data.sentence_source import load_sentences
+
+        return load_sentences(source)
     raise TypeError(f"unknown dataset source {source!r}")
 
 

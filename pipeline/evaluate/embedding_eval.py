@@ -20,27 +20,49 @@ import torch
 
 from pipeline.evaluate.embedding import embedding_agreement, encode_throughput
 from pipeline.evaluate.metrics import MetricInputError
+from pipeline.students.inputs import PreparedRows, call_student, named_batches
+from pipeline.teacher.inputs import fields_of
 from pipeline.text.tokenizer import TokenizedText
 
 
 @torch.no_grad()
-def student_embeddings(
-    module: torch.nn.Module, inputs: np.ndarray, tap: str, batch_size: int = 512
-) -> np.ndarray:
-    """(N, D) float32: the tap `tap` of a StudentOutput-returning module on (N, *input_shape) float32
-    inputs, in eval mode. MetricInputError naming the taps the student has when it lacks `tap`."""
+def student_embeddings(module: torch.nn.Module, inputs: Any, tap: str, batch_size: int = 512) -> np.ndarray:
+    """(N, D) float32: the tap `tap` of a StudentOutput-returning module, in eval mode, on (N,
+    *input_shape) float32 inputs, or for a student of named inputs (token ids) on a PreparedRows
+    read in padded batches as in training. MetricInputError naming the taps the student has when it
+    lacks `tap`."""
     module.eval()
     chunks = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32))
-        features = module(batch).features
+    for batch in named_batches(module, inputs, batch_size):
+        features = call_student(module, batch).features
         if tap not in features:
             raise MetricInputError(
                 f"the student has no tap {tap!r} (it has {sorted(features)}); set "
                 "evaluate.embedding.student_tap to its embedding tap"
             )
-        chunks.append(features[tap].float().reshape(len(batch), -1).cpu().numpy())
+        chunks.append(features[tap].float().reshape(len(features[tap]), -1).cpu().numpy())
     return np.concatenate(chunks)
+
+
+def encode_sentences(inputs: Any, field: str = "input_ids", pad_id: int = 0) -> TokenizedText:
+    """The token ids `encode_speed` feeds both encoders: field `field` (ragged int64 ids) of the
+    evaluated rows `inputs` (a PreparedRows), in row order; `pad_id` fills padded positions (the
+    attention mask hides them). MetricInputError naming the fields there are when it is missing."""
+    if not isinstance(inputs, PreparedRows):
+        raise MetricInputError(
+            "encode speed needs token ids, but the evaluated data is one float32 array; prepare the "
+            "sentences as token fields (prepare.dataset.kind: sentences)"
+        )
+    source = fields_of(inputs.source)
+    if field not in source.names():
+        raise MetricInputError(
+            f"encode speed reads the token ids of field {field!r}, but the prepared data has "
+            f"{source.names()}; set teacher.inputs.input_ids to the field of the token ids"
+        )
+    ids = source.read(np.asarray(inputs.rows, np.int64), [field])[field]
+    values, offsets = np.asarray(ids.values, np.int64), np.asarray(ids.offsets, np.int64)
+    longest = int(np.diff(offsets).max(initial=1))
+    return TokenizedText(values, offsets, max(longest, 2), 0, int(pad_id))
 
 
 def spread_over_seeds(per_seed: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:

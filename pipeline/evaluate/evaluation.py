@@ -192,8 +192,14 @@ def evaluate_seed(
     top_k: int = 5,
 ) -> tuple[dict[str, float], CalibrationBins]:
     """Metrics of one seed's logits (N, C) on `data`: label metrics on its labelled rows, teacher
-    metrics (agreement, KL) on all rows. Returns (metrics, calibration bins)."""
+    metrics (agreement, KL) on all rows. Returns (metrics, calibration bins); ({}, empty bins) for a
+    split with neither labels nor teacher logits (a sentence encoder's: its embedding block scores it)."""
     labelled = data.labelled
+    if not labelled.any() and data.teacher_logits is None:  # sentences of an encoder: nothing to score
+        empty = np.full(ece_bins, np.nan)
+        return {}, CalibrationBins(
+            np.linspace(0.0, 1.0, ece_bins + 1), np.zeros(ece_bins, np.int64), empty, empty
+        )
     if not labelled.any():
         raise EvaluationError(f"split {data.name!r} has no labelled rows; accuracy, NLL and ECE need labels")
     if data.teacher_logits is None:  # a teacher without logits: the label metrics only

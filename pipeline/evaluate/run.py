@@ -217,12 +217,13 @@ def evaluate_student_dir(
     root: EvalSplit | None = None,
     teacher: str | None = None,
     bias: tuple[EvalSplit, Sequence[int]] | None = None,
+    encode: tuple[str | Path, TokenizedText] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every model under `data/train/<student>/` (timing `export_root/<model>/model.onnx`)
     and write metrics.json, reliability.png and calibration.tsv into `out_dir`
     (`data/evaluate/<student>`); returns model name -> metrics report. `recipe` is the raw
-    `students.<student>` mapping (a cohort's members are resolved from it); `root` and `teacher`
-    as in `evaluate_trained_model`."""
+    `students.<student>` mapping (a cohort's members are resolved from it); `root`, `teacher` and
+    `encode` as in `evaluate_trained_model`."""
     from pipeline.students.trained import list_trained
 
     student_dir, out_dir = Path(student_dir), Path(out_dir)
@@ -235,7 +236,7 @@ def evaluate_student_dir(
     for name, seeds in models.items():
         export_dir = None if export_root is None else Path(export_root) / name
         reports[name], seed_bins = evaluate_trained_model(
-            name, seeds, data, params, model_recipe(recipe, name), export_dir, root, teacher, bias
+            name, seeds, data, params, model_recipe(recipe, name), export_dir, root, teacher, bias, encode
         )
         member = name.partition("/")[2]
         bins.update({f"{member}/{seed}" if member else seed: b for seed, b in seed_bins.items()})

@@ -6,7 +6,13 @@ per batch, and optionally `attention_mask` (B, L) (non-zero on real tokens; with
 position is real). Taps: `tokens` (B, L, width), zero at padded positions, and `embed` (B, width),
 the mean of the real tokens. `layers: 0` is a bag of embeddings (fast, exact under padding);
 `layers > 0` adds learned positions and that many pre-norm Transformer encoder layers (Vaswani et al.
-2017, "Attention Is All You Need", arXiv:1706.03762) with padded keys masked out.
+2017, "Attention Is All You Need", arXiv:1706.03762) with padded keys masked out. `embed_width: E`
+adds a linear map of the pooled mean to E wide as the `embed` tap (a sentence encoder's student
+that emits the teacher's embedding width, e.g. 384 for all-MiniLM-L6-v2, so its embeddings replace
+the teacher's and mean cosine compares them directly: FitNets' regressor kept in the student).
+`init_embeddings: data/teacher/model.onnx` starts the embedding table from the teacher ONNX's word
+embeddings, narrowed by PCA (pipeline/students/token_init.py); the file is read whenever the
+student is built, before trained weights replace the table.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ class TokenParams(StrictModel):
     heads: int = Field(default=2, ge=1)
     max_length: int = Field(default=512, ge=1, description="longest sequence (positions) when layers > 0")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    embed_width: Width | None = Field(default=None, description="the `embed` tap's width; null: width")
+    init_embeddings: str | None = Field(
+        default=None, description="teacher ONNX whose (vocab_size, E) word embeddings start the table (PCA)"
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TokenParams:
@@ -48,6 +58,12 @@ class TokenStudent(nn.Module):
     def __init__(self, params: TokenParams, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         self.embedding = nn.Embedding(params.vocab_size, params.width)
+        if params.init_embeddings is not None:
+            from pipeline.students.token_init import principal_rows, teacher_token_embeddings
+
+            table = teacher_token_embeddings(params.init_embeddings, params.vocab_size)
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.from_numpy(principal_rows(table, params.width)))
         self.positions = nn.Embedding(params.max_length, params.width) if params.layers else None
         self.encoder = (
             nn.TransformerEncoder(
@@ -65,8 +81,10 @@ class TokenStudent(nn.Module):
             if params.layers
             else None
         )
-        self.classifier = nn.Linear(params.width, num_classes)
-        self.tap_shapes = {"tokens": (None, params.width), "embed": (params.width,)}
+        embed_width = params.embed_width or params.width
+        self.head = nn.Linear(params.width, embed_width) if params.embed_width else None
+        self.classifier = nn.Linear(embed_width, num_classes)
+        self.tap_shapes = {"tokens": (None, params.width), "embed": (embed_width,)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> StudentOutput:
         """input_ids: (B, L) int; attention_mask: (B, L) bool/int, non-zero on real tokens, or None."""
@@ -78,4 +96,6 @@ class TokenStudent(nn.Module):
         weight = real.unsqueeze(-1).to(hidden.dtype)
         hidden = hidden * weight
         pooled = hidden.sum(1) / weight.sum(1).clamp(min=1.0)
+        if self.head is not None:
+            pooled = self.head(pooled)
         return StudentOutput(self.classifier(pooled), {"tokens": hidden, "embed": pooled})

@@ -153,7 +153,18 @@ def _embedding_metrics(model, params, knn, cosine, speedup=None):
         "similarity_spearman": {"mean": 0.8, "std": 0.0},
         "embedding": {
             "k": 10,
-            **({"encode": {"speedup_b1": speedup, "speedup_b64": 2.0}} if speedup else {}),
+            **(
+                {
+                    "encode": {
+                        "student": {"sentences_per_s_b1": 70.0 * speedup, "sentences_per_s_b64": 40.0},
+                        "teacher": {"sentences_per_s_b1": 70.0, "sentences_per_s_b64": 20.0},
+                        "speedup_b1": speedup,
+                        "speedup_b64": 2.0,
+                    }
+                }
+                if speedup
+                else {}
+            ),
         },
     }
     return report
@@ -172,9 +183,12 @@ def test_the_leaderboard_shows_embedding_columns_ranks_ties_by_knn_and_plots_qua
     parsed = list(csv.DictReader(io.StringIO(to_csv(rows))))
     assert float(parsed[0]["knn_agreement_mean"]) == 0.72 and float(parsed[0]["mean_cosine_std"]) == 0.01
     assert float(parsed[0]["encode_speedup_b1"]) == 3.5 and parsed[1]["encode_speedup_b1"] == ""
+    assert float(parsed[0]["encode_student_b1"]) == 245.0 and float(parsed[0]["encode_teacher_b64"]) == 20.0
     markdown = to_markdown(rows)
-    assert "| cos to teacher | kNN agr. | sim. Spearman | encode × b1 | encode × b64 |" in markdown
-    assert "| 0.9100 | 0.7200 | 0.8000 | 3.50x | 2.00x |" in markdown
+    header = "| cos to teacher | kNN agr. | sim. Spearman | sent/s b1: student / teacher (×) | sent/s b64: "
+    assert header in markdown
+    assert "| 0.9100 | 0.7200 | 0.8000 | 245 / 70 (3.5×) | 40 / 20 (2.0×) |" in markdown
+    assert "| 0.8400 | 0.5500 | 0.8000 | - | - |" in markdown
     assert (tmp_path / "board" / "plots" / "embedding_vs_params.png").read_bytes()[:8] == PNG_MAGIC
 
 

@@ -96,15 +96,16 @@ class CacheVariantError(DistilleryError):
 
 def _cache_params(args: argparse.Namespace) -> CacheParams:
     """The `cache:` section, or with --variant the `caches.<variant>` entry."""
-    if args.variant is None:
+    variant = getattr(args, "variant", None)  # a Namespace built without the option: the `cache:` section
+    if variant is None:
         return load_section(CacheParams, "cache", args.params)
     variants = validate_cache_variants(read_params_file(args.params).get("caches"))
-    if args.variant not in variants:
+    if variant not in variants:
         raise CacheVariantError(
-            f"--variant {args.variant}: {args.params} has no caches.{args.variant} "
+            f"--variant {variant}: {args.params} has no caches.{variant} "
             f"(caches: {', '.join(variants) or 'none'}); add it or pick one of those"
         )
-    return variants[args.variant]
+    return variants[variant]
 
 
 def run(args: argparse.Namespace) -> int:

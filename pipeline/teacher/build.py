@@ -76,7 +76,9 @@ def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSessi
     shapes = session.every_output_shape(session.feed(fields, slice(0, 1)).arrays)
     if session.logits_name is None:
         return session
-    logits_shape = row_shapes["logits"]  # per token: (V,), the logits of one position (an LM teacher)
+    logits_shape = shapes[session.logits_name]
+    if len(logits_shape) == 2:  # (sequence, V): an LM teacher's logits per token, of one position each
+        logits_shape = row_shapes.get("logits", logits_shape)
     if logits_shape != (data.num_classes,):
         raise TeacherModelError(wrong_logits_message(path, session.logits_name, shapes, data.num_classes))
     return session

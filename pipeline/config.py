@@ -177,6 +177,9 @@ SECTIONS = (
     "cluster",
     "evaluate",
     "export",
+    "text",  # the LM scenario's (scenarios/lm): its corpus, tokenizer and teacher, and its cache forms
+    "lm_teacher",
+    "caches",
 )
 """Every top-level section of params.yaml (docs/architecture.md). A stage reads only its own, so a
 misspelt section name (`evalute:`) would be silently ignored: it is refused here instead."""

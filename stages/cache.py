@@ -16,11 +16,12 @@ import tempfile
 from pathlib import Path
 
 from pipeline.cache.open import open_cache
-from pipeline.cache.params import CacheParams
+from pipeline.cache.params import CacheParams, validate_cache_variants
 from pipeline.cache.report import cache_report, write_plots
 from pipeline.cache.writer import BuildResult, build_cache
-from pipeline.config import load_section
+from pipeline.config import load_section, read_params_file
 from pipeline.data.prepared import PreparedData, open_for_reading
+from pipeline.errors import DistilleryError
 from pipeline.io import atomic_write_json, output_lock, replace_dir
 from pipeline.teacher.params import TeacherParams
 from pipeline.teacher.session import open_teacher, teacher_sha256
@@ -29,6 +30,12 @@ from pipeline.teacher.session import open_teacher, teacher_sha256
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params", default="params.yaml", help="params file (sections `cache`, `teacher`, `cluster`)"
+    )
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="read the cache settings from `caches.<VARIANT>` instead of `cache` (another form of the same "
+        "teacher's cache, e.g. sampled or top-k token logits: scenarios/lm)",
     )
     parser.add_argument("--prepared", default="data/prepared", help="prepared dataset directory")
     parser.add_argument(
@@ -83,9 +90,27 @@ def _build(
     )
 
 
+class CacheVariantError(DistilleryError):
+    """`--variant` names no entry of the params file's `caches:` section."""
+
+
+def _cache_params(args: argparse.Namespace) -> CacheParams:
+    """The `cache:` section, or with --variant the `caches.<variant>` entry."""
+    variant = getattr(args, "variant", None)  # a Namespace built without the option: the `cache:` section
+    if variant is None:
+        return load_section(CacheParams, "cache", args.params)
+    variants = validate_cache_variants(read_params_file(args.params).get("caches"))
+    if variant not in variants:
+        raise CacheVariantError(
+            f"--variant {variant}: {args.params} has no caches.{variant} "
+            f"(caches: {', '.join(variants) or 'none'}); add it or pick one of those"
+        )
+    return variants[variant]
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    params = load_section(CacheParams, "cache", args.params)
+    params = _cache_params(args)
     teacher_params = load_section(TeacherParams, "teacher", args.params)
     data = open_for_reading(args.prepared)  # whole when small (digits), read in blocks when large
     sha256 = teacher_sha256(args.teacher)

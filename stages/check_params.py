@@ -20,13 +20,14 @@ from pipeline.io import atomic_write_json
 
 def _loaders() -> dict[str, Callable[[Any], Any]]:
     """Section -> its validation, exactly as the section's stage validates it."""
-    from pipeline.cache.params import CacheParams
+    from pipeline.cache.params import CacheParams, validate_cache_variants
     from pipeline.cluster.params import SweepParams, parse_cluster_params
     from pipeline.data.params import PrepareParams
     from pipeline.evaluate.lineage import validate_chains
     from pipeline.evaluate.params import EvaluateParams
     from pipeline.export.params import ExportParams
     from pipeline.teacher.params import TeacherParams
+    from pipeline.text.lm_scenario import LMTeacherParams, TextParams
     from pipeline.train.label_curve import LabelCurveParams
     from pipeline.train.params import validate_students
 
@@ -44,6 +45,9 @@ def _loaders() -> dict[str, Callable[[Any], Any]]:
         "cluster": parse_cluster_params,
         "evaluate": section(EvaluateParams, "evaluate"),
         "export": section(ExportParams, "export"),
+        "text": section(TextParams, "text"),
+        "lm_teacher": section(LMTeacherParams, "lm_teacher"),
+        "caches": validate_cache_variants,
     }
 
 

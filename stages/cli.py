@@ -25,6 +25,8 @@ SUBCOMMANDS = {
         "validate all of params.yaml: every section, and the names they share",
     ),
     "prepare": ("stages.prepare", "split the dataset into train/val/test with stable sample ids"),
+    "lm-data": ("stages.lm_data", "the LM scenario: offline corpus, BPE tokenizer, prepared token dataset"),
+    "lm-teacher": ("stages.lm_teacher", "the LM scenario: train the causal LM teacher and export it to ONNX"),
     "teacher": ("stages.teacher", "train and export the built-in teacher, or validate yours"),
     "export-teacher": (
         "stages.export_teacher",

@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher",
         default="data/teacher/model.onnx",
-        help="the teacher ONNX whose encode speed a sentence encoder's student is compared with "
-        "(evaluate.embedding on token-id data)",
+        help="the teacher ONNX: an LM student (per-token logits) is scored against its logits; a sentence "
+        "encoder's student is compared with its encode speed (evaluate.embedding on token-id data)",
     )
     parser.add_argument(
         "--out",
@@ -105,13 +105,12 @@ def _check_trained(students: list[str], train_dir: Path) -> None:
 def _evaluate_student(args, student: str, out: Path, params: EvaluateParams, raw: dict, prepared) -> None:
     recipe = (raw.get("students") or {}).get(student) or {}
     cache_path = args.cache or recipe.get("cache", args.root_cache)
+    cache = open_cache(cache_path, dataset_fingerprint=prepared.fingerprint)
+    if getattr(cache.schema, "logits", "row") == "token":  # a language model's students
+        _evaluate_lm_student(args, student, out, params, raw, recipe, cache, cache_path, prepared)
+        return
     taps = (params.embedding.teacher_tap,) if params.embedding is not None else ()
-    data = join_split(
-        prepared,
-        open_cache(cache_path, dataset_fingerprint=prepared.fingerprint),
-        params.split,
-        features=taps,
-    )
+    data = join_split(prepared, cache, params.split, features=taps)
     root = None
     if not is_root_cache(
         cache_path, args.root_cache
@@ -190,3 +189,33 @@ def _encode_inputs(teacher_onnx: str, data, params: EvaluateParams, raw: dict):
             "first, or pass --teacher PATH"
         )
     return teacher_onnx, encode_sentences(data.inputs[: params.embedding.encode_sentences], field)
+
+
+def _evaluate_lm_student(
+    args, student, out: Path, params, raw: dict, recipe: dict, cache, cache_path, prepared
+):
+    """Perplexity, top-1 agreement and KL to the teacher (`--teacher`) on the split's cached rows."""
+    from pipeline.evaluate.lm_eval import evaluate_lm_student
+
+    data = join_split(prepared, cache, params.split)
+    teacher = learned_from(
+        {**recipe, "cache": cache_path}, validate_chains(raw.get("chains")), args.root_cache
+    )
+    with output_lock(out, f"distillery evaluate --student {student}"):
+        report = evaluate_lm_student(
+            child_path(args.train_dir, student, "student"),
+            data.inputs,
+            data.name,
+            params,
+            recipe,
+            args.teacher,
+            Path(args.export_dir) / student,
+            out,
+            teacher,
+        )
+    print(
+        f"evaluate: {report['model']}: {data.name} perplexity {report['perplexity']['mean']:.3f} "
+        f"(teacher {report['teacher_perplexity']:.3f}), top-1 agreement "
+        f"{report['top1_agreement']['mean']:.4f}, KL to the teacher {report['kl_to_teacher']['mean']:.4f} "
+        f"nats over {report['tokens']} tokens -> {out / 'metrics.json'}"
+    )

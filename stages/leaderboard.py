@@ -44,7 +44,14 @@ def run(args: argparse.Namespace) -> int:
         # the row puts the file's size and latency beside the cache's accuracy: refuse a cache of
         # another teacher
         cache = open_cache(args.cache, teacher_sha256=teacher_sha256(args.teacher))
-        if cache.schema.logits != "row":  # nothing to score a teacher without logits per row on
+        if cache.schema.logits == "token":  # an LM: the teacher's perplexity on the students' test tokens
+            from pipeline.evaluate.leaderboard import collect_metrics
+            from pipeline.evaluate.lm_columns import lm_teacher_row
+
+            reports = collect_metrics(args.evaluate_dir, required=False)
+            teacher = lm_teacher_row(reports, onnx_parameter_count(args.teacher))
+            args.no_teacher = True
+        elif cache.schema.logits != "row":  # nothing to score a teacher without logits per row on
             print(f"leaderboard: no teacher row ({args.cache} holds no per-row teacher logits)")
             args.no_teacher = True
     if not args.no_teacher:

@@ -58,6 +58,11 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "cluster": _cluster,
     "evaluate": _section("pipeline.evaluate.params.EvaluateParams", "evaluate"),
     "export": _section("pipeline.export.params.ExportParams", "export"),
+    "text": _section("pipeline.text.lm_scenario.TextParams", "text"),
+    "lm_teacher": _section("pipeline.text.lm_scenario.LMTeacherParams", "lm_teacher"),
+    "caches": lambda path: __import__("pipeline.cache.params", fromlist=["x"]).validate_cache_variants(
+        read_params_file(path).get("caches")
+    ),
 }
 
 # section -> (how to break the shipped section, the start of the error line it must give)

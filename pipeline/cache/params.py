@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from pipeline.cache.store import STORES
-from pipeline.config import StrictModel
+from pipeline.config import ParamsError, StrictModel, validate_section
 from pipeline.transforms.params import ViewsParams
 
 StoreName = Literal[tuple(STORES)]  # type: ignore[valid-type]
@@ -80,3 +80,13 @@ class CacheParams(StrictModel):
     def rows_per_shard(self) -> int:
         """Rows in one shard = rows_per_chunk * chunks_per_shard."""
         return self.rows_per_chunk * self.chunks_per_shard
+
+
+def validate_cache_variants(data: Any) -> dict[str, CacheParams]:
+    """The `caches:` section: name -> a whole `cache:` section, each a cache of the same teacher
+    in another form (`distillery cache --variant <name>`, scenarios/lm). ParamsError names the key."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"caches: expected a mapping of name -> cache settings, got {type(data).__name__}")
+    return {str(name): validate_section(CacheParams, value, f"caches.{name}") for name, value in data.items()}

@@ -96,3 +96,15 @@ def onnx_latency_ms(
                 else session_latency_ms(session, batch_size, warmup, repeats)
             )
     return result
+
+
+def latency_of(path: str | Path, settings) -> dict[str, float | str]:
+    """`onnx_latency_ms` of `path` with the `evaluate.latency` settings (a LatencyParams)."""
+    return onnx_latency_ms(
+        path,
+        settings.batch_sizes,
+        settings.providers,
+        settings.warmup,
+        settings.repeats,
+        settings.intra_op_threads,
+    )

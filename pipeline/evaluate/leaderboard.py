@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import DistilleryError
-from pipeline.evaluate import embedding_columns
+from pipeline.evaluate import embedding_columns, lm_columns
 from pipeline.io import atomic_write_text, replace_dir
 
 SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "root_agreement", "kl_T1", "kl_T")
@@ -53,6 +53,7 @@ CSV_COLUMNS = (
     "weakest_class_accuracy",
     *BIAS_COLUMNS,
     *embedding_columns.EMBEDDING_COLUMNS,
+    *lm_columns.LM_COLUMNS,
 )
 
 MARKDOWN_COLUMNS = (
@@ -100,9 +101,10 @@ def collect_metrics(
     for path in paths:
         payload = json.loads(path.read_text())
         for report in payload["members"].values() if "members" in payload else [payload]:
-            if "model" not in report or not ("accuracy" in report or "knn_agreement" in report):
+            if "model" not in report or not {"accuracy", "knn_agreement", "perplexity"} & set(report):
                 raise LeaderboardError(
-                    f"{path}: not an evaluate metrics file (needs `model` and `accuracy` or `knn_agreement`)"
+                    f"{path}: not an evaluate metrics file (needs `model` and `accuracy`, `knn_agreement` "
+                    "or `perplexity`)"
                 )
             reports.append({**report, "model": f"{prefix}/{report['model']}"} if prefix else report)
     return reports
@@ -173,14 +175,15 @@ def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
             row[f"omitted_class_accuracy_{when}"] = sum(
                 fixed[f"class_{c}_{when}"]["mean"] for c in fixed["classes"]
             ) / len(fixed["classes"])
-    return {**row, **embedding_columns.embedding_cells(report)}
+    return {**row, **embedding_columns.embedding_cells(report), **lm_columns.lm_cells(report)}
 
 
 def leaderboard_frame(
     reports: Iterable[Mapping[str, Any]], teacher: Mapping[str, Any] | None = None
 ) -> pl.DataFrame:
     """One row per model (columns CSV_COLUMNS): the teacher first (when given), then the models by
-    mean accuracy, best first (ties by mean kNN agreement, then name; unmeasured values last)."""
+    mean accuracy, best first (ties by mean kNN agreement, then perplexity, then name; unmeasured
+    values last)."""
     flat = [flatten_report(r) for r in reports]
     if teacher is not None:
         flat.insert(0, flatten_report(teacher))
@@ -193,8 +196,8 @@ def leaderboard_frame(
         _is_teacher=pl.lit(teacher is not None) & (pl.col("_order") == 0)
     )
     frame = frame.sort(
-        ["_is_teacher", "accuracy_mean", "knn_agreement_mean", "model"],
-        descending=[True, True, True, False],
+        ["_is_teacher", "accuracy_mean", "knn_agreement_mean", "perplexity_mean", "model"],
+        descending=[True, True, True, False, False],
         nulls_last=True,
     )
     return frame.drop("_order", "_is_teacher")
@@ -226,6 +229,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def _cell(row: Mapping[str, Any], key: str) -> str:
     if key in dict(embedding_columns.EMBEDDING_MARKDOWN):
         return embedding_columns.embedding_cell(row, key)
+    if key in dict(lm_columns.LM_MARKDOWN):
+        return lm_columns.lm_cell(row, key)
     if key in SPREAD_METRICS:
         mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
         if mean is None:
@@ -261,6 +266,10 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
     embedding = embedding_columns.has_embedding(rows)
     if embedding:
         columns += embedding_columns.EMBEDDING_MARKDOWN
+    lm = lm_columns.has_lm(rows)
+    lm_only = lm and all(row.get("accuracy_mean") is None for row in rows)  # the LM scenario's board
+    if lm:
+        columns = lm_columns.LM_ONLY_MARKDOWN if lm_only else columns + lm_columns.LM_MARKDOWN
     header = "| " + " | ".join(label for _, label in columns) + " |"
     rule = (
         "|"
@@ -279,6 +288,8 @@ def to_markdown(rows: list[dict[str, Any]], title: str = "Leaderboard") -> str:
     )
     if embedding:
         note += embedding_columns.EMBEDDING_NOTE
+    if lm:
+        note = ("Test split." if lm_only else note) + lm_columns.LM_NOTE
     if any(key == "bias_corrected_accuracy_mean" for key, _ in columns):
         note += (
             " Bias fixed: Hinton's correction of the classes left out of the transfer set (output bias "
@@ -350,14 +361,15 @@ def build_leaderboard(
     if teacher is not None and rows[0]["params"]:
         reference = ("teacher", rows[0]["params"], rows[0]["accuracy_mean"])
     scored = [r for r in students if r["accuracy_mean"] is not None]
-    accuracy_vs_params(
-        [r["model"] for r in scored],
-        [r["params"] for r in scored],
-        [r["accuracy_mean"] for r in scored],
-        [r["accuracy_std"] for r in scored],
-        out_dir / "plots" / "accuracy_vs_params.png",
-        reference,
-    )
+    if scored or not lm_columns.has_lm(students):  # an LM board has no accuracy to plot
+        accuracy_vs_params(
+            [r["model"] for r in scored],
+            [r["params"] for r in scored],
+            [r["accuracy_mean"] for r in scored],
+            [r["accuracy_std"] for r in scored],
+            out_dir / "plots" / "accuracy_vs_params.png",
+            reference,
+        )
     embedding_columns.embedding_plot(students, reference, out_dir / "plots" / "embedding_vs_params.png")
     bins = {"teacher": teacher_bins} if teacher_bins is not None else {}
     for prefix, root in evaluate_roots.items():

@@ -32,7 +32,7 @@ from pipeline.evaluate.evaluation import (
     metrics_report,
     predict_logits,
 )
-from pipeline.evaluate.latency import onnx_latency_ms
+from pipeline.evaluate.latency import latency_of
 from pipeline.evaluate.metrics import CalibrationBins, agreement
 from pipeline.evaluate.params import EvaluateParams
 from pipeline.evaluate.plots import reliability_diagram
@@ -104,14 +104,7 @@ def evaluate_trained_model(
     latency, int8, onnx_path = None, None, None
     if export_dir is not None:
         onnx_path, parity = exported_model(export_dir, seed_dirs)
-        latency = onnx_latency_ms(
-            onnx_path,
-            params.latency.batch_sizes,
-            params.latency.providers,
-            params.latency.warmup,
-            params.latency.repeats,
-            params.latency.intra_op_threads,
-        )
+        latency = latency_of(onnx_path, params.latency)
         int8 = parity.get("int8")
     report = metrics_report(
         model,

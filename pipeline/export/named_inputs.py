@@ -78,14 +78,16 @@ def export_named_student(
     taps = student_tap_names(student)
     module = _NamedForward(student.eval(), arguments, taps).eval()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    sequence = torch.export.Dim("sequence", min=1, max=MAX_SEQUENCE)
+    # a student with a context (learned positions: a causal LM) bounds the axis by it
+    longest = getattr(student, "max_sequence", MAX_SEQUENCE)
+    sequence = torch.export.Dim("sequence", min=1, max=longest)
     dynamic = tuple(
         {0: batch, 1: sequence} if spec["shape"] and spec["shape"][0] is None else {0: batch}
         for spec in inputs.values()
     )
     example = parity_feeds(batches, rows, (2,), seed + 1)[0]
     for argument in arguments:  # one more padded position: torch.export specialises an axis of size 1
-        if batches.padded[argument]:
+        if batches.padded[argument] and example[argument].shape[1] < longest:
             value = example[argument]
             example[argument] = np.concatenate([value, np.zeros_like(value[:, :1])], axis=1)
     temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}")

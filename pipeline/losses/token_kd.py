@@ -97,6 +97,7 @@ def token_divergence(
     beta: float = 0.5,
     importance: str = "exact",
     token_mask: torch.Tensor | None = None,
+    estimator: str = "counts",
 ) -> torch.Tensor:
     """T^p (1/|M|) sum over real tokens of divergence(p_T, q_T): a float32 scalar (0, on the graph,
     when no token is real).
@@ -114,7 +115,9 @@ def token_divergence(
             raise TokenTargetsError(sampled_refusal(divergence))
         _check_vocabulary(teacher.vocab_size, vocab)
         _check_leading("the sampled targets", tuple(teacher.ids.shape[:-1]), leading)
-        per_token = sampled_forward_kl_tokens(student, teacher.reshape(-1), temperature, importance)
+        per_token = sampled_forward_kl_tokens(
+            student, teacher.reshape(-1), temperature, importance, estimator
+        )
     elif isinstance(teacher, TopKTokens):
         _check_vocabulary(teacher.vocab_size, vocab)
         _check_leading("the top-k targets", tuple(teacher.ids.shape[:-1]), leading)
@@ -144,6 +147,12 @@ class TokenKDParams(TermParams):
         "exact",
         description="sampled at T != the sampling T: exact needs the stored normaliser at T; "
         "self_normalized estimates it (biased by O(1/draws))",
+    )
+
+    estimator: Literal["counts", "inclusion"] = Field(
+        "counts",
+        description="sampled: weigh a drawn id by c/D (counts) or by p/(1-(1-p)^D) (inclusion: "
+        "Horvitz-Thompson, exact on ids the teacher is sure of); both unbiased",
     )
 
     @model_validator(mode="after")
@@ -191,5 +200,6 @@ class TokenKDLoss(nn.Module):
             p.beta,
             p.importance,
             inputs.token_mask,
+            p.estimator,
         )
         return {p.divergence: value}

@@ -31,21 +31,40 @@ from pipeline.losses._probs import as_float32
 
 IMPORTANCE = ("exact", "self_normalized")
 
+ESTIMATORS = ("counts", "inclusion")
+"""How a drawn id's share of the draws is weighed: `counts`, c_j / D (the paper's); `inclusion`, the
+Horvitz-Thompson weight p_{T_s}(j) / pi_j, pi_j = 1 - (1 - p_{T_s}(j))^D the chance that j is drawn
+at least once. Both are unbiased: E[c_j / D] = p(j) and E[1{j drawn} p(j) / pi_j] = p(j). The
+inclusion weight uses the stored log-prob instead of the count, so an id the teacher is sure of
+(pi_j ~ 1) gets its exact p(j) and the sampling noise stays in the tail: a lower-variance target."""
+
 
 class SampledTemperatureError(DistilleryError, ValueError):
     """A student temperature the sampled targets carry no normaliser for (exact weights asked)."""
 
 
+def drawn_share(sampled: SampledTokens, estimator: str = "counts") -> torch.Tensor:
+    """(N, S) float32 unbiased estimate of p_{T_s}(j) at each drawn id (0 in padding slots): c_j / D
+    (`counts`) or p_{T_s}(j) / (1 - (1 - p_{T_s}(j))^D) (`inclusion`; ESTIMATORS)."""
+    if estimator == "counts":
+        return sampled.counts / sampled.draws
+    live = sampled.counts > 0
+    p = sampled.log_probs.float().exp().clamp(max=1.0)
+    included = -torch.expm1(sampled.draws * torch.log1p(-p))  # 1 - (1 - p)^D; 1 when p = 1
+    return torch.where(live, p / included.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+
+
 def sampled_teacher_weights(
-    sampled: SampledTokens, temperature: float, importance: str = "exact"
+    sampled: SampledTokens, temperature: float, importance: str = "exact", estimator: str = "counts"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-slot (weight, log p_T) of sampled targets with leading axis N: both (N, S) float32.
 
-    weight_j = (c_j / D) p_T(j) / p_{T_s}(j) (just c_j / D at T = T_s), 0 in padding slots; log p_T
-    is 0 in padding slots. See the module docstring for `importance`.
+    weight_j = f_j p_T(j) / p_{T_s}(j) (just f_j at T = T_s), f_j = `drawn_share` (c_j / D by
+    default), 0 in padding slots; log p_T is 0 in padding slots. See the module docstring for
+    `importance`.
     """
     live = sampled.counts > 0
-    frequency = sampled.counts / sampled.draws
+    frequency = drawn_share(sampled, estimator)
     if math.isclose(temperature, sampled.temperature, rel_tol=1e-9):
         return frequency, sampled.log_probs
     ratio = sampled.temperature / temperature
@@ -63,25 +82,32 @@ def sampled_teacher_weights(
         log_normalizer = sampled.log_normalizers[:, column : column + 1]
     else:
         log_terms = torch.where(
-            live, sampled.counts.clamp(min=1).log() + scaled - sampled.log_probs, -torch.inf
+            live,
+            frequency.clamp(min=torch.finfo(torch.float32).tiny).log() + scaled - sampled.log_probs,
+            -torch.inf,
         )
-        log_normalizer = (
-            torch.logsumexp(log_terms, dim=-1, keepdim=True) - math.log(sampled.draws)
-        ).nan_to_num(neginf=0.0)  # a token with no draws (padding) has weight 0 everywhere anyway
+        log_normalizer = torch.logsumexp(log_terms, dim=-1, keepdim=True).nan_to_num(
+            neginf=0.0
+        )  # a token with no draws (padding) has weight 0 everywhere anyway
     log_p = torch.where(live, scaled - log_normalizer, 0.0)
     weights = torch.where(live, frequency * torch.where(live, log_p - sampled.log_probs, 0.0).exp(), 0.0)
     return weights, log_p
 
 
 def sampled_forward_kl_tokens(
-    student_logits: torch.Tensor, sampled: SampledTokens, temperature: float = 1.0, importance: str = "exact"
+    student_logits: torch.Tensor,
+    sampled: SampledTokens,
+    temperature: float = 1.0,
+    importance: str = "exact",
+    estimator: str = "counts",
 ) -> torch.Tensor:
     """(N, V) student logits, sampled targets with leading axis N -> (N,) float32 unbiased estimate of
-    KL(p_T || q_T) (unscaled; `importance: self_normalized` is consistent, not unbiased).
+    KL(p_T || q_T) (unscaled; `importance: self_normalized` is consistent, not unbiased; `estimator`:
+    ESTIMATORS).
 
     Only log q_T at the drawn ids is needed: s_j / T - logsumexp(s / T), no (N, V) log-softmax.
     """
     scaled = as_float32(student_logits) / temperature
     student_at = scaled.gather(-1, sampled.ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)
-    weights, teacher_at = sampled_teacher_weights(sampled, temperature, importance)
+    weights, teacher_at = sampled_teacher_weights(sampled, temperature, importance, estimator)
     return (weights.detach() * (teacher_at.detach() - student_at)).sum(dim=-1)

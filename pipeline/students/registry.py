@@ -1,6 +1,7 @@
 """Students made by name: `arch: {kind: <name>, ...}` -> an nn.Module returning StudentOutput.
 
 The built-in `mlp` and `cnn`, `tokens` over token ids (named inputs, pipeline/students/inputs.py),
+`causal_lm` (per-token next-token logits, for `token_kd`),
 and any torch module: a user factory (`python`), a timm model, a
 Hugging Face model (pipeline/students/external.py), all entries of one registry. Adding an
 architecture is one file (a params model with `kind: Literal["<name>"]` and a builder
@@ -17,6 +18,7 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.config import StrictModel, validate_section
+from pipeline.students.causal_lm import CausalLMParams, CausalLMStudent
 from pipeline.students.cnn import CNNParams, CNNStudent
 from pipeline.students.external import HFArchParams, PythonArchParams, TimmArchParams, tapped_student
 from pipeline.students.mlp import MLPParams, MLPStudent
@@ -29,6 +31,7 @@ ARCHITECTURES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "timm": (TimmArchParams, tapped_student),
     "hf": (HFArchParams, tapped_student),
     "tokens": (TokenParams, TokenStudent),
+    "causal_lm": (CausalLMParams, CausalLMStudent),
 }
 """kind -> (params model, builder called as builder(params, input_shape, num_classes))."""
 

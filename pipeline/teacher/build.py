@@ -56,7 +56,7 @@ def accuracy_per_split(
 ) -> dict[str, float]:
     """Split name -> top-1 accuracy of the teacher on that split's labelled rows (splits without
     labelled rows are left out; none for a teacher without logits)."""
-    if session.logits_name is None:
+    if session.logits_name is None or not (data.label != UNLABELLED).any():  # e.g. an LM's sentences
         return {}
     logits = teacher_logits(session, data, batch_size)
     predicted = logits.argmax(axis=1)
@@ -72,11 +72,13 @@ def _open(path: Path, params: TeacherParams, data: PreparedData) -> TeacherSessi
     session = open_teacher(path, **params.session_options())
     fields = fields_of(data)
     session.check_fields(fields, shown_ids_of(data))
-    probe_row_shapes(session, data)  # two batch sizes: every output follows the batch
+    row_shapes = probe_row_shapes(session, data)  # two batch sizes: every output follows the batch
     shapes = session.every_output_shape(session.feed(fields, slice(0, 1)).arrays)
     if session.logits_name is None:
         return session
     logits_shape = shapes[session.logits_name]
+    if len(logits_shape) == 2:  # (sequence, V): an LM teacher's logits per token, of one position each
+        logits_shape = row_shapes.get("logits", logits_shape)
     if logits_shape != (data.num_classes,):
         raise TeacherModelError(wrong_logits_message(path, session.logits_name, shapes, data.num_classes))
     return session

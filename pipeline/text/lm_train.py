@@ -80,10 +80,11 @@ def train_lm(
     window = config.context + 1
     if len(stream_t) <= window:
         raise ValueError(f"the token stream has {len(stream_t)} tokens; training needs more than {window}")
-    previous_threads = torch.get_num_threads()
+    previous_threads, previous_state = torch.get_num_threads(), torch.random.get_rng_state()
     if params.threads is not None:
         torch.set_num_threads(params.threads)
     try:
+        torch.manual_seed(params.seed)  # dropout masks: a rerun trains the same weights
         model = build_lm(config, params.seed).train()
         optimizer = _optimizer(model, params)
         draws = np.random.default_rng(params.seed)
@@ -107,6 +108,7 @@ def train_lm(
         wall = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous_threads)
+        torch.random.set_rng_state(previous_state)
     report = {
         "steps": params.steps,
         "tokens_seen": params.steps * params.batch_size * config.context,

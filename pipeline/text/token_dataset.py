@@ -42,10 +42,12 @@ def write_token_dataset(
     tokenizer: Tokenizer | str | Path,
     max_length: int,
     rows: Sequence[int] | np.ndarray | None = None,
+    num_classes: int = NUM_CLASSES,
 ) -> str:
     """Tokenise the sentences of `corpus` (all, or the corpus positions `rows`, in that order) with
     `tokenizer` (cut to `max_length` tokens) and write them as a prepared dataset (format 2) at
-    `directory`, atomically. Returns its fingerprint."""
+    `directory`, atomically. `num_classes`: the class count recorded (an LM teacher's per-token
+    logits have one class per vocabulary entry: pass V). Returns its fingerprint."""
     rows = np.arange(len(corpus.texts)) if rows is None else np.asarray(rows, np.int64)
     tokenized = tokenize(tokenizer, [corpus.texts[i] for i in rows], max_length)
     return write_arrays(
@@ -53,6 +55,6 @@ def write_token_dataset(
         rows.astype(np.int64),
         split_codes(np.asarray([corpus.splits[i] for i in rows])),
         np.full(len(rows), -1, np.int64),
-        NUM_CLASSES,
+        num_classes,
         token_fields(tokenized),
     )

@@ -186,6 +186,8 @@ class Stepper:
         logits = [output.logits.float() for output in outputs]  # the same tensor when float32
         teacher = batch.teacher
         teacher_features, tap_mask = teacher_taps(teacher)
+        tokens = getattr(teacher, "tokens", None)
+        teacher_tokens = None if tokens is None else tokens.targets
         totals = []
         for index, (member, recipe, output) in enumerate(zip(self.members, self.recipes, outputs)):
             peers = [o.detach() for j, o in enumerate(logits) if j != index] if len(outputs) > 1 else []
@@ -202,6 +204,9 @@ class Stepper:
                     rows=batch.rows,
                     epoch=epoch,
                     tap_mask=tap_mask,
+                    teacher_tokens=teacher_tokens,
+                    # per-token student logits (B, L, V) are scored on the cache's real tokens
+                    token_mask=tap_mask if logits[index].dim() == 3 else None,
                 )
             )
             if sums is not None:

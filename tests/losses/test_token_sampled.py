@@ -26,7 +26,9 @@ def teacher_and_student(seed=0):
     return 1.5 * rng.normal(size=(TOKENS, VOCAB)), 1.5 * rng.normal(size=(TOKENS, VOCAB))
 
 
-def replicated_estimates(teacher, student, draws, student_temperature, sampling_temperature, **sampling):
+def replicated_estimates(
+    teacher, student, draws, student_temperature, sampling_temperature, estimator="counts", **sampling
+):
     """(R,) sampled estimates of the token-mean forward KL at the student's temperature and (R, N, V)
     their gradients, from R independent samplings of the same teacher (one call on the teacher tiled
     R times) at the sampling temperature."""
@@ -39,7 +41,9 @@ def replicated_estimates(teacher, student, draws, student_temperature, sampling_
         **sampling,
     )
     logits = torch.tensor(np.tile(student, (REPLICATES, 1)), requires_grad=True)
-    per_token = sampled_forward_kl_tokens(logits, SampledTokens.from_targets(sampled), student_temperature)
+    per_token = sampled_forward_kl_tokens(
+        logits, SampledTokens.from_targets(sampled), student_temperature, estimator=estimator
+    )
     per_token.sum().backward()
     values = per_token.detach().double().reshape(REPLICATES, TOKENS).mean(1).numpy()
     return values, logits.grad.double().reshape(REPLICATES, TOKENS, VOCAB).numpy() / TOKENS
@@ -69,6 +73,19 @@ def test_sampled_forward_kl_and_its_gradient_are_unbiased_at_the_sampling_temper
     assert_unbiased(values, dense_value)
     assert_unbiased(gradients, dense_gradient)
     assert values.std() > 0.01  # it is an estimate: single draws do vary
+
+
+@pytest.mark.parametrize("student_temperature, sampling_temperature", [(1.0, 1.0), (1.0, 2.0)])
+def test_inclusion_weights_are_unbiased_and_vary_less_than_counts(student_temperature, sampling_temperature):
+    teacher, student = teacher_and_student(seed=5)
+    stored = {"normalizer_temperatures": (1.0,)} if sampling_temperature != student_temperature else {}
+    args = (teacher, student, 8, student_temperature, sampling_temperature)
+    values, gradients = replicated_estimates(*args, estimator="inclusion", **stored)
+    dense_value, dense_gradient = dense_value_and_gradient(teacher, student, student_temperature)
+    assert_unbiased(values, dense_value)
+    assert_unbiased(gradients, dense_gradient)
+    counted, counted_gradients = replicated_estimates(*args, **stored)  # the same draws, weighed by c / D
+    assert values.var() < counted.var() and gradients.var(0).sum() < counted_gradients.var(0).sum()
 
 
 def test_importance_weights_from_a_stored_normaliser_reach_a_cooler_temperature_unbiasedly():

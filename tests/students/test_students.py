@@ -28,7 +28,10 @@ ARCHS = {
     "timm": {"kind": "timm", "name": "resnet18", "taps": {"embed": "global_pool"}},
     "hf": VIT,
 }
-SEQUENCE_ARCHS = {"tokens": {"kind": "tokens", "vocab_size": 30, "width": 8, "layers": 1}}
+SEQUENCE_ARCHS = {
+    "tokens": {"kind": "tokens", "vocab_size": 30, "width": 8, "layers": 1},
+    "causal_lm": {"kind": "causal_lm", "vocab_size": 30, "layers": 1, "width": 8, "heads": 2, "context": 16},
+}
 """Architectures over named inputs (token ids + mask), not a float32 tensor."""
 NEEDS = {"timm": TIMM_MISSING, "hf": HF_MISSING}
 """kind -> why it cannot be built here (its optional package is not importable), or None."""

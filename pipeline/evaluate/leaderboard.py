@@ -23,6 +23,7 @@ import polars as pl
 
 from pipeline.errors import DistilleryError
 from pipeline.evaluate import embedding_columns, lm_columns
+from pipeline.evaluate.report_cells import spread_cells
 from pipeline.io import atomic_write_text, replace_dir
 
 SPREAD_METRICS = ("accuracy", "top5", "nll", "ece", "agreement", "root_agreement", "kl_T1", "kl_T")
@@ -154,12 +155,7 @@ def flatten_report(report: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {column: None for column in CSV_COLUMNS}
     for key in ("model", "recipe", "teacher", "params", "seeds", "temperature"):
         row[key] = report.get(key)
-    for metric in SPREAD_METRICS:
-        value = report.get(metric)
-        if isinstance(value, Mapping):
-            row[f"{metric}_mean"], row[f"{metric}_std"] = value.get("mean"), value.get("std")
-        elif isinstance(value, (int, float)):
-            row[f"{metric}_mean"], row[f"{metric}_std"] = value, 0.0
+    row.update(spread_cells(report, SPREAD_METRICS))
     for key in LATENCY_KEYS:
         row[f"latency_ms_{key}"] = (report.get("latency_ms") or {}).get(key)
     row["int8_accuracy_change"] = (report.get("int8") or {}).get("accuracy_change")

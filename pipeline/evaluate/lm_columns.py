@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.evaluate.lm_eval import LM_SPREAD
+from pipeline.evaluate.report_cells import spread_cells
 
 LM_COLUMNS = (*(f"{m}_{s}" for m in LM_SPREAD for s in ("mean", "std")), "teacher_perplexity")
 """CSV columns, after the embedding ones."""
@@ -41,12 +42,7 @@ LM_NOTE = (
 def lm_cells(report: Mapping[str, Any]) -> dict[str, Any]:
     """The LM_COLUMNS of one metrics.json payload (None where not measured)."""
     row: dict[str, Any] = dict.fromkeys(LM_COLUMNS)
-    for metric in LM_SPREAD:
-        value = report.get(metric)
-        if isinstance(value, Mapping):
-            row[f"{metric}_mean"], row[f"{metric}_std"] = value.get("mean"), value.get("std")
-        elif isinstance(value, (int, float)):
-            row[f"{metric}_mean"], row[f"{metric}_std"] = value, 0.0
+    row.update(spread_cells(report, LM_SPREAD))
     row["teacher_perplexity"] = report.get("teacher_perplexity")
     return row
 

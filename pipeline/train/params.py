@@ -17,7 +17,7 @@ students:
     label_budget: null                              # {per_class: 15, seed: 0, held_back: false}
     views: null                                     # k: train on k cached views per sample (cache.views)
     inputs: null                                    # [input_ids, attention_mask]: named fields (arg -> field)
-    loader_workers: 0                               # DataLoader worker processes reading those fields
+    loader_workers: 0                               # DataLoader processes reading the prepared files
   cohort4:                                          # M students, one pass over the cache
     cohort:
       members:
@@ -109,7 +109,8 @@ class StudentParams(StrictModel):
     views: int | None = Field(default=None, ge=1)  # k cached views per sample (cache.views); None = originals
     # forward argument -> prepared field (a list: the same names); None: one float32 input
     inputs: dict[str, str] | list[str] | None = None
-    loader_workers: int = Field(default=0, ge=0)  # DataLoader processes reading named inputs; 0: in the loop
+    # DataLoader processes reading inputs from the prepared files (train/loader.py); 0: in the loop
+    loader_workers: int = Field(default=0, ge=0)
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     checkpoint_every_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -146,11 +147,6 @@ class StudentParams(StrictModel):
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds repeat: {list(self.seeds)}")
-        if self.loader_workers and self.inputs is None:
-            raise ValueError(
-                "loader_workers reads named inputs in worker processes; the single float32 input is "
-                "already in memory: set `inputs` or drop loader_workers"
-            )
         refusal = split_refusal(self, self.nproc)
         if refusal:
             raise ValueError(refusal)

@@ -66,7 +66,7 @@ def test_named_fields_and_large_data_stay_on_disk_small_digits_shaped_data_is_lo
     assert source is None and isinstance(index, PreparedData) and np.array_equal(index.inputs, x)
 
 
-def test_training_from_the_shards_gives_the_weights_training_from_the_whole_array_gives(tmp_path):
+def test_training_from_the_shards_in_the_loop_or_in_loader_workers_gives_the_whole_arrays_weights(tmp_path):
     from pipeline.train.run import train_from_reader
 
     data, whole = _on_disk(tmp_path)
@@ -75,9 +75,12 @@ def test_training_from_the_shards_gives_the_weights_training_from_the_whole_arra
     train_from_reader("s", params, cache, whole, tmp_path / "a", tmp_path / "sa", progress=False)
     index, source = open_for_training(data.directory)
     train_from_reader("s", params, cache, index, tmp_path / "b", tmp_path / "sb", progress=False, source=source)
+    workers = student_params(epochs=2, loader_workers=2)  # the single input read in 2 DataLoader workers
+    train_from_reader("s", workers, cache, index, tmp_path / "c", tmp_path / "sc", progress=False, source=source)
     a = load_file(tmp_path / "a/seed_0/model.safetensors")
-    b = load_file(tmp_path / "b/seed_0/model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for other in "bc":
+        b = load_file(tmp_path / other / "seed_0/model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), other
 
 
 def test_evaluation_reads_the_split_per_batch_and_predicts_what_the_whole_array_predicts(tmp_path):

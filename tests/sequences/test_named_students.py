@@ -220,16 +220,6 @@ def test_dataloader_workers_read_the_named_inputs_and_change_no_weight(tmp_path,
     assert inline == (tmp_path / "workers/out/seed_0/model.safetensors").read_bytes()
 
 
-def test_loader_workers_without_named_inputs_are_refused():
-    from pipeline.config import ParamsError
-    from pipeline.train.params import validate_students
-
-    with pytest.raises(ParamsError, match="loader_workers reads named inputs"):
-        validate_students(
-            {"kd": {"arch": {"kind": "mlp"}, "loss": {"ce": {"kind": "ce"}}, "loader_workers": 2}}
-        )
-
-
 def test_exporting_a_token_student_without_its_fields_or_as_int8_is_refused_before_writing(tmp_path, trained):
     from pipeline.export.params import ExportParams
     from pipeline.export.run import ExportError, export_seed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.config import load_section
 from pipeline.export.params import ExportParams
-from pipeline.export.run import ExportError, export_student_dir, trained_models
+from pipeline.export.run import ExportError, export_student_dir, int8_rows, trained_models
 from pipeline.io import output_lock
 from pipeline.names import child_path
 from stages.cli import chain_name, student_name
@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     prepared = open_for_reading(args.prepared) if fields.input_field is not None else None
     int8_data = None
     if params.int8 and prepared is not None:
-        rows = prepared.rows("test", labelled_only=True)
-        int8_data = (prepared.inputs[rows], prepared.label[rows])
+        int8_data = int8_rows(prepared)
     out = Path(args.out)
     for student_dir in students:
         student = student_dir.name

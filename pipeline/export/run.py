@@ -129,6 +129,15 @@ def trained_models(student_dir: str | Path) -> dict[str, list[Path]]:
     return models
 
 
+def int8_rows(prepared) -> tuple[Any, np.ndarray]:
+    """The labelled test rows `export.int8` measures its accuracy change on: (inputs (N, *input_shape)
+    float32, labels (N,) int64). `prepared`: PreparedData or a PreparedDataset; inputs on the shards
+    stay a view that `onnx_logits` reads one batch at a time (a large test split is never gathered)."""
+    rows = prepared.rows("test", labelled_only=True)
+    inputs = prepared.inputs
+    return (inputs.at(rows) if hasattr(inputs, "at") else inputs[rows]), np.asarray(prepared.label)[rows]
+
+
 def export_student_dir(
     student_dir: str | Path,
     export_root: str | Path,

@@ -120,3 +120,22 @@ def test_parity_batches_drawn_from_rows_on_disk_are_the_batches_drawn_from_the_a
     data, whole = _on_disk(tmp_path)
     for a, b in zip(parity_batches(data.inputs, sizes, 3), parity_batches(whole.inputs, sizes, 3)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_int8_accuracy_is_measured_on_test_rows_read_per_batch_from_the_shards(tmp_path):
+    from pipeline.export.quantize import int8_report, quantize_int8
+    from pipeline.export.run import int8_rows
+    from pipeline.export.student_onnx import export_student
+    from pipeline.students.registry import build_student
+
+    data, whole = _on_disk(tmp_path)
+    on_disk, in_memory = int8_rows(data), int8_rows(whole)
+    assert isinstance(on_disk[0], FieldView)  # a view: the split is read one batch at a time
+    np.testing.assert_array_equal(on_disk[0][:], in_memory[0])
+    np.testing.assert_array_equal(on_disk[1], in_memory[1])
+    torch.manual_seed(0)
+    student = build_student({"kind": "mlp", "hidden": [16]}, (1, 8, 8), NUM_CLASSES).eval()
+    export_student(student, (1, 8, 8), tmp_path / "model.onnx")
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    reports = [int8_report(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", *rows) for rows in (on_disk, in_memory)]
+    assert reports[0] == reports[1] and reports[0]["rows"] == len(in_memory[1]) > 0

@@ -214,8 +214,40 @@ def read_taps(inputs: LossInputs, pair: TapPair) -> tuple[torch.Tensor, torch.Te
     return student, teacher
 
 
-def check_pairs(pairs: list[TapPair], shapes: TapShapes) -> None:
-    """MissingTapError unless every tap of `pairs` exists in `shapes`."""
-    for pair in pairs:
-        check_tap(pair.student, "student", shapes)
-        check_tap(pair.teacher, "teacher", shapes)
+def check_pairs(pairs: list[TapPair], shapes: TapShapes) -> list[tuple[bool, bool]]:
+    """MissingTapError unless every tap of `pairs` exists in `shapes`; returns, per pair, whether
+    its (student, teacher) taps are per token ((B, L, ...) padded per batch)."""
+    return [
+        (
+            is_per_token(check_tap(pair.student, "student", shapes)),
+            is_per_token(check_tap(pair.teacher, "teacher", shapes)),
+        )
+        for pair in pairs
+    ]
+
+
+def pool_tokens(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, *inner) per-token values -> (B, *inner): each row's mean over its real tokens (mask
+    (B, L) bool True; every position when mask is None). A row with no real token pools to zero.
+
+    Why: rkd, gram, crd and mmd relate the rows of a batch to each other; a per-token tap is made
+    one vector per row first, the masked mean pooling of sentence encoders (Reimers & Gurevych 2019,
+    "Sentence-BERT", arXiv:1908.10084), so padding never enters a relation (docs/losses.md)."""
+    if mask is None:
+        return values.mean(dim=1)
+    weights = mask.to(values.dtype).reshape(*mask.shape, *([1] * (values.dim() - 2)))
+    counts = weights.sum(dim=1).clamp_min(1.0)
+    return (values * weights).sum(dim=1) / counts
+
+
+def read_row_taps(
+    inputs: LossInputs, pair: TapPair, per_token: tuple[bool, bool] = (False, False)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`read_taps`, each per-token side (per_token: (student, teacher), from `check_pairs`) pooled
+    to one vector per row over its real tokens (`pool_tokens` with `inputs.tap_mask`)."""
+    student, teacher = read_taps(inputs, pair)
+    if per_token[0]:
+        student = pool_tokens(student, inputs.tap_mask)
+    if per_token[1]:
+        teacher = pool_tokens(teacher, inputs.tap_mask)
+    return student, teacher

@@ -16,7 +16,7 @@ from torch import nn
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import as_float32
-from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
+from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams, pool_tokens
 
 
 class MissingFeatureBankError(DistilleryError, ValueError):
@@ -111,6 +111,8 @@ class CRDLoss(nn.Module):
 
     def _one_tap(self, pair: ProjectedPair, inputs: LossInputs) -> torch.Tensor:
         student, teacher = pair(inputs)
+        if pair.per_token:  # one vector per row: the masked mean of its real tokens
+            student, teacher = pool_tokens(student, inputs.tap_mask), pool_tokens(teacher, inputs.tap_mask)
         p = self.params
         if p.negatives == "batch":
             if p.anchors == "both":

@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import as_float32
-from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
+from pipeline.losses._taps import TapTermParams, check_pairs, read_row_taps
 
 
 def gram_matrix(features: torch.Tensor, normalize_rows: bool = True) -> torch.Tensor:
@@ -65,11 +65,12 @@ class GramLoss(nn.Module):
         super().__init__()
         self.params = params
         self.pairs = params.pairs()
-        check_pairs(self.pairs, shapes)
+        self.per_token = check_pairs(self.pairs, shapes)  # such taps are pooled per row first
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         p = self.params
         values = [
-            gram_distance(*read_taps(inputs, pair), p.normalize_rows, p.reduction) for pair in self.pairs
+            gram_distance(*read_row_taps(inputs, pair, per_token), p.normalize_rows, p.reduction)
+            for pair, per_token in zip(self.pairs, self.per_token)
         ]
         return {"gram": sum(values) / len(values)}

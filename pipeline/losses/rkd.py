@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import at_least_float32
-from pipeline.losses._taps import TapTermParams, check_pairs, read_taps
+from pipeline.losses._taps import TapTermParams, check_pairs, read_row_taps
 
 _EPS = 1e-12
 _ELEMENTS_PER_CHUNK = 1 << 20  # 1M floats (4 MiB) per (anchors, B, B) temporary
@@ -344,12 +344,12 @@ class RKDLoss(nn.Module):
         super().__init__()
         self.params = params
         self.pairs = params.pairs()
-        check_pairs(self.pairs, shapes)
+        self.per_token = check_pairs(self.pairs, shapes)  # such taps are pooled per row first
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         distance, angle = [], []
-        for pair in self.pairs:
-            student, teacher = read_taps(inputs, pair)
+        for pair, per_token in zip(self.pairs, self.per_token):
+            student, teacher = read_row_taps(inputs, pair, per_token)
             pair_distance, pair_angle = rkd_pairwise(student, teacher, self.params.normalize_distance)
             distance.append(pair_distance)
             angle.append(

@@ -1,5 +1,6 @@
 """Feature and hidden losses on per-token (B, L, D) taps: padding contributes nothing, and the value
-is the closed form computed on each row's real tokens alone."""
+is the closed form computed on each row's real tokens alone. The row-relation families (rkd, gram,
+crd, mmd) pool each row's real tokens first: their value is the value on those pooled rows."""
 
 from __future__ import annotations
 
@@ -95,3 +96,40 @@ def test_per_token_taps_of_other_lengths_are_refused_in_one_line():
     feature = FeatureLoss(FeatureParams(student_tap="tokens", teacher_tap="hidden", project="none"), SHAPES)
     with pytest.raises(TapShapeError, match="must have one length per row"):
         feature(_inputs(student[:, :3], teacher, mask))
+
+
+def _row_means(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([row.mean(dim=0) for row in rows])
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        {"kind": "rkd"},
+        {"kind": "gram"},
+        {"kind": "crd", "project": "none", "tau": 0.5},
+        {"kind": "mmd", "project": "none"},
+    ],
+    ids=lambda family: family["kind"],
+)
+def test_row_relation_terms_on_token_taps_are_their_value_on_each_rows_mean_of_real_tokens(family):
+    from pipeline.losses.recipe import build_recipe
+
+    student, student_rows, mask = _padded(11, garbage=6.0)
+    teacher, teacher_rows, _ = _padded(12, garbage=-4.0)
+    pooled_s, pooled_t = _row_means(student_rows), _row_means(teacher_rows)
+    on_tokens = build_recipe({"term": {**family, "student_tap": "tokens", "teacher_tap": "hidden"}}, SHAPES)
+    on_rows = build_recipe(
+        {"term": {**family, "student_tap": "s", "teacher_tap": "t"}}, TapShapes(3, {"s": (D,)}, {"t": (D,)})
+    )
+    rows = LossInputs(
+        student_logits=torch.zeros(len(LENGTHS), 3),
+        teacher_logits=torch.zeros(len(LENGTHS), 3),
+        labels=torch.zeros(len(LENGTHS), dtype=torch.int64),
+        student_features={"s": pooled_s},
+        teacher_features={"t": pooled_t},
+    )
+    (_, expected), (_, got) = on_rows(rows), on_tokens(_inputs(student, teacher, mask))
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name])

@@ -57,12 +57,16 @@ class ParquetSource(StrictModel):
 class HfDiskSource(StrictModel):
     """A Hugging Face dataset saved with `save_to_disk` (a Dataset, or a DatasetDict whose splits
     train / validation (or val) / test / unlabelled become the split), read memory-mapped with
-    `datasets`; no hub download. `fields` are the input columns kept (as the Parquet `fields`)."""
+    `datasets`; no hub download. `fields` are the input columns kept (as the Parquet `fields`). A field
+    that is an `Image` feature is decoded with Pillow at prepare, converted to `image_mode` and resized
+    to `image_size` [height, width] (bilinear), as an image folder's images: uint8 (C, H, W)."""
 
     kind: Literal["hf_disk"]
     path: str
     fields: list[str] = Field(min_length=1)
     field_shapes: dict[str, list[PositiveInt]] = Field(default_factory=dict)
+    image_size: list[PositiveInt] | None = Field(default=None, min_length=2, max_length=2)
+    image_mode: Literal["RGB", "L"] = "RGB"
     id_column: str | None = None
     label_column: str | None = "label"
     num_classes: int | None = Field(default=None, ge=1)

@@ -6,8 +6,10 @@ from `chunks(rows_per_chunk)` in row order (docs/data_and_teacher.md §2 and §6
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -176,8 +178,11 @@ def load_hf_disk(source: HfDiskSource) -> RawDataset:
         split = np.concatenate(
             [np.full(len(part), HF_SPLITS[name], dtype=object) for name, part in parts.items()]
         )
+    features = next(iter(parts.values())).features
+    images = [n for n in source.fields if isinstance(features.get(n), datasets.Image)]
     specs = {
-        n: _field_spec(n, table.schema.field(n).type, source.field_shapes, source.path) for n in source.fields
+        n: _image_spec(n, source) if n in images else _field_spec(n, table.schema.field(n).type, source.field_shapes, source.path)
+        for n in source.fields
     }
     index = _index_from_table(table.select(index_columns), source, source.path, split)
 
@@ -185,14 +190,45 @@ def load_hf_disk(source: HfDiskSource) -> RawDataset:
         fields = table.select(list(source.fields))
         for first in range(0, fields.num_rows, rows_per_chunk):
             batch = fields.slice(first, rows_per_chunk)
-            yield {n: _to_field(batch.column(n), spec, n, source.path, first) for n, spec in specs.items()}
+            yield {
+                n: _decode_images(batch.column(n), spec, n, source, first)
+                if n in images
+                else _to_field(batch.column(n), spec, n, source.path, first)
+                for n, spec in specs.items()
+            }
 
     return _streamed(index, specs, chunks)
 
 
-def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
-    """One image file -> (C, H, W) uint8 (`mode` RGB: C = 3, L: C = 1), resized to `size` (bilinear).
-    ImageDecodeError naming the path when Pillow cannot read it."""
+def _image_spec(name: str, source: HfDiskSource) -> FieldSpec:
+    """The uint8 (C, H, W) FieldSpec of an `Image` column, from `image_size` and `image_mode`."""
+    if source.image_size is None:
+        raise FieldColumnError(
+            f"{source.path}: column {name!r} holds images (a datasets Image feature); give the size to decode "
+            "them to as prepare.dataset.image_size: [height, width] (and image_mode: RGB or L)"
+        )
+    return FieldSpec("uint8", (3 if source.image_mode == "RGB" else 1, *map(int, source.image_size)))
+
+
+def _decode_images(column, spec: FieldSpec, name: str, source: HfDiskSource, first_row: int) -> np.ndarray:
+    """A chunk of an `Image` column (Arrow struct of `bytes` and `path`) -> (n, C, H, W) uint8."""
+    size = (int(spec.shape[1]), int(spec.shape[2]))
+    decoded = []
+    for offset, cell in enumerate(column.to_pylist()):
+        where = f"{source.path}: column {name!r} row {first_row + offset}"
+        if cell is None or (cell.get("bytes") is None and cell.get("path") is None):
+            raise FieldColumnError(f"{where} has no image; drop or fill the row")
+        image = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else Path(cell["path"])
+        decoded.append(decode_image(image, size, source.image_mode, where))
+    return np.stack(decoded)
+
+
+def decode_image(
+    path: Path | BinaryIO, size: tuple[int, int], mode: str, name: str | None = None
+) -> np.ndarray:
+    """One image (a file, or its encoded bytes as a file object) -> (C, H, W) uint8 (`mode` RGB: C = 3,
+    L: C = 1), resized to `size` (bilinear). ImageDecodeError naming the path (or `name`) when Pillow
+    cannot read it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -203,7 +239,8 @@ def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ImageDecodeError(
-            f"{path}: cannot be decoded as an image ({error}); remove or replace the file"
+            f"{name or path}: cannot be decoded as an image ({error}); remove or replace the "
+            + ("image" if name else "file")
         ) from None
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 

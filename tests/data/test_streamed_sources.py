@@ -114,3 +114,48 @@ def test_an_image_that_fails_to_decode_is_named_and_nothing_is_written(tmp_path)
 def test_an_empty_class_folder_is_one_line(tmp_path):
     with pytest.raises(EmptyClassError, match=r"class 'dog' has no .png/.jpg/.jpeg image"):
         _prepare(tmp_path, _image_folder(tmp_path, empty_class=True))
+
+
+def _hf_images(tmp_path, broken_row: int | None = None):
+    """A save_to_disk Dataset of 16 RGB images (an `Image` feature, PNG bytes inside the Arrow file)
+    of 6 x 5 pixels, labels 0/1; returns the images as (N, 3, 6, 5) uint8."""
+    import io
+
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(16, 6, 5, 3), dtype=np.uint8)
+    encoded = []
+    for i, image in enumerate(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append({"bytes": b"not a png" if i == broken_row else buffer.getvalue(), "path": None})
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    rows = {"img": encoded, "label": (np.arange(16) % 2).tolist()}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "hf"))
+    return pixels.transpose(0, 3, 1, 2)
+
+
+def test_a_hugging_face_image_column_is_decoded_to_uint8_pixels_of_the_size_asked(tmp_path):
+    pixels = _hf_images(tmp_path)
+    source = {"kind": "hf_disk", "path": str(tmp_path / "hf"), "fields": ["img"]}
+    data = _prepare(tmp_path, {**source, "image_size": [6, 5]})  # the stored size: decoded exactly
+    assert data.fields == {"img": FieldSpec("uint8", (3, 6, 5))}
+    got = data.read(np.arange(16), ["img"], transform=False)["img"]
+    order = np.argsort(data.user_id.astype(np.int64)) if data.user_id is not None else np.arange(16)
+    np.testing.assert_array_equal(got[order], pixels)
+    smaller = _prepare(tmp_path / "grey", {**source, "image_size": [4, 4], "image_mode": "L"})
+    assert smaller.fields == {"img": FieldSpec("uint8", (1, 4, 4))}
+
+
+def test_a_hugging_face_image_column_without_a_size_or_with_a_broken_image_is_one_line(tmp_path):
+    from pipeline.data.streamed_sources import FieldColumnError
+
+    _hf_images(tmp_path, broken_row=9)
+    source = {"kind": "hf_disk", "path": str(tmp_path / "hf"), "fields": ["img"]}
+    with pytest.raises(FieldColumnError, match=r"column 'img' holds images .*image_size: \[height, width\]"):
+        _prepare(tmp_path, source)
+    with pytest.raises(ImageDecodeError, match=r"column 'img' row 9: cannot be decoded as an image"):
+        _prepare(tmp_path, {**source, "image_size": [6, 5]})
+    assert not (tmp_path / "out").exists()

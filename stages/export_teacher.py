@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = None if args.input is None else [parse_input(text) for text in args.input]
     prepared = None
     if args.prepared is not None:
-        from pipeline.data.prepared import load_prepared
+        from pipeline.data.prepared import open_for_reading
 
-        prepared = load_prepared(args.prepared)
+        prepared = open_for_reading(args.prepared)  # the parity rows are read, not the whole dataset
     out = Path(args.out)
     with output_lock(out.parent, "distillery export-teacher"):
         report = export_teacher(

@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _reference(cache, args):
     if not (args.teacher and args.prepared):
         return None, None
-    from pipeline.data.prepared import load_prepared
+    from pipeline.data.prepared import open_for_reading
     from pipeline.teacher.session import open_teacher, teacher_sha256
 
-    data = load_prepared(args.prepared)
+    data = open_for_reading(args.prepared)  # whole when small (digits); else the sampled rows read per batch
     meta = cache.metadata
     check_fingerprints(
         args.cache, meta, data.fingerprint, teacher_sha256(args.teacher)

@@ -54,10 +54,11 @@ def onnx_teacher_opener(
 
 
 def prepared_rows_opener(prepared_dir: str | Path) -> ShardOpener:
-    """A picklable opener of the prepared dataset in `prepared_dir` (each worker loads it once)."""
-    from pipeline.data.prepared import load_prepared
+    """A picklable opener of the prepared dataset in `prepared_dir` (each worker opens it once: whole
+    when small, as digits; else memory-mapped shards read per batch, so W workers never hold W copies)."""
+    from pipeline.data.prepared import open_for_reading
 
-    return functools.partial(load_prepared, str(Path(prepared_dir).resolve()))
+    return functools.partial(open_for_reading, str(Path(prepared_dir).resolve()))
 
 
 def plan_shard_groups(pending_shards: list[int], num_groups: int) -> list[list[int]]:

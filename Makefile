@@ -24,8 +24,10 @@ repro: setup
 repro-%: setup
 	cd scenarios/$* && PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/dvc repro
 
+# The test files run on every core (pytest-xdist); a file stays on one worker (--dist loadfile), so its
+# module fixtures (a dvc repo, a Slurm, a Dask cluster) are built once.
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q --durations=15
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 # ruff: the formatter and the linter configured in pyproject.toml ([tool.ruff]).
 lint: setup

@@ -125,7 +125,7 @@ def join_training_data(
                 f"student {student!r}: views and named inputs (students.{student}.inputs) do not go "
                 f"together yet; drop students.{student}.views"
             )
-        return _join_views(reader, prepared, train_rows, views)
+        return _join_views(reader, prepared, train_rows, views, source)
     position = align_inputs(
         reader, prepared.sample_id, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
     )
@@ -174,9 +174,10 @@ def _training_rows(reader, train_rows: str) -> np.ndarray:
     return rows
 
 
-def _join_views(reader: CacheReader, prepared, train_rows: str, views: int) -> TrainingData:
+def _join_views(reader: CacheReader, prepared, train_rows: str, views: int, dataset=None) -> TrainingData:
     """TrainingData of a view cache: aligned on its original rows (view -1), every row's prepared
-    row found by sample id, replayed by a ViewReplay."""
+    row found by sample id, replayed by a ViewReplay from `prepared.inputs`, or from `dataset.inputs`
+    (a dataset on disk: each batch's source rows read when its views are replayed)."""
     kept = originals(reader)
     check_alignment(
         kept, prepared.sample_id, True, prepared.split, prepared.label, getattr(prepared, "ids_of", None)
@@ -193,7 +194,7 @@ def _join_views(reader: CacheReader, prepared, train_rows: str, views: int) -> T
     rows = _training_rows(reader, train_rows)
     rows = rows[is_original[rows]]
     val = rows_of_split(reader, "val")
-    inputs = np.ascontiguousarray(prepared.inputs, np.float32)
+    inputs = dataset.inputs if dataset is not None else np.ascontiguousarray(prepared.inputs, np.float32)
     replay = ViewReplay(reader, recorded_spec(reader), views, inputs, source, rows, partners)
     return TrainingData(
         MixedLabelsUnlabelled(reader),

@@ -302,13 +302,10 @@ def train_student(
     `cache_views`: the `cache.views` the cache must have been built with (the train stage passes
     params.yaml's; a changed spec is a stale cache), or UNCHECKED.
     """
-    from pipeline.data.prepared import load_prepared, open_for_training
+    from pipeline.data.prepared import open_for_training
 
-    source = None
-    if params.views is not None and params.inputs is None:  # views replay the whole input array
-        prepared = load_prepared(prepared_dir)
-    else:  # small single-input data whole (digits); large data and named fields read per batch
-        prepared, source = open_for_training(prepared_dir, whole_if_small=params.inputs is None)
+    # small single-input data whole (digits); large data, its views and named fields read per batch
+    prepared, source = open_for_training(prepared_dir, whole_if_small=params.inputs is None)
     reader = open_student_cache(params.cache, prepared.fingerprint, cache_views)
     held_back = params.label_budget is not None and params.label_budget.held_back
     return train_from_reader(

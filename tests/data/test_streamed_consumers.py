@@ -139,3 +139,25 @@ def test_int8_accuracy_is_measured_on_test_rows_read_per_batch_from_the_shards(t
     quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
     reports = [int8_report(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", *rows) for rows in (on_disk, in_memory)]
     assert reports[0] == reports[1] and reports[0]["rows"] == len(in_memory[1]) > 0
+
+
+def test_training_on_cached_views_of_data_on_disk_gives_the_weights_of_the_whole_array(tmp_path):
+    from pipeline.cache.open import open_cache
+    from pipeline.cache.params import CacheParams
+    from pipeline.cache.writer import build_cache
+    from pipeline.train.run import train_from_reader
+    from tests.train.test_views import VIEWS, EchoTeacher
+
+    data, whole = _on_disk(tmp_path)
+    params = CacheParams(views=VIEWS, features_dtype="float32", rows_per_chunk=64, batch_size=50)
+    built = build_cache(
+        data, EchoTeacher(), "t" * 64, data.fingerprint, params, tmp_path / "store", tmp_path / "scratch", progress=False
+    )
+    cache = open_cache(built.store_dir, data.fingerprint)
+    student = student_params(epochs=2, views=2)
+    train_from_reader("s", student, cache, whole, tmp_path / "a", tmp_path / "sa", progress=False)
+    index, source = open_for_training(data.directory)  # the views replayed from rows read per batch
+    train_from_reader("s", student, cache, index, tmp_path / "b", tmp_path / "sb", progress=False, source=source)
+    a = load_file(tmp_path / "a/seed_0/model.safetensors")
+    b = load_file(tmp_path / "b/seed_0/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -11,7 +11,10 @@ STORAGE_LIBRARIES = {"zarr", "pyarrow", "polars", "numcodecs"}
 # pipeline/data reads the user's Parquet/Zarr datasets; pipeline/cache is the cache's one door; the
 # leaderboard is a polars table (docs/evaluation.md), though it reads no cache file itself.
 STORAGE_DOORS = ("pipeline/cache/", "pipeline/data/")
-TABLE_MODULES = {"pipeline/evaluate/leaderboard.py": {"polars"}}
+TABLE_MODULES = {
+    "pipeline/evaluate/leaderboard.py": {"polars"},
+    "pipeline/evaluate/leaderboard_tables.py": {"polars"},
+}
 
 
 def _imported_modules(path: Path) -> set[str]:

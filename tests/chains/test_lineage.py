@@ -7,7 +7,8 @@ import json
 import pytest
 
 from pipeline.config import ParamsError
-from pipeline.evaluate.leaderboard import collect_metrics, leaderboard_rows, to_markdown
+from pipeline.evaluate.leaderboard import collect_metrics, leaderboard_rows
+from pipeline.evaluate.leaderboard_tables import to_markdown
 from pipeline.evaluate.lineage import chain_store, is_root_cache, learned_from, validate_chains
 
 CHAINS = {"ta": {"teacher": "assistant"}, "born_again": {"teacher": "born_again_g1"}}

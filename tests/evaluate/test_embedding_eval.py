@@ -16,7 +16,8 @@ import torch
 from pipeline.cache.reader import MemoryCache
 from pipeline.evaluate.embedding_eval import embedding_report, encode_speed, student_embeddings
 from pipeline.evaluate.evaluation import EvaluationError, join_split
-from pipeline.evaluate.leaderboard import build_leaderboard, leaderboard_rows, to_csv, to_markdown
+from pipeline.evaluate.leaderboard import build_leaderboard, leaderboard_rows
+from pipeline.evaluate.leaderboard_tables import to_csv, to_markdown
 from pipeline.evaluate.metrics import MetricInputError
 from pipeline.evaluate.params import EmbeddingParams, EvaluateParams, LatencyParams
 from pipeline.evaluate.run import embedding_block, evaluate_student_dir

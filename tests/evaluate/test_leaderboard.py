@@ -9,15 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluate.leaderboard import (
-    CSV_COLUMNS,
-    LeaderboardError,
-    collect_metrics,
-    leaderboard_rows,
-    to_csv,
-    to_markdown,
-    write_leaderboard,
-)
+from pipeline.evaluate.leaderboard import LeaderboardError, collect_metrics, leaderboard_rows
+from pipeline.evaluate.leaderboard_tables import CSV_COLUMNS, to_csv, to_markdown, write_leaderboard
 from pipeline.evaluate.metrics import accuracy
 from pipeline.evaluate.plots import accuracy_vs_params
 from pipeline.evaluate.reference import teacher_report

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.config import ParamsError
-from pipeline.evaluate.leaderboard import leaderboard_rows, to_markdown
+from pipeline.evaluate.leaderboard import leaderboard_rows
+from pipeline.evaluate.leaderboard_tables import to_markdown
 from pipeline.students.registry import build_student, parse_arch
 from pipeline.text.corpus import Corpus, CorpusParams
 from pipeline.text.lm_scenario import SentenceCounts, sample_rows

@@ -14,7 +14,8 @@ from pipeline.evaluate.bias_correction import (
     bias_correction,
     search_bias,
 )
-from pipeline.evaluate.leaderboard import leaderboard_rows, to_csv, to_markdown
+from pipeline.evaluate.leaderboard import leaderboard_rows
+from pipeline.evaluate.leaderboard_tables import to_csv, to_markdown
 
 
 def _logits_with_a_suppressed_class(

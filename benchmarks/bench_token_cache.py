@@ -2,7 +2,8 @@
 million tokens through the real cache writer in the sampled form, then student steps reading it back.
 
     python benchmarks/bench_token_cache.py [--vocab 128000] [--tokens 1048576] [--draws 32]
-        [--row-tokens 256] [--student-rows 2] [--steps 5] [--out data/.scratch/bench_token_cache]
+        [--row-tokens 256] [--student-rows 2] [--steps 5] [--threads 1]
+        [--step-vocab 8192] [--step-tokens 65536] [--out data/.scratch/bench_token_cache]
         [--steps-from STORE]   # only the student steps, on a finished store
 
 The teacher is an ONNX Gather over a table of `--contexts` logit rows (sigma x N(0, 1), sigma ~ U[4, 7]
@@ -10,10 +11,13 @@ per row, as benchmarks/bench_token_forms.py): input_ids (batch, sequence) -> log
 V), run by ONNX Runtime through `pipeline.cache.writer.build_cache` exactly as the `cache` stage
 runs a teacher (one row of `--row-tokens` tokens a teacher batch, so a batch's logits are
 row_tokens x V x 4 bytes: 128 MiB at the defaults, the bound on the writer's memory with the
-sampler's 256 MiB working chunk). Printed: tokens, write throughput (tokens/s, wall), bytes per token
+sampler's 16 MiB working chunk). Printed: tokens, write throughput (tokens/s, wall), bytes per token
 (on disk, and the form's raw padded / ragged bytes from the cache report), peak RSS of this process
 after the build and after the steps, and the student's steps/s reading batches from the cache
 (lazy Zarr reads + forward KL from the sampled targets + backward + SGD on Linear(64, V)).
+Then, at a small V (`--step-vocab`, where a dense cache fits), the same teacher over `--step-tokens`
+tokens is cached twice, dense fp16 and sampled, and the student's step time from each is printed
+with their ratio (the issue's "step time from the sampled cache against dense fp16 at a small V").
 """
 
 from __future__ import annotations
@@ -100,7 +104,8 @@ def monitor(
 
 
 def student_steps(store: Path, vocab: int, rows: int, steps: int, hidden: int = 64) -> tuple[float, float]:
-    """(steps/s, tokens/s) of `steps` student steps of `rows` rows each, read lazily from `store`."""
+    """(steps/s, tokens/s) of `steps` student steps of `rows` rows each, read lazily from `store`
+    (sampled targets, or the dense per-token logits when the cache holds those)."""
     cache = open_cache(store, mode="lazy")
     torch.manual_seed(0)
     embed, head = torch.nn.Embedding(vocab, hidden), torch.nn.Linear(hidden, vocab)
@@ -112,6 +117,8 @@ def student_steps(store: Path, vocab: int, rows: int, steps: int, hidden: int = 
             tokens, start = 0, time.perf_counter()
         batch = cache.batch(np.sort(order[step * rows : (step + 1) * rows]))
         targets, mask = batch.tokens.targets, batch.tokens.mask
+        if targets is None:  # a dense cache: the padded (B, L, V) logits
+            targets = batch.logits
         inputs = torch.zeros(mask.shape, dtype=torch.int64)  # the student's own inputs do not matter here
         optimizer.zero_grad(set_to_none=True)
         token_divergence(head(embed(inputs)), targets, token_mask=mask).backward()
@@ -121,12 +128,66 @@ def student_steps(store: Path, vocab: int, rows: int, steps: int, hidden: int = 
     return steps / elapsed, tokens / elapsed
 
 
-def print_steps(store: Path, vocab: int, rows: int, row_tokens: int, steps: int) -> None:
-    """Time the student steps on `store` and print steps/s and tokens/s."""
+def print_steps(store: Path, vocab: int, rows: int, row_tokens: int, steps: int, what: str = "") -> float:
+    """Time the student steps on `store`, print steps/s and tokens/s; return seconds a step."""
     per_second, tokens_per_second = student_steps(store, vocab, rows, steps)
     print(
-        f"student steps (Linear(64, {vocab}), {rows} rows = {rows * row_tokens} tokens a step, lazy reads "
-        f"+ forward KL + backward + SGD): {per_second:.2f} steps/s, {tokens_per_second:,.0f} tokens/s"
+        f"student steps{what} (Linear(64, {vocab}), {rows} rows = {rows * row_tokens} tokens a step, lazy "
+        f"reads + forward KL + backward + SGD): {per_second:.2f} steps/s, {tokens_per_second:,.0f} tokens/s"
+    )
+    return 1.0 / per_second
+
+
+def build(out: Path, vocab: int, tokens: int, args, token_logits: TokenLogitsParams | None, every_s: float):
+    """Write the Gather teacher at V = `vocab` and cache `tokens` tokens of it under `out` in the form
+    `token_logits` (None: dense fp16); returns (BuildResult, seconds)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    rows = -(-tokens // args.row_tokens)
+    data = TokenRows(rows, args.row_tokens, args.contexts, vocab)
+    write_teacher(out / "teacher.onnx", args.contexts, vocab)
+    teacher = open_teacher(
+        out / "teacher.onnx", inputs={"input_ids": "input_ids"}, provider="cpu", intra_op_threads=args.threads
+    )
+    params = CacheParams(batch_size=1, rows_per_chunk=16, chunks_per_shard=4, token_logits=token_logits)
+    start, stop = time.perf_counter(), threading.Event()
+    watcher = threading.Thread(
+        target=monitor,
+        args=(out / "scratch", params.rows_per_shard * args.row_tokens, start, every_s, stop),
+        daemon=True,
+    )
+    watcher.start()
+    try:
+        result = build_cache(
+            data, teacher, "0" * 64, data.fingerprint, params, out / "store", out / "scratch", progress=False
+        )
+    finally:
+        stop.set()
+    return result, time.perf_counter() - start
+
+
+def compare_steps(args) -> None:
+    """The student's step time from a dense fp16 cache and from a sampled one at V = --step-vocab."""
+    seconds = {}
+    for name, form in (
+        ("dense fp16", None),
+        ("sampled", TokenLogitsParams(form="sampled", draws=args.draws)),
+    ):
+        out = args.out / f"steps_{name.split()[0]}"
+        result, _ = build(out, args.step_vocab, args.step_tokens, args, form, every_s=1e9)
+        on_disk = tree_size(result.store_dir) / args.step_tokens
+        seconds[name] = print_steps(
+            result.store_dir,
+            args.step_vocab,
+            args.student_rows,
+            args.row_tokens,
+            args.steps,
+            f" from the {name} cache ({on_disk:,.1f} B/token on disk)",
+        )
+        shutil.rmtree(out, ignore_errors=True)
+    print(
+        f"step time at V = {args.step_vocab}: sampled / dense fp16 = "
+        f"{seconds['sampled'] / seconds['dense fp16']:.2f}"
     )
 
 
@@ -141,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--report-every", type=float, default=120.0, help="seconds between progress lines")
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT threads")
+    parser.add_argument("--step-vocab", type=int, default=8192, help="V of the dense-vs-sampled step timing")
+    parser.add_argument("--step-tokens", type=int, default=1 << 16, help="tokens of each step-timing cache")
     parser.add_argument("--out", type=Path, default=Path("data/.scratch/bench_token_cache"))
     parser.add_argument("--steps-from", type=Path, help="only time the student steps on this finished store")
     args = parser.parse_args(argv)
@@ -148,44 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps_from is not None:
         print_steps(args.steps_from, args.vocab, args.student_rows, args.row_tokens, args.steps)
         return 0
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
-    rows = -(-args.tokens // args.row_tokens)
-    data = TokenRows(rows, args.row_tokens, args.contexts, args.vocab)
-    write_teacher(args.out / "teacher.onnx", args.contexts, args.vocab)
-    teacher = open_teacher(
-        args.out / "teacher.onnx",
-        inputs={"input_ids": "input_ids"},
-        provider="cpu",
-        intra_op_threads=args.threads,
+    print(
+        f"V = {args.vocab}, {args.tokens:,} tokens in rows of {args.row_tokens}, sampled form, "
+        f"{args.draws} draws, {args.threads} thread(s)"
     )
-    params = CacheParams(
-        batch_size=1,
-        rows_per_chunk=16,
-        chunks_per_shard=4,
-        token_logits=TokenLogitsParams(form="sampled", draws=args.draws),
+    result, build_s = build(
+        args.out / "big",
+        args.vocab,
+        args.tokens,
+        args,
+        TokenLogitsParams(form="sampled", draws=args.draws),
+        args.report_every,
     )
-    print(f"V = {args.vocab}, {rows} rows x {args.row_tokens} tokens, sampled form, {args.draws} draws")
-    start, stop = time.perf_counter(), threading.Event()
-    tokens_per_shard = params.rows_per_shard * args.row_tokens
-    watcher = threading.Thread(
-        target=monitor,
-        args=(args.out / "scratch", tokens_per_shard, start, args.report_every, stop),
-        daemon=True,
-    )
-    watcher.start()
-    result = build_cache(
-        data,
-        teacher,
-        "0" * 64,
-        data.fingerprint,
-        params,
-        args.out / "store",
-        args.out / "scratch",
-        progress=False,
-    )
-    build_s = time.perf_counter() - start
-    stop.set()
     rss_build = peak_rss_mib()
     cache = open_cache(result.store_dir, mode="lazy")
     form = cache_report(cache)["token_form"]
@@ -204,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS after the build: {rss_build:,.0f} MiB")
     print_steps(result.store_dir, args.vocab, args.student_rows, args.row_tokens, args.steps)
     print(f"peak RSS after the steps: {peak_rss_mib():,.0f} MiB")
+    shutil.rmtree(args.out / "big", ignore_errors=True)
+    compare_steps(args)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.cache.store import STORES
 from pipeline.config import ParamsError, StrictModel, validate_section
@@ -28,6 +28,10 @@ class TokenLogitsParams(StrictModel):
     temperature: the T of the draws / of the top-k log-probs. k: ids kept by top-k.
     log_prob_dtype: stored dtype of the teacher's log-probs. kl_tokens: top-k only, tokens per
         teacher batch whose KL error against the dense row the build measures for the report.
+    store_log_probs: sampled only; false stores ids + counts alone (3 B an id at V <= 65536, as the
+        paper), no log-probs and no normaliser: the `counts` estimator at the sampling temperature
+        needs neither (its loss is then the cross-entropy to the draws, the KL plus the teacher's
+        entropy, with the same gradient); inclusion weights and other temperatures need them.
     """
 
     form: Literal["dense", "sampled", "top_k"] = "dense"
@@ -38,6 +42,16 @@ class TokenLogitsParams(StrictModel):
     k: int = Field(16, ge=1)
     log_prob_dtype: Literal["float16", "float32"] = "float16"
     kl_tokens: int = Field(64, ge=0)
+    store_log_probs: bool = True
+
+    @model_validator(mode="after")
+    def _normalizers_need_log_probs(self):
+        if not self.store_log_probs and self.normalizer_temperatures:
+            raise ValueError(
+                "normalizer_temperatures need the stored log-probs (store_log_probs: true); "
+                "without them only the sampling temperature can be used: remove normalizer_temperatures"
+            )
+        return self
 
 
 class CacheParams(StrictModel):

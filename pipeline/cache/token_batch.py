@@ -56,12 +56,13 @@ class SampledTokens(_TokenTensors):
     counts: (..., S) float32 draws of each id; 0 in padding slots; a real token's counts sum to `draws`.
     log_probs: (..., S) float32 teacher log p_T(id) at the sampling temperature `temperature`.
     log_normalizers: (..., R) float32 logsumexp(z / T_r) for T_r in `normalizer_temperatures`.
+    log_probs and log_normalizers are None for a cache of ids + counts alone (`store_log_probs: false`).
     """
 
     ids: torch.Tensor
     counts: torch.Tensor
-    log_probs: torch.Tensor
-    log_normalizers: torch.Tensor
+    log_probs: torch.Tensor | None
+    log_normalizers: torch.Tensor | None
     draws: int
     temperature: float
     normalizer_temperatures: tuple[float, ...]

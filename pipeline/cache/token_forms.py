@@ -55,12 +55,14 @@ class SampledTargets:
         temperature T, in nats; 0 in padding slots.
     log_normalizers: (N, R) float32: logsumexp(z / T_r) of the full row for each T_r of
         `normalizer_temperatures` (the first is `temperature`); with them p_{T_r}(id) is exact.
+    log_probs and log_normalizers are None when read from a cache that stores ids + counts alone
+    (`store_log_probs: false`).
     """
 
     ids: np.ndarray
     counts: np.ndarray
-    log_probs: np.ndarray
-    log_normalizers: np.ndarray
+    log_probs: np.ndarray | None
+    log_normalizers: np.ndarray | None
     draws: int
     temperature: float
     normalizer_temperatures: tuple[float, ...]
@@ -288,13 +290,15 @@ def bytes_per_token(form: SampledTargets | TopKTargets, padded: bool = False) ->
     (id + log-prob bytes) + 8 B (normaliser and tail mass).
     """
     if isinstance(form, SampledTargets):
-        slot = form.ids.itemsize + form.counts.itemsize + form.log_probs.itemsize
+        stored = form.log_probs is not None
+        slot = form.ids.itemsize + form.counts.itemsize + (form.log_probs.itemsize if stored else 0)
+        normalizers = form.log_normalizers.shape[1] * form.log_normalizers.itemsize if stored else 0
         slots = (
             form.ids.shape[1]
             if padded or not form.counts.size
             else np.count_nonzero(form.counts, axis=1).mean()
         )
-        return float(slots * slot + form.log_normalizers.shape[1] * form.log_normalizers.itemsize)
+        return float(slots * slot + normalizers)
     slot = form.ids.itemsize + form.log_probs.itemsize
     return float(form.ids.shape[1] * slot + form.log_normalizer.itemsize + form.log_tail_mass.itemsize)
 

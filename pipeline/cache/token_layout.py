@@ -43,6 +43,8 @@ def token_form_spec(params: Any, vocab_size: int) -> dict[str, Any] | None:
             "normalizer_temperatures": temperatures,
         }
         spec["count_dtype"] = "uint8" if params.draws <= 255 else "uint16"
+        if not params.store_log_probs:  # the key only when false: existing caches' layouts unchanged
+            spec["log_probs"] = False
     else:
         spec |= {"k": min(int(params.k), int(vocab_size)), "kl_tokens": int(params.kl_tokens)}
     return spec
@@ -58,8 +60,14 @@ def form_arrays(spec: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str
     else:
         k = (int(spec["k"]),)
         shapes, dtypes = (k, k, (), ()), (spec["id_dtype"], lp, "float32", "float32")
-    parts = FORM_PARTS[spec["form"]]
+    parts = FORM_PARTS[spec["form"]][: 2 if not stores_log_probs(spec) else None]
     return {f"{TOKENS}/{spec['form']}_{p}": (s, d) for p, s, d in zip(parts, shapes, dtypes)}
+
+
+def stores_log_probs(spec: Mapping[str, Any]) -> bool:
+    """Whether the stored form `spec` keeps the teacher's log-probs (top-k always; sampled unless
+    `store_log_probs: false` made it ids + counts alone)."""
+    return bool(spec.get("log_probs", True))
 
 
 FORM_ARRAYS = frozenset(f"{TOKENS}/{form}_{part}" for form, parts in FORM_PARTS.items() for part in parts)

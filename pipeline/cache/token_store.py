@@ -8,6 +8,7 @@ after the previous rows'), each token's slots padded to a fixed width (sampled: 
 
     sampled: tokens/sampled_ids (M, draws) uint16|int32, tokens/sampled_counts (M, draws) uint8|uint16,
              tokens/sampled_log_probs (M, draws) float16|float32, tokens/sampled_log_normalizers (M, R)
+             (the last two not with `store_log_probs: false`)
     top_k:   tokens/top_k_ids (M, k), tokens/top_k_log_probs (M, k), tokens/top_k_log_normalizer (M,)
              float32, tokens/top_k_log_tail_mass (M,) float32
 
@@ -31,7 +32,7 @@ from pipeline.cache.token_forms import (
     top_k_kl_error,
     top_k_token_targets,
 )
-from pipeline.cache.token_layout import form_arrays
+from pipeline.cache.token_layout import form_arrays, stores_log_probs
 from pipeline.errors import DistilleryError
 
 FORM_STATS = "token_form_stats"
@@ -67,7 +68,7 @@ def compute_form(
             log_prob_dtype=spec["log_prob_dtype"],
             normalizer_temperatures=tuple(spec["normalizer_temperatures"][1:]),
         )
-        values = (targets.ids, targets.counts, targets.log_probs, targets.log_normalizers)
+        values = (targets.ids, targets.counts, targets.log_probs, targets.log_normalizers)[: len(names)]
         stats = {"slots": int(np.count_nonzero(targets.counts))}
     else:
         targets = top_k_token_targets(
@@ -96,6 +97,7 @@ def targets_of(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], vocab_
     parts = [arrays[name] for name in form_arrays(spec)]
     if spec["form"] == "sampled":
         temps = tuple(float(t) for t in spec["normalizer_temperatures"])
+        parts += [None] * (4 - len(parts))  # ids + counts alone: no log-probs, no normalisers
         return SampledTargets(*parts, int(spec["draws"]), float(spec["temperature"]), temps, vocab_size)
     return TopKTargets(*parts, float(spec["temperature"]), vocab_size)
 
@@ -171,7 +173,8 @@ def form_report(spec: Mapping[str, Any], manifest: list[Mapping[str, Any]]) -> d
         slot = sum(np.dtype(d).itemsize for _, d in parts[:3])
         distinct = stats.get("slots", 0) / tokens if tokens else 0.0
         report["mean_distinct_ids"] = distinct
-        report["bytes_per_token_ragged"] = distinct * slot + 4 * len(spec["normalizer_temperatures"])
+        normalizers = 4 * len(spec["normalizer_temperatures"]) if stores_log_probs(spec) else 0
+        report["bytes_per_token_ragged"] = distinct * slot + normalizers
     else:
         measured = int(stats.get("kl_tokens", 0))
         report["bytes_per_token_ragged"] = float(padded)

@@ -54,7 +54,6 @@ def cut_padding(values: np.ndarray, lengths: np.ndarray, where: str, name: str) 
     """`values` (B, L, ...) with every position at or past its row's length ((B,) int64) set to 0,
     so padding never reaches the cache (nor its NaN checks). TokenOutputError when L is shorter than
     a row."""
-    values = np.array(values, copy=True)
     longest = int(lengths.max(initial=0))
     if values.ndim < 2 or values.shape[1] < longest:
         raise TokenOutputError(
@@ -62,7 +61,11 @@ def cut_padding(values: np.ndarray, lengths: np.ndarray, where: str, name: str) 
             f"{longest} tokens; a per-token output must be (batch, sequence, ...) over the padded batch: "
             "re-export the teacher, or leave the output out of teacher.per_token"
         )
-    values[np.arange(values.shape[1])[None, :] >= lengths[:, None]] = 0
+    padding = np.arange(values.shape[1])[None, :] >= lengths[:, None]
+    if not padding.any():  # every row fills the batch: nothing to cut, no copy (V floats a token)
+        return values
+    values = np.array(values, copy=True)
+    values[padding] = 0
     return values
 
 

@@ -40,7 +40,8 @@ inclusion weight uses the stored log-prob instead of the count, so an id the tea
 
 
 class SampledTemperatureError(DistilleryError, ValueError):
-    """A student temperature the sampled targets carry no normaliser for (exact weights asked)."""
+    """A student temperature or estimator the sampled targets cannot serve: no normaliser stored for
+    that temperature (exact weights asked), or no log-probs stored at all (ids + counts alone)."""
 
 
 def drawn_share(sampled: SampledTokens, estimator: str = "counts") -> torch.Tensor:
@@ -57,15 +58,23 @@ def drawn_share(sampled: SampledTokens, estimator: str = "counts") -> torch.Tens
 def sampled_teacher_weights(
     sampled: SampledTokens, temperature: float, importance: str = "exact", estimator: str = "counts"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-slot (weight, log p_T) of sampled targets with leading axis N: both (N, S) float32.
+    """Per-slot (weight, log p_T) of sampled targets with leading axis N: both (N, S) float32
+    (log p_T None for ids + counts alone, which serve `counts` at the sampling temperature only).
 
     weight_j = f_j p_T(j) / p_{T_s}(j) (just f_j at T = T_s), f_j = `drawn_share` (c_j / D by
     default), 0 in padding slots; log p_T is 0 in padding slots. See the module docstring for
     `importance`.
     """
     live = sampled.counts > 0
+    same_temperature = math.isclose(temperature, sampled.temperature, rel_tol=1e-9)
+    if sampled.log_probs is None and (estimator != "counts" or not same_temperature):
+        raise SampledTemperatureError(
+            f"the sampled targets store ids + counts alone (store_log_probs: false), drawn at T = "
+            f"{sampled.temperature}, but the loss asks estimator {estimator!r} at T = {temperature}: "
+            f"use estimator: counts at T = {sampled.temperature}, or cache with store_log_probs: true"
+        )
     frequency = drawn_share(sampled, estimator)
-    if math.isclose(temperature, sampled.temperature, rel_tol=1e-9):
+    if same_temperature:
         return frequency, sampled.log_probs
     ratio = sampled.temperature / temperature
     scaled = ratio * (sampled.log_probs + sampled.log_normalizers[:, :1])  # z_j / T
@@ -103,11 +112,14 @@ def sampled_forward_kl_tokens(
 ) -> torch.Tensor:
     """(N, V) student logits, sampled targets with leading axis N -> (N,) float32 unbiased estimate of
     KL(p_T || q_T) (unscaled; `importance: self_normalized` is consistent, not unbiased; `estimator`:
-    ESTIMATORS).
+    ESTIMATORS). Targets of ids + counts alone give the cross-entropy to the draws instead, an
+    unbiased estimate of KL + H(p_T): the teacher's entropy is a constant, the gradient the same.
 
     Only log q_T at the drawn ids is needed: s_j / T - logsumexp(s / T), no (N, V) log-softmax.
     """
     scaled = as_float32(student_logits) / temperature
     student_at = scaled.gather(-1, sampled.ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)
     weights, teacher_at = sampled_teacher_weights(sampled, temperature, importance, estimator)
+    if teacher_at is None:  # ids + counts alone: the cross-entropy to the draws (KL + H(p), same gradient)
+        return -(weights.detach() * student_at).sum(dim=-1)
     return (weights.detach() * (teacher_at.detach() - student_at)).sum(dim=-1)

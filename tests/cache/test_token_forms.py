@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 
 from pipeline.cache.token_forms import (
     TokenFormError,
@@ -97,6 +100,44 @@ def test_draws_depend_on_the_seed_only_not_on_the_chunk_size():
         np.testing.assert_array_equal(getattr(whole, name), getattr(generator, name))
     other = sample_token_targets(z, draws=12, seed=8, width=12)
     assert not np.array_equal(whole.ids, other.ids)
+
+
+def test_draws_over_many_blocks_and_a_ragged_last_block_follow_the_closed_form_softmax():
+    row = logits(tokens=1, vocab=777, scale=1.5, seed=5)  # 3 blocks of 256 and one of 9
+    draws, tokens = 32, 2000
+    frequencies = drawn_frequencies(sample_token_targets(np.repeat(row, tokens, axis=0), draws=draws, seed=6))
+    p = np.exp(log_softmax64(row[0]))
+    total = tokens * draws
+    z_scores = (frequencies - total * p) / np.sqrt(total * p * (1 - p))
+    assert np.abs(z_scores).max() < 5  # 777 ids: a 5-sigma bound fails by chance with p ~ 4e-4
+    # Pearson's chi-square over the ids with >= 5 expected draws, against chi2(dof) mean dof, sd sqrt(2 dof)
+    kept = total * p >= 5
+    chi2 = (((frequencies - total * p) ** 2) / (total * p))[kept].sum()
+    dof = kept.sum() - 1
+    assert abs(chi2 - dof) < 5 * np.sqrt(2 * dof)
+
+
+def test_draws_do_not_depend_on_the_number_of_torch_threads():
+    z = logits(tokens=64, vocab=1000, scale=3.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sample_token_targets(z, draws=24, seed=3, width=24)
+        torch.set_num_threads(max(2, threads))
+        many = sample_token_targets(z, draws=24, seed=3, width=24)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("ids", "counts", "log_probs", "log_normalizers"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(many, name))
+
+
+def test_a_read_only_logits_array_is_sampled_without_a_warning():
+    z = logits(tokens=8, vocab=40)
+    z.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        targets = sample_token_targets(z, draws=8, seed=0, normalizer_temperatures=(2.0,))
+    assert (targets.counts.sum(axis=1) == 8).all()
 
 
 def test_large_vocabularies_use_int32_ids_and_many_draws_uint16_counts():

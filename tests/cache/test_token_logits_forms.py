@@ -17,6 +17,7 @@ from pipeline.cache.build import create_store
 from pipeline.cache.format import read_metadata
 from pipeline.cache.open import open_cache
 from pipeline.cache.params import TokenLogitsParams
+from pipeline.cache.report import cache_report
 from pipeline.cache.token_batch import SampledTokens, TopKTokens
 from pipeline.cache.token_forms import sample_token_targets, top_k_token_targets
 from pipeline.cache.token_store import TokenFormMismatchError, check_token_form
@@ -182,3 +183,24 @@ def test_training_refuses_a_token_form_the_cache_does_not_hold_before_the_first_
         TokenFormMismatchError, match=r"cache\.token_logits\.form: sampled .* `dvc repro cache`"
     ):
         check_token_targets(dense, asking("sampled"))
+
+
+def test_a_sampled_cache_of_ids_and_counts_alone_stores_the_same_draws_in_three_bytes_an_id(tmp_path):
+    rows, teacher = lm_rows(num_rows=8), lm_teacher(tmp_path / "lm.onnx")
+    full = build(tmp_path / "full", rows, teacher, _params("zarr", "sampled"))
+    alone = build(tmp_path / "alone", rows, teacher, _params("zarr", "sampled", store_log_probs=False))
+    names = {name for name in read_metadata(alone.store_dir).layout.ragged_arrays() if "sampled" in name}
+    assert names == {"tokens/sampled_ids", "tokens/sampled_counts"}
+    full_cache, alone_cache = open_cache(full.store_dir), open_cache(alone.store_dir)
+    for name in ("sampled_ids", "sampled_counts"):
+        np.testing.assert_array_equal(alone_cache.token_values(name)[0], full_cache.token_values(name)[0])
+    targets = alone_cache.batch(np.arange(8)).tokens.targets
+    assert targets.log_probs is None and targets.log_normalizers is None
+    form = cache_report(alone_cache)["token_form"]
+    assert form["log_probs"] is False
+    assert form["bytes_per_token_ragged"] == pytest.approx(3 * form["mean_distinct_ids"])  # uint16 + uint8
+
+
+def test_normalizer_temperatures_without_the_log_probs_are_refused_naming_both():
+    with pytest.raises(ValueError, match="normalizer_temperatures need the stored log-probs"):
+        TokenLogitsParams(form="sampled", store_log_probs=False, normalizer_temperatures=[2.0])

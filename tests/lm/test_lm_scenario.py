@@ -76,7 +76,11 @@ def test_the_lm_scenario_runs_from_corpus_to_leaderboard(tmp_path):
     report = json.loads((tmp_path / "data/caches/sampled/report.json").read_text())["token_form"]
     assert report["form"] == "sampled" and report["vocab_size"] == VOCAB
     assert report["bytes_per_token_ragged"] < report["dense_bytes_per_token"]
+    stages = yaml.safe_load((SCENARIO / "dvc.yaml").read_text())["stages"]
+    assert stages["export"]["cmd"] == "distillery export --params-students"  # one process for all students
+    assert stages["evaluate"]["cmd"] == "distillery evaluate --params-students"
     for name in STUDENTS:
+        assert (tmp_path / f"data/export/{name}").is_dir()
         metrics = json.loads((tmp_path / f"data/evaluate/{name}/metrics.json").read_text())
         assert metrics["tokens"] > 0 and metrics["teacher"] == f"data/caches/{name}/store"
         assert 1.0 < metrics["perplexity"]["mean"] < 10 * VOCAB and metrics["latency_ms"]

@@ -3,6 +3,8 @@ temperatures, and top-k on k + 1 buckets is biased by exactly its tail term."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,33 @@ def test_top_k_at_another_temperature_is_exact_when_the_tail_is_flat(temperature
         ]
         expected = divergence_tokens(divergence, *dense_buckets)
         torch.testing.assert_close(buckets.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ids_and_counts_alone_give_the_same_gradient_and_the_kl_plus_the_teachers_entropy():
+    teacher, student = teacher_and_student(seed=4)
+    full = sample_token_targets(teacher, draws=16, seed=2, log_prob_dtype="float32")
+    alone = SampledTokens.from_targets(dataclasses.replace(full, log_probs=None, log_normalizers=None))
+    values, gradients = [], []
+    for targets in (SampledTokens.from_targets(full), alone):
+        logits = torch.tensor(student, requires_grad=True)
+        value = token_divergence(logits, targets)
+        value.backward()
+        values.append(value.item())
+        gradients.append(logits.grad)
+    torch.testing.assert_close(
+        gradients[1], gradients[0], rtol=1e-5, atol=1e-6 * float(gradients[0].abs().max())
+    )
+    live = full.counts > 0
+    entropy_estimate = -(full.counts * np.where(live, full.log_probs, 0.0)).sum(1).mean() / 16
+    np.testing.assert_allclose(values[1], values[0] + entropy_estimate, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "temperature"), [("inclusion", 1.0), ("counts", 2.0)], ids=["inclusion", "other_T"]
+)
+def test_ids_and_counts_alone_refuse_what_needs_the_log_probs_naming_the_fix(estimator, temperature):
+    teacher, student = teacher_and_student()
+    full = sample_token_targets(teacher, draws=8, seed=0)
+    alone = SampledTokens.from_targets(dataclasses.replace(full, log_probs=None, log_normalizers=None))
+    with pytest.raises(SampledTemperatureError, match="ids \\+ counts alone .* store_log_probs: true"):
+        token_divergence(torch.tensor(student), alone, temperature=temperature, estimator=estimator)

@@ -1,7 +1,8 @@
 """Students made by name: `arch: {kind: <name>, ...}` -> an nn.Module returning StudentOutput.
 
 The built-in `mlp` and `cnn`, `tokens` over token ids (named inputs, pipeline/students/inputs.py),
-`causal_lm` (per-token next-token logits, for `token_kd`),
+`causal_lm` (per-token next-token logits, for `token_kd`), `teacher_layers` (a BERT student cut
+from its teacher's layers, pipeline/students/teacher_layers.py),
 and any torch module: a user factory (`python`), a timm model, a
 Hugging Face model (pipeline/students/external.py), all entries of one registry. Adding an
 architecture is one file (a params model with `kind: Literal["<name>"]` and a builder
@@ -23,6 +24,7 @@ from pipeline.students.cnn import CNNParams, CNNStudent
 from pipeline.students.external import HFArchParams, PythonArchParams, TimmArchParams, tapped_student
 from pipeline.students.mlp import MLPParams, MLPStudent
 from pipeline.students.sequence import TokenParams, TokenStudent
+from pipeline.students.teacher_layers import TeacherLayersParams, TeacherLayersStudent
 
 ARCHITECTURES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "mlp": (MLPParams, MLPStudent),
@@ -32,6 +34,7 @@ ARCHITECTURES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "hf": (HFArchParams, tapped_student),
     "tokens": (TokenParams, TokenStudent),
     "causal_lm": (CausalLMParams, CausalLMStudent),
+    "teacher_layers": (TeacherLayersParams, TeacherLayersStudent),
 }
 """kind -> (params model, builder called as builder(params, input_shape, num_classes))."""
 

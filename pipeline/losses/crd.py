@@ -16,7 +16,7 @@ from torch import nn
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import as_float32
-from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams, pool_tokens
+from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
 
 
 class MissingFeatureBankError(DistilleryError, ValueError):
@@ -110,9 +110,7 @@ class CRDLoss(nn.Module):
         return {"crd": sum(losses) / len(losses)}
 
     def _one_tap(self, pair: ProjectedPair, inputs: LossInputs) -> torch.Tensor:
-        student, teacher = pair(inputs)
-        if pair.per_token:  # one vector per row: the masked mean of its real tokens
-            student, teacher = pool_tokens(student, inputs.tap_mask), pool_tokens(teacher, inputs.tap_mask)
+        student, teacher = pair.rows(inputs)  # per-token taps: the masked mean of each row's tokens
         p = self.params
         if p.negatives == "batch":
             if p.anchors == "both":

@@ -19,7 +19,6 @@ from pipeline.losses._taps import (
     TapPair,
     check_pairs,
     check_token_axes,
-    is_per_token,
     masked_tokens,
     read_taps,
 )
@@ -89,11 +88,7 @@ class HiddenLoss(nn.Module):
     def __init__(self, params: HiddenParams, shapes: TapShapes):
         super().__init__()
         self.params = params
-        check_pairs(params.layers, shapes)
-        self.per_token = [
-            is_per_token(shapes.student[pair.student]) and is_per_token(shapes.teacher[pair.teacher])
-            for pair in params.layers
-        ]
+        self.per_token = [student and teacher for student, teacher in check_pairs(params.layers, shapes)]
         if params.project == "closed_form":
             self.pairs = nn.ModuleList()
         else:

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from pipeline.errors import DistilleryError
 from pipeline.losses._contract import LossInputs, TapShapes
 from pipeline.losses._probs import at_least_float32
-from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams, pool_tokens
+from pipeline.losses._taps import ProjectedPair, Projection, TapTermParams
 
 
 class MMDBatchError(DistilleryError, ValueError):
@@ -236,13 +236,5 @@ class MMDLoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         unbiased = self.params.estimator == "unbiased"
-        values = [mmd_squared(*_rows(pair, inputs), self.params.bandwidths, unbiased) for pair in self.pairs]
+        values = [mmd_squared(*pair.rows(inputs), self.params.bandwidths, unbiased) for pair in self.pairs]
         return {"mmd": sum(values) / len(values)}
-
-
-def _rows(pair: ProjectedPair, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pair's (student, teacher) rows; per-token taps pooled to one vector per row (masked mean)."""
-    student, teacher = pair(inputs)
-    if pair.per_token:
-        return pool_tokens(student, inputs.tap_mask), pool_tokens(teacher, inputs.tap_mask)
-    return student, teacher

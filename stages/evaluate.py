@@ -195,6 +195,7 @@ def _evaluate_lm_student(
     args, student, out: Path, params, raw: dict, recipe: dict, cache, cache_path, prepared
 ):
     """Perplexity, top-1 agreement and KL to the teacher (`--teacher`) on the split's cached rows."""
+    from pipeline.cache.report import store_bytes_per_token
     from pipeline.evaluate.lm_eval import evaluate_lm_student
 
     data = join_split(prepared, cache, params.split)
@@ -212,6 +213,7 @@ def _evaluate_lm_student(
             Path(args.export_dir) / student,
             out,
             teacher,
+            store_bytes_per_token(cache),
         )
     print(
         f"evaluate: {report['model']}: {data.name} perplexity {report['perplexity']['mean']:.3f} "

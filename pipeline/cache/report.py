@@ -217,14 +217,33 @@ def _report_without_row_logits(reader: Any) -> dict[str, Any]:
         report["bytes_per_sample"] = stored / len(reader)
     if schema.token_form is not None:
         report["token_form"] = form_report(schema.token_form, reader.metadata.manifest)
-        report["tokens"] = report["token_form"]["tokens"]
-    elif schema.logits == "token" or schema.token_shapes:
+    tokens = token_count(reader)
+    if tokens is not None:
+        report["tokens"] = tokens
+    if stored is not None and tokens:
+        report["bytes_per_token"] = stored / tokens
+    return report
+
+
+def token_count(reader: Any) -> int | None:
+    """Tokens a cache holds per-token outputs for (its sparse form's, or its first ragged output's);
+    None for a cache of per-row outputs only."""
+    schema = reader.schema
+    if schema.token_form is not None:
+        return sum(int(record.get("tokens", 0)) for record in reader.metadata.manifest)
+    if schema.logits == "token" or schema.token_shapes:
         name = "logits" if schema.logits == "token" else next(iter(schema.token_shapes))
         _, offsets = reader.token_values(name)
-        report["tokens"] = int(offsets[-1])
-    if stored is not None and report.get("tokens"):
-        report["bytes_per_token"] = stored / report["tokens"]
-    return report
+        return int(offsets[-1])
+    return None
+
+
+def store_bytes_per_token(reader: Any) -> float | None:
+    """The cache's bytes on disk (every file of the store, as compressed) per token it holds: what
+    a sparse per-token form costs in storage (docs/token_distillation.md, "Bytes per token"); None
+    for an in-memory cache or one without per-token outputs."""
+    stored, tokens = _store_bytes(getattr(reader, "path", None)), token_count(reader)
+    return stored / tokens if stored is not None and tokens else None
 
 
 def write_plots(reader: Any, report: dict[str, Any], directory: str | Path) -> list[Path]:

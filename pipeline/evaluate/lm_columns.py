@@ -11,10 +11,15 @@ from typing import Any
 from pipeline.evaluate.lm_eval import LM_SPREAD
 from pipeline.evaluate.report_cells import spread_cells
 
-LM_COLUMNS = (*(f"{m}_{s}" for m in LM_SPREAD for s in ("mean", "std")), "teacher_perplexity")
+LM_COLUMNS = (
+    *(f"{m}_{s}" for m in LM_SPREAD for s in ("mean", "std")),
+    "teacher_perplexity",
+    "cache_bytes_per_token",
+)
 """CSV columns, after the embedding ones."""
 
 LM_MARKDOWN = (
+    ("cache_bytes_per_token", "cache B/token"),
     ("perplexity", "perplexity"),
     ("top1_agreement", "top-1 agr."),
     ("kl_to_teacher", "KL to teacher"),
@@ -35,7 +40,8 @@ LM_NOTE = (
     "NLL) on the true next tokens (mean ± sample std over seeds); top-1 agr. = share of positions "
     "where the student's most likely next token is the teacher's; KL to teacher = KL(teacher || "
     "student) at T = 1 in nats; both against the teacher's ONNX logits, whatever form the student's "
-    "cache holds (docs/token_distillation.md)."
+    "cache holds; cache B/token = the student's cache on disk (every file, as compressed) per token it "
+    "holds (docs/token_distillation.md)."
 )
 
 
@@ -44,6 +50,7 @@ def lm_cells(report: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(LM_COLUMNS)
     row.update(spread_cells(report, LM_SPREAD))
     row["teacher_perplexity"] = report.get("teacher_perplexity")
+    row["cache_bytes_per_token"] = report.get("cache_bytes_per_token")
     return row
 
 
@@ -53,8 +60,11 @@ def has_lm(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def lm_cell(row: Mapping[str, Any], key: str) -> str:
-    """The Markdown text of one LM column: perplexity `12.34 ± 0.05` (± with several seeds), the
-    others to 4 decimals."""
+    """The Markdown text of one LM column: perplexity `12.34 ± 0.05` (± with several seeds), cache
+    bytes a token to 1 decimal, the others to 4 decimals."""
+    if key == "cache_bytes_per_token":
+        value = row.get(key)
+        return "-" if value is None else f"{value:,.1f}"
     mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
     if mean is None:
         return "-"

@@ -122,11 +122,14 @@ def evaluate_lm_student(
     export_dir: str | Path | None,
     out_dir: str | Path,
     teacher: str | None = None,
+    cache_bytes_per_token: float | None = None,
 ) -> dict[str, Any]:
     """Score every seed of the LM student in `student_dir` on `inputs` (the rows of `split`), time
     its export (`export_dir/model.onnx`, when given) and write `out_dir/metrics.json`: {"model",
     "recipe", "teacher", "params", "seeds", "split", "rows", "tokens", perplexity / top1_agreement
-    / kl_to_teacher {"mean", "std"}, "teacher_perplexity", "latency_ms", "per_seed"}."""
+    / kl_to_teacher {"mean", "std"}, "teacher_perplexity", "cache_bytes_per_token", "latency_ms",
+    "per_seed"}. cache_bytes_per_token: the bytes on disk a token of the student's cache takes
+    (`cache.report.store_bytes_per_token`), reported beside the scores; None leaves it out."""
     from pipeline.evaluate.run import exported_model
     from pipeline.students.registry import count_parameters
     from pipeline.students.trained import list_trained, load_trained_student
@@ -153,6 +156,8 @@ def evaluate_lm_student(
         **{metric: _spread([s[metric] for s in per_seed.values()]) for metric in LM_SPREAD},
         "teacher_perplexity": teacher_scores["perplexity"],
     }
+    if cache_bytes_per_token is not None:
+        report["cache_bytes_per_token"] = float(cache_bytes_per_token)
     if export_dir is not None:
         onnx_path, _ = exported_model(export_dir, seed_dirs)
         latency = latency_of(onnx_path, params.latency)

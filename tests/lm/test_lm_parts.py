@@ -12,6 +12,7 @@ import torch
 from pipeline.config import ParamsError
 from pipeline.evaluate.leaderboard import leaderboard_rows
 from pipeline.evaluate.leaderboard_tables import to_markdown
+from pipeline.evaluate.lm_columns import lm_cell
 from pipeline.students.registry import build_student, parse_arch
 from pipeline.text.corpus import Corpus, CorpusParams
 from pipeline.text.lm_scenario import SentenceCounts, sample_rows
@@ -72,6 +73,7 @@ def _lm_report(model: str, perplexity: float) -> dict:
         "top1_agreement": {"mean": 0.9, "std": 0.0},
         "kl_to_teacher": {"mean": 0.01, "std": 0.0},
         "teacher_perplexity": 80.0,
+        "cache_bytes_per_token": {"top_k": 58.31, "dense": 1810.0}[model],
     }
 
 
@@ -80,10 +82,12 @@ def test_an_lm_board_ranks_by_perplexity_and_shows_only_the_lm_columns():
     assert [row["model"] for row in rows] == ["dense", "top_k"]
     board = to_markdown(rows)
     assert (
-        "| student | family / recipe | params | learned from | perplexity | top-1 agr. | KL to teacher |"
-        in board
+        "| student | family / recipe | params | learned from | cache B/token | perplexity | top-1 agr. "
+        "| KL to teacher |" in board
     )
-    assert "| 83.20 | 0.9000 | 0.0100 |" in board and "acc (mean" not in board
+    assert "| 1,810.0 | 83.20 | 0.9000 | 0.0100 |" in board and "| 58.3 | 150.00 |" in board
+    assert lm_cell({"perplexity_mean": 80.0}, "cache_bytes_per_token") == "-"  # e.g. the teacher's row
+    assert "acc (mean" not in board
 
 
 def test_a_classification_board_gets_no_lm_column():

@@ -73,7 +73,8 @@ def test_the_lm_scenario_runs_from_corpus_to_leaderboard(tmp_path):
         )
         assert result.returncode == 0, f"`{command}` failed:\n{(result.stdout + result.stderr)[-3000:]}"
 
-    report = json.loads((tmp_path / "data/caches/sampled/report.json").read_text())["token_form"]
+    whole_report = json.loads((tmp_path / "data/caches/sampled/report.json").read_text())
+    report = whole_report["token_form"]
     assert report["form"] == "sampled" and report["vocab_size"] == VOCAB
     assert report["bytes_per_token_ragged"] < report["dense_bytes_per_token"]
     stages = yaml.safe_load((SCENARIO / "dvc.yaml").read_text())["stages"]
@@ -85,10 +86,12 @@ def test_the_lm_scenario_runs_from_corpus_to_leaderboard(tmp_path):
         assert metrics["tokens"] > 0 and metrics["teacher"] == f"data/caches/{name}/store"
         assert 1.0 < metrics["perplexity"]["mean"] < 10 * VOCAB and metrics["latency_ms"]
         assert 0.0 <= metrics["top1_agreement"]["mean"] <= 1.0 and metrics["kl_to_teacher"]["mean"] >= 0.0
+    sampled = json.loads((tmp_path / "data/evaluate/sampled/metrics.json").read_text())
+    assert sampled["cache_bytes_per_token"] == pytest.approx(whole_report["bytes_per_token"], rel=1e-9)
     board = (tmp_path / "data/leaderboard/leaderboard.md").read_text()
     assert (
-        "| student | family / recipe | params | learned from | perplexity | top-1 agr. | KL to teacher |"
-        in board
+        "| student | family / recipe | params | learned from | cache B/token | perplexity | top-1 agr. "
+        "| KL to teacher |" in board
     )
     assert "acc (mean" not in board  # an LM board shows no classification column
     rows = [line.split(" | ")[0].strip("| ") for line in board.splitlines() if line.startswith("| ")]

@@ -148,13 +148,17 @@ class ArrayCache:
         dense = self.schema.logits == "token" and self.schema.token_form is None
         return ["logits", *names] if dense else names
 
+    def token_offsets(self) -> np.ndarray:
+        """(N + 1,) int64 offsets of the rows' tokens in the ragged per-token arrays (row r's tokens
+        are positions offsets[r]:offsets[r + 1]; offsets[-1] is the number of tokens), from the
+        rows' token lengths alone: no per-token array is read."""
+        return np.concatenate([[0], np.cumsum(self._whole(TOKEN_LENGTHS), dtype=np.int64)])
+
     def token_values(self, output: str) -> tuple[np.ndarray, np.ndarray]:
         """The flat form of per-token output `output` ("logits" or a per-token tap): values
         (M, *token_shape) in the stored dtype and offsets (N + 1,) int64, row r's tokens being
         values[offsets[r]:offsets[r + 1]]."""
-        lengths = self._whole(TOKEN_LENGTHS)
-        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        return self._whole(f"{TOKENS}/{output}"), offsets
+        return self._whole(f"{TOKENS}/{output}"), self.token_offsets()
 
     def __len__(self) -> int:
         return len(self._sample_id)

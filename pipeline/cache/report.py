@@ -226,16 +226,12 @@ def _report_without_row_logits(reader: Any) -> dict[str, Any]:
 
 
 def token_count(reader: Any) -> int | None:
-    """Tokens a cache holds per-token outputs for (its sparse form's, or its first ragged output's);
-    None for a cache of per-row outputs only."""
+    """Tokens a cache holds per-token outputs for (the sum of its rows' token lengths; no per-token
+    array is read); None for a cache of per-row outputs only."""
     schema = reader.schema
-    if schema.token_form is not None:
-        return sum(int(record.get("tokens", 0)) for record in reader.metadata.manifest)
-    if schema.logits == "token" or schema.token_shapes:
-        name = "logits" if schema.logits == "token" else next(iter(schema.token_shapes))
-        _, offsets = reader.token_values(name)
-        return int(offsets[-1])
-    return None
+    if schema.token_form is None and schema.logits != "token" and not schema.token_shapes:
+        return None
+    return int(reader.token_offsets()[-1])
 
 
 def store_bytes_per_token(reader: Any) -> float | None:
